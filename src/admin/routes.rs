@@ -1,0 +1,632 @@
+//! Handlers, their request and response bodies, and the OpenAPI document built from them.
+
+use super::{AdminState, ApiError, ApiErrorBody};
+use crate::protocol::{ErrorCode, RoomInfo, WireError};
+use crate::room::MemberOrder;
+use crate::server::relay::{AdminMessage, NewRoom};
+use axum::Router;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use utoipa::OpenApi;
+
+use axum::Json;
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+/// Parses a JSON body, answering `BAD_REQUEST` with serde's message on failure.
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))
+}
+
+fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
+    p.map(|Path(v)| v)
+        .map_err(|e| ApiError::bad(format!("invalid path: {e}")))
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(v)| v)
+        .map_err(|e| ApiError::bad(format!("invalid query: {e}")))
+}
+
+pub(super) fn v1() -> Router<AdminState> {
+    Router::new()
+        .route("/v1/tokens", post(mint_token))
+        .route("/v1/rooms", post(create_room).get(list_rooms))
+        .route("/v1/rooms:destroy", post(destroy_rooms))
+        .route("/v1/rooms/{id}", get(get_room).delete(destroy_room))
+        .route("/v1/rooms/{id}/members", get(list_members))
+        .route("/v1/rooms/{id}/members:check", post(check_members))
+        .route("/v1/rooms/{id}/messages", post(send_room_message))
+        .route("/v1/messages", post(send_messages))
+        .route("/v1/broadcast", post(broadcast))
+}
+
+pub(super) fn open() -> Router<AdminState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(render_metrics))
+        .route("/openapi.json", get(openapi_json))
+}
+
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "The relay is serving", body = String)))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+#[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "This document")))]
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", body = String)))]
+async fn render_metrics(State(st): State<AdminState>) -> Response {
+    match &st.prometheus {
+        Some(h) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            h.render(),
+        )
+            .into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics recorder not installed\n",
+        )
+            .into_response(),
+    }
+}
+
+// ---------------- tokens ----------------
+
+/// `POST /v1/tokens` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// User id the token stands for.
+    pub user_id: String,
+    /// Lifetime in seconds (1 ..= `auth.max_token_ttl_secs`); default 86400.
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+/// A minted token.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TokenResponse {
+    /// HS256 JWT.
+    pub token: String,
+    /// Expiry, seconds since the Unix epoch.
+    pub expires_at: u64,
+}
+
+#[utoipa::path(post, path = "/v1/tokens", request_body = TokenRequest,
+    responses((status = 200, body = TokenResponse), (status = 400, body = ApiErrorBody)),
+    security(("admin_key" = [])))]
+async fn mint_token(State(st): State<AdminState>, body: Bytes) -> ApiResult<TokenResponse> {
+    let req: TokenRequest = parse(&body)?;
+    let max = st.relay.config.auth.max_token_ttl_secs;
+    let ttl = req.ttl_secs.unwrap_or(86_400);
+    if ttl == 0 || ttl > max {
+        return Err(ApiError::bad(format!(
+            "ttl_secs must be 1..={max} (auth.max_token_ttl_secs), got {ttl}"
+        )));
+    }
+    let expires_at = crate::auth::unix_secs() + ttl;
+    let token = st.relay.auth.mint(&req.user_id, expires_at)?;
+    Ok(Json(TokenResponse { token, expires_at }))
+}
+
+// ---------------- rooms ----------------
+
+/// `POST /v1/rooms` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRoom {
+    /// Room id, 1–64 characters of `[A-Za-z0-9_.:@-]`.
+    pub id: String,
+    /// Display name; defaults to the id.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Start with every member muted.
+    #[serde(default)]
+    pub mute_all: bool,
+}
+
+/// Room info.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RoomView {
+    /// Room id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Changes every time the room is created anew.
+    pub epoch: u64,
+    /// Creation time, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// Members now.
+    pub member_count: u64,
+    /// Whether mute-all is on.
+    pub mute_all: bool,
+}
+
+impl From<RoomInfo> for RoomView {
+    fn from(r: RoomInfo) -> Self {
+        RoomView {
+            id: r.id,
+            name: r.name,
+            epoch: r.epoch,
+            created_ms: r.created_ms,
+            member_count: r.member_count,
+            mute_all: r.mute_all,
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/v1/rooms", request_body = CreateRoom,
+    responses((status = 201, body = RoomView), (status = 409, description = "ROOM_EXISTS", body = ApiErrorBody)),
+    security(("admin_key" = [])))]
+async fn create_room(State(st): State<AdminState>, body: Bytes) -> Result<Response, ApiError> {
+    let req: CreateRoom = parse(&body)?;
+    let info = st.relay.create_room(NewRoom {
+        id: req.id,
+        name: req.name,
+        mute_all: req.mute_all,
+    })?;
+    Ok((StatusCode::CREATED, Json(RoomView::from(info))).into_response())
+}
+
+/// Paging of list endpoints.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// Page size, 1..=500 (default 100).
+    pub limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A page of rooms.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RoomList {
+    /// Rooms in id order.
+    pub rooms: Vec<RoomView>,
+    /// Rooms in all.
+    pub total: usize,
+    /// Pass as `cursor` for the next page; absent on the last one.
+    pub next_cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/rooms", params(ListParams),
+    responses((status = 200, body = RoomList)), security(("admin_key" = [])))]
+async fn list_rooms(
+    State(st): State<AdminState>,
+    q: Result<Query<ListParams>, QueryRejection>,
+) -> ApiResult<RoomList> {
+    let q = query(q)?;
+    let limit = page_limit(q.limit, 100, 500)?;
+    let (rooms, total) = st.relay.list_rooms(limit, q.cursor.as_deref());
+    let next_cursor = (rooms.len() == limit)
+        .then(|| rooms.last().map(|r| r.id.clone()))
+        .flatten();
+    Ok(Json(RoomList {
+        rooms: rooms.into_iter().map(RoomView::from).collect(),
+        total,
+        next_cursor,
+    }))
+}
+
+fn page_limit(given: Option<usize>, default: usize, max: usize) -> Result<usize, ApiError> {
+    let l = given.unwrap_or(default);
+    if l == 0 || l > max {
+        return Err(ApiError::bad(format!("limit must be 1..={max}, got {l}")));
+    }
+    Ok(l)
+}
+
+#[utoipa::path(get, path = "/v1/rooms/{id}", params(("id" = String, Path, description = "Room id")),
+    responses((status = 200, body = RoomView), (status = 404, description = "ROOM_NOT_FOUND", body = ApiErrorBody)),
+    security(("admin_key" = [])))]
+async fn get_room(
+    State(st): State<AdminState>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<RoomView> {
+    let id = path(id)?;
+    Ok(Json(st.relay.room_info(&id, 0)?.into()))
+}
+
+/// Rooms destroyed.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Destroyed {
+    /// Ids destroyed.
+    pub destroyed: Vec<String>,
+    /// Ids that did not exist.
+    pub not_found: Vec<String>,
+}
+
+#[utoipa::path(delete, path = "/v1/rooms/{id}", params(("id" = String, Path, description = "Room id")),
+    responses((status = 200, body = Destroyed), (status = 404, body = ApiErrorBody)),
+    security(("admin_key" = [])))]
+async fn destroy_room(
+    State(st): State<AdminState>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Destroyed> {
+    let id = path(id)?;
+    st.relay
+        .destroy_room(&id, crate::protocol::DestroyReason::Manual)?;
+    Ok(Json(Destroyed {
+        destroyed: vec![id],
+        not_found: vec![],
+    }))
+}
+
+/// `POST /v1/rooms:destroy` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DestroyMany {
+    /// Room ids, 1..=`limits.rooms_per_destroy`.
+    pub ids: Vec<String>,
+}
+
+#[utoipa::path(post, path = "/v1/rooms:destroy", request_body = DestroyMany,
+    responses((status = 200, body = Destroyed), (status = 400, body = ApiErrorBody)),
+    security(("admin_key" = [])))]
+async fn destroy_rooms(State(st): State<AdminState>, body: Bytes) -> ApiResult<Destroyed> {
+    let req: DestroyMany = parse(&body)?;
+    let max = st.relay.config.limits.rooms_per_destroy;
+    if req.ids.is_empty() || req.ids.len() > max {
+        return Err(WireError::new(
+            ErrorCode::BatchTooLarge,
+            format!("ids must hold 1..={max} room ids, got {}", req.ids.len()),
+        )
+        .into());
+    }
+    let mut out = Destroyed {
+        destroyed: vec![],
+        not_found: vec![],
+    };
+    for id in req.ids {
+        match st
+            .relay
+            .destroy_room(&id, crate::protocol::DestroyReason::Manual)
+        {
+            Ok(()) => out.destroyed.push(id),
+            Err(e) if e.code == ErrorCode::RoomNotFound => out.not_found.push(id),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Json(out))
+}
+
+// ---------------- members ----------------
+
+/// Member listing parameters.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct MemberParams {
+    /// Page size, 1..=500 (default 100).
+    pub limit: Option<usize>,
+    /// `asc` (oldest joins first, default) or `desc`.
+    pub order: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<u64>,
+}
+
+/// One member.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MemberView {
+    /// User id.
+    pub user_id: String,
+    /// Join time, ms since the Unix epoch.
+    pub joined_ms: u64,
+}
+
+/// A page of members.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MemberList {
+    /// Members in the asked order.
+    pub members: Vec<MemberView>,
+    /// Members in the room.
+    pub total: usize,
+    /// Pass as `cursor` for the next page; absent on the last one.
+    pub next_cursor: Option<u64>,
+}
+
+#[utoipa::path(get, path = "/v1/rooms/{id}/members",
+    params(("id" = String, Path, description = "Room id"), MemberParams),
+    responses((status = 200, body = MemberList), (status = 404, body = ApiErrorBody)),
+    security(("admin_key" = [])))]
+async fn list_members(
+    State(st): State<AdminState>,
+    id: Result<Path<String>, PathRejection>,
+    q: Result<Query<MemberParams>, QueryRejection>,
+) -> ApiResult<MemberList> {
+    let id = path(id)?;
+    let q = query(q)?;
+    let order = match q.order.as_deref() {
+        None | Some("asc") => MemberOrder::Asc,
+        Some("desc") => MemberOrder::Desc,
+        Some(o) => return Err(ApiError::bad(format!("order must be asc or desc, got {o:?}"))),
+    };
+    let page = st
+        .relay
+        .members(&id, order, q.limit.unwrap_or(100), q.cursor)?;
+    Ok(Json(MemberList {
+        members: page
+            .members
+            .into_iter()
+            .map(|(user_id, joined_ms)| MemberView { user_id, joined_ms })
+            .collect(),
+        total: page.total,
+        next_cursor: page.next,
+    }))
+}
+
+/// `POST /v1/rooms/{id}/members:check` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckMembers {
+    /// Up to 1000 user ids.
+    pub user_ids: Vec<String>,
+}
+
+/// Membership of each asked user.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MemberCheck {
+    /// `{user_id, member}` in the asked order.
+    pub results: Vec<MemberCheckItem>,
+}
+
+/// One membership answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MemberCheckItem {
+    /// User id.
+    pub user_id: String,
+    /// Whether it is in the room.
+    pub member: bool,
+}
+
+#[utoipa::path(post, path = "/v1/rooms/{id}/members:check", request_body = CheckMembers,
+    params(("id" = String, Path, description = "Room id")),
+    responses((status = 200, body = MemberCheck), (status = 400, body = ApiErrorBody)),
+    security(("admin_key" = [])))]
+async fn check_members(
+    State(st): State<AdminState>,
+    id: Result<Path<String>, PathRejection>,
+    body: Bytes,
+) -> ApiResult<MemberCheck> {
+    let id = path(id)?;
+    let req: CheckMembers = parse(&body)?;
+    let flags = st.relay.check_members(&id, &req.user_ids)?;
+    Ok(Json(MemberCheck {
+        results: req
+            .user_ids
+            .into_iter()
+            .zip(flags)
+            .map(|(user_id, member)| MemberCheckItem { user_id, member })
+            .collect(),
+    }))
+}
+
+// ---------------- messages ----------------
+
+/// A message body: `body` (UTF-8) or `body_b64` (binary), exactly one.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoomMessage {
+    /// Sender user id; absent for the system (protected class).
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Message type.
+    #[serde(rename = "type")]
+    pub msg_type: String,
+    /// UTF-8 payload.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Base64 payload.
+    #[serde(default)]
+    pub body_b64: Option<String>,
+    /// Keep it in history (default true).
+    #[serde(default)]
+    pub store: Option<bool>,
+    /// Low-priority class.
+    #[serde(default)]
+    pub low: bool,
+}
+
+fn body_bytes(body: &Option<String>, b64: &Option<String>) -> Result<Bytes, ApiError> {
+    use base64::Engine;
+    match (body, b64) {
+        (Some(b), None) => Ok(Bytes::from(b.clone().into_bytes())),
+        (None, Some(b)) => base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .map(Bytes::from)
+            .map_err(|e| ApiError::bad(format!("body_b64 is not base64: {e}"))),
+        _ => Err(ApiError::bad("give exactly one of body and body_b64")),
+    }
+}
+
+/// A stamped message.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Sent {
+    /// Room sequence number.
+    pub seq: u64,
+    /// Server timestamp, ms since the Unix epoch.
+    pub ts: u64,
+}
+
+#[utoipa::path(post, path = "/v1/rooms/{id}/messages", request_body = RoomMessage,
+    params(("id" = String, Path, description = "Room id")),
+    responses((status = 200, body = Sent), (status = 404, body = ApiErrorBody), (status = 413, body = ApiErrorBody)),
+    security(("admin_key" = [])))]
+async fn send_room_message(
+    State(st): State<AdminState>,
+    id: Result<Path<String>, PathRejection>,
+    body: Bytes,
+) -> ApiResult<Sent> {
+    let id = path(id)?;
+    let req: RoomMessage = parse(&body)?;
+    let msg = AdminMessage {
+        body: body_bytes(&req.body, &req.body_b64)?,
+        from: req.from,
+        msg_type: req.msg_type,
+        store: req.store.unwrap_or(true),
+        low: req.low,
+    };
+    let (seq, ts) = st.relay.admin_send(&id, &msg)?;
+    Ok(Json(Sent { seq, ts }))
+}
+
+/// `POST /v1/messages` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MultiMessage {
+    /// Up to 10 room ids.
+    pub rooms: Vec<String>,
+    /// Sender user id; absent for the system.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Message type.
+    #[serde(rename = "type")]
+    pub msg_type: String,
+    /// UTF-8 payload.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Base64 payload.
+    #[serde(default)]
+    pub body_b64: Option<String>,
+    /// Keep it in history (default true).
+    #[serde(default)]
+    pub store: Option<bool>,
+}
+
+/// The outcome in one room.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RoomOutcome {
+    /// Room id.
+    pub room: String,
+    /// Sequence number, when sent.
+    pub seq: Option<u64>,
+    /// Timestamp, when sent.
+    pub ts: Option<u64>,
+    /// Error name, when refused.
+    pub error: Option<ErrorCode>,
+    /// Error message, when refused.
+    pub message: Option<String>,
+}
+
+/// Outcomes per room.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MultiSent {
+    /// One per asked room, in order.
+    pub results: Vec<RoomOutcome>,
+}
+
+#[utoipa::path(post, path = "/v1/messages", request_body = MultiMessage,
+    responses((status = 200, body = MultiSent), (status = 400, body = ApiErrorBody)),
+    security(("admin_key" = [])))]
+async fn send_messages(State(st): State<AdminState>, body: Bytes) -> ApiResult<MultiSent> {
+    let req: MultiMessage = parse(&body)?;
+    let msg = AdminMessage {
+        body: body_bytes(&req.body, &req.body_b64)?,
+        from: req.from,
+        msg_type: req.msg_type,
+        store: req.store.unwrap_or(true),
+        low: false,
+    };
+    let results = st.relay.admin_send_many(&req.rooms, &msg)?;
+    Ok(Json(MultiSent {
+        results: req
+            .rooms
+            .into_iter()
+            .zip(results)
+            .map(|(room, r)| match r {
+                Ok((seq, ts)) => RoomOutcome {
+                    room,
+                    seq: Some(seq),
+                    ts: Some(ts),
+                    error: None,
+                    message: None,
+                },
+                Err(e) => RoomOutcome {
+                    room,
+                    seq: None,
+                    ts: None,
+                    error: Some(e.code),
+                    message: Some(e.message),
+                },
+            })
+            .collect(),
+    }))
+}
+
+/// `POST /v1/broadcast` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Broadcast {
+    /// Sender user id; absent for the system.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Message type.
+    #[serde(rename = "type")]
+    pub msg_type: String,
+    /// UTF-8 payload.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Base64 payload.
+    #[serde(default)]
+    pub body_b64: Option<String>,
+}
+
+/// How many rooms a broadcast reached.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Broadcasted {
+    /// Rooms that got it.
+    pub rooms: usize,
+}
+
+#[utoipa::path(post, path = "/v1/broadcast", request_body = Broadcast,
+    responses((status = 200, body = Broadcasted), (status = 400, body = ApiErrorBody)),
+    security(("admin_key" = [])))]
+async fn broadcast(State(st): State<AdminState>, body: Bytes) -> ApiResult<Broadcasted> {
+    let req: Broadcast = parse(&body)?;
+    let msg = AdminMessage {
+        body: body_bytes(&req.body, &req.body_b64)?,
+        from: req.from,
+        msg_type: req.msg_type,
+        store: false,
+        low: false,
+    };
+    Ok(Json(Broadcasted {
+        rooms: st.relay.broadcast(&msg)?,
+    }))
+}
+
+struct SecurityAddon;
+
+impl utoipa::Modify for SecurityAddon {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin_key",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document of the admin API.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "roomcast admin API", description = "Rooms, members, messages and tokens of a roomcast relay."),
+    paths(mint_token, create_room, list_rooms, get_room, destroy_room, destroy_rooms,
+          list_members, check_members, send_room_message, send_messages, broadcast,
+          healthz, render_metrics, openapi_json),
+    components(schemas(ApiErrorBody, ErrorCode)),
+    modifiers(&SecurityAddon)
+)]
+pub struct ApiDoc;

@@ -1,0 +1,421 @@
+//! The roomcast client library: connect, join, leave, send, and a stream of events.
+//!
+//! ```no_run
+//! # async fn demo(ca_pem: Vec<u8>, token: String) -> Result<(), roomcast::client::ClientError> {
+//! use roomcast::client::{Client, ClientConfig, ClientEvent};
+//! let client = Client::connect(ClientConfig::new("127.0.0.1:7700".parse().unwrap(), ca_pem, token)).await?;
+//! client.join("lobby", -1).await?;
+//! client.send("lobby", "chat", "hello".into(), false).await?;
+//! while let Some(event) = client.next_event().await {
+//!     if let ClientEvent::Message { message, .. } = event {
+//!         println!("{}: {:?}", message.from, message.body);
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+
+use crate::protocol::{
+    ClientFrame, CloseCode, DecodeError, DestroyReason, Event, FrameReader, JoinInfo, KickReason,
+    Message, PROTOCOL_VERSION, Request, Response, RoomInfo, ServerFrame, WireError, decode_body,
+    encode_frame,
+};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// How to reach and authenticate to a server.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// The server's QUIC address.
+    pub server: SocketAddr,
+    /// The name its certificate is checked against.
+    pub server_name: String,
+    /// PEM of the CA to trust.
+    pub ca_pem: Vec<u8>,
+    /// The client token (HS256 JWT).
+    pub token: String,
+    /// Accept low-priority messages as datagrams (default true).
+    pub datagrams: bool,
+    /// Events buffered before the library stops reading the delivery stream (and the server
+    /// starts skipping messages for this connection).
+    pub event_buffer: usize,
+}
+
+impl ClientConfig {
+    /// A config for `server` trusting `ca_pem`, checking the name `localhost`.
+    pub fn new(server: SocketAddr, ca_pem: Vec<u8>, token: String) -> Self {
+        ClientConfig {
+            server,
+            server_name: "localhost".into(),
+            ca_pem,
+            token,
+            datagrams: true,
+            event_buffer: 8192,
+        }
+    }
+}
+
+/// What a client receives besides replies.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientEvent {
+    /// A room message.
+    Message {
+        /// The message.
+        message: Message,
+        /// Whether it came as a QUIC datagram.
+        datagram: bool,
+    },
+    /// Messages were skipped because this connection lagged.
+    Gap {
+        /// Room id.
+        room: String,
+        /// Low-priority messages skipped.
+        low: u64,
+        /// Normal messages skipped.
+        normal: u64,
+    },
+    /// A room went away.
+    RoomDestroyed {
+        /// Room id.
+        room: String,
+        /// Why.
+        reason: DestroyReason,
+    },
+    /// This connection was removed from a room.
+    Kicked {
+        /// Room id.
+        room: String,
+        /// Why.
+        reason: KickReason,
+    },
+    /// The connection closed; the last event.
+    Closed {
+        /// The server's close code, when it closed the connection.
+        code: Option<CloseCode>,
+        /// Its reason text, or what went wrong.
+        reason: String,
+    },
+}
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The CA or TLS setup is unusable.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// The local endpoint could not be made.
+    #[error("local endpoint: {0}")]
+    Endpoint(std::io::Error),
+    /// The connection could not be started.
+    #[error("connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    /// The server refused the request (or the hello).
+    #[error("{0}")]
+    Refused(WireError),
+    /// The connection is closed.
+    #[error("connection closed: {reason}")]
+    Closed {
+        /// The server's close code, when it closed the connection.
+        code: Option<CloseCode>,
+        /// The reason text.
+        reason: String,
+    },
+    /// The server broke the protocol.
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The stable error name, when the server refused.
+    pub fn code(&self) -> Option<crate::protocol::ErrorCode> {
+        match self {
+            ClientError::Refused(e) => Some(e.code),
+            _ => None,
+        }
+    }
+}
+
+fn closed(err: &quinn::ConnectionError) -> ClientError {
+    let (code, reason) = close_info(err);
+    ClientError::Closed { code, reason }
+}
+
+fn close_info(err: &quinn::ConnectionError) -> (Option<CloseCode>, String) {
+    match err {
+        quinn::ConnectionError::ApplicationClosed(c) => (
+            CloseCode::from_code(c.error_code.into_inner()),
+            String::from_utf8_lossy(&c.reason).into_owned(),
+        ),
+        other => (None, other.to_string()),
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Result<Response, WireError>>>>>;
+
+/// A connected, authenticated client.
+pub struct Client {
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    send: tokio::sync::Mutex<quinn::SendStream>,
+    pending: Pending,
+    next_id: AtomicU32,
+    events: flume::Receiver<ClientEvent>,
+    user: String,
+    conn_id: u64,
+    _tasks: tokio::task::JoinSet<()>,
+}
+
+/// The transport settings of a client: one incoming unidirectional stream (delivery), datagrams on,
+/// a delivery window large enough for bursts.
+fn client_transport() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(0u32.into())
+        .max_concurrent_uni_streams(1u32.into())
+        .stream_receive_window((1u32 << 20).into())
+        .receive_window((2u32 << 20).into())
+        .datagram_receive_buffer_size(Some(1 << 20))
+        .keep_alive_interval(Some(Duration::from_secs(10)));
+    t
+}
+
+impl Client {
+    /// Connects, sends the hello and waits for the welcome.
+    pub async fn connect(cfg: ClientConfig) -> Result<Client, ClientError> {
+        let crypto = crate::tls::quic_client_crypto(&cfg.ca_pem)?;
+        let mut qcfg = quinn::ClientConfig::new(Arc::new(crypto));
+        let mut transport = client_transport();
+        if !cfg.datagrams {
+            transport.datagram_receive_buffer_size(None);
+        }
+        qcfg.transport_config(Arc::new(transport));
+        let bind: SocketAddr = if cfg.server.is_ipv6() {
+            "[::]:0".parse().map_err(|_| ClientError::Protocol("bind".into()))?
+        } else {
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        };
+        let endpoint = quinn::Endpoint::client(bind).map_err(ClientError::Endpoint)?;
+        let conn = endpoint
+            .connect_with(qcfg, cfg.server, &cfg.server_name)?
+            .await
+            .map_err(|e| closed(&e))?;
+        let (mut send, recv) = conn.open_bi().await.map_err(|e| closed(&e))?;
+        send.write_all(&encode_frame(&ClientFrame::Hello {
+            version: PROTOCOL_VERSION,
+            token: cfg.token.clone(),
+        }))
+        .await
+        .map_err(|_| closed_now(&conn))?;
+        let mut reader = FrameReader::new(recv, u32::MAX >> 4);
+        let (user, conn_id) = match reader.read::<ServerFrame>().await {
+            Ok(Some(ServerFrame::Welcome { user, conn_id, .. })) => (user, conn_id),
+            Ok(Some(ServerFrame::Refused(e))) => return Err(ClientError::Refused(e)),
+            Ok(Some(other)) => {
+                return Err(ClientError::Protocol(format!(
+                    "expected a welcome, got {other:?}"
+                )));
+            }
+            Ok(None) | Err(DecodeError::Io(_)) => return Err(closed_now(&conn)),
+            Err(e) => return Err(ClientError::Protocol(e.to_string())),
+        };
+
+        let pending: Pending = Arc::default();
+        let (tx, events) = flume::bounded(cfg.event_buffer.max(1));
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(read_replies(reader, pending.clone()));
+        tasks.spawn(read_events(conn.clone(), tx.clone()));
+        tasks.spawn(read_datagrams(conn.clone(), tx));
+        Ok(Client {
+            endpoint,
+            conn,
+            send: tokio::sync::Mutex::new(send),
+            pending,
+            next_id: AtomicU32::new(1),
+            events,
+            user,
+            conn_id,
+            _tasks: tasks,
+        })
+    }
+
+    /// The authenticated user id.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// This connection's id on the server.
+    pub fn conn_id(&self) -> u64 {
+        self.conn_id
+    }
+
+    /// The underlying QUIC connection (for statistics).
+    pub fn connection(&self) -> &quinn::Connection {
+        &self.conn
+    }
+
+    async fn request(&self, request: Request) -> Result<Response, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, tx);
+        let frame = encode_frame(&ClientFrame::Request { id, request });
+        {
+            let mut send = self.send.lock().await;
+            if send.write_all(&frame).await.is_err() {
+                return Err(closed_now(&self.conn));
+            }
+        }
+        match rx.await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(ClientError::Refused(e)),
+            Err(_) => Err(closed_now(&self.conn)),
+        }
+    }
+
+    /// Joins a room; `history`: -1 none, 0 the server default, up to 50.
+    pub async fn join(&self, room: &str, history: i32) -> Result<JoinInfo, ClientError> {
+        match self
+            .request(Request::Join {
+                room: room.into(),
+                history,
+            })
+            .await?
+        {
+            Response::Joined(info) => Ok(info),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Leaves a room.
+    pub async fn leave(&self, room: &str) -> Result<(), ClientError> {
+        match self.request(Request::Leave { room: room.into() }).await? {
+            Response::Left => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sends a message; returns its `(seq, ts)`.
+    pub async fn send(
+        &self,
+        room: &str,
+        msg_type: &str,
+        body: Bytes,
+        low: bool,
+    ) -> Result<(u64, u64), ClientError> {
+        match self
+            .request(Request::Send {
+                room: room.into(),
+                msg_type: msg_type.into(),
+                body,
+                low,
+            })
+            .await?
+        {
+            Response::Sent { seq, ts } => Ok((seq, ts)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Room info with up to 20 members.
+    pub async fn room_info(&self, room: &str) -> Result<RoomInfo, ClientError> {
+        match self.request(Request::RoomInfo { room: room.into() }).await? {
+            Response::Info(info) => Ok(info),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A round trip.
+    pub async fn ping(&self) -> Result<(), ClientError> {
+        match self.request(Request::Ping).await? {
+            Response::Pong => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The event stream.
+    pub fn events(&self) -> &flume::Receiver<ClientEvent> {
+        &self.events
+    }
+
+    /// The next event; `None` after [`ClientEvent::Closed`] was taken.
+    pub async fn next_event(&self) -> Option<ClientEvent> {
+        self.events.recv_async().await.ok()
+    }
+
+    /// Closes the connection and waits briefly for the close to be sent.
+    pub async fn close(&self) {
+        self.conn.close(CloseCode::Normal.into(), b"client closed");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+fn unexpected(resp: Response) -> ClientError {
+    ClientError::Protocol(format!("unexpected reply {resp:?}"))
+}
+
+fn closed_now(conn: &quinn::Connection) -> ClientError {
+    match conn.close_reason() {
+        Some(e) => closed(&e),
+        None => ClientError::Closed {
+            code: None,
+            reason: "control stream ended".into(),
+        },
+    }
+}
+
+async fn read_replies(mut reader: FrameReader<quinn::RecvStream>, pending: Pending) {
+    while let Ok(Some(frame)) = reader.read::<ServerFrame>().await {
+        if let ServerFrame::Reply { id, result } = frame {
+            let tx = pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            if let Some(tx) = tx {
+                let _ = tx.send(result);
+            }
+        }
+    }
+    // Dropping the senders fails every outstanding request with "closed".
+    pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
+}
+
+fn to_client_event(event: Event, datagram: bool) -> Option<ClientEvent> {
+    Some(match event {
+        Event::Ready { .. } => return None,
+        Event::Message(message) => ClientEvent::Message { message, datagram },
+        Event::Gap { room, low, normal } => ClientEvent::Gap { room, low, normal },
+        Event::RoomDestroyed { room, reason } => ClientEvent::RoomDestroyed { room, reason },
+        Event::Kicked { room, reason } => ClientEvent::Kicked { room, reason },
+    })
+}
+
+async fn read_events(conn: quinn::Connection, tx: flume::Sender<ClientEvent>) {
+    if let Ok(recv) = conn.accept_uni().await {
+        let mut reader = FrameReader::new(recv, u32::MAX >> 4);
+        while let Ok(Some(event)) = reader.read::<Event>().await {
+            if let Some(ev) = to_client_event(event, false)
+                && tx.send_async(ev).await.is_err()
+            {
+                return;
+            }
+        }
+    }
+    let (code, reason) = close_info(&conn.closed().await);
+    let _ = tx.send_async(ClientEvent::Closed { code, reason }).await;
+}
+
+async fn read_datagrams(conn: quinn::Connection, tx: flume::Sender<ClientEvent>) {
+    while let Ok(d) = conn.read_datagram().await {
+        if let Ok(event) = decode_body::<Event>(&d)
+            && let Some(ev) = to_client_event(event, true)
+        {
+            // A full buffer drops datagrams, as the network may: they are the low class.
+            let _ = tx.try_send(ev);
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! Configuration: documented defaults, a TOML file that may override any of them, and validation.
+//!
+//! Precedence is flags over environment over file over defaults; `main.rs` applies the flags and
+//! environment (through clap), this module the file and the defaults, so tests build a [`Config`]
+//! directly and never touch the environment.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: toml::de::Error,
+    },
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listeners and the data folder.
+    pub server: ServerSection,
+    /// Certificates.
+    pub tls: TlsSection,
+    /// Client tokens and the admin key.
+    pub auth: AuthSection,
+    /// Limits from the specification.
+    pub limits: Limits,
+    /// QUIC transport tuning.
+    pub transport: Transport,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSection {
+    /// UDP address of the QUIC listener.
+    pub quic: SocketAddr,
+    /// TCP address of the admin API and metrics.
+    pub admin: SocketAddr,
+    /// The data folder.
+    pub data: PathBuf,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            quic: SocketAddr::from(([0, 0, 0, 0], 7700)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 7780)),
+            data: PathBuf::from("roomcast-data"),
+        }
+    }
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM certificate chain; empty: a development CA and certificate in the data folder.
+    pub cert: String,
+    /// PEM private key of `cert`.
+    pub key: String,
+    /// Extra host names or IP addresses for the generated development certificate.
+    pub dev_names: Vec<String>,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSection {
+    /// Admin bearer key; empty: `ROOMCAST_ADMIN_KEY`, else `admin.key` in the data folder.
+    pub admin_key: String,
+    /// HS256 token secret; empty: `ROOMCAST_TOKEN_SECRET`, else `token.secret` in the data folder.
+    pub token_secret: String,
+    /// Accept a token of the form `dev:<user id>` without a signature. Never in production.
+    pub dev_mode: bool,
+    /// Clock skew tolerated on token expiry, in seconds.
+    pub leeway_secs: u64,
+    /// Longest lifetime of a token minted through the admin API, in seconds.
+    pub max_token_ttl_secs: u64,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        AuthSection {
+            admin_key: String::new(),
+            token_secret: String::new(),
+            dev_mode: false,
+            leeway_secs: 30,
+            max_token_ttl_secs: 30 * 24 * 3600,
+        }
+    }
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest frame body on a stream, in bytes.
+    pub max_frame: u32,
+    /// Largest message body from a client, in bytes.
+    pub client_body: usize,
+    /// Largest message body through the admin API, in bytes.
+    pub admin_body: usize,
+    /// Rooms one user may be in at once.
+    pub rooms_per_user: usize,
+    /// Slots in each room's broadcast ring: how far a member may lag before it skips.
+    pub ring_capacity: usize,
+    /// History messages for a join that asks for 0 (the default).
+    pub history_default: u32,
+    /// Most history messages a join may ask for.
+    pub history_max: u32,
+    /// Most members in one admin member listing.
+    pub member_page_max: usize,
+    /// Most user ids in one membership check.
+    pub member_check_max: usize,
+    /// Members shown in a client's room info.
+    pub room_info_members: usize,
+    /// Most rooms in one admin send.
+    pub rooms_per_send: usize,
+    /// Most rooms destroyed in one admin call.
+    pub rooms_per_destroy: usize,
+    /// Largest admin API request body, in bytes.
+    pub admin_request_body: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame: crate::protocol::DEFAULT_MAX_FRAME,
+            client_body: 16 * 1024,
+            admin_body: 128 * 1024,
+            rooms_per_user: 8,
+            ring_capacity: 4096,
+            history_default: 10,
+            history_max: 50,
+            member_page_max: 500,
+            member_check_max: 1000,
+            room_info_members: 20,
+            rooms_per_send: 10,
+            rooms_per_destroy: 100,
+            admin_request_body: 512 * 1024,
+        }
+    }
+}
+
+/// `[transport]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Transport {
+    /// UDP receive buffer asked of the kernel, in bytes.
+    pub udp_recv_buffer: usize,
+    /// UDP send buffer asked of the kernel, in bytes.
+    pub udp_send_buffer: usize,
+    /// QUIC keep-alive interval, in milliseconds.
+    pub keep_alive_ms: u64,
+    /// A connection silent this long is dead, in milliseconds.
+    pub idle_timeout_ms: u64,
+    /// Time a client has to finish the handshake and send its hello, in milliseconds.
+    pub hello_timeout_ms: u64,
+    /// Receive window of the control stream, in bytes.
+    pub stream_window: u32,
+    /// Receive window of a whole connection, in bytes.
+    pub conn_window: u32,
+    /// Unacknowledged bytes the server buffers per connection.
+    pub send_window: u64,
+    /// Datagram bytes queued per connection before the oldest are dropped.
+    pub datagram_send_buffer: usize,
+    /// Most event bytes one delivery write gathers.
+    pub delivery_batch_bytes: usize,
+    /// Time a closing server waits for connections to finish, in milliseconds.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Transport {
+    fn default() -> Self {
+        Transport {
+            udp_recv_buffer: 8 << 20,
+            udp_send_buffer: 8 << 20,
+            keep_alive_ms: 10_000,
+            idle_timeout_ms: 30_000,
+            hello_timeout_ms: 10_000,
+            stream_window: 64 * 1024,
+            conn_window: 128 * 1024,
+            send_window: 1 << 20,
+            datagram_send_buffer: 256 * 1024,
+            delivery_batch_bytes: 256 * 1024,
+            shutdown_grace_ms: 2_000,
+        }
+    }
+}
+
+/// One comment per key, printed by `roomcast serve --print-config`.
+const KEY_DOCS: &[(&str, &str)] = &[
+    ("server", "Listeners and the data folder."),
+    ("server.quic", "UDP address of the QUIC listener (ALPN roomcast/1)."),
+    ("server.admin", "TCP address of the admin API, /metrics, /healthz and /openapi.json."),
+    ("server.data", "Data folder: development certificates, generated secrets, server address."),
+    ("tls", "Certificates. Leave cert and key empty to use a development CA generated in the data folder."),
+    ("tls.cert", "PEM certificate chain file."),
+    ("tls.key", "PEM private key file of the certificate."),
+    ("tls.dev_names", "Extra host names or IP addresses for the generated development certificate."),
+    ("auth", "Client tokens (HS256 JWT, sub = user id, exp required) and the admin key."),
+    ("auth.admin_key", "Admin bearer key. Empty: ROOMCAST_ADMIN_KEY, else admin.key in the data folder (generated once)."),
+    ("auth.token_secret", "HS256 secret. Empty: ROOMCAST_TOKEN_SECRET, else token.secret in the data folder (generated once)."),
+    ("auth.dev_mode", "Accept the token \"dev:<user id>\" without a signature. Development only."),
+    ("auth.leeway_secs", "Clock skew tolerated on token expiry, seconds."),
+    ("auth.max_token_ttl_secs", "Longest lifetime of a token minted by POST /v1/tokens, seconds."),
+    ("limits", "Limits from the specification; each is enforced."),
+    ("limits.max_frame", "Largest frame body on a QUIC stream, bytes. Larger frames close the connection."),
+    ("limits.client_body", "Largest message body from a client, bytes (TOO_LARGE above)."),
+    ("limits.admin_body", "Largest message body through the admin API, bytes."),
+    ("limits.rooms_per_user", "Rooms one user may be in at once (TOO_MANY_ROOMS above)."),
+    ("limits.ring_capacity", "Slots in each room's broadcast ring: how far a member may lag before it skips (rounded up to a power of two)."),
+    ("limits.history_default", "History messages returned to a join that asks for 0."),
+    ("limits.history_max", "Most history messages a join may ask for."),
+    ("limits.member_page_max", "Most members in one admin member listing."),
+    ("limits.member_check_max", "Most user ids in one membership check."),
+    ("limits.room_info_members", "Members listed in a client's room info."),
+    ("limits.rooms_per_send", "Most rooms in one admin send."),
+    ("limits.rooms_per_destroy", "Most rooms destroyed in one admin call."),
+    ("limits.admin_request_body", "Largest admin API request body, bytes."),
+    ("transport", "QUIC transport tuning for many small connections."),
+    ("transport.udp_recv_buffer", "UDP receive buffer asked of the kernel, bytes (the 208 KiB default loses packets at a few hundred connections)."),
+    ("transport.udp_send_buffer", "UDP send buffer asked of the kernel, bytes."),
+    ("transport.keep_alive_ms", "QUIC keep-alive interval, ms."),
+    ("transport.idle_timeout_ms", "A connection silent this long is dead, ms."),
+    ("transport.hello_timeout_ms", "Time a client has to finish the handshake and send its hello, ms."),
+    ("transport.stream_window", "Receive window of the control stream, bytes."),
+    ("transport.conn_window", "Receive window of a whole connection, bytes."),
+    ("transport.send_window", "Unacknowledged bytes buffered per connection, bytes."),
+    ("transport.datagram_send_buffer", "Datagram bytes queued per connection before the oldest are dropped."),
+    ("transport.delivery_batch_bytes", "Most event bytes one delivery write gathers (coalescing)."),
+    ("transport.shutdown_grace_ms", "Time a stopping server waits for connections to close, ms."),
+];
+
+impl Config {
+    /// Reads a TOML file over the defaults; unknown keys are an error.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Parses TOML over the defaults.
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Checks ranges that the types do not.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if l.max_frame < 1024 {
+            return bad("limits.max_frame must be at least 1024");
+        }
+        if l.client_body + 1024 > l.max_frame as usize {
+            return bad("limits.client_body must be at least 1 KiB below limits.max_frame");
+        }
+        if l.rooms_per_user == 0 || l.ring_capacity < 16 || l.ring_capacity > 1 << 20 {
+            return bad("limits.rooms_per_user must be >= 1 and limits.ring_capacity in 16..=1048576");
+        }
+        if l.history_default > l.history_max {
+            return bad("limits.history_default must not exceed limits.history_max");
+        }
+        if self.transport.keep_alive_ms >= self.transport.idle_timeout_ms {
+            return bad("transport.keep_alive_ms must be below transport.idle_timeout_ms");
+        }
+        if self.tls.cert.is_empty() != self.tls.key.is_empty() {
+            return bad("tls.cert and tls.key must be set together");
+        }
+        Ok(())
+    }
+
+    /// The full configuration as TOML, each key with its comment.
+    pub fn to_commented_toml(&self) -> String {
+        let value = toml::Value::try_from(self).unwrap_or(toml::Value::Table(Default::default()));
+        let mut out = String::from(
+            "# roomcast configuration. Every key is optional; shown are the defaults.\n",
+        );
+        let Some(table) = value.as_table() else {
+            return out;
+        };
+        for (section, body) in table {
+            out.push('\n');
+            push_doc(&mut out, section);
+            out.push_str(&format!("[{section}]\n"));
+            if let Some(body) = body.as_table() {
+                for (key, v) in body {
+                    push_doc(&mut out, &format!("{section}.{key}"));
+                    out.push_str(&format!("{key} = {v}\n"));
+                }
+            }
+        }
+        out
+    }
+}
+
+fn push_doc(out: &mut String, key: &str) {
+    if let Some((_, doc)) = KEY_DOCS.iter().find(|(k, _)| *k == key) {
+        out.push_str(&format!("# {doc}\n"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(v: &toml::Value, prefix: &str, out: &mut Vec<String>) {
+        if let Some(t) = v.as_table() {
+            for (k, v) in t {
+                let name = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                out.push(name.clone());
+                if prefix.is_empty() {
+                    keys(v, &name, out);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_key_has_a_comment_and_the_printout_parses_back() {
+        let c = Config::default();
+        let mut all = Vec::new();
+        keys(&toml::Value::try_from(&c).expect("serializes"), "", &mut all);
+        for k in &all {
+            assert!(
+                KEY_DOCS.iter().any(|(d, _)| d == k),
+                "key {k} has no comment"
+            );
+        }
+        let printed = c.to_commented_toml();
+        assert_eq!(Config::from_toml(&printed).expect("parses"), c);
+        c.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_and_partial_files_keep_defaults() {
+        let err = Config::from_toml("[server]\nquick = \"1.2.3.4:1\"\n").unwrap_err();
+        assert!(err.to_string().contains("quick"), "{err}");
+        let c = Config::from_toml("[limits]\nrooms_per_user = 3\n").expect("parses");
+        assert_eq!(c.limits.rooms_per_user, 3);
+        assert_eq!(c.limits.client_body, 16 * 1024);
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused() {
+        let mut c = Config::default();
+        c.limits.client_body = c.limits.max_frame as usize;
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.tls.cert = "x.pem".into();
+        assert!(c.validate().is_err());
+    }
+}

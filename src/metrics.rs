@@ -1,0 +1,105 @@
+//! Metric names, their help text, and the Prometheus recorder.
+//!
+//! Code records through the `metrics` facade with these constants. Labels never carry room or
+//! user ids (unbounded cardinality); they carry classes, lanes, reasons and routes.
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+/// Gauge: open client connections (authenticated).
+pub const CONNECTIONS: &str = "roomcast_connections";
+/// Counter: connections accepted (before authentication).
+pub const CONNECTIONS_ACCEPTED: &str = "roomcast_connections_accepted_total";
+/// Counter: connections closed, by `reason`.
+pub const CONNECTIONS_CLOSED: &str = "roomcast_connections_closed_total";
+/// Gauge: live rooms.
+pub const ROOMS: &str = "roomcast_rooms";
+/// Gauge: room memberships (a user in two rooms counts twice).
+pub const MEMBERS: &str = "roomcast_members";
+/// Counter: messages accepted for fan-out, by `class` and `source` (client/admin).
+pub const MESSAGES_IN: &str = "roomcast_messages_in_total";
+/// Counter: message deliveries written to connections, by `class` and `lane` (stream/datagram).
+pub const MESSAGES_OUT: &str = "roomcast_messages_out_total";
+/// Counter: event bytes written to connections, by `lane`.
+pub const BYTES_OUT: &str = "roomcast_bytes_out_total";
+/// Counter: messages a lagging connection skipped, by `class`.
+pub const GAP_MESSAGES: &str = "roomcast_gap_messages_total";
+/// Counter: refused client requests, by `error`.
+pub const REQUEST_ERRORS: &str = "roomcast_request_errors_total";
+/// Counter: refused client tokens.
+pub const AUTH_FAILURES: &str = "roomcast_auth_failures_total";
+/// Counter: admin API calls, by `route` and `status`.
+pub const ADMIN_REQUESTS: &str = "roomcast_admin_requests_total";
+/// Histogram: time from publish to the delivery write, seconds.
+pub const FANOUT_LATENCY: &str = "roomcast_fanout_latency_seconds";
+
+/// Registers the help text of every metric with the installed recorder.
+pub fn describe() {
+    describe_gauge!(CONNECTIONS, "Open, authenticated client connections.");
+    describe_counter!(
+        CONNECTIONS_ACCEPTED,
+        "QUIC connections accepted, before authentication."
+    );
+    describe_counter!(
+        CONNECTIONS_CLOSED,
+        "Client connections closed, by reason (normal, shutdown, unauthorized, protocol, lost)."
+    );
+    describe_gauge!(ROOMS, "Live rooms.");
+    describe_gauge!(MEMBERS, "Room memberships; a user in two rooms counts twice.");
+    describe_counter!(
+        MESSAGES_IN,
+        "Messages accepted for fan-out, by class and source (client, admin)."
+    );
+    describe_counter!(
+        MESSAGES_OUT,
+        "Message deliveries written to connections, by class and lane (stream, datagram)."
+    );
+    describe_counter!(
+        BYTES_OUT,
+        Unit::Bytes,
+        "Event bytes written to client connections, by lane."
+    );
+    describe_counter!(
+        GAP_MESSAGES,
+        "Messages a lagging connection skipped, by class."
+    );
+    describe_counter!(
+        REQUEST_ERRORS,
+        "Client requests refused, by error name."
+    );
+    describe_counter!(
+        AUTH_FAILURES,
+        "Client hellos refused for a missing, expired or forged token."
+    );
+    describe_counter!(ADMIN_REQUESTS, "Admin API calls, by route and status.");
+    describe_histogram!(
+        FANOUT_LATENCY,
+        Unit::Seconds,
+        "Time from a message's publish to the write that delivers it."
+    );
+}
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder once and returns its handle; later calls return
+/// the same handle. `None` if another recorder was installed first.
+pub fn prometheus() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(FANOUT_LATENCY.to_owned()),
+                    &[
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                        0.25, 0.5, 1.0, 2.5,
+                    ],
+                )
+                .ok()?
+                .install_recorder()
+                .ok()?;
+            describe();
+            Some(handle)
+        })
+        .clone()
+}

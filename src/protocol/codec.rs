@@ -1,0 +1,185 @@
+//! Length-delimited postcard framing: `u32` big-endian length, then the body.
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The length prefix is larger than the reader's maximum; the body was not read.
+    #[error("frame of {len} bytes exceeds the maximum of {max}")]
+    TooLarge {
+        /// Announced length.
+        len: u32,
+        /// The limit.
+        max: u32,
+    },
+    /// A zero length prefix.
+    #[error("empty frame")]
+    Empty,
+    /// The stream ended inside a frame.
+    #[error("stream ended inside a frame")]
+    Truncated,
+    /// The body is not a valid encoding of the expected type.
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] postcard::Error),
+    /// The stream failed.
+    #[error("stream error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Encodes `value` as one stream frame: length prefix and postcard body.
+pub fn encode_frame<T: Serialize>(value: &T) -> Bytes {
+    let mut buf = Vec::with_capacity(64);
+    buf.extend_from_slice(&[0; 4]);
+    // Serializing into a Vec only fails on a type serde cannot express; ours are all plain data.
+    let mut buf = postcard::to_extend(value, buf).unwrap_or_else(|_| vec![0; 4]);
+    let len = (buf.len() - 4) as u32;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    Bytes::from(buf)
+}
+
+/// Encodes `value` as a datagram payload: the postcard body without a length prefix.
+pub fn encode_datagram<T: Serialize>(value: &T) -> Bytes {
+    Bytes::from(postcard::to_allocvec(value).unwrap_or_default())
+}
+
+/// Decodes one frame body (or one datagram). Trailing bytes are an error.
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
+    let (value, rest) = postcard::take_from_bytes(body)?;
+    if rest.is_empty() {
+        Ok(value)
+    } else {
+        Err(DecodeError::Malformed(postcard::Error::DeserializeBadEncoding))
+    }
+}
+
+/// Reads length-delimited frames from a byte stream, refusing oversized ones before reading them.
+pub struct FrameReader<R> {
+    inner: R,
+    max: u32,
+    buf: Vec<u8>,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// A reader that accepts bodies of at most `max` bytes.
+    pub fn new(inner: R, max: u32) -> Self {
+        FrameReader {
+            inner,
+            max,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Changes the largest accepted body.
+    pub fn set_max(&mut self, max: u32) {
+        self.max = max;
+    }
+
+    /// The next frame, `Ok(None)` at a clean end of stream (between frames).
+    pub async fn read<T: DeserializeOwned>(&mut self) -> Result<Option<T>, DecodeError> {
+        let mut header = [0u8; 4];
+        let mut got = 0;
+        while got < 4 {
+            let n = self.inner.read(&mut header[got..]).await?;
+            if n == 0 {
+                return if got == 0 {
+                    Ok(None)
+                } else {
+                    Err(DecodeError::Truncated)
+                };
+            }
+            got += n;
+        }
+        let len = u32::from_be_bytes(header);
+        if len == 0 {
+            return Err(DecodeError::Empty);
+        }
+        if len > self.max {
+            return Err(DecodeError::TooLarge { len, max: self.max });
+        }
+        self.buf.resize(len as usize, 0);
+        match self.inner.read_exact(&mut self.buf).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(DecodeError::Truncated);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        decode_body(&self.buf).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::*;
+
+    async fn read_all<T: DeserializeOwned>(bytes: &[u8], max: u32) -> Result<Vec<T>, DecodeError> {
+        let mut r = FrameReader::new(bytes, max);
+        let mut out = Vec::new();
+        while let Some(v) = r.read::<T>().await? {
+            out.push(v);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip_back_to_back() {
+        let a = ClientFrame::Hello {
+            version: 1,
+            token: "t".into(),
+        };
+        let b = ClientFrame::Request {
+            id: 7,
+            request: Request::Ping,
+        };
+        let mut wire = encode_frame(&a).to_vec();
+        wire.extend_from_slice(&encode_frame(&b));
+        let got: Vec<ClientFrame> = read_all(&wire, 1024).await.expect("decodes");
+        assert_eq!(got, vec![a, b]);
+    }
+
+    #[tokio::test]
+    async fn oversized_length_is_refused_before_the_body() {
+        // Only the header is present: an oversized length must be refused without waiting for a body.
+        let wire = 100_000u32.to_be_bytes();
+        let err = read_all::<ClientFrame>(&wire, 1024).await.unwrap_err();
+        assert!(
+            matches!(err, DecodeError::TooLarge { len: 100_000, max: 1024 }),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn truncated_header_and_body_are_errors() {
+        let frame = encode_frame(&ClientFrame::Request {
+            id: 1,
+            request: Request::Ping,
+        });
+        let err = read_all::<ClientFrame>(&frame[..2], 1024).await.unwrap_err();
+        assert!(matches!(err, DecodeError::Truncated), "{err}");
+        let err = read_all::<ClientFrame>(&frame[..frame.len() - 1], 1024)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DecodeError::Truncated), "{err}");
+    }
+
+    #[tokio::test]
+    async fn zero_length_and_garbage_are_errors() {
+        let err = read_all::<ClientFrame>(&[0, 0, 0, 0], 1024).await.unwrap_err();
+        assert!(matches!(err, DecodeError::Empty), "{err}");
+        let garbage = [0, 0, 0, 3, 0xff, 0xff, 0xff];
+        let err = read_all::<ClientFrame>(&garbage, 1024).await.unwrap_err();
+        assert!(matches!(err, DecodeError::Malformed(_)), "{err}");
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let mut body = postcard::to_allocvec(&Request::Ping).expect("encodes");
+        body.push(0);
+        assert!(decode_body::<Request>(&body).is_err());
+    }
+}

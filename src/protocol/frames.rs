@@ -1,0 +1,262 @@
+//! The frame types. Variant order is the wire encoding: only ever append.
+
+use super::WireError;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// Client → server, on the control stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClientFrame {
+    /// 0: the first frame of a connection.
+    Hello {
+        /// Must be [`super::PROTOCOL_VERSION`].
+        version: u16,
+        /// HS256 JWT with `sub` = user id and `exp`.
+        token: String,
+    },
+    /// 1: a request; answered by one [`ServerFrame::Reply`] with the same id.
+    Request {
+        /// Chosen by the client, echoed in the reply.
+        id: u32,
+        /// What is asked.
+        request: Request,
+    },
+}
+
+/// What a client may ask for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// 0: join a room. `history`: -1 none, 0 the default count (10), 1..=50 that many.
+    Join {
+        /// Room id.
+        room: String,
+        /// How many recent messages to include in the reply.
+        history: i32,
+    },
+    /// 1: leave a room.
+    Leave {
+        /// Room id.
+        room: String,
+    },
+    /// 2: send a message to a room the user has joined.
+    Send {
+        /// Room id.
+        room: String,
+        /// Message type, 1–32 characters of `[A-Za-z0-9_.:@-]`, not starting with `rc:`.
+        msg_type: String,
+        /// The payload, at most 16 KiB by default.
+        body: Bytes,
+        /// Ask for the low-priority class (datagram delivery, shed first).
+        low: bool,
+    },
+    /// 3: room info with up to 20 members.
+    RoomInfo {
+        /// Room id.
+        room: String,
+    },
+    /// 4: a no-op round trip.
+    Ping,
+}
+
+/// Server → client, on the control stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ServerFrame {
+    /// 0: the hello was accepted.
+    Welcome {
+        /// The authenticated user id.
+        user: String,
+        /// This connection's id on the server.
+        conn_id: u64,
+        /// The largest frame body the server accepts.
+        max_frame: u32,
+    },
+    /// 1: the hello was refused; the server closes the connection next.
+    Refused(WireError),
+    /// 2: the answer to the request with the same id.
+    Reply {
+        /// The request's id.
+        id: u32,
+        /// The answer or the refusal.
+        result: Result<Response, WireError>,
+    },
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// 0: to [`Request::Join`].
+    Joined(JoinInfo),
+    /// 1: to [`Request::Leave`].
+    Left,
+    /// 2: to [`Request::Send`]: the message's room sequence number and server time (ms since epoch).
+    Sent {
+        /// Room sequence number.
+        seq: u64,
+        /// Server timestamp, milliseconds since the Unix epoch.
+        ts: u64,
+    },
+    /// 3: to [`Request::RoomInfo`].
+    Info(RoomInfo),
+    /// 4: to [`Request::Ping`].
+    Pong,
+}
+
+/// The join reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinInfo {
+    /// The room, with up to 20 members.
+    pub room: RoomInfo,
+    /// The sequence number of the newest message before the join (0 if none): every message with a
+    /// higher `seq` is delivered on the delivery stream.
+    pub last_seq: u64,
+    /// Whether the user is muted in this room.
+    pub muted: bool,
+    /// The requested recent messages, oldest first.
+    pub history: Vec<Message>,
+}
+
+/// Room info as a client sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoomInfo {
+    /// Room id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Changes every time a room with this id is created anew.
+    pub epoch: u64,
+    /// Creation time, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// Members right now.
+    pub member_count: u64,
+    /// Up to 20 members, oldest joins first.
+    pub members: Vec<String>,
+    /// Whether mute-all is on.
+    pub mute_all: bool,
+}
+
+/// The priority class of a message, decided by the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Class {
+    /// 0: never shed while the connection lives.
+    Protected,
+    /// 1: reliable, shed after low.
+    Normal,
+    /// 2: datagrams when they fit, shed first.
+    Low,
+}
+
+impl Class {
+    /// Lower-case name, as used in metrics labels and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Protected => "protected",
+            Class::Normal => "normal",
+            Class::Low => "low",
+        }
+    }
+}
+
+/// A room message as delivered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// Room id.
+    pub room: String,
+    /// Per-room sequence number, strictly increasing.
+    pub seq: u64,
+    /// Server timestamp, ms since the Unix epoch.
+    pub ts: u64,
+    /// Sender user id; empty for the system.
+    pub from: String,
+    /// Message type.
+    pub msg_type: String,
+    /// Payload.
+    pub body: Bytes,
+    /// The class the server gave it.
+    pub class: Class,
+}
+
+/// Why a room went away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DestroyReason {
+    /// 0: destroyed through the admin API.
+    Manual,
+    /// 1: no activity for the idle period.
+    Idle,
+    /// 2: its fixed lifetime ran out.
+    Lifetime,
+    /// 3: its scheduled destroy time came.
+    Scheduled,
+}
+
+impl DestroyReason {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DestroyReason::Manual => "manual",
+            DestroyReason::Idle => "idle",
+            DestroyReason::Lifetime => "lifetime",
+            DestroyReason::Scheduled => "scheduled",
+        }
+    }
+}
+
+/// Why a member was removed by the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KickReason {
+    /// 0: banned from the room.
+    Banned,
+    /// 1: the same user left or was moved on another device.
+    OtherDevice,
+    /// 2: `single_room` mode: the user joined another room.
+    SingleRoom,
+    /// 3: offline for longer than the grace period.
+    Offline,
+}
+
+impl KickReason {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KickReason::Banned => "banned",
+            KickReason::OtherDevice => "other_device",
+            KickReason::SingleRoom => "single_room",
+            KickReason::Offline => "offline",
+        }
+    }
+}
+
+/// Server → client, on the delivery stream (length-prefixed) or as one datagram (no prefix).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Event {
+    /// 0: first event of the delivery stream.
+    Ready {
+        /// This connection's id on the server.
+        conn_id: u64,
+    },
+    /// 1: a room message.
+    Message(Message),
+    /// 2: messages of this room were skipped because the connection lagged; sent before the next
+    /// delivered event of the room.
+    Gap {
+        /// Room id.
+        room: String,
+        /// Low-priority messages skipped.
+        low: u64,
+        /// Normal messages skipped.
+        normal: u64,
+    },
+    /// 3: the room is gone; the connection is no longer a member.
+    RoomDestroyed {
+        /// Room id.
+        room: String,
+        /// Why.
+        reason: DestroyReason,
+    },
+    /// 4: this connection was removed from the room.
+    Kicked {
+        /// Room id.
+        room: String,
+        /// Why.
+        reason: KickReason,
+    },
+}

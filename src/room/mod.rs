@@ -1,0 +1,363 @@
+//! Room state as plain data, and the lock-free broadcast ring that fans a room's messages out.
+//!
+//! A [`Room`] has two independent halves:
+//! - the **publish side**, [`Ring`] plus [`Watchers`]: senders publish into the ring and wake the
+//!   subscribed connections; subscribers read at their own cursor and never block a publisher;
+//! - the **control side**, [`RoomState`] behind a mutex that only joins, leaves, sends (for the
+//!   membership check) and the admin API take; delivery tasks never touch it.
+//!
+//! The [`Fanout`] trait is the publish side's interface, so a clustered transport can stand in for
+//! the local ring later without touching the code that sends.
+
+pub mod ring;
+
+use crate::protocol::{Class, DestroyReason, ErrorCode, Event, Message, WireError, encode_datagram, encode_frame};
+use bytes::Bytes;
+pub use ring::{Entry, JoinPoint, Read, Ring, Signal, Watchers};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+/// Checks a room or user id: 1–64 characters from `[A-Za-z0-9_.:@-]`.
+pub fn validate_id(what: &str, id: &str) -> Result<(), WireError> {
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(is_id_byte) {
+        return Err(WireError::new(
+            ErrorCode::BadRequest,
+            format!("{what} must be 1-64 characters from [A-Za-z0-9_.:@-], got {id:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a client message type: 1–32 characters from the id set, not starting with `rc:`.
+pub fn validate_msg_type(t: &str) -> Result<(), WireError> {
+    if t.is_empty() || t.len() > 32 || !t.bytes().all(is_id_byte) {
+        return Err(WireError::new(
+            ErrorCode::BadRequest,
+            format!("message type must be 1-32 characters from [A-Za-z0-9_.:@-], got {t:?}"),
+        ));
+    }
+    if t.starts_with("rc:") {
+        return Err(WireError::new(
+            ErrorCode::BadRequest,
+            "message types starting with \"rc:\" are reserved for system messages",
+        ));
+    }
+    Ok(())
+}
+
+fn is_id_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b'-')
+}
+
+/// A message about to be published.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Sender user id; empty for the system.
+    pub from: String,
+    /// Message type.
+    pub msg_type: String,
+    /// Payload.
+    pub body: Bytes,
+    /// Its class.
+    pub class: Class,
+    /// Whether join history may show it.
+    pub keep_in_history: bool,
+}
+
+/// The publish side of a room: the one interface senders use.
+pub trait Fanout: Send + Sync {
+    /// Publishes `msg` at wall-clock `now_ms` and wakes the subscribers. `None` if the room is
+    /// closed. Never waits for a subscriber.
+    fn publish(&self, msg: Outgoing, now_ms: u64) -> Option<(u64, u64)>;
+}
+
+/// One member of a room.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// Join order, unique in the room.
+    pub order: u64,
+    /// Join time, ms since the epoch.
+    pub joined_ms: u64,
+    /// The user's connections subscribed to the room.
+    pub conns: HashSet<u64>,
+}
+
+/// The control-side state of a room.
+#[derive(Debug, Default)]
+pub struct RoomState {
+    members: HashMap<String, Member>,
+    by_join: BTreeMap<u64, String>,
+    next_order: u64,
+    /// Whether mute-all is on.
+    pub mute_all: bool,
+}
+
+/// Order of a member listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberOrder {
+    /// Oldest joins first.
+    Asc,
+    /// Newest joins first.
+    Desc,
+}
+
+impl RoomState {
+    /// Adds `conn` of `user`; returns true if the user was not a member before.
+    pub fn add(&mut self, user: &str, conn: u64, now_ms: u64) -> bool {
+        if let Some(m) = self.members.get_mut(user) {
+            m.conns.insert(conn);
+            return false;
+        }
+        let order = self.next_order;
+        self.next_order += 1;
+        self.by_join.insert(order, user.to_owned());
+        self.members.insert(
+            user.to_owned(),
+            Member {
+                order,
+                joined_ms: now_ms,
+                conns: HashSet::from([conn]),
+            },
+        );
+        true
+    }
+
+    /// Removes the user; returns its member record.
+    pub fn remove(&mut self, user: &str) -> Option<Member> {
+        let m = self.members.remove(user)?;
+        self.by_join.remove(&m.order);
+        Some(m)
+    }
+
+    /// Removes one connection of `user`; returns true if that left the user with none.
+    pub fn remove_conn(&mut self, user: &str, conn: u64) -> bool {
+        match self.members.get_mut(user) {
+            Some(m) => {
+                m.conns.remove(&conn);
+                m.conns.is_empty()
+            }
+            None => false,
+        }
+    }
+
+    /// The member record of `user`.
+    pub fn member(&self, user: &str) -> Option<&Member> {
+        self.members.get(user)
+    }
+
+    /// Whether `conn` of `user` has joined.
+    pub fn has_conn(&self, user: &str, conn: u64) -> bool {
+        self.members
+            .get(user)
+            .is_some_and(|m| m.conns.contains(&conn))
+    }
+
+    /// Member count.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether the room has no member.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Up to `limit` members in join order, starting after the join order `after` (a cursor from a
+    /// previous page). Returns `(user, joined_ms, order)` triples.
+    pub fn page(
+        &self,
+        order: MemberOrder,
+        limit: usize,
+        after: Option<u64>,
+    ) -> Vec<(String, u64, u64)> {
+        let pick = |(o, u): (&u64, &String)| {
+            let joined = self.members.get(u).map_or(0, |m| m.joined_ms);
+            (u.clone(), joined, *o)
+        };
+        match (order, after) {
+            (MemberOrder::Asc, None) => self.by_join.iter().take(limit).map(pick).collect(),
+            (MemberOrder::Asc, Some(a)) => self
+                .by_join
+                .range(a.saturating_add(1)..)
+                .take(limit)
+                .map(pick)
+                .collect(),
+            (MemberOrder::Desc, None) => self.by_join.iter().rev().take(limit).map(pick).collect(),
+            (MemberOrder::Desc, Some(a)) => self
+                .by_join
+                .range(..a)
+                .rev()
+                .take(limit)
+                .map(pick)
+                .collect(),
+        }
+    }
+
+    /// Every member's user id and connections.
+    pub fn members(&self) -> impl Iterator<Item = (&String, &Member)> {
+        self.members.iter()
+    }
+}
+
+/// A live room.
+pub struct Room {
+    /// Room id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Changes with every creation of a room with this id.
+    pub epoch: u64,
+    /// Creation time, ms since the epoch.
+    pub created_ms: u64,
+    /// The broadcast ring.
+    pub ring: Ring,
+    /// The delivery tasks to wake.
+    pub watchers: Watchers,
+    state: Mutex<RoomState>,
+    reason: OnceLock<DestroyReason>,
+}
+
+impl Room {
+    /// A new empty room.
+    pub fn new(id: String, name: String, epoch: u64, created_ms: u64, ring_capacity: usize) -> Self {
+        Room {
+            id,
+            name,
+            epoch,
+            created_ms,
+            ring: Ring::new(ring_capacity),
+            watchers: Watchers::default(),
+            state: Mutex::new(RoomState::default()),
+            reason: OnceLock::new(),
+        }
+    }
+
+    /// The control-side state. Never taken on the delivery path.
+    pub fn state(&self) -> MutexGuard<'_, RoomState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the room was destroyed.
+    pub fn is_closed(&self) -> bool {
+        self.ring.is_closed()
+    }
+
+    /// Closes the room's ring and wakes every subscriber so it can see the end. False if it was
+    /// closed already.
+    pub fn close(&self, reason: DestroyReason) -> bool {
+        let _ = self.reason.set(reason);
+        let first = self.ring.close();
+        self.watchers.notify_all();
+        first
+    }
+
+    /// Why the room was closed, once it is.
+    pub fn destroy_reason(&self) -> Option<DestroyReason> {
+        self.reason.get().copied()
+    }
+}
+
+impl Fanout for Room {
+    fn publish(&self, msg: Outgoing, now_ms: u64) -> Option<(u64, u64)> {
+        let class = msg.class;
+        let stamped = self.ring.publish(class, now_ms, |st| {
+            let message = Message {
+                room: self.id.clone(),
+                seq: st.seq,
+                ts: st.ts,
+                from: msg.from,
+                msg_type: msg.msg_type,
+                body: msg.body,
+                class,
+            };
+            let event = Event::Message(message);
+            let frame = encode_frame(&event);
+            let datagram = (class == Class::Low).then(|| encode_datagram(&event));
+            let Event::Message(message) = event else {
+                unreachable!("built as a message above")
+            };
+            Entry {
+                pos: st.pos,
+                seq: st.seq,
+                class,
+                cum: st.cum,
+                frame,
+                datagram,
+                history: msg.keep_in_history.then_some(message),
+                published: tokio::time::Instant::now(),
+            }
+        });
+        if stamped.is_some() {
+            self.watchers.notify_all();
+        }
+        stamped
+    }
+}
+
+/// The room list a client or the admin sees: shared by the registry and the admin API.
+pub type RoomRef = Arc<Room>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_follow_the_spec_charset_and_length() {
+        assert!(validate_id("room id", "lobby-1_a.b:c@d").is_ok());
+        assert!(validate_id("room id", "").is_err());
+        assert!(validate_id("room id", &"a".repeat(64)).is_ok());
+        assert!(validate_id("room id", &"a".repeat(65)).is_err());
+        assert!(validate_id("room id", "a b").is_err());
+        assert!(validate_id("room id", "ü").is_err());
+    }
+
+    #[test]
+    fn message_types_are_short_and_not_reserved() {
+        assert!(validate_msg_type("chat").is_ok());
+        assert!(validate_msg_type(&"t".repeat(32)).is_ok());
+        assert!(validate_msg_type(&"t".repeat(33)).is_err());
+        let err = validate_msg_type("rc:kick").unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn members_page_in_join_order_both_ways_with_cursor() {
+        let mut st = RoomState::default();
+        for (i, u) in ["a", "b", "c", "d"].iter().enumerate() {
+            assert!(st.add(u, i as u64, 100 + i as u64));
+        }
+        assert!(!st.add("b", 9, 999), "second device of a member is not a new member");
+        let names = |v: Vec<(String, u64, u64)>| v.into_iter().map(|t| t.0).collect::<Vec<_>>();
+        assert_eq!(names(st.page(MemberOrder::Asc, 2, None)), ["a", "b"]);
+        assert_eq!(names(st.page(MemberOrder::Asc, 2, Some(1))), ["c", "d"]);
+        assert_eq!(names(st.page(MemberOrder::Desc, 3, None)), ["d", "c", "b"]);
+        assert_eq!(names(st.page(MemberOrder::Desc, 3, Some(1))), ["a"]);
+        st.remove("b");
+        assert_eq!(names(st.page(MemberOrder::Asc, 10, None)), ["a", "c", "d"]);
+        assert!(st.remove_conn("a", 0));
+        assert!(!st.remove_conn("zz", 0));
+    }
+
+    #[test]
+    fn publish_encodes_once_and_keeps_history_only_when_asked() {
+        let room = Room::new("r".into(), "R".into(), 1, 0, 8);
+        let out = |keep, class| Outgoing {
+            from: "u".into(),
+            msg_type: "chat".into(),
+            body: Bytes::from_static(b"hi"),
+            class,
+            keep_in_history: keep,
+        };
+        assert_eq!(room.publish(out(true, Class::Normal), 5), Some((1, 5)));
+        assert_eq!(room.publish(out(false, Class::Low), 6), Some((2, 6)));
+        let Read::Entry(low) = room.ring.read(1) else {
+            panic!("entry 1 missing")
+        };
+        assert!(low.datagram.is_some() && low.history.is_none());
+        let recent = room.ring.recent(2, 10);
+        assert_eq!(recent.len(), 1);
+        assert!(room.close(DestroyReason::Manual));
+        assert_eq!(room.destroy_reason(), Some(DestroyReason::Manual));
+        assert_eq!(room.publish(out(true, Class::Normal), 7), None);
+    }
+}

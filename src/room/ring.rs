@@ -1,0 +1,445 @@
+//! The per-room lock-free broadcast ring.
+//!
+//! A fixed array of slots, each an [`ArcSwapOption`] holding one published [`Entry`], and an atomic
+//! `tail` (the next position). Publishing stores the entry into slot `pos % capacity` and then
+//! advances `tail` with release ordering; readers load `tail` with acquire ordering and then the
+//! slot. Neither side takes a lock the other side holds: publishers serialise among themselves
+//! with a publisher-only mutex (a room's sequence numbers must be assigned in ring order), readers
+//! only do atomic loads, and an overwritten slot is detected by its entry's position being newer than
+//! the one asked for. A reader that lags by more than the capacity therefore never slows the
+//! publisher: it finds out it lagged and skips ahead, and the cumulative per-class counters stamped
+//! on every entry tell it exactly how many messages of each class it skipped.
+//!
+//! Wake-ups go through [`Watchers`]: each subscribing connection registers one [`Signal`] (an atomic
+//! flag plus an [`AtomicWaker`]); the publisher sets the flags lock-free, so a connection that is
+//! already awake costs one atomic swap per publish.
+
+use crate::protocol::Class;
+use arc_swap::{ArcSwap, ArcSwapOption};
+use bytes::Bytes;
+use futures_util::task::AtomicWaker;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+
+/// Per-class message counts, indexed by [`class_index`].
+pub type ClassCounts = [u64; 3];
+
+/// The index of a class in [`ClassCounts`].
+pub fn class_index(class: Class) -> usize {
+    match class {
+        Class::Protected => 0,
+        Class::Normal => 1,
+        Class::Low => 2,
+    }
+}
+
+/// One published item: a message frame encoded once for every subscriber.
+#[derive(Debug)]
+pub struct Entry {
+    /// Ring position (internal; not the message's `seq`).
+    pub pos: u64,
+    /// The message's room sequence number.
+    pub seq: u64,
+    /// Its class.
+    pub class: Class,
+    /// Counts of messages per class published up to and including this one.
+    pub cum: ClassCounts,
+    /// The delivery-stream frame (length prefix included).
+    pub frame: Bytes,
+    /// The datagram payload, for low-priority entries.
+    pub datagram: Option<Bytes>,
+    /// The decoded message, for join history; `None` when it is not to be kept in history.
+    pub history: Option<crate::protocol::Message>,
+    /// When it was published (for the fan-out latency histogram).
+    pub published: tokio::time::Instant,
+}
+
+/// What a reader finds at its cursor.
+#[derive(Debug)]
+pub enum Read {
+    /// Nothing new yet.
+    Empty,
+    /// The entry at the cursor.
+    Entry(Arc<Entry>),
+    /// The cursor's entry was overwritten; the oldest position still readable.
+    Lagged {
+        /// Where to continue.
+        oldest: u64,
+    },
+}
+
+/// Publisher-side state; only publishers take its lock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PublishState {
+    /// The next message sequence number to assign.
+    pub next_seq: u64,
+    /// The last timestamp handed out, so timestamps never go backwards.
+    pub last_ts: u64,
+    /// Cumulative per-class counts.
+    pub cum: ClassCounts,
+    /// Set once by [`Ring::close`]; nothing is published after it.
+    pub closed: bool,
+}
+
+/// A consistent snapshot of the publish side, taken by a joining member.
+#[derive(Debug, Clone, Copy)]
+pub struct JoinPoint {
+    /// The ring position the member reads from.
+    pub pos: u64,
+    /// The newest assigned sequence number (0 if none).
+    pub last_seq: u64,
+    /// Cumulative per-class counts before `pos`.
+    pub cum: ClassCounts,
+}
+
+/// The broadcast ring.
+pub struct Ring {
+    slots: Box<[ArcSwapOption<Entry>]>,
+    mask: u64,
+    tail: AtomicU64,
+    closed: AtomicBool,
+    publish: Mutex<PublishState>,
+}
+
+impl Ring {
+    /// A ring of `capacity` slots, rounded up to a power of two (at least 2).
+    pub fn new(capacity: usize) -> Self {
+        let cap = capacity.max(2).next_power_of_two();
+        Ring {
+            slots: (0..cap).map(|_| ArcSwapOption::empty()).collect(),
+            mask: cap as u64 - 1,
+            tail: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            publish: Mutex::new(PublishState {
+                next_seq: 1,
+                ..PublishState::default()
+            }),
+        }
+    }
+
+    /// Number of slots.
+    pub fn capacity(&self) -> u64 {
+        self.mask + 1
+    }
+
+    /// The next position to be published.
+    pub fn tail(&self) -> u64 {
+        self.tail.load(Ordering::Acquire)
+    }
+
+    /// Publishes one message. `build(seq, ts, pos, cum)` makes the entry; it runs under the
+    /// publisher-only lock so sequence numbers, timestamps and ring order agree. `now_ms` is the
+    /// wall clock; timestamps are made monotonic here. Returns `(seq, ts)`, or `None` once the ring
+    /// is closed.
+    pub fn publish(
+        &self,
+        class: Class,
+        now_ms: u64,
+        build: impl FnOnce(Stamp) -> Entry,
+    ) -> Option<(u64, u64)> {
+        let mut st = self.publish.lock().unwrap_or_else(|p| p.into_inner());
+        if st.closed {
+            return None;
+        }
+        let seq = st.next_seq;
+        let ts = now_ms.max(st.last_ts);
+        st.next_seq += 1;
+        st.last_ts = ts;
+        st.cum[class_index(class)] += 1;
+        let pos = self.tail.load(Ordering::Relaxed);
+        let entry = build(Stamp {
+            seq,
+            ts,
+            pos,
+            cum: st.cum,
+        });
+        self.slots[(pos & self.mask) as usize].store(Some(Arc::new(entry)));
+        self.tail.store(pos + 1, Ordering::Release);
+        Some((seq, ts))
+    }
+
+    /// Closes the ring: later publishes fail. Every entry published before it stays readable, and a
+    /// reader that sees [`is_closed`](Self::is_closed) and then finds [`Read::Empty`] has read all.
+    /// Returns false if it was closed already.
+    pub fn close(&self) -> bool {
+        let mut st = self.publish.lock().unwrap_or_else(|p| p.into_inner());
+        if st.closed {
+            return false;
+        }
+        st.closed = true;
+        self.closed.store(true, Ordering::Release);
+        true
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// A consistent snapshot for a joining member.
+    pub fn join_point(&self) -> JoinPoint {
+        let st = self.publish.lock().unwrap_or_else(|p| p.into_inner());
+        JoinPoint {
+            pos: self.tail.load(Ordering::Relaxed),
+            last_seq: st.next_seq - 1,
+            cum: st.cum,
+        }
+    }
+
+    /// Reads position `pos`.
+    pub fn read(&self, pos: u64) -> Read {
+        let tail = self.tail.load(Ordering::Acquire);
+        if pos >= tail {
+            return Read::Empty;
+        }
+        let oldest = tail.saturating_sub(self.capacity());
+        if pos < oldest {
+            return Read::Lagged { oldest };
+        }
+        match self.slots[(pos & self.mask) as usize].load_full() {
+            Some(e) if e.pos == pos => Read::Entry(e),
+            // Overwritten between the tail load and the slot load.
+            _ => Read::Lagged {
+                oldest: self
+                    .tail
+                    .load(Ordering::Acquire)
+                    .saturating_sub(self.capacity()),
+            },
+        }
+    }
+
+    /// Up to `n` of the newest entries before `before` that carry history, oldest first.
+    pub fn recent(&self, before: u64, n: usize) -> Vec<Arc<Entry>> {
+        let mut out = Vec::with_capacity(n);
+        let mut pos = before;
+        let floor = self.tail().saturating_sub(self.capacity());
+        while out.len() < n && pos > floor {
+            pos -= 1;
+            if let Read::Entry(e) = self.read(pos)
+                && e.history.is_some()
+            {
+                out.push(e);
+            }
+        }
+        out.reverse();
+        out
+    }
+}
+
+/// What the publisher hands to the entry builder.
+#[derive(Debug, Clone, Copy)]
+pub struct Stamp {
+    /// Sequence number.
+    pub seq: u64,
+    /// Timestamp, ms.
+    pub ts: u64,
+    /// Ring position.
+    pub pos: u64,
+    /// Cumulative counts including this entry.
+    pub cum: ClassCounts,
+}
+
+/// A wake-up flag owned by one connection's delivery task.
+#[derive(Debug, Default)]
+pub struct Signal {
+    pending: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Signal {
+    /// Marks the owner as having work and wakes it if it sleeps. Lock-free.
+    pub fn notify(&self) {
+        if !self.pending.swap(true, Ordering::AcqRel) {
+            self.waker.wake();
+        }
+    }
+
+    /// Waits until [`notify`](Self::notify) was called since the last wait returned. Cancel-safe.
+    pub async fn wait(&self) {
+        std::future::poll_fn(|cx| {
+            if self.pending.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            if self.pending.swap(false, Ordering::AcqRel) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+const WATCHER_SHARDS: usize = 16;
+
+/// The signals to wake when a room publishes, sharded so that a join copies 1/16 of the list.
+///
+/// Publishers only load the shards (lock-free); joins and leaves take a shard's writer lock, which
+/// publishers never touch, and swap in a new list.
+pub struct Watchers {
+    shards: [(Mutex<()>, ArcSwap<Vec<(u64, Arc<Signal>)>>); WATCHER_SHARDS],
+}
+
+impl Default for Watchers {
+    fn default() -> Self {
+        Watchers {
+            shards: std::array::from_fn(|_| (Mutex::new(()), ArcSwap::from_pointee(Vec::new()))),
+        }
+    }
+}
+
+impl Watchers {
+    /// Registers `signal` under `key` (a connection id).
+    pub fn add(&self, key: u64, signal: Arc<Signal>) {
+        let (lock, list) = &self.shards[key as usize % WATCHER_SHARDS];
+        let _w = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = Vec::clone(&list.load());
+        next.retain(|(k, _)| *k != key);
+        next.push((key, signal));
+        list.store(Arc::new(next));
+    }
+
+    /// Removes the signal registered under `key`.
+    pub fn remove(&self, key: u64) {
+        let (lock, list) = &self.shards[key as usize % WATCHER_SHARDS];
+        let _w = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let cur = list.load();
+        if cur.iter().any(|(k, _)| *k == key) {
+            let next: Vec<_> = cur.iter().filter(|(k, _)| *k != key).cloned().collect();
+            list.store(Arc::new(next));
+        }
+    }
+
+    /// Wakes every registered signal. Lock-free.
+    pub fn notify_all(&self) {
+        for (_, list) in &self.shards {
+            for (_, s) in list.load().iter() {
+                s.notify();
+            }
+        }
+    }
+
+    /// How many signals are registered.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|(_, l)| l.load().len()).sum()
+    }
+
+    /// Whether none is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(st: Stamp, class: Class) -> Entry {
+        Entry {
+            pos: st.pos,
+            seq: st.seq,
+            class,
+            cum: st.cum,
+            frame: Bytes::from(st.seq.to_be_bytes().to_vec()),
+            datagram: None,
+            history: None,
+            published: tokio::time::Instant::now(),
+        }
+    }
+
+    #[test]
+    fn reads_in_order_then_empty() {
+        let ring = Ring::new(8);
+        for _ in 0..5 {
+            ring.publish(Class::Normal, 10, |s| entry(s, Class::Normal));
+        }
+        for pos in 0..5 {
+            match ring.read(pos) {
+                Read::Entry(e) => assert_eq!(e.seq, pos + 1),
+                other => panic!("pos {pos}: {other:?}"),
+            }
+        }
+        assert!(matches!(ring.read(5), Read::Empty));
+    }
+
+    #[test]
+    fn overwritten_positions_report_lag_with_the_oldest_readable() {
+        let ring = Ring::new(4);
+        for _ in 0..10 {
+            ring.publish(Class::Normal, 10, |s| entry(s, Class::Normal));
+        }
+        match ring.read(2) {
+            Read::Lagged { oldest } => assert_eq!(oldest, 6),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(ring.read(6), Read::Entry(e) if e.seq == 7));
+    }
+
+    #[test]
+    fn cumulative_counts_give_exact_gaps_by_class() {
+        let ring = Ring::new(4);
+        let classes = [Class::Low, Class::Normal, Class::Low, Class::Protected, Class::Normal];
+        for c in classes {
+            ring.publish(c, 10, |s| entry(s, c));
+        }
+        let Read::Entry(last) = ring.read(4) else {
+            panic!("last entry missing")
+        };
+        assert_eq!(last.cum, [1, 2, 2]);
+    }
+
+    #[test]
+    fn timestamps_never_go_backwards_and_seq_strictly_increases() {
+        let ring = Ring::new(4);
+        let (s1, t1) = ring
+            .publish(Class::Normal, 100, |s| entry(s, Class::Normal))
+            .expect("open");
+        let (s2, t2) = ring
+            .publish(Class::Normal, 50, |s| entry(s, Class::Normal))
+            .expect("open");
+        assert!(s2 > s1);
+        assert_eq!((t1, t2), (100, 100));
+        let jp = ring.join_point();
+        assert_eq!((jp.pos, jp.last_seq), (2, 2));
+    }
+
+    #[test]
+    fn a_closed_ring_refuses_publishes_but_keeps_what_it_had() {
+        let ring = Ring::new(4);
+        ring.publish(Class::Normal, 1, |s| entry(s, Class::Normal));
+        assert!(ring.close());
+        assert!(!ring.close());
+        assert!(ring.is_closed());
+        assert!(ring.publish(Class::Normal, 1, |s| entry(s, Class::Normal)).is_none());
+        assert!(matches!(ring.read(0), Read::Entry(_)));
+        assert!(matches!(ring.read(1), Read::Empty));
+    }
+
+    #[test]
+    fn signal_wakes_once_per_notify_batch() {
+        let sig = Signal::default();
+        sig.notify();
+        sig.notify();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut fut = std::pin::pin!(sig.wait());
+        assert!(fut.as_mut().poll(&mut cx).is_ready());
+        let mut fut = std::pin::pin!(sig.wait());
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+    }
+
+    #[test]
+    fn watchers_add_remove_and_notify() {
+        let w = Watchers::default();
+        let a = Arc::new(Signal::default());
+        w.add(1, a.clone());
+        w.add(17, Arc::new(Signal::default()));
+        assert_eq!(w.len(), 2);
+        w.notify_all();
+        assert!(a.pending.load(Ordering::Acquire));
+        w.remove(1);
+        assert_eq!(w.len(), 1);
+    }
+}

@@ -1,0 +1,182 @@
+//! The data folder: development certificates, generated secrets, and the file that tells local
+//! clients where the server listens.
+//!
+//! ```text
+//! roomcast-data/
+//!   ca.pem          development CA (clients trust it)      server.pem, server.key   its server certificate
+//!   admin.key       admin bearer key (0600)                token.secret             HS256 secret (0600)
+//!   server.json     {"quic": "...", "admin": "..."} of the running server
+//! ```
+
+use super::{Secrets, ServerError};
+use crate::config::Config;
+use crate::tls::{DEV_CA_FILE, ServerIdentity, write_file};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// File name of the address file in the data folder.
+pub const SERVER_FILE: &str = "server.json";
+const ADMIN_KEY_FILE: &str = "admin.key";
+const TOKEN_SECRET_FILE: &str = "token.secret";
+
+/// The addresses a running server writes for local clients.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerFile {
+    /// QUIC address.
+    pub quic: SocketAddr,
+    /// Admin API address.
+    pub admin: SocketAddr,
+}
+
+/// A data folder and what is in it.
+#[derive(Debug, Clone)]
+pub struct DataFolder {
+    /// Its path.
+    pub path: PathBuf,
+}
+
+/// What `serve` needs before binding: secrets, the identity, and what was generated now.
+pub struct Prepared {
+    /// Secrets to run with.
+    pub secrets: Secrets,
+    /// The server certificate.
+    pub identity: ServerIdentity,
+    /// Human-readable notes on what was generated (printed once by `serve`).
+    pub generated: Vec<String>,
+}
+
+impl DataFolder {
+    /// The folder at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        DataFolder { path: path.into() }
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// The development CA certificate, if there is one.
+    pub fn ca_pem(&self) -> Option<Vec<u8>> {
+        std::fs::read(self.file(DEV_CA_FILE)).ok()
+    }
+
+    /// The token secret stored here, if any.
+    pub fn token_secret(&self) -> Option<String> {
+        read_trimmed(&self.file(TOKEN_SECRET_FILE))
+    }
+
+    /// The admin key stored here, if any.
+    pub fn admin_key(&self) -> Option<String> {
+        read_trimmed(&self.file(ADMIN_KEY_FILE))
+    }
+
+    /// The addresses of the server that last ran on this folder.
+    pub fn server_file(&self) -> Option<ServerFile> {
+        let text = std::fs::read_to_string(self.file(SERVER_FILE)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Records the bound addresses for local clients.
+    pub fn write_server_file(&self, f: &ServerFile) -> Result<(), ServerError> {
+        let text = serde_json::to_string_pretty(f).map_err(|e| ServerError::Data(e.to_string()))?;
+        write_file(&self.file(SERVER_FILE), &text, false).map_err(|e| ServerError::Data(e.to_string()))
+    }
+
+    /// Resolves secrets and the certificate for `config`: configured values win (the caller has
+    /// already merged flags and environment into `config`), else the files here, else new ones are
+    /// generated and written here.
+    pub fn prepare(&self, config: &Config) -> Result<Prepared, ServerError> {
+        std::fs::create_dir_all(&self.path)
+            .map_err(|e| ServerError::Data(format!("{}: {e}", self.path.display())))?;
+        let mut generated = Vec::new();
+        let admin_key = self.secret(
+            &config.auth.admin_key,
+            ADMIN_KEY_FILE,
+            "admin key",
+            &mut generated,
+            true,
+        )?;
+        let token_secret = self.secret(
+            &config.auth.token_secret,
+            TOKEN_SECRET_FILE,
+            "token secret",
+            &mut generated,
+            false,
+        )?;
+        let identity = if config.tls.cert.is_empty() {
+            let (id, fresh) = ServerIdentity::dev_in(&self.path, &config.tls.dev_names)?;
+            if fresh {
+                generated.push(format!(
+                    "development CA and server certificate in {} (clients trust {})",
+                    self.path.display(),
+                    self.file(DEV_CA_FILE).display()
+                ));
+            }
+            id
+        } else {
+            ServerIdentity::load(Path::new(&config.tls.cert), Path::new(&config.tls.key))?
+        };
+        Ok(Prepared {
+            secrets: Secrets {
+                admin_key,
+                token_secret,
+            },
+            identity,
+            generated,
+        })
+    }
+
+    fn secret(
+        &self,
+        configured: &str,
+        file: &str,
+        what: &str,
+        generated: &mut Vec<String>,
+        show: bool,
+    ) -> Result<String, ServerError> {
+        if !configured.is_empty() {
+            return Ok(configured.to_owned());
+        }
+        let path = self.file(file);
+        if let Some(s) = read_trimmed(&path) {
+            return Ok(s);
+        }
+        let s = crate::auth::random_secret();
+        write_file(&path, &s, true).map_err(|e| ServerError::Data(e.to_string()))?;
+        generated.push(if show {
+            format!("{what}: {s} (kept in {})", path.display())
+        } else {
+            format!("{what} in {}", path.display())
+        });
+        Ok(s)
+    }
+}
+
+fn read_trimmed(path: &Path) -> Option<String> {
+    let s = std::fs::read_to_string(path).ok()?;
+    let s = s.trim();
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_generated_once_and_configured_values_win() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = DataFolder::new(dir.path());
+        let mut config = Config::default();
+        let first = data.prepare(&config).expect("prepares");
+        assert_eq!(first.generated.len(), 3, "{:?}", first.generated);
+        let second = data.prepare(&config).expect("prepares");
+        assert!(second.generated.is_empty());
+        assert_eq!(first.secrets.admin_key, second.secrets.admin_key);
+        assert_eq!(data.admin_key().as_deref(), Some(first.secrets.admin_key.as_str()));
+        config.auth.admin_key = "from-env".into();
+        let third = data.prepare(&config).expect("prepares");
+        assert_eq!(third.secrets.admin_key, "from-env");
+        assert_eq!(third.secrets.token_secret, first.secrets.token_secret);
+    }
+}

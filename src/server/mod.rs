@@ -1,0 +1,315 @@
+//! The relay server: the QUIC endpoint, per-connection sessions, the room registry, and the admin
+//! listener, all stopped by one shutdown future.
+//!
+//! [`Server::bind`] takes a configuration and binds both sockets (use port 0 in tests and read the
+//! bound addresses back); [`Server::run`] serves until the shutdown future completes, then closes
+//! every client with [`CloseCode::Shutdown`] and the reason `server shutting down`, waits up to
+//! `shutdown_grace_ms` for the closes to be sent, and returns once every task it owns has ended.
+
+mod bootstrap;
+mod delivery;
+pub mod relay;
+mod session;
+
+pub use bootstrap::{DataFolder, Prepared, SERVER_FILE, ServerFile};
+pub use relay::Relay;
+
+use crate::auth::TokenAuth;
+use crate::config::Config;
+use crate::protocol::CloseCode;
+use crate::tls::{ServerIdentity, TlsError};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why the server could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Certificates could not be made or loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A socket could not be bound or configured.
+    #[error("{what} {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// Its address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A file in the data folder could not be read or written.
+    #[error("data folder: {0}")]
+    Data(String),
+}
+
+/// Secrets the server runs with.
+#[derive(Clone)]
+pub struct Secrets {
+    /// The admin bearer key.
+    pub admin_key: String,
+    /// The HS256 token secret.
+    pub token_secret: String,
+}
+
+/// A bound, not yet running relay.
+pub struct Server {
+    relay: Arc<Relay>,
+    endpoint: quinn::Endpoint,
+    admin: tokio::net::TcpListener,
+    quic_addr: SocketAddr,
+    admin_addr: SocketAddr,
+}
+
+impl Server {
+    /// Binds the QUIC endpoint and the admin listener.
+    pub async fn bind(
+        config: Config,
+        secrets: Secrets,
+        identity: &ServerIdentity,
+    ) -> Result<Self, ServerError> {
+        config.validate()?;
+        let config = Arc::new(config);
+        let endpoint = endpoint(&config, identity)?;
+        let quic_addr = endpoint.local_addr().map_err(|source| ServerError::Bind {
+            what: "QUIC",
+            addr: config.server.quic,
+            source,
+        })?;
+        let admin = tokio::net::TcpListener::bind(config.server.admin)
+            .await
+            .map_err(|source| ServerError::Bind {
+                what: "admin",
+                addr: config.server.admin,
+                source,
+            })?;
+        let admin_addr = admin.local_addr().map_err(|source| ServerError::Bind {
+            what: "admin",
+            addr: config.server.admin,
+            source,
+        })?;
+        let auth = TokenAuth::new(
+            secrets.token_secret.as_bytes(),
+            config.auth.leeway_secs,
+            config.auth.dev_mode,
+        );
+        let relay = Arc::new(Relay::new(config, auth, secrets.admin_key));
+        Ok(Server {
+            relay,
+            endpoint,
+            admin,
+            quic_addr,
+            admin_addr,
+        })
+    }
+
+    /// The bound QUIC address.
+    pub fn quic_addr(&self) -> SocketAddr {
+        self.quic_addr
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The shared core, for in-process inspection.
+    pub fn relay(&self) -> &Arc<Relay> {
+        &self.relay
+    }
+
+    /// Serves until `shutdown` completes, then closes every connection and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Server {
+            relay,
+            endpoint,
+            admin,
+            ..
+        } = self;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut sessions = tokio::task::JoinSet::new();
+        let router = crate::admin::router(relay.clone(), crate::metrics::prometheus());
+        let mut admin_rx = stop_rx.clone();
+        let admin_task = tokio::spawn(async move {
+            let stop = async move {
+                let _ = admin_rx.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(admin, router)
+                .with_graceful_shutdown(stop)
+                .await
+            {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        });
+        tracing::info!(quic = %endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving");
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                incoming = endpoint.accept() => match incoming {
+                    Some(incoming) => {
+                        sessions.spawn(session::serve(relay.clone(), incoming));
+                    }
+                    None => break,
+                },
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            }
+        }
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+        let reason = b"server shutting down";
+        relay.close_all(CloseCode::Shutdown, "server shutting down");
+        endpoint.close(CloseCode::Shutdown.into(), reason);
+        let grace = Duration::from_millis(relay.config.transport.shutdown_grace_ms);
+        let _ = tokio::time::timeout(grace, endpoint.wait_idle()).await;
+        sessions.shutdown().await;
+        if tokio::time::timeout(grace, admin_task).await.is_err() {
+            tracing::warn!("admin listener did not stop in time");
+        }
+        drop(stop_rx);
+        tracing::info!("stopped");
+    }
+}
+
+/// The QUIC endpoint with roomcast's transport settings on a UDP socket with large buffers.
+fn endpoint(config: &Config, identity: &ServerIdentity) -> Result<quinn::Endpoint, ServerError> {
+    let t = &config.transport;
+    let mut transport = quinn::TransportConfig::default();
+    // A client opens exactly one bidirectional stream (control) and no unidirectional one; the
+    // server opens the delivery stream. Small limits keep per-connection state small.
+    transport
+        .max_concurrent_bidi_streams(1u32.into())
+        .max_concurrent_uni_streams(0u32.into())
+        // Small receive windows: clients send little (requests of at most one frame), and quinn
+        // allocates receive buffers up to the window; the defaults (1.25 MB per stream) cost
+        // ~37 KiB of RSS per idle connection and far more under load.
+        .stream_receive_window(t.stream_window.into())
+        .receive_window(t.conn_window.into())
+        // Bounds the unacknowledged data buffered per connection; a lagging client then holds
+        // back its own delivery task instead of growing server memory.
+        .send_window(t.send_window)
+        // The server receives no datagrams; it sends them to clients that advertise support.
+        .datagram_receive_buffer_size(None)
+        .datagram_send_buffer_size(t.datagram_send_buffer)
+        // Keep-alives keep NAT bindings open and let a dead peer be noticed within the idle timeout.
+        .keep_alive_interval(Some(Duration::from_millis(t.keep_alive_ms)))
+        .max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(Duration::from_millis(t.idle_timeout_ms))
+                .map_err(|e| ServerError::Data(format!("transport.idle_timeout_ms: {e}")))?,
+        ));
+    let crypto = identity.quic_server_crypto()?;
+    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server_config.transport_config(Arc::new(transport));
+
+    let addr = config.server.quic;
+    let bind_err = |source| ServerError::Bind {
+        what: "QUIC",
+        addr,
+        source,
+    };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .map_err(bind_err)?;
+    if addr.is_ipv6() {
+        let _ = socket.set_only_v6(false);
+    }
+    // The kernel's default UDP buffers (208 KiB) drop packets at a few hundred busy connections:
+    // every connection's acknowledgements and requests land in one socket. Ask for more; the
+    // kernel caps SO_RCVBUF at net.core.rmem_max, so try SO_RCVBUFFORCE (root or CAP_NET_ADMIN)
+    // when the cap bites, and say so when neither works.
+    set_buffer(&socket, t.udp_recv_buffer, BufferKind::Recv);
+    set_buffer(&socket, t.udp_send_buffer, BufferKind::Send);
+    socket.bind(&addr.into()).map_err(bind_err)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| ServerError::Data("no async runtime for QUIC".into()))?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server_config),
+        socket.into(),
+        runtime,
+    )
+    .map_err(bind_err)
+}
+
+#[derive(Clone, Copy)]
+enum BufferKind {
+    Recv,
+    Send,
+}
+
+fn set_buffer(socket: &socket2::Socket, want: usize, kind: BufferKind) {
+    let (set, get, force, name) = match kind {
+        BufferKind::Recv => (
+            socket2::Socket::set_recv_buffer_size as fn(&socket2::Socket, usize) -> std::io::Result<()>,
+            socket2::Socket::recv_buffer_size as fn(&socket2::Socket) -> std::io::Result<usize>,
+            force_opt(libc_opt::SO_RCVBUFFORCE),
+            "receive",
+        ),
+        BufferKind::Send => (
+            socket2::Socket::set_send_buffer_size as fn(&socket2::Socket, usize) -> std::io::Result<()>,
+            socket2::Socket::send_buffer_size as fn(&socket2::Socket) -> std::io::Result<usize>,
+            force_opt(libc_opt::SO_SNDBUFFORCE),
+            "send",
+        ),
+    };
+    let _ = set(socket, want);
+    // Linux reports twice the usable size.
+    if get(socket).unwrap_or(0) >= want {
+        return;
+    }
+    if let Some(opt) = force {
+        force_buffer(socket, opt, want);
+    }
+    let got = get(socket).unwrap_or(0);
+    if got < want {
+        tracing::warn!(
+            wanted = want,
+            got,
+            "UDP {name} buffer is smaller than configured; raise net.core.{}mem_max",
+            if matches!(kind, BufferKind::Recv) { "r" } else { "w" }
+        );
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod libc_opt {
+    pub const SO_RCVBUFFORCE: i32 = libc::SO_RCVBUFFORCE;
+    pub const SO_SNDBUFFORCE: i32 = libc::SO_SNDBUFFORCE;
+}
+#[cfg(not(target_os = "linux"))]
+mod libc_opt {
+    pub const SO_RCVBUFFORCE: i32 = -1;
+    pub const SO_SNDBUFFORCE: i32 = -1;
+}
+
+fn force_opt(opt: i32) -> Option<i32> {
+    (opt >= 0).then_some(opt)
+}
+
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn force_buffer(socket: &socket2::Socket, opt: i32, want: usize) {
+    use std::os::fd::AsRawFd;
+    let val = i32::try_from(want).unwrap_or(i32::MAX);
+    // SAFETY: a plain setsockopt on a socket we own, with a pointer to a live i32 and its size.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&val as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn force_buffer(_: &socket2::Socket, _: i32, _: usize) {}
