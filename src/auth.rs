@@ -138,7 +138,10 @@ mod tests {
         let e = auth.verify(&forged).unwrap_err();
         assert!(e.message.contains("signature"), "{}", e.message);
         assert_eq!(auth.verify("").unwrap_err().code, ErrorCode::Unauthorized);
-        assert_eq!(auth.verify("a.b.c").unwrap_err().code, ErrorCode::Unauthorized);
+        assert_eq!(
+            auth.verify("a.b.c").unwrap_err().code,
+            ErrorCode::Unauthorized
+        );
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub struct Config {
     pub tls: TlsSection,
     /// Client tokens and the admin key.
     pub auth: AuthSection,
+    /// Room lifecycle, membership and presence.
+    pub rooms: Rooms,
     /// Limits from the specification.
     pub limits: Limits,
     /// QUIC transport tuning.
@@ -110,6 +112,40 @@ impl Default for AuthSection {
     }
 }
 
+/// `[rooms]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Rooms {
+    /// Minutes without a join, leave or message before an idle-policy room is destroyed (1..=1440).
+    pub idle_destroy_minutes: u32,
+    /// A member with no connection for this long is removed, in milliseconds.
+    pub offline_grace_ms: u64,
+    /// How often timers (idle, lifetime, scheduled destroy, offline exit) are checked, ms.
+    pub timer_tick_ms: u64,
+    /// Joining a room leaves the user's previous room, on all devices.
+    pub single_room: bool,
+    /// Above this many members, join/leave events become a periodic member count.
+    pub member_events_max: usize,
+    /// Interval of the member count update in large rooms, ms.
+    pub member_count_interval_ms: u64,
+    /// A join of a missing room creates it (off: ROOM_NOT_FOUND).
+    pub join_creates: bool,
+}
+
+impl Default for Rooms {
+    fn default() -> Self {
+        Rooms {
+            idle_destroy_minutes: 60,
+            offline_grace_ms: 30_000,
+            timer_tick_ms: 1_000,
+            single_room: false,
+            member_events_max: 500,
+            member_count_interval_ms: 5_000,
+            join_creates: false,
+        }
+    }
+}
+
 /// `[limits]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -140,6 +176,22 @@ pub struct Limits {
     pub rooms_per_destroy: usize,
     /// Largest admin API request body, in bytes.
     pub admin_request_body: usize,
+    /// Client sends per second per connection (token bucket rate).
+    pub send_rate_per_sec: u32,
+    /// Client sends a connection may burst.
+    pub send_burst: u32,
+    /// Window of the per-room ingress budget, ms.
+    pub room_budget_window_ms: u64,
+    /// Messages per window per room, all classes.
+    pub room_budget_total: u32,
+    /// Part of the total that low-priority messages may not use.
+    pub room_budget_reserved: u32,
+    /// Extra messages per window that only protected messages may use.
+    pub room_budget_protected_extra: u32,
+    /// Admin API calls per second (token bucket rate).
+    pub admin_rate_per_sec: u32,
+    /// Admin API calls that may burst.
+    pub admin_burst: u32,
 }
 
 impl Default for Limits {
@@ -158,6 +210,14 @@ impl Default for Limits {
             rooms_per_send: 10,
             rooms_per_destroy: 100,
             admin_request_body: 512 * 1024,
+            send_rate_per_sec: 10,
+            send_burst: 20,
+            room_budget_window_ms: 200,
+            room_budget_total: 40,
+            room_budget_reserved: 20,
+            room_budget_protected_extra: 20,
+            admin_rate_per_sec: 200,
+            admin_burst: 400,
         }
     }
 }
@@ -211,48 +271,222 @@ impl Default for Transport {
 /// One comment per key, printed by `roomcast serve --print-config`.
 const KEY_DOCS: &[(&str, &str)] = &[
     ("server", "Listeners and the data folder."),
-    ("server.quic", "UDP address of the QUIC listener (ALPN roomcast/1)."),
-    ("server.admin", "TCP address of the admin API, /metrics, /healthz and /openapi.json."),
-    ("server.data", "Data folder: development certificates, generated secrets, server address."),
-    ("tls", "Certificates. Leave cert and key empty to use a development CA generated in the data folder."),
+    (
+        "server.quic",
+        "UDP address of the QUIC listener (ALPN roomcast/1).",
+    ),
+    (
+        "server.admin",
+        "TCP address of the admin API, /metrics, /healthz and /openapi.json.",
+    ),
+    (
+        "server.data",
+        "Data folder: development certificates, generated secrets, server address.",
+    ),
+    (
+        "tls",
+        "Certificates. Leave cert and key empty to use a development CA generated in the data folder.",
+    ),
     ("tls.cert", "PEM certificate chain file."),
     ("tls.key", "PEM private key file of the certificate."),
-    ("tls.dev_names", "Extra host names or IP addresses for the generated development certificate."),
-    ("auth", "Client tokens (HS256 JWT, sub = user id, exp required) and the admin key."),
-    ("auth.admin_key", "Admin bearer key. Empty: ROOMCAST_ADMIN_KEY, else admin.key in the data folder (generated once)."),
-    ("auth.token_secret", "HS256 secret. Empty: ROOMCAST_TOKEN_SECRET, else token.secret in the data folder (generated once)."),
-    ("auth.dev_mode", "Accept the token \"dev:<user id>\" without a signature. Development only."),
-    ("auth.leeway_secs", "Clock skew tolerated on token expiry, seconds."),
-    ("auth.max_token_ttl_secs", "Longest lifetime of a token minted by POST /v1/tokens, seconds."),
+    (
+        "tls.dev_names",
+        "Extra host names or IP addresses for the generated development certificate.",
+    ),
+    (
+        "auth",
+        "Client tokens (HS256 JWT, sub = user id, exp required) and the admin key.",
+    ),
+    (
+        "auth.admin_key",
+        "Admin bearer key. Empty: ROOMCAST_ADMIN_KEY, else admin.key in the data folder (generated once).",
+    ),
+    (
+        "auth.token_secret",
+        "HS256 secret. Empty: ROOMCAST_TOKEN_SECRET, else token.secret in the data folder (generated once).",
+    ),
+    (
+        "auth.dev_mode",
+        "Accept the token \"dev:<user id>\" without a signature. Development only.",
+    ),
+    (
+        "auth.leeway_secs",
+        "Clock skew tolerated on token expiry, seconds.",
+    ),
+    (
+        "auth.max_token_ttl_secs",
+        "Longest lifetime of a token minted by POST /v1/tokens, seconds.",
+    ),
+    ("rooms", "Room lifecycle, membership and presence."),
+    (
+        "rooms.idle_destroy_minutes",
+        "Minutes without a join, leave or message before a room with the idle policy is destroyed (1..=1440).",
+    ),
+    (
+        "rooms.offline_grace_ms",
+        "A member whose connections are all gone for this long is removed, ms.",
+    ),
+    (
+        "rooms.timer_tick_ms",
+        "How often idle, lifetime and scheduled destroys and offline exits are checked, ms.",
+    ),
+    (
+        "rooms.single_room",
+        "Joining a room leaves the user's previous room on all its devices (Kicked{single_room}).",
+    ),
+    (
+        "rooms.member_events_max",
+        "Above this many members, join/leave events become a periodic MemberCount.",
+    ),
+    (
+        "rooms.member_count_interval_ms",
+        "Interval of the MemberCount update in large rooms, ms.",
+    ),
+    (
+        "rooms.join_creates",
+        "A join of a missing room creates it instead of failing with ROOM_NOT_FOUND.",
+    ),
     ("limits", "Limits from the specification; each is enforced."),
-    ("limits.max_frame", "Largest frame body on a QUIC stream, bytes. Larger frames close the connection."),
-    ("limits.client_body", "Largest message body from a client, bytes (TOO_LARGE above)."),
-    ("limits.admin_body", "Largest message body through the admin API, bytes."),
-    ("limits.rooms_per_user", "Rooms one user may be in at once (TOO_MANY_ROOMS above)."),
-    ("limits.ring_capacity", "Slots in each room's broadcast ring: how far a member may lag before it skips (rounded up to a power of two)."),
-    ("limits.history_default", "History messages returned to a join that asks for 0."),
-    ("limits.history_max", "Most history messages a join may ask for."),
-    ("limits.member_page_max", "Most members in one admin member listing."),
-    ("limits.member_check_max", "Most user ids in one membership check."),
-    ("limits.room_info_members", "Members listed in a client's room info."),
+    (
+        "limits.max_frame",
+        "Largest frame body on a QUIC stream, bytes. Larger frames close the connection.",
+    ),
+    (
+        "limits.client_body",
+        "Largest message body from a client, bytes (TOO_LARGE above).",
+    ),
+    (
+        "limits.admin_body",
+        "Largest message body through the admin API, bytes.",
+    ),
+    (
+        "limits.rooms_per_user",
+        "Rooms one user may be in at once (TOO_MANY_ROOMS above).",
+    ),
+    (
+        "limits.ring_capacity",
+        "Slots in each room's broadcast ring: how far a member may lag before it skips (rounded up to a power of two).",
+    ),
+    (
+        "limits.history_default",
+        "History messages returned to a join that asks for 0.",
+    ),
+    (
+        "limits.history_max",
+        "Most history messages a join may ask for.",
+    ),
+    (
+        "limits.member_page_max",
+        "Most members in one admin member listing.",
+    ),
+    (
+        "limits.member_check_max",
+        "Most user ids in one membership check.",
+    ),
+    (
+        "limits.room_info_members",
+        "Members listed in a client's room info.",
+    ),
     ("limits.rooms_per_send", "Most rooms in one admin send."),
-    ("limits.rooms_per_destroy", "Most rooms destroyed in one admin call."),
-    ("limits.admin_request_body", "Largest admin API request body, bytes."),
-    ("transport", "QUIC transport tuning for many small connections."),
-    ("transport.udp_recv_buffer", "UDP receive buffer asked of the kernel, bytes (the 208 KiB default loses packets at a few hundred connections)."),
-    ("transport.udp_send_buffer", "UDP send buffer asked of the kernel, bytes."),
+    (
+        "limits.rooms_per_destroy",
+        "Most rooms destroyed in one admin call.",
+    ),
+    (
+        "limits.admin_request_body",
+        "Largest admin API request body, bytes.",
+    ),
+    (
+        "limits.send_rate_per_sec",
+        "Client sends per second per connection (RATE_LIMITED above).",
+    ),
+    (
+        "limits.send_burst",
+        "Client sends a connection may burst above the rate.",
+    ),
+    (
+        "limits.room_budget_window_ms",
+        "Window of the per-room ingress budget, ms (the defaults make 200 msg/s).",
+    ),
+    (
+        "limits.room_budget_total",
+        "Messages per window per room, all classes; past it, SHED.",
+    ),
+    (
+        "limits.room_budget_reserved",
+        "Part of the total reserved for normal and protected messages (low may not use it).",
+    ),
+    (
+        "limits.room_budget_protected_extra",
+        "Extra messages per window only protected messages may use.",
+    ),
+    (
+        "limits.admin_rate_per_sec",
+        "Admin API calls per second (RATE_LIMITED above).",
+    ),
+    (
+        "limits.admin_burst",
+        "Admin API calls that may burst above the rate.",
+    ),
+    (
+        "transport",
+        "QUIC transport tuning for many small connections.",
+    ),
+    (
+        "transport.udp_recv_buffer",
+        "UDP receive buffer asked of the kernel, bytes (the 208 KiB default loses packets at a few hundred connections).",
+    ),
+    (
+        "transport.udp_send_buffer",
+        "UDP send buffer asked of the kernel, bytes.",
+    ),
     ("transport.keep_alive_ms", "QUIC keep-alive interval, ms."),
-    ("transport.idle_timeout_ms", "A connection silent this long is dead, ms."),
-    ("transport.hello_timeout_ms", "Time a client has to finish the handshake and send its hello, ms."),
-    ("transport.stream_window", "Receive window of the control stream, bytes."),
-    ("transport.conn_window", "Receive window of a whole connection, bytes."),
-    ("transport.send_window", "Unacknowledged bytes buffered per connection, bytes."),
-    ("transport.datagram_send_buffer", "Datagram bytes queued per connection before the oldest are dropped."),
-    ("transport.delivery_batch_bytes", "Most event bytes one delivery write gathers (coalescing)."),
-    ("transport.shutdown_grace_ms", "Time a stopping server waits for connections to close, ms."),
+    (
+        "transport.idle_timeout_ms",
+        "A connection silent this long is dead, ms.",
+    ),
+    (
+        "transport.hello_timeout_ms",
+        "Time a client has to finish the handshake and send its hello, ms.",
+    ),
+    (
+        "transport.stream_window",
+        "Receive window of the control stream, bytes.",
+    ),
+    (
+        "transport.conn_window",
+        "Receive window of a whole connection, bytes.",
+    ),
+    (
+        "transport.send_window",
+        "Unacknowledged bytes buffered per connection, bytes.",
+    ),
+    (
+        "transport.datagram_send_buffer",
+        "Datagram bytes queued per connection before the oldest are dropped.",
+    ),
+    (
+        "transport.delivery_batch_bytes",
+        "Most event bytes one delivery write gathers (coalescing).",
+    ),
+    (
+        "transport.shutdown_grace_ms",
+        "Time a stopping server waits for connections to close, ms.",
+    ),
 ];
 
 impl Config {
+    /// The per-room ingress budget settings.
+    pub fn budget(&self) -> crate::policy::BudgetConfig {
+        let l = &self.limits;
+        crate::policy::BudgetConfig {
+            window_ms: l.room_budget_window_ms,
+            total: l.room_budget_total,
+            reserved: l.room_budget_reserved,
+            protected_extra: l.room_budget_protected_extra,
+        }
+    }
+
     /// Reads a TOML file over the defaults; unknown keys are an error.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -281,10 +515,29 @@ impl Config {
             return bad("limits.client_body must be at least 1 KiB below limits.max_frame");
         }
         if l.rooms_per_user == 0 || l.ring_capacity < 16 || l.ring_capacity > 1 << 20 {
-            return bad("limits.rooms_per_user must be >= 1 and limits.ring_capacity in 16..=1048576");
+            return bad(
+                "limits.rooms_per_user must be >= 1 and limits.ring_capacity in 16..=1048576",
+            );
         }
         if l.history_default > l.history_max {
             return bad("limits.history_default must not exceed limits.history_max");
+        }
+        let r = &self.rooms;
+        if !(crate::policy::IDLE_MINUTES.0..=crate::policy::IDLE_MINUTES.1)
+            .contains(&r.idle_destroy_minutes)
+        {
+            return bad("rooms.idle_destroy_minutes must be 1..=1440");
+        }
+        if r.timer_tick_ms == 0 || r.member_count_interval_ms == 0 {
+            return bad("rooms.timer_tick_ms and rooms.member_count_interval_ms must be above 0");
+        }
+        if l.room_budget_window_ms == 0 || l.room_budget_reserved > l.room_budget_total {
+            return bad(
+                "limits.room_budget_window_ms must be above 0 and room_budget_reserved at most room_budget_total",
+            );
+        }
+        if l.send_rate_per_sec == 0 || l.admin_rate_per_sec == 0 {
+            return bad("limits.send_rate_per_sec and limits.admin_rate_per_sec must be above 0");
         }
         if self.transport.keep_alive_ms >= self.transport.idle_timeout_ms {
             return bad("transport.keep_alive_ms must be below transport.idle_timeout_ms");
@@ -349,7 +602,11 @@ mod tests {
     fn every_key_has_a_comment_and_the_printout_parses_back() {
         let c = Config::default();
         let mut all = Vec::new();
-        keys(&toml::Value::try_from(&c).expect("serializes"), "", &mut all);
+        keys(
+            &toml::Value::try_from(&c).expect("serializes"),
+            "",
+            &mut all,
+        );
         for k in &all {
             assert!(
                 KEY_DOCS.iter().any(|(d, _)| d == k),

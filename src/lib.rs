@@ -30,6 +30,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod metrics;
+pub mod policy;
 pub mod protocol;
 pub mod room;
 pub mod server;

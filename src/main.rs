@@ -222,14 +222,14 @@ async fn serve(a: ServeArgs) -> Result<()> {
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -338,6 +338,12 @@ fn event_json(ev: &ClientEvent) -> serde_json::Value {
         ClientEvent::Kicked { room, reason } => {
             json!({"event": "kicked", "room": room, "reason": reason.as_str()})
         }
+        ClientEvent::Resumed {
+            room,
+            missed,
+            last_seq,
+        } => json!({"event": "resumed", "room": room, "missed": missed, "last_seq": last_seq}),
+        ClientEvent::Notice(event) => json!({"event": "notice", "notice": event}),
         ClientEvent::Closed { code, reason } => {
             json!({"event": "closed", "code": code.map(|c| c.code()), "reason": reason})
         }
@@ -355,7 +361,9 @@ async fn sub(a: SubArgs) -> Result<()> {
     for m in &info.history {
         println!("{}", message_json(m, false, true));
     }
-    let deadline = a.timeout.map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s));
+    let deadline = a
+        .timeout
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s));
     let mut got = 0u64;
     loop {
         if a.count.is_some_and(|c| got >= c) {
@@ -380,7 +388,7 @@ async fn sub(a: SubArgs) -> Result<()> {
             ClientEvent::Message { .. } => got += 1,
             ClientEvent::Closed { .. } => bail!("connection closed"),
             ClientEvent::RoomDestroyed { .. } | ClientEvent::Kicked { .. } => break,
-            ClientEvent::Gap { .. } => {}
+            ClientEvent::Gap { .. } | ClientEvent::Resumed { .. } | ClientEvent::Notice(_) => {}
         }
     }
     client.close().await;

@@ -25,6 +25,12 @@ pub const MESSAGES_OUT: &str = "roomcast_messages_out_total";
 pub const BYTES_OUT: &str = "roomcast_bytes_out_total";
 /// Counter: messages a lagging connection skipped, by `class`.
 pub const GAP_MESSAGES: &str = "roomcast_gap_messages_total";
+/// Counter: messages shed, by `class` and `reason` (ingress: refused by the room's budget).
+pub const SHED: &str = "roomcast_shed_total";
+/// Counter: members removed by the server, by `reason` (offline, banned, single_room).
+pub const MEMBERS_REMOVED: &str = "roomcast_members_removed_total";
+/// Counter: rooms destroyed, by `reason`.
+pub const ROOMS_DESTROYED: &str = "roomcast_rooms_destroyed_total";
 /// Counter: refused client requests, by `error`.
 pub const REQUEST_ERRORS: &str = "roomcast_request_errors_total";
 /// Counter: refused client tokens.
@@ -46,7 +52,10 @@ pub fn describe() {
         "Client connections closed, by reason (normal, shutdown, unauthorized, protocol, lost)."
     );
     describe_gauge!(ROOMS, "Live rooms.");
-    describe_gauge!(MEMBERS, "Room memberships; a user in two rooms counts twice.");
+    describe_gauge!(
+        MEMBERS,
+        "Room memberships; a user in two rooms counts twice."
+    );
     describe_counter!(
         MESSAGES_IN,
         "Messages accepted for fan-out, by class and source (client, admin)."
@@ -65,9 +74,18 @@ pub fn describe() {
         "Messages a lagging connection skipped, by class."
     );
     describe_counter!(
-        REQUEST_ERRORS,
-        "Client requests refused, by error name."
+        SHED,
+        "Messages shed, by class and reason (ingress = refused by the room's ingress budget)."
     );
+    describe_counter!(
+        MEMBERS_REMOVED,
+        "Members removed by the server, by reason (offline, banned, single_room)."
+    );
+    describe_counter!(
+        ROOMS_DESTROYED,
+        "Rooms destroyed, by reason (manual, idle, lifetime, scheduled)."
+    );
+    describe_counter!(REQUEST_ERRORS, "Client requests refused, by error name.");
     describe_counter!(
         AUTH_FAILURES,
         "Client hellos refused for a missing, expired or forged token."

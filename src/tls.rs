@@ -91,7 +91,11 @@ impl ServerIdentity {
             chain_pem.push_str(&pem_block("CERTIFICATE", der));
         }
         let key_pem = pem_block("PRIVATE KEY", id.key.secret_der());
-        write_file(&data.join(DEV_CA_FILE), id.ca_pem.as_deref().unwrap_or(""), false)?;
+        write_file(
+            &data.join(DEV_CA_FILE),
+            id.ca_pem.as_deref().unwrap_or(""),
+            false,
+        )?;
         write_file(&cert, &chain_pem, false)?;
         write_file(&key, &key_pem, true)?;
         Ok((id, true))

@@ -17,6 +17,7 @@
 //! ```
 //! Errors are `{"error": NAME, "message": text}` with the status of [`ErrorCode::http_status`].
 
+mod policy_routes;
 mod routes;
 
 use crate::auth::admin_key_matches;
@@ -39,6 +40,8 @@ pub struct AdminState {
     pub relay: Arc<Relay>,
     /// Renders `/metrics`.
     pub prometheus: Option<PrometheusHandle>,
+    /// The admin key's rate limit.
+    pub bucket: Arc<std::sync::Mutex<crate::policy::TokenBucket>>,
 }
 
 /// An admin API error body.
@@ -85,7 +88,17 @@ impl IntoResponse for ApiError {
 /// The admin router.
 pub fn router(relay: Arc<Relay>, prometheus: Option<PrometheusHandle>) -> Router {
     let body_limit = relay.config.limits.admin_request_body;
-    let state = AdminState { relay, prometheus };
+    let limits = &relay.config.limits;
+    let bucket = crate::policy::TokenBucket::new(
+        limits.admin_rate_per_sec,
+        limits.admin_burst,
+        crate::server::relay::now_ms(),
+    );
+    let state = AdminState {
+        relay,
+        prometheus,
+        bucket: Arc::new(std::sync::Mutex::new(bucket)),
+    };
     let v1 = routes::v1().layer(axum::middleware::from_fn_with_state(
         state.clone(),
         require_admin_key,
@@ -115,6 +128,22 @@ async fn require_admin_key(State(state): State<AdminState>, req: Request, next: 
             "wrong admin key"
         };
         return ApiError(WireError::new(ErrorCode::Unauthorized, why)).into_response();
+    }
+    let admitted = state
+        .bucket
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .try_take(crate::server::relay::now_ms());
+    if !admitted {
+        let l = &state.relay.config.limits;
+        return ApiError(WireError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "more than {} admin calls a second (burst {})",
+                l.admin_rate_per_sec, l.admin_burst
+            ),
+        ))
+        .into_response();
     }
     next.run(req).await
 }

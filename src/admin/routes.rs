@@ -3,6 +3,7 @@
 use super::{AdminState, ApiError, ApiErrorBody};
 use crate::protocol::{ErrorCode, RoomInfo, WireError};
 use crate::room::MemberOrder;
+use crate::server::moderation::RoomAdminView;
 use crate::server::relay::{AdminMessage, NewRoom};
 use axum::Router;
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -19,16 +20,16 @@ use axum::Json;
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
 /// Parses a JSON body, answering `BAD_REQUEST` with serde's message on failure.
-fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+pub(super) fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))
 }
 
-fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
+pub(super) fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
     p.map(|Path(v)| v)
         .map_err(|e| ApiError::bad(format!("invalid path: {e}")))
 }
 
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+pub(super) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     q.map(|Query(v)| v)
         .map_err(|e| ApiError::bad(format!("invalid query: {e}")))
 }
@@ -44,6 +45,7 @@ pub(super) fn v1() -> Router<AdminState> {
         .route("/v1/rooms/{id}/messages", post(send_room_message))
         .route("/v1/messages", post(send_messages))
         .route("/v1/broadcast", post(broadcast))
+        .merge(super::policy_routes::routes())
 }
 
 pub(super) fn open() -> Router<AdminState> {
@@ -135,6 +137,16 @@ pub struct CreateRoom {
     /// Start with every member muted.
     #[serde(default)]
     pub mute_all: bool,
+    /// Users who may send during mute-all (at most 20).
+    #[serde(default)]
+    pub mute_all_whitelist: Vec<String>,
+    /// How the room ends by itself: `{"type":"idle","minutes":M}` (1..=1440; no minutes: the
+    /// global default) or `{"type":"lifetime","minutes":M}` (60..=10080). Default: idle.
+    #[serde(default)]
+    pub destroy_policy: crate::policy::DestroyPolicy,
+    /// Send join/leave events to members (a periodic member count above `member_events_max`).
+    #[serde(default)]
+    pub member_events: bool,
 }
 
 /// Room info.
@@ -168,7 +180,7 @@ impl From<RoomInfo> for RoomView {
 }
 
 #[utoipa::path(post, path = "/v1/rooms", request_body = CreateRoom,
-    responses((status = 201, body = RoomView), (status = 409, description = "ROOM_EXISTS", body = ApiErrorBody)),
+    responses((status = 201, body = RoomAdminView), (status = 409, description = "ROOM_EXISTS", body = ApiErrorBody)),
     security(("admin_key" = [])))]
 async fn create_room(State(st): State<AdminState>, body: Bytes) -> Result<Response, ApiError> {
     let req: CreateRoom = parse(&body)?;
@@ -176,8 +188,12 @@ async fn create_room(State(st): State<AdminState>, body: Bytes) -> Result<Respon
         id: req.id,
         name: req.name,
         mute_all: req.mute_all,
+        mute_all_whitelist: req.mute_all_whitelist,
+        destroy_policy: req.destroy_policy,
+        member_events: req.member_events,
     })?;
-    Ok((StatusCode::CREATED, Json(RoomView::from(info))).into_response())
+    let view = st.relay.room_admin_view(&info.id)?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
 /// Paging of list endpoints.
@@ -229,14 +245,14 @@ fn page_limit(given: Option<usize>, default: usize, max: usize) -> Result<usize,
 }
 
 #[utoipa::path(get, path = "/v1/rooms/{id}", params(("id" = String, Path, description = "Room id")),
-    responses((status = 200, body = RoomView), (status = 404, description = "ROOM_NOT_FOUND", body = ApiErrorBody)),
+    responses((status = 200, body = RoomAdminView), (status = 404, description = "ROOM_NOT_FOUND", body = ApiErrorBody)),
     security(("admin_key" = [])))]
 async fn get_room(
     State(st): State<AdminState>,
     id: Result<Path<String>, PathRejection>,
-) -> ApiResult<RoomView> {
+) -> ApiResult<RoomAdminView> {
     let id = path(id)?;
-    Ok(Json(st.relay.room_info(&id, 0)?.into()))
+    Ok(Json(st.relay.room_admin_view(&id)?))
 }
 
 /// Rooms destroyed.
@@ -350,7 +366,11 @@ async fn list_members(
     let order = match q.order.as_deref() {
         None | Some("asc") => MemberOrder::Asc,
         Some("desc") => MemberOrder::Desc,
-        Some(o) => return Err(ApiError::bad(format!("order must be asc or desc, got {o:?}"))),
+        Some(o) => {
+            return Err(ApiError::bad(format!(
+                "order must be asc or desc, got {o:?}"
+            )));
+        }
     };
     let page = st
         .relay
@@ -625,7 +645,21 @@ impl utoipa::Modify for SecurityAddon {
     info(title = "roomcast admin API", description = "Rooms, members, messages and tokens of a roomcast relay."),
     paths(mint_token, create_room, list_rooms, get_room, destroy_room, destroy_rooms,
           list_members, check_members, send_room_message, send_messages, broadcast,
-          healthz, render_metrics, openapi_json),
+          healthz, render_metrics, openapi_json,
+          super::policy_routes::put_destroy_policy, super::policy_routes::put_destroy_at,
+          super::policy_routes::delete_destroy_at, super::policy_routes::put_keepalive,
+          super::policy_routes::delete_keepalive, super::policy_routes::get_keepalive,
+          super::policy_routes::post_bans, super::policy_routes::delete_ban, super::policy_routes::get_bans,
+          super::policy_routes::post_mutes, super::policy_routes::delete_mute, super::policy_routes::get_mutes,
+          super::policy_routes::put_mute_all, super::policy_routes::delete_mute_all,
+          super::policy_routes::post_mute_all_whitelist, super::policy_routes::delete_mute_all_whitelist,
+          super::policy_routes::get_mute_all_whitelist, super::policy_routes::post_user_whitelist,
+          super::policy_routes::delete_user_whitelist, super::policy_routes::get_user_whitelist,
+          super::policy_routes::post_global_mutes, super::policy_routes::delete_global_mute,
+          super::policy_routes::get_global_mutes, super::policy_routes::post_type_whitelist,
+          super::policy_routes::delete_type_whitelist, super::policy_routes::get_type_whitelist,
+          super::policy_routes::post_low_types, super::policy_routes::delete_low_type,
+          super::policy_routes::get_low_types),
     components(schemas(ApiErrorBody, ErrorCode)),
     modifiers(&SecurityAddon)
 )]

@@ -92,6 +92,19 @@ pub enum ClientEvent {
         /// Why.
         reason: KickReason,
     },
+    /// After a reconnect within the offline grace period, this connection took over the user's
+    /// membership of `room`; `missed` messages went out while the user was offline.
+    Resumed {
+        /// Room id.
+        room: String,
+        /// Messages published while offline.
+        missed: u64,
+        /// The newest sequence number at the resume.
+        last_seq: u64,
+    },
+    /// A room notice: moderation (muted, banned, mute-all ...) or presence (member joined, left,
+    /// count), as the protocol event.
+    Notice(Event),
     /// The connection closed; the last event.
     Closed {
         /// The server's close code, when it closed the connection.
@@ -193,7 +206,9 @@ impl Client {
         }
         qcfg.transport_config(Arc::new(transport));
         let bind: SocketAddr = if cfg.server.is_ipv6() {
-            "[::]:0".parse().map_err(|_| ClientError::Protocol("bind".into()))?
+            "[::]:0"
+                .parse()
+                .map_err(|_| ClientError::Protocol("bind".into()))?
         } else {
             SocketAddr::from(([0, 0, 0, 0], 0))
         };
@@ -323,7 +338,10 @@ impl Client {
 
     /// Room info with up to 20 members.
     pub async fn room_info(&self, room: &str) -> Result<RoomInfo, ClientError> {
-        match self.request(Request::RoomInfo { room: room.into() }).await? {
+        match self
+            .request(Request::RoomInfo { room: room.into() })
+            .await?
+        {
             Response::Info(info) => Ok(info),
             other => Err(unexpected(other)),
         }
@@ -391,6 +409,16 @@ fn to_client_event(event: Event, datagram: bool) -> Option<ClientEvent> {
         Event::Gap { room, low, normal } => ClientEvent::Gap { room, low, normal },
         Event::RoomDestroyed { room, reason } => ClientEvent::RoomDestroyed { room, reason },
         Event::Kicked { room, reason } => ClientEvent::Kicked { room, reason },
+        Event::Resumed {
+            room,
+            missed,
+            last_seq,
+        } => ClientEvent::Resumed {
+            room,
+            missed,
+            last_seq,
+        },
+        other => ClientEvent::Notice(other),
     })
 }
 

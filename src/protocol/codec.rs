@@ -52,7 +52,9 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
     if rest.is_empty() {
         Ok(value)
     } else {
-        Err(DecodeError::Malformed(postcard::Error::DeserializeBadEncoding))
+        Err(DecodeError::Malformed(
+            postcard::Error::DeserializeBadEncoding,
+        ))
     }
 }
 
@@ -148,7 +150,13 @@ mod tests {
         let wire = 100_000u32.to_be_bytes();
         let err = read_all::<ClientFrame>(&wire, 1024).await.unwrap_err();
         assert!(
-            matches!(err, DecodeError::TooLarge { len: 100_000, max: 1024 }),
+            matches!(
+                err,
+                DecodeError::TooLarge {
+                    len: 100_000,
+                    max: 1024
+                }
+            ),
             "{err}"
         );
     }
@@ -159,7 +167,9 @@ mod tests {
             id: 1,
             request: Request::Ping,
         });
-        let err = read_all::<ClientFrame>(&frame[..2], 1024).await.unwrap_err();
+        let err = read_all::<ClientFrame>(&frame[..2], 1024)
+            .await
+            .unwrap_err();
         assert!(matches!(err, DecodeError::Truncated), "{err}");
         let err = read_all::<ClientFrame>(&frame[..frame.len() - 1], 1024)
             .await
@@ -169,7 +179,9 @@ mod tests {
 
     #[tokio::test]
     async fn zero_length_and_garbage_are_errors() {
-        let err = read_all::<ClientFrame>(&[0, 0, 0, 0], 1024).await.unwrap_err();
+        let err = read_all::<ClientFrame>(&[0, 0, 0, 0], 1024)
+            .await
+            .unwrap_err();
         assert!(matches!(err, DecodeError::Empty), "{err}");
         let garbage = [0, 0, 0, 3, 0xff, 0xff, 0xff];
         let err = read_all::<ClientFrame>(&garbage, 1024).await.unwrap_err();

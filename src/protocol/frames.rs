@@ -259,4 +259,77 @@ pub enum Event {
         /// Why.
         reason: KickReason,
     },
+    /// 5: after a reconnect within the offline grace period, this connection took over the user's
+    /// membership; `missed` messages were sent while the user had no connection.
+    Resumed {
+        /// Room id.
+        room: String,
+        /// Messages published while the user was offline.
+        missed: u64,
+        /// Sequence number of the newest message at the moment of the resume.
+        last_seq: u64,
+    },
+    /// 6: users were muted in a room (`room` empty: muted in every room, a global mute).
+    Muted {
+        /// Room id, or empty for a global mute.
+        room: String,
+        /// The muted users.
+        users: Vec<String>,
+        /// When the mute ends, ms since the epoch.
+        until_ms: u64,
+    },
+    /// 7: users were unmuted (`room` empty: a global mute was lifted).
+    Unmuted {
+        /// Room id, or empty for a global mute.
+        room: String,
+        /// The users.
+        users: Vec<String>,
+    },
+    /// 8: mute-all was turned on.
+    MuteAll {
+        /// Room id.
+        room: String,
+    },
+    /// 9: mute-all was lifted.
+    MuteAllLifted {
+        /// Room id.
+        room: String,
+    },
+    /// 10: users were banned from the room (sent to the room when the ban asked to notify).
+    Banned {
+        /// Room id.
+        room: String,
+        /// The banned users.
+        users: Vec<String>,
+        /// When the ban ends, ms since the epoch.
+        until_ms: u64,
+    },
+    /// 11: bans were lifted.
+    Unbanned {
+        /// Room id.
+        room: String,
+        /// The users.
+        users: Vec<String>,
+    },
+    /// 12: a member joined (rooms with member events, up to `member_events_max` members).
+    MemberJoined {
+        /// Room id.
+        room: String,
+        /// User id.
+        user: String,
+    },
+    /// 13: a member left, was removed or went offline for good.
+    MemberLeft {
+        /// Room id.
+        room: String,
+        /// User id.
+        user: String,
+    },
+    /// 14: the member count, sent periodically instead of join/leave events in large rooms.
+    MemberCount {
+        /// Room id.
+        room: String,
+        /// Members now.
+        count: u64,
+    },
 }

@@ -11,7 +11,10 @@
 
 pub mod ring;
 
-use crate::protocol::{Class, DestroyReason, ErrorCode, Event, Message, WireError, encode_datagram, encode_frame};
+use crate::policy::{BudgetConfig, DestroyPolicy, IngressBudget, Moderation};
+use crate::protocol::{
+    Class, DestroyReason, ErrorCode, Event, Message, WireError, encode_datagram, encode_frame,
+};
 use bytes::Bytes;
 pub use ring::{Entry, JoinPoint, Read, Ring, Signal, Watchers};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -80,6 +83,10 @@ pub struct Member {
     pub joined_ms: u64,
     /// The user's connections subscribed to the room.
     pub conns: HashSet<u64>,
+    /// Since when the user has had no connection (offline grace running).
+    pub offline_since: Option<u64>,
+    /// The room's newest sequence number when the user went offline.
+    pub offline_seq: u64,
 }
 
 /// The control-side state of a room.
@@ -88,8 +95,18 @@ pub struct RoomState {
     members: HashMap<String, Member>,
     by_join: BTreeMap<u64, String>,
     next_order: u64,
-    /// Whether mute-all is on.
-    pub mute_all: bool,
+    /// Bans, mutes, mute-all and the whitelists.
+    pub moderation: Moderation,
+    /// How the room ends by itself.
+    pub policy: DestroyPolicy,
+    /// Scheduled destroy time.
+    pub destroy_at_ms: Option<u64>,
+    /// Last join, leave or client message.
+    pub last_activity_ms: u64,
+    /// Whether members get join/leave events.
+    pub member_events: bool,
+    /// The member count last announced with `MemberCount`, and when.
+    pub count_announced: Option<(u64, u64)>,
 }
 
 /// Order of a member listing.
@@ -117,6 +134,8 @@ impl RoomState {
                 order,
                 joined_ms: now_ms,
                 conns: HashSet::from([conn]),
+                offline_since: None,
+                offline_seq: 0,
             },
         );
         true
@@ -197,6 +216,11 @@ impl RoomState {
     pub fn members(&self) -> impl Iterator<Item = (&String, &Member)> {
         self.members.iter()
     }
+
+    /// A member's record, to change it.
+    pub fn member_mut(&mut self, user: &str) -> Option<&mut Member> {
+        self.members.get_mut(user)
+    }
 }
 
 /// A live room.
@@ -213,13 +237,22 @@ pub struct Room {
     pub ring: Ring,
     /// The delivery tasks to wake.
     pub watchers: Watchers,
+    /// The ingress budget; only senders take this lock.
+    pub budget: Mutex<IngressBudget>,
     state: Mutex<RoomState>,
     reason: OnceLock<DestroyReason>,
 }
 
 impl Room {
     /// A new empty room.
-    pub fn new(id: String, name: String, epoch: u64, created_ms: u64, ring_capacity: usize) -> Self {
+    pub fn new(
+        id: String,
+        name: String,
+        epoch: u64,
+        created_ms: u64,
+        ring_capacity: usize,
+        budget: BudgetConfig,
+    ) -> Self {
         Room {
             id,
             name,
@@ -227,7 +260,11 @@ impl Room {
             created_ms,
             ring: Ring::new(ring_capacity),
             watchers: Watchers::default(),
-            state: Mutex::new(RoomState::default()),
+            budget: Mutex::new(IngressBudget::new(budget)),
+            state: Mutex::new(RoomState {
+                last_activity_ms: created_ms,
+                ..RoomState::default()
+            }),
             reason: OnceLock::new(),
         }
     }
@@ -249,6 +286,36 @@ impl Room {
         let first = self.ring.close();
         self.watchers.notify_all();
         first
+    }
+
+    /// Admits one message of `class` into the ingress budget at `now`.
+    pub fn admit(&self, class: Class, now_ms: u64) -> bool {
+        self.budget
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admit(class, now_ms)
+    }
+
+    /// Publishes a protected system event to every subscriber (no sequence number). False once
+    /// the room is closed.
+    pub fn publish_event(&self, event: &Event, now_ms: u64) -> bool {
+        let frame = encode_frame(event);
+        let ok = self
+            .ring
+            .publish_event(Class::Protected, now_ms, |st| Entry {
+                pos: st.pos,
+                seq: 0,
+                class: Class::Protected,
+                cum: st.cum,
+                frame,
+                datagram: None,
+                history: None,
+                published: tokio::time::Instant::now(),
+            });
+        if ok {
+            self.watchers.notify_all();
+        }
+        ok
     }
 
     /// Why the room was closed, once it is.
@@ -326,7 +393,10 @@ mod tests {
         for (i, u) in ["a", "b", "c", "d"].iter().enumerate() {
             assert!(st.add(u, i as u64, 100 + i as u64));
         }
-        assert!(!st.add("b", 9, 999), "second device of a member is not a new member");
+        assert!(
+            !st.add("b", 9, 999),
+            "second device of a member is not a new member"
+        );
         let names = |v: Vec<(String, u64, u64)>| v.into_iter().map(|t| t.0).collect::<Vec<_>>();
         assert_eq!(names(st.page(MemberOrder::Asc, 2, None)), ["a", "b"]);
         assert_eq!(names(st.page(MemberOrder::Asc, 2, Some(1))), ["c", "d"]);
@@ -340,7 +410,13 @@ mod tests {
 
     #[test]
     fn publish_encodes_once_and_keeps_history_only_when_asked() {
-        let room = Room::new("r".into(), "R".into(), 1, 0, 8);
+        let budget = BudgetConfig {
+            window_ms: 1000,
+            total: 100,
+            reserved: 0,
+            protected_extra: 0,
+        };
+        let room = Room::new("r".into(), "R".into(), 1, 0, 8, budget);
         let out = |keep, class| Outgoing {
             from: "u".into(),
             msg_type: "chat".into(),

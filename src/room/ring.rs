@@ -138,13 +138,38 @@ impl Ring {
         now_ms: u64,
         build: impl FnOnce(Stamp) -> Entry,
     ) -> Option<(u64, u64)> {
+        self.push(class, now_ms, true, build)
+    }
+
+    /// Publishes a system event: like [`publish`](Self::publish) but it takes no sequence number
+    /// (its stamp's `seq` is 0), so message sequence numbers stay dense.
+    pub fn publish_event(
+        &self,
+        class: Class,
+        now_ms: u64,
+        build: impl FnOnce(Stamp) -> Entry,
+    ) -> bool {
+        self.push(class, now_ms, false, build).is_some()
+    }
+
+    fn push(
+        &self,
+        class: Class,
+        now_ms: u64,
+        message: bool,
+        build: impl FnOnce(Stamp) -> Entry,
+    ) -> Option<(u64, u64)> {
         let mut st = self.publish.lock().unwrap_or_else(|p| p.into_inner());
         if st.closed {
             return None;
         }
-        let seq = st.next_seq;
         let ts = now_ms.max(st.last_ts);
-        st.next_seq += 1;
+        let seq = if message {
+            st.next_seq += 1;
+            st.next_seq - 1
+        } else {
+            0
+        };
         st.last_ts = ts;
         st.cum[class_index(class)] += 1;
         let pos = self.tail.load(Ordering::Relaxed);
@@ -175,6 +200,21 @@ impl Ring {
     /// Whether [`close`](Self::close) was called.
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// Makes the next message's sequence number at least `next` (after a restart).
+    pub fn resume_seq(&self, next: u64) {
+        let mut st = self.publish.lock().unwrap_or_else(|p| p.into_inner());
+        st.next_seq = st.next_seq.max(next);
+    }
+
+    /// The newest assigned message sequence number (0 if none).
+    pub fn last_seq(&self) -> u64 {
+        self.publish
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .next_seq
+            - 1
     }
 
     /// A consistent snapshot for a joining member.
@@ -380,7 +420,13 @@ mod tests {
     #[test]
     fn cumulative_counts_give_exact_gaps_by_class() {
         let ring = Ring::new(4);
-        let classes = [Class::Low, Class::Normal, Class::Low, Class::Protected, Class::Normal];
+        let classes = [
+            Class::Low,
+            Class::Normal,
+            Class::Low,
+            Class::Protected,
+            Class::Normal,
+        ];
         for c in classes {
             ring.publish(c, 10, |s| entry(s, c));
         }
@@ -412,7 +458,10 @@ mod tests {
         assert!(ring.close());
         assert!(!ring.close());
         assert!(ring.is_closed());
-        assert!(ring.publish(Class::Normal, 1, |s| entry(s, Class::Normal)).is_none());
+        assert!(
+            ring.publish(Class::Normal, 1, |s| entry(s, Class::Normal))
+                .is_none()
+        );
         assert!(matches!(ring.read(0), Read::Entry(_)));
         assert!(matches!(ring.read(1), Read::Empty));
     }

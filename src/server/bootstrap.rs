@@ -80,7 +80,8 @@ impl DataFolder {
     /// Records the bound addresses for local clients.
     pub fn write_server_file(&self, f: &ServerFile) -> Result<(), ServerError> {
         let text = serde_json::to_string_pretty(f).map_err(|e| ServerError::Data(e.to_string()))?;
-        write_file(&self.file(SERVER_FILE), &text, false).map_err(|e| ServerError::Data(e.to_string()))
+        write_file(&self.file(SERVER_FILE), &text, false)
+            .map_err(|e| ServerError::Data(e.to_string()))
     }
 
     /// Resolves secrets and the certificate for `config`: configured values win (the caller has
@@ -173,7 +174,10 @@ mod tests {
         let second = data.prepare(&config).expect("prepares");
         assert!(second.generated.is_empty());
         assert_eq!(first.secrets.admin_key, second.secrets.admin_key);
-        assert_eq!(data.admin_key().as_deref(), Some(first.secrets.admin_key.as_str()));
+        assert_eq!(
+            data.admin_key().as_deref(),
+            Some(first.secrets.admin_key.as_str())
+        );
         config.auth.admin_key = "from-env".into();
         let third = data.prepare(&config).expect("prepares");
         assert_eq!(third.secrets.admin_key, "from-env");

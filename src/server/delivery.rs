@@ -139,6 +139,7 @@ impl Delivery {
                     out.push(kick_frame(&room, reason));
                 }
             }
+            DeliveryCmd::Event(frame) => out.push(frame),
         }
     }
 

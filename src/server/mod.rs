@@ -8,8 +8,10 @@
 
 mod bootstrap;
 mod delivery;
+pub mod moderation;
 pub mod relay;
 mod session;
+pub mod timers;
 
 pub use bootstrap::{DataFolder, Prepared, SERVER_FILE, ServerFile};
 pub use relay::Relay;
@@ -145,6 +147,26 @@ impl Server {
                 tracing::error!(error = %e, "admin listener failed");
             }
         });
+        let ticker = {
+            let relay = relay.clone();
+            let mut stop = stop_rx.clone();
+            let every = Duration::from_millis(relay.config.rooms.timer_tick_ms);
+            tokio::spawn(async move {
+                let mut interval = tokio::time::interval(every);
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => break,
+                        _ = interval.tick() => {
+                            let report = relay.tick(relay::now_ms());
+                            if !report.destroyed.is_empty() || !report.offline_removed.is_empty() {
+                                tracing::debug!(?report, "timers fired");
+                            }
+                        }
+                    }
+                }
+            })
+        };
         tracing::info!(quic = %endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving");
         tokio::pin!(shutdown);
         loop {
@@ -162,6 +184,7 @@ impl Server {
         }
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
+        let _ = ticker.await;
         let reason = b"server shutting down";
         relay.close_all(CloseCode::Shutdown, "server shutting down");
         endpoint.close(CloseCode::Shutdown.into(), reason);
@@ -248,13 +271,15 @@ enum BufferKind {
 fn set_buffer(socket: &socket2::Socket, want: usize, kind: BufferKind) {
     let (set, get, force, name) = match kind {
         BufferKind::Recv => (
-            socket2::Socket::set_recv_buffer_size as fn(&socket2::Socket, usize) -> std::io::Result<()>,
+            socket2::Socket::set_recv_buffer_size
+                as fn(&socket2::Socket, usize) -> std::io::Result<()>,
             socket2::Socket::recv_buffer_size as fn(&socket2::Socket) -> std::io::Result<usize>,
             force_opt(libc_opt::SO_RCVBUFFORCE),
             "receive",
         ),
         BufferKind::Send => (
-            socket2::Socket::set_send_buffer_size as fn(&socket2::Socket, usize) -> std::io::Result<()>,
+            socket2::Socket::set_send_buffer_size
+                as fn(&socket2::Socket, usize) -> std::io::Result<()>,
             socket2::Socket::send_buffer_size as fn(&socket2::Socket) -> std::io::Result<usize>,
             force_opt(libc_opt::SO_SNDBUFFORCE),
             "send",
@@ -274,7 +299,11 @@ fn set_buffer(socket: &socket2::Socket, want: usize, kind: BufferKind) {
             wanted = want,
             got,
             "UDP {name} buffer is smaller than configured; raise net.core.{}mem_max",
-            if matches!(kind, BufferKind::Recv) { "r" } else { "w" }
+            if matches!(kind, BufferKind::Recv) {
+                "r"
+            } else {
+                "w"
+            }
         );
     }
 }

@@ -7,10 +7,14 @@
 use crate::auth::TokenAuth;
 use crate::config::Config;
 use crate::metrics as m;
+use crate::policy::{self, DestroyPolicy, GlobalPolicy};
 use crate::protocol::{
-    Class, DestroyReason, ErrorCode, JoinInfo, KickReason, Message, RoomInfo, WireError,
+    Class, DestroyReason, ErrorCode, Event, JoinInfo, KickReason, Message, RoomInfo, WireError,
+    encode_frame,
 };
-use crate::room::{Fanout, JoinPoint, MemberOrder, Outgoing, Room, validate_id, validate_msg_type};
+use crate::room::{
+    Fanout, JoinPoint, MemberOrder, Outgoing, Room, RoomState, validate_id, validate_msg_type,
+};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +37,8 @@ pub enum DeliveryCmd {
         /// Why, when the client did not ask for it.
         kicked: Option<KickReason>,
     },
+    /// Write this encoded event frame (a notice for this connection only).
+    Event(Bytes),
 }
 
 /// What the registry keeps of a connection.
@@ -60,6 +66,12 @@ pub struct NewRoom {
     pub name: Option<String>,
     /// Initial mute-all.
     pub mute_all: bool,
+    /// Initial mute-all whitelist (at most 20 users).
+    pub mute_all_whitelist: Vec<String>,
+    /// How the room ends by itself.
+    pub destroy_policy: DestroyPolicy,
+    /// Send join/leave events to members.
+    pub member_events: bool,
 }
 
 /// One page of a member listing.
@@ -97,6 +109,7 @@ pub struct Relay {
     /// The admin bearer key.
     pub admin_key: String,
     rooms: RwLock<HashMap<String, Arc<Room>>>,
+    global: RwLock<GlobalPolicy>,
     users: Mutex<HashMap<String, UserState>>,
     conns: Mutex<HashMap<u64, ConnHandle>>,
     next_conn: AtomicU64,
@@ -119,7 +132,10 @@ fn err(code: ErrorCode, msg: impl Into<String>) -> WireError {
 }
 
 fn room_not_found(id: &str) -> WireError {
-    err(ErrorCode::RoomNotFound, format!("room {id:?} does not exist"))
+    err(
+        ErrorCode::RoomNotFound,
+        format!("room {id:?} does not exist"),
+    )
 }
 
 impl Relay {
@@ -130,6 +146,7 @@ impl Relay {
             auth,
             admin_key,
             rooms: RwLock::new(HashMap::new()),
+            global: RwLock::new(GlobalPolicy::default()),
             users: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
@@ -137,9 +154,24 @@ impl Relay {
         }
     }
 
-    fn room(&self, id: &str) -> Result<Arc<Room>, WireError> {
+    pub(crate) fn room(&self, id: &str) -> Result<Arc<Room>, WireError> {
         let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
         rooms.get(id).cloned().ok_or_else(|| room_not_found(id))
+    }
+
+    pub(crate) fn all_rooms(&self) -> Vec<Arc<Room>> {
+        let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
+        rooms.values().cloned().collect()
+    }
+
+    /// The app-wide lists, to read.
+    pub fn global(&self) -> std::sync::RwLockReadGuard<'_, GlobalPolicy> {
+        self.global.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The app-wide lists, to change. Never held while taking another lock.
+    pub(crate) fn global_mut(&self) -> std::sync::RwLockWriteGuard<'_, GlobalPolicy> {
+        self.global.write().unwrap_or_else(|p| p.into_inner())
     }
 
     fn next_epoch(&self) -> u64 {
@@ -155,20 +187,51 @@ impl Relay {
 
     // ---- connections ----
 
-    /// Registers an authenticated connection; returns its id.
+    /// Registers an authenticated connection; returns its id. Memberships the user kept through
+    /// the offline grace period move to this connection: it is subscribed to them at once and told
+    /// how many messages it missed (`Event::Resumed`).
     pub fn register_conn(&self, handle: ConnHandle) -> u64 {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        lock(&self.users)
-            .entry(handle.user.clone())
-            .or_default()
-            .conns
-            .insert(id);
+        let user = handle.user.clone();
+        let tx = handle.tx.clone();
+        let rooms: Vec<String> = {
+            let mut users = lock(&self.users);
+            let u = users.entry(user.clone()).or_default();
+            u.conns.insert(id);
+            u.rooms.iter().cloned().collect()
+        };
         lock(&self.conns).insert(id, handle);
         metrics::gauge!(m::CONNECTIONS).increment(1.0);
+        for room_id in rooms {
+            let Ok(room) = self.room(&room_id) else {
+                continue;
+            };
+            let mut st = room.state();
+            let Some(member) = st.member_mut(&user) else {
+                continue;
+            };
+            if member.offline_since.take().is_none() {
+                continue;
+            }
+            member.conns.insert(id);
+            let at = room.ring.join_point();
+            let missed = at.last_seq.saturating_sub(member.offline_seq);
+            drop(st);
+            let resumed = encode_frame(&Event::Resumed {
+                room: room_id.clone(),
+                missed,
+                last_seq: at.last_seq,
+            });
+            // A fresh queue of 256 holds these (at most rooms_per_user of each).
+            let _ = tx.try_send(DeliveryCmd::Subscribe { room, at });
+            let _ = tx.try_send(DeliveryCmd::Event(resumed));
+            tracing::debug!(room = %room_id, user = %user, missed, "membership resumed");
+        }
         id
     }
 
-    /// Removes a closed connection. A member left with no connection in a room leaves it.
+    /// Removes a closed connection. A member left with no connection goes offline: it is removed
+    /// after `offline_grace_ms` unless it reconnects (see [`Relay::tick`]).
     pub fn unregister_conn(&self, id: u64) {
         let Some(handle) = lock(&self.conns).remove(&id) else {
             return;
@@ -182,24 +245,33 @@ impl Relay {
             u.conns.remove(&id);
             u.rooms.iter().cloned().collect()
         };
+        let now = now_ms();
+        let grace = self.config.rooms.offline_grace_ms;
         for room_id in rooms {
             let Ok(room) = self.room(&room_id) else {
                 continue;
             };
             let mut st = room.state();
-            if st.remove_conn(&handle.user, id) {
-                st.remove(&handle.user);
-                metrics::gauge!(m::MEMBERS).decrement(1.0);
-                drop(st);
-                self.forget_membership(&handle.user, &room_id);
+            if !st.remove_conn(&handle.user, id) {
+                continue;
+            }
+            if grace == 0 {
+                self.remove_member(&room, &mut st, &handle.user, None, now);
+            } else if let Some(m) = st.member_mut(&handle.user) {
+                m.offline_since = Some(now);
+                m.offline_seq = room.ring.last_seq();
             }
         }
+        self.drop_user_if_unused(&handle.user);
+    }
+
+    fn drop_user_if_unused(&self, user: &str) {
         let mut users = lock(&self.users);
         if users
-            .get(&handle.user)
+            .get(user)
             .is_some_and(|u| u.conns.is_empty() && u.rooms.is_empty())
         {
-            users.remove(&handle.user);
+            users.remove(user);
         }
     }
 
@@ -213,7 +285,51 @@ impl Relay {
         }
     }
 
-    fn tell(&self, conn: u64, cmd: DeliveryCmd) {
+    /// Removes `user` from `room` (state already locked): its connections stop reading the room,
+    /// told `kicked` when set; members get `MemberLeft` when the room has member events.
+    pub(crate) fn remove_member(
+        &self,
+        room: &Room,
+        st: &mut RoomState,
+        user: &str,
+        kicked: Option<KickReason>,
+        now: u64,
+    ) -> bool {
+        let Some(member) = st.remove(user) else {
+            return false;
+        };
+        metrics::gauge!(m::MEMBERS).decrement(1.0);
+        if let Some(k) = kicked.filter(|k| *k != KickReason::OtherDevice) {
+            metrics::counter!(m::MEMBERS_REMOVED, "reason" => k.as_str()).increment(1);
+        }
+        self.forget_membership(user, &room.id);
+        for c in member.conns {
+            self.tell(
+                c,
+                DeliveryCmd::Unsubscribe {
+                    room: room.id.clone(),
+                    kicked,
+                },
+            );
+        }
+        st.last_activity_ms = now;
+        if self.member_events_on(st) {
+            room.publish_event(
+                &Event::MemberLeft {
+                    room: room.id.clone(),
+                    user: user.to_owned(),
+                },
+                now,
+            );
+        }
+        true
+    }
+
+    fn member_events_on(&self, st: &RoomState) -> bool {
+        st.member_events && st.len() <= self.config.rooms.member_events_max
+    }
+
+    pub(crate) fn tell(&self, conn: u64, cmd: DeliveryCmd) {
         let conns = lock(&self.conns);
         if let Some(h) = conns.get(&conn)
             && h.tx.try_send(cmd).is_err()
@@ -223,6 +339,21 @@ impl Relay {
                 crate::protocol::CloseCode::TooSlow.into(),
                 b"delivery queue full",
             );
+        }
+    }
+
+    /// Sends `event` to every connection of `user`.
+    pub(crate) fn tell_user(&self, user: &str, event: &Event) {
+        let conns: Vec<u64> = lock(&self.users)
+            .get(user)
+            .map(|u| u.conns.iter().copied().collect())
+            .unwrap_or_default();
+        if conns.is_empty() {
+            return;
+        }
+        let frame = encode_frame(event);
+        for c in conns {
+            self.tell(c, DeliveryCmd::Event(frame.clone()));
         }
     }
 
@@ -238,6 +369,19 @@ impl Relay {
     /// Creates a room.
     pub fn create_room(&self, new: NewRoom) -> Result<RoomInfo, WireError> {
         validate_id("room id", &new.id)?;
+        new.destroy_policy.validate()?;
+        if new.mute_all_whitelist.len() > policy::MAX_USERS_PER_CALL {
+            return Err(err(
+                ErrorCode::BadRequest,
+                format!(
+                    "mute_all_whitelist holds at most {} users",
+                    policy::MAX_USERS_PER_CALL
+                ),
+            ));
+        }
+        for u in &new.mute_all_whitelist {
+            validate_id("user id", u)?;
+        }
         let name = new.name.unwrap_or_else(|| new.id.clone());
         if name.len() > 256 {
             return Err(err(
@@ -258,8 +402,15 @@ impl Relay {
             self.next_epoch(),
             now_ms(),
             self.config.limits.ring_capacity,
+            self.config.budget(),
         ));
-        room.state().mute_all = new.mute_all;
+        {
+            let mut st = room.state();
+            st.moderation.mute_all = new.mute_all;
+            st.moderation.mute_all_whitelist = new.mute_all_whitelist.into_iter().collect();
+            st.policy = new.destroy_policy;
+            st.member_events = new.member_events;
+        }
         rooms.insert(new.id.clone(), room.clone());
         drop(rooms);
         metrics::gauge!(m::ROOMS).increment(1.0);
@@ -287,6 +438,7 @@ impl Relay {
             self.forget_membership(u, id);
         }
         metrics::gauge!(m::ROOMS).decrement(1.0);
+        metrics::counter!(m::ROOMS_DESTROYED, "reason" => reason.as_str()).increment(1);
         tracing::info!(room = %id, reason = reason.as_str(), members = users.len(), "room destroyed");
         Ok(())
     }
@@ -299,19 +451,7 @@ impl Relay {
 
     fn info_of(&self, room: &Room, members: usize) -> RoomInfo {
         let st = room.state();
-        RoomInfo {
-            id: room.id.clone(),
-            name: room.name.clone(),
-            epoch: room.epoch,
-            created_ms: room.created_ms,
-            member_count: st.len() as u64,
-            members: st
-                .page(MemberOrder::Asc, members, None)
-                .into_iter()
-                .map(|(u, _, _)| u)
-                .collect(),
-            mute_all: st.mute_all,
-        }
+        info_from(room, &st, members)
     }
 
     /// Rooms in id order after `after`, at most `limit`, with the total count.
@@ -399,10 +539,36 @@ impl Relay {
                 ));
             }
         };
-        let room = self.room(room_id)?;
+        let room = match self.room(room_id) {
+            Ok(r) => r,
+            Err(e) if self.config.rooms.join_creates => {
+                match self.create_room(NewRoom {
+                    id: room_id.to_owned(),
+                    ..NewRoom::default()
+                }) {
+                    Ok(_) => {}
+                    Err(e) if e.code == ErrorCode::RoomExists => {}
+                    Err(e) => return Err(e),
+                }
+                self.room(room_id).map_err(|_| e)?
+            }
+            Err(e) => return Err(e),
+        };
+        let now = now_ms();
+        if self.config.rooms.single_room {
+            self.leave_others(user, room_id, now);
+        }
         let mut st = room.state();
         if room.is_closed() {
             return Err(room_not_found(room_id));
+        }
+        if let Some(until) = st.moderation.banned_until(user, now) {
+            return Err(err(
+                ErrorCode::Banned,
+                format!(
+                    "user {user:?} is banned from room {room_id:?} until {until} (ms since epoch)"
+                ),
+            ));
         }
         let already = st.has_conn(user, conn);
         if st.member(user).is_none() {
@@ -417,8 +583,22 @@ impl Relay {
                 ));
             }
         }
-        if st.add(user, conn, now_ms()) {
+        let new_member = st.add(user, conn, now);
+        if let Some(m) = st.member_mut(user) {
+            m.offline_since = None;
+        }
+        st.last_activity_ms = now;
+        if new_member {
             metrics::gauge!(m::MEMBERS).increment(1.0);
+            if self.member_events_on(&st) {
+                room.publish_event(
+                    &Event::MemberJoined {
+                        room: room.id.clone(),
+                        user: user.to_owned(),
+                    },
+                    now,
+                );
+            }
         }
         lock(&self.users)
             .entry(user.to_owned())
@@ -426,23 +606,8 @@ impl Relay {
             .rooms
             .insert(room_id.to_owned());
         let at = room.ring.join_point();
-        let info = {
-            let members = st
-                .page(MemberOrder::Asc, limits.room_info_members, None)
-                .into_iter()
-                .map(|(u, _, _)| u)
-                .collect();
-            RoomInfo {
-                id: room.id.clone(),
-                name: room.name.clone(),
-                epoch: room.epoch,
-                created_ms: room.created_ms,
-                member_count: st.len() as u64,
-                members,
-                mute_all: st.mute_all,
-            }
-        };
-        let muted = st.mute_all;
+        let info = info_from(&room, &st, limits.room_info_members);
+        let muted = policy::check_send(user, &st.moderation, &self.global(), now).is_err();
         drop(st);
         let history: Vec<Message> = room
             .ring
@@ -463,25 +628,51 @@ impl Relay {
         ))
     }
 
+    /// `single_room` mode: removes `user` from every room but `keep`, telling all its devices.
+    fn leave_others(&self, user: &str, keep: &str, now: u64) {
+        let rooms: Vec<String> = lock(&self.users)
+            .get(user)
+            .map(|u| u.rooms.iter().filter(|r| *r != keep).cloned().collect())
+            .unwrap_or_default();
+        for r in rooms {
+            if let Ok(room) = self.room(&r) {
+                let mut st = room.state();
+                self.remove_member(&room, &mut st, user, Some(KickReason::SingleRoom), now);
+            }
+        }
+    }
+
     /// `user` leaves a room from `conn`; the user's other connections are told `Kicked{other_device}`.
     pub fn leave(&self, conn: u64, user: &str, room_id: &str) -> Result<(), WireError> {
         validate_id("room id", room_id)?;
         let room = self.room(room_id)?;
-        let member = room.state().remove(user).ok_or_else(|| {
-            err(
-                ErrorCode::NotInRoom,
-                format!("user {user:?} is not in room {room_id:?}"),
-            )
-        })?;
-        metrics::gauge!(m::MEMBERS).decrement(1.0);
-        self.forget_membership(user, room_id);
-        for c in member.conns {
-            let kicked = (c != conn).then_some(KickReason::OtherDevice);
+        let mut st = room.state();
+        let conns: Vec<u64> = st
+            .member(user)
+            .map(|m| m.conns.iter().copied().collect())
+            .ok_or_else(|| {
+                err(
+                    ErrorCode::NotInRoom,
+                    format!("user {user:?} is not in room {room_id:?}"),
+                )
+            })?;
+        // The leaving connection is told nothing; the user's other devices get Kicked.
+        if let Some(m) = st.member_mut(user) {
+            m.conns.retain(|c| *c != conn);
+        }
+        self.remove_member(
+            &room,
+            &mut st,
+            user,
+            Some(KickReason::OtherDevice),
+            now_ms(),
+        );
+        if conns.contains(&conn) {
             self.tell(
-                c,
+                conn,
                 DeliveryCmd::Unsubscribe {
                     room: room_id.to_owned(),
-                    kicked,
+                    kicked: None,
                 },
             );
         }
@@ -490,7 +681,7 @@ impl Relay {
 
     // ---- messages ----
 
-    /// A client's send.
+    /// A client's send: membership, mutes, class, the room's ingress budget, then the ring.
     pub fn send(
         &self,
         user: &str,
@@ -509,13 +700,33 @@ impl Relay {
             ));
         }
         let room = self.room(room_id)?;
-        if room.state().member(user).is_none() {
+        let now = now_ms();
+        let class = {
+            let mut st = room.state();
+            if st.member(user).is_none() {
+                return Err(err(
+                    ErrorCode::NotInRoom,
+                    format!("join room {room_id:?} before sending to it"),
+                ));
+            }
+            let global = self.global();
+            policy::check_send(user, &st.moderation, &global, now)?;
+            let class = policy::classify(Some(user), &msg_type, low, &st.moderation, &global);
+            drop(global);
+            st.last_activity_ms = now;
+            class
+        };
+        if !room.admit(class, now) {
+            metrics::counter!(m::SHED, "class" => class.as_str(), "reason" => "ingress")
+                .increment(1);
             return Err(err(
-                ErrorCode::NotInRoom,
-                format!("join room {room_id:?} before sending to it"),
+                ErrorCode::Shed,
+                format!(
+                    "room {room_id:?} is over its ingress budget for {} messages",
+                    class.as_str()
+                ),
             ));
         }
-        let class = if low { Class::Low } else { Class::Normal };
         let out = Outgoing {
             from: user.to_owned(),
             msg_type,
@@ -524,18 +735,18 @@ impl Relay {
             keep_in_history: class != Class::Low,
         };
         let stamped = room
-            .publish(out, now_ms())
+            .publish(out, now)
             .ok_or_else(|| room_not_found(room_id))?;
         metrics::counter!(m::MESSAGES_IN, "class" => class.as_str(), "source" => "client")
             .increment(1);
         Ok(stamped)
     }
 
-    /// An admin send to one room.
+    /// An admin send to one room. Bypasses mutes and the ingress budget.
     pub fn admin_send(&self, room_id: &str, msg: &AdminMessage) -> Result<(u64, u64), WireError> {
         self.check_admin_message(msg)?;
         let room = self.room(room_id)?;
-        self.publish_admin(&room, msg)
+        self.publish_admin(&room, msg, true)
             .ok_or_else(|| room_not_found(room_id))
     }
 
@@ -559,19 +770,29 @@ impl Relay {
         if msg.body.len() > max {
             return Err(err(
                 ErrorCode::TooLarge,
-                format!("message body is {} bytes, the most is {max}", msg.body.len()),
+                format!(
+                    "message body is {} bytes, the most is {max}",
+                    msg.body.len()
+                ),
             ));
         }
         Ok(())
     }
 
-    fn publish_admin(&self, room: &Room, msg: &AdminMessage) -> Option<(u64, u64)> {
-        let class = if msg.low {
-            Class::Low
-        } else if msg.from.is_none() {
-            Class::Protected
-        } else {
-            Class::Normal
+    fn publish_admin(&self, room: &Room, msg: &AdminMessage, activity: bool) -> Option<(u64, u64)> {
+        let now = now_ms();
+        let class = {
+            let mut st = room.state();
+            if activity {
+                st.last_activity_ms = now;
+            }
+            policy::classify(
+                msg.from.as_deref(),
+                &msg.msg_type,
+                msg.low,
+                &st.moderation,
+                &self.global(),
+            )
         };
         let out = Outgoing {
             from: msg.from.clone().unwrap_or_default(),
@@ -580,7 +801,7 @@ impl Relay {
             class,
             keep_in_history: msg.store && class != Class::Low,
         };
-        let stamped = room.publish(out, now_ms());
+        let stamped = room.publish(out, now);
         if stamped.is_some() {
             metrics::counter!(m::MESSAGES_IN, "class" => class.as_str(), "source" => "admin")
                 .increment(1);
@@ -605,20 +826,33 @@ impl Relay {
         Ok(rooms.iter().map(|r| self.admin_send(r, msg)).collect())
     }
 
-    /// Sends to every room (not stored in history). Returns how many rooms got it.
+    /// Sends to every room (not stored in history, not activity). Returns how many rooms got it.
     pub fn broadcast(&self, msg: &AdminMessage) -> Result<usize, WireError> {
         self.check_admin_message(msg)?;
         let msg = AdminMessage {
             store: false,
             ..msg.clone()
         };
-        let rooms: Vec<Arc<Room>> = {
-            let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
-            rooms.values().cloned().collect()
-        };
-        Ok(rooms
+        Ok(self
+            .all_rooms()
             .iter()
-            .filter(|r| self.publish_admin(r, &msg).is_some())
+            .filter(|r| self.publish_admin(r, &msg, false).is_some())
             .count())
+    }
+}
+
+fn info_from(room: &Room, st: &RoomState, members: usize) -> RoomInfo {
+    RoomInfo {
+        id: room.id.clone(),
+        name: room.name.clone(),
+        epoch: room.epoch,
+        created_ms: room.created_ms,
+        member_count: st.len() as u64,
+        members: st
+            .page(MemberOrder::Asc, members, None)
+            .into_iter()
+            .map(|(u, _, _)| u)
+            .collect(),
+        mute_all: st.moderation.mute_all,
     }
 }

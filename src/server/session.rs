@@ -67,8 +67,17 @@ async fn run(relay: &Arc<Relay>, incoming: quinn::Incoming) -> Result<&'static s
     let token = match hello {
         Ok(Some(ClientFrame::Hello { version, token })) if version == PROTOCOL_VERSION => token,
         Ok(Some(ClientFrame::Hello { version, .. })) => {
-            let msg = format!("protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}");
-            refuse(&conn, &mut send, ErrorCode::BadRequest, &msg, CloseCode::Protocol).await;
+            let msg = format!(
+                "protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}"
+            );
+            refuse(
+                &conn,
+                &mut send,
+                ErrorCode::BadRequest,
+                &msg,
+                CloseCode::Protocol,
+            )
+            .await;
             return Ok("protocol");
         }
         Ok(Some(_)) => {
@@ -147,6 +156,12 @@ async fn serve_registered(
     .await?;
     tracing::info!(conn_id, "connected");
 
+    let limits = &cfg.limits;
+    let mut bucket = crate::policy::TokenBucket::new(
+        limits.send_rate_per_sec,
+        limits.send_burst,
+        super::relay::now_ms(),
+    );
     loop {
         let frame = tokio::select! {
             biased;
@@ -174,7 +189,19 @@ async fn serve_registered(
                 return Ok("protocol");
             }
         };
-        let result = handle(relay, user, conn_id, &tx, request).await;
+        let result = if matches!(request, Request::Send { .. })
+            && !bucket.try_take(super::relay::now_ms())
+        {
+            Err(WireError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {} messages a second (burst {}) from this connection",
+                    limits.send_rate_per_sec, limits.send_burst
+                ),
+            ))
+        } else {
+            handle(relay, user, conn_id, &tx, request).await
+        };
         if let Err(e) = &result {
             metrics::counter!(m::REQUEST_ERRORS, "error" => e.code.as_str()).increment(1);
         }

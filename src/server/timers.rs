@@ -1,0 +1,95 @@
+//! The timer pass: idle, lifetime and scheduled destroys, offline exits, member-count updates and
+//! expiry of moderation lists. [`Relay::tick`] takes `now` and acts on what the pure decisions in
+//! [`crate::policy`] say is due; the server calls it every `rooms.timer_tick_ms`.
+
+use super::relay::Relay;
+use crate::policy::{self, Lifecycle};
+use crate::protocol::{DestroyReason, Event, KickReason};
+
+/// What one tick did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TickReport {
+    /// Rooms destroyed, with why.
+    pub destroyed: Vec<(String, DestroyReason)>,
+    /// Members removed for being offline past the grace period, as `(room, user)`.
+    pub offline_removed: Vec<(String, String)>,
+    /// Rooms that got a member-count update.
+    pub counts_sent: usize,
+}
+
+impl Relay {
+    /// Runs every timer due at `now` (ms since the Unix epoch).
+    pub fn tick(&self, now: u64) -> TickReport {
+        let mut report = TickReport::default();
+        let rooms_cfg = &self.config.rooms;
+        let global_idle = u64::from(rooms_cfg.idle_destroy_minutes) * 60_000;
+        let keepalive = self.global().keepalive.clone();
+        for room in self.all_rooms() {
+            let due = {
+                let mut st = room.state();
+                st.moderation.expire(now);
+                let life = Lifecycle {
+                    policy: st.policy,
+                    created_ms: room.created_ms,
+                    last_activity_ms: st.last_activity_ms,
+                    destroy_at_ms: st.destroy_at_ms,
+                    keepalive: keepalive.contains(&room.id),
+                };
+                policy::destroy_due(&life, global_idle, now)
+            };
+            if let Some(reason) = due {
+                if self.destroy_room(&room.id, reason).is_ok() {
+                    report.destroyed.push((room.id.clone(), reason));
+                }
+                continue;
+            }
+            let mut st = room.state();
+            let gone: Vec<String> = st
+                .members()
+                .filter(|(u, m)| {
+                    m.offline_since.is_some_and(|since| {
+                        policy::offline_due(
+                            since,
+                            rooms_cfg.offline_grace_ms,
+                            st.moderation.user_whitelist.contains(*u),
+                            now,
+                        )
+                    })
+                })
+                .map(|(u, _)| u.clone())
+                .collect();
+            for u in gone {
+                if self.remove_member(&room, &mut st, &u, Some(KickReason::Offline), now) {
+                    tracing::debug!(room = %room.id, user = %u, "offline member removed");
+                    report.offline_removed.push((room.id.clone(), u));
+                }
+            }
+            let count = st.len() as u64;
+            let large = st.len() > rooms_cfg.member_events_max;
+            let due_count = st.member_events
+                && large
+                && match st.count_announced {
+                    None => true,
+                    Some((last, at)) => {
+                        last != count && now >= at + rooms_cfg.member_count_interval_ms
+                    }
+                };
+            if due_count {
+                st.count_announced = Some((count, now));
+                drop(st);
+                room.publish_event(
+                    &Event::MemberCount {
+                        room: room.id.clone(),
+                        count,
+                    },
+                    now,
+                );
+                report.counts_sent += 1;
+            }
+        }
+        self.global_mut()
+            .global_mutes
+            .retain(|_, until| now < *until);
+        report
+    }
+}
