@@ -46,6 +46,8 @@ pub struct Config {
     pub rooms: Rooms,
     /// Limits from the specification.
     pub limits: Limits,
+    /// The durable store and history.
+    pub store: StoreSection,
     /// QUIC transport tuning.
     pub transport: Transport,
 }
@@ -222,6 +224,37 @@ impl Default for Limits {
     }
 }
 
+/// `[store]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSection {
+    /// `sync`: replies wait for the fsync; `batched`: fsync within `flush_ms`.
+    pub durability: crate::store::Durability,
+    /// Longest time between fsyncs in batched mode, ms.
+    pub flush_ms: u64,
+    /// Messages kept per room (the newest).
+    pub history_max: usize,
+    /// Oldest message kept, seconds.
+    pub history_max_age_secs: u64,
+    /// Keep low-priority messages in history too.
+    pub history_low: bool,
+    /// How long a sender may recall its own message, ms.
+    pub recall_window_ms: u64,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            durability: crate::store::Durability::Sync,
+            flush_ms: 10,
+            history_max: 1000,
+            history_max_age_secs: 7 * 24 * 3600,
+            history_low: false,
+            recall_window_ms: 120_000,
+        }
+    }
+}
+
 /// `[transport]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -248,6 +281,8 @@ pub struct Transport {
     pub delivery_batch_bytes: usize,
     /// Time a closing server waits for connections to finish, in milliseconds.
     pub shutdown_grace_ms: u64,
+    /// A delivery write that cannot complete this long closes the connection as too slow, ms.
+    pub slow_close_ms: u64,
 }
 
 impl Default for Transport {
@@ -264,6 +299,7 @@ impl Default for Transport {
             datagram_send_buffer: 256 * 1024,
             delivery_batch_bytes: 256 * 1024,
             shutdown_grace_ms: 2_000,
+            slow_close_ms: 5_000,
         }
     }
 }
@@ -476,6 +512,23 @@ const KEY_DOCS: &[(&str, &str)] = &[
 ];
 
 impl Config {
+    /// The largest event frame the delivery stream carries: a message with the largest admin
+    /// body plus room for its envelope (ids, type, sequence number).
+    pub fn max_event_frame(&self) -> u32 {
+        let body = self.limits.admin_body.max(self.limits.client_body);
+        u32::try_from(body + 1024).unwrap_or(u32::MAX)
+    }
+
+    /// The store settings.
+    pub fn store_config(&self) -> crate::store::StoreConfig {
+        crate::store::StoreConfig {
+            durability: self.store.durability,
+            flush_ms: self.store.flush_ms,
+            history_max: self.store.history_max,
+            history_max_age_ms: self.store.history_max_age_secs * 1000,
+        }
+    }
+
     /// The per-room ingress budget settings.
     pub fn budget(&self) -> crate::policy::BudgetConfig {
         let l = &self.limits;
@@ -538,6 +591,9 @@ impl Config {
         }
         if l.send_rate_per_sec == 0 || l.admin_rate_per_sec == 0 {
             return bad("limits.send_rate_per_sec and limits.admin_rate_per_sec must be above 0");
+        }
+        if self.store.history_max == 0 || self.store.flush_ms == 0 {
+            return bad("store.history_max and store.flush_ms must be above 0");
         }
         if self.transport.keep_alive_ms >= self.transport.idle_timeout_ms {
             return bad("transport.keep_alive_ms must be below transport.idle_timeout_ms");

@@ -16,6 +16,9 @@
 //! - [`auth`]: client tokens (HS256 JWT) and the admin key.
 //! - [`tls`]: the development CA and the rustls configurations.
 //! - [`metrics`]: metric names, help text and the Prometheus recorder.
+//! - [`bench`]: the load harness behind `roomcast bench`, with a raw-QUIC baseline server.
+//! - [`policy`]: pure decisions (send checks, classes, budgets, timers, shedding) taking `now`.
+//! - [`store`]: the durable store behind a small trait (redb, group commit).
 //!
 //! # Data flow
 //! A client's `Send` arrives on its control stream; the session checks it and publishes it into the
@@ -27,6 +30,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod metrics;
@@ -34,4 +38,5 @@ pub mod policy;
 pub mod protocol;
 pub mod room;
 pub mod server;
+pub mod store;
 pub mod tls;

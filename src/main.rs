@@ -32,6 +32,8 @@ enum Cmd {
     Pub(PubArgs),
     /// Interactive chat in a room: lines you type are sent, messages are printed.
     Chat(ChatArgs),
+    /// Load harness: starts a relay (or a raw-QUIC baseline) as a child process and measures it.
+    Bench(roomcast::bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -143,6 +145,9 @@ struct ChatArgs {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Cmd::Bench(a) = cli.cmd {
+        return roomcast::bench::run(a).map_err(anyhow::Error::from);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -154,6 +159,7 @@ fn main() -> Result<()> {
             Cmd::Sub(a) => sub(a).await,
             Cmd::Pub(a) => publish(a).await,
             Cmd::Chat(a) => chat(a).await,
+            Cmd::Bench(_) => Ok(()),
         }
     })
 }
@@ -358,8 +364,12 @@ async fn sub(a: SubArgs) -> Result<()> {
         json!({"event": "joined", "room": info.room.id, "epoch": info.room.epoch,
                "last_seq": info.last_seq, "members": info.room.member_count})
     );
-    for m in &info.history {
-        println!("{}", message_json(m, false, true));
+    for h in &info.history {
+        let mut v = message_json(&h.message, false, true);
+        if h.recalled {
+            v["recalled"] = json!(true);
+        }
+        println!("{v}");
     }
     let deadline = a
         .timeout
@@ -429,8 +439,12 @@ async fn chat(a: ChatArgs) -> Result<()> {
         "joined {} ({} members). Type a message and press Enter; /quit to leave.",
         info.room.id, info.room.member_count
     );
-    for m in &info.history {
-        print_chat(m);
+    for h in &info.history {
+        if h.recalled {
+            println!("[{}] (recalled)", h.message.seq);
+        } else {
+            print_chat(&h.message);
+        }
     }
     let events = client.clone();
     let printer = tokio::spawn(async move {

@@ -37,6 +37,10 @@ pub const REQUEST_ERRORS: &str = "roomcast_request_errors_total";
 pub const AUTH_FAILURES: &str = "roomcast_auth_failures_total";
 /// Counter: admin API calls, by `route` and `status`.
 pub const ADMIN_REQUESTS: &str = "roomcast_admin_requests_total";
+/// Counter: connections closed because they could not take their protected traffic.
+pub const TOO_SLOW: &str = "roomcast_too_slow_disconnects_total";
+/// Histogram: how many entries a delivery task was behind its room's ring when it woke.
+pub const DELIVERY_LAG: &str = "roomcast_delivery_lag_messages";
 /// Histogram: time from publish to the delivery write, seconds.
 pub const FANOUT_LATENCY: &str = "roomcast_fanout_latency_seconds";
 
@@ -91,6 +95,14 @@ pub fn describe() {
         "Client hellos refused for a missing, expired or forged token."
     );
     describe_counter!(ADMIN_REQUESTS, "Admin API calls, by route and status.");
+    describe_counter!(
+        TOO_SLOW,
+        "Connections closed with too_slow: they could not take their protected traffic in time."
+    );
+    describe_histogram!(
+        DELIVERY_LAG,
+        "Ring entries a delivery task was behind when it woke (subscriber lag, ring depth)."
+    );
     describe_histogram!(
         FANOUT_LATENCY,
         Unit::Seconds,
@@ -112,6 +124,11 @@ pub fn prometheus() -> Option<PrometheusHandle> {
                         0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                         0.25, 0.5, 1.0, 2.5,
                     ],
+                )
+                .ok()?
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(DELIVERY_LAG.to_owned()),
+                    &[1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0],
                 )
                 .ok()?
                 .install_recorder()

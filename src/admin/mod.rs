@@ -17,6 +17,7 @@
 //! ```
 //! Errors are `{"error": NAME, "message": text}` with the status of [`ErrorCode::http_status`].
 
+mod data_routes;
 mod policy_routes;
 mod routes;
 
@@ -154,7 +155,20 @@ async fn count_requests(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = req.method().as_str().to_owned();
-    let resp = next.run(req).await;
+    let mut resp = next.run(req).await;
+    // axum's body limit answers in plain text; every error here is JSON.
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE
+        && resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_none_or(|v| !v.as_bytes().starts_with(b"application/json"))
+    {
+        resp = ApiError(WireError::new(
+            ErrorCode::TooLarge,
+            "the request body is larger than limits.admin_request_body",
+        ))
+        .into_response();
+    }
     metrics::counter!(
         m::ADMIN_REQUESTS,
         "route" => format!("{method} {route}"),

@@ -87,7 +87,7 @@ pub(super) async fn put_destroy_policy(
 ) -> Done {
     let id = path(id)?;
     let policy: DestroyPolicy = parse(&body)?;
-    st.relay.set_destroy_policy(&id, policy)?;
+    st.relay.set_destroy_policy(&id, policy)?.wait().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -110,7 +110,7 @@ pub(super) async fn put_destroy_at(
 ) -> Done {
     let id = path(id)?;
     let req: DestroyAt = parse(&body)?;
-    st.relay.set_destroy_at(&id, Some(req.at))?;
+    st.relay.set_destroy_at(&id, Some(req.at))?.wait().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -121,7 +121,7 @@ pub(super) async fn delete_destroy_at(
     State(st): State<AdminState>,
     id: Result<Path<String>, PathRejection>,
 ) -> Done {
-    st.relay.set_destroy_at(&path(id)?, None)?;
+    st.relay.set_destroy_at(&path(id)?, None)?.wait().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -132,7 +132,7 @@ pub(super) async fn put_keepalive(
     State(st): State<AdminState>,
     id: Result<Path<String>, PathRejection>,
 ) -> Done {
-    st.relay.set_keepalive(&path(id)?, true)?;
+    st.relay.set_keepalive(&path(id)?, true)?.wait().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -143,7 +143,7 @@ pub(super) async fn delete_keepalive(
     State(st): State<AdminState>,
     id: Result<Path<String>, PathRejection>,
 ) -> Done {
-    st.relay.set_keepalive(&path(id)?, false)?;
+    st.relay.set_keepalive(&path(id)?, false)?.wait().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -210,7 +210,11 @@ pub(super) async fn post_bans(
 ) -> Result<axum::Json<Until>, ApiError> {
     let id = path(id)?;
     let req: Moderate = parse(&body)?;
-    let until_ms = st.relay.ban(&id, &req.user_ids, req.minutes, req.notify)?;
+    let until_ms = st
+        .relay
+        .ban(&id, &req.user_ids, req.minutes, req.notify)?
+        .wait()
+        .await?;
     Ok(axum::Json(Until { until_ms }))
 }
 
@@ -224,7 +228,7 @@ pub(super) async fn delete_ban(
 ) -> Done {
     let (id, user) = path(p)?;
     let notify = query(q)?.notify.unwrap_or(false);
-    st.relay.unban(&id, &user, notify)?;
+    st.relay.unban(&id, &user, notify)?.wait().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -251,7 +255,11 @@ pub(super) async fn post_mutes(
 ) -> Result<axum::Json<Until>, ApiError> {
     let id = path(id)?;
     let req: Moderate = parse(&body)?;
-    let until_ms = st.relay.mute(&id, &req.user_ids, req.minutes, req.notify)?;
+    let until_ms = st
+        .relay
+        .mute(&id, &req.user_ids, req.minutes, req.notify)?
+        .wait()
+        .await?;
     Ok(axum::Json(Until { until_ms }))
 }
 
@@ -265,7 +273,7 @@ pub(super) async fn delete_mute(
 ) -> Done {
     let (id, user) = path(p)?;
     let notify = query(q)?.notify.unwrap_or(false);
-    st.relay.unmute(&id, &user, notify)?;
+    st.relay.unmute(&id, &user, notify)?.wait().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -288,7 +296,7 @@ pub(super) async fn put_mute_all(
     State(st): State<AdminState>,
     id: Result<Path<String>, PathRejection>,
 ) -> Done {
-    st.relay.set_mute_all(&path(id)?, true)?;
+    st.relay.set_mute_all(&path(id)?, true)?.wait().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -299,7 +307,7 @@ pub(super) async fn delete_mute_all(
     State(st): State<AdminState>,
     id: Result<Path<String>, PathRejection>,
 ) -> Done {
-    st.relay.set_mute_all(&path(id)?, false)?;
+    st.relay.set_mute_all(&path(id)?, false)?.wait().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -328,7 +336,10 @@ async fn add_whitelist(
 ) -> Done {
     let id = path(id)?;
     let req: UserIds = parse(body)?;
-    st.relay.whitelist_add(&id, &req.user_ids, mute_all)?;
+    st.relay
+        .whitelist_add(&id, &req.user_ids, mute_all)?
+        .wait()
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -338,7 +349,10 @@ async fn remove_whitelist(
     mute_all: bool,
 ) -> Done {
     let (id, user) = path(p)?;
-    st.relay.whitelist_remove(&id, &user, mute_all)?;
+    st.relay
+        .whitelist_remove(&id, &user, mute_all)?
+        .wait()
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -433,7 +447,11 @@ pub(super) async fn post_global_mutes(
     body: Bytes,
 ) -> Result<axum::Json<Until>, ApiError> {
     let req: GlobalMute = parse(&body)?;
-    let until_ms = st.relay.global_mute(&req.user_ids, req.minutes)?;
+    let until_ms = st
+        .relay
+        .global_mute(&req.user_ids, req.minutes)?
+        .wait()
+        .await?;
     Ok(axum::Json(Until { until_ms }))
 }
 
@@ -444,7 +462,7 @@ pub(super) async fn delete_global_mute(
     State(st): State<AdminState>,
     user: Result<Path<String>, PathRejection>,
 ) -> Done {
-    st.relay.global_unmute(&path(user)?)?;
+    st.relay.global_unmute(&path(user)?)?.wait().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -473,7 +491,7 @@ pub struct TypeListView {
 
 async fn add_types(st: &AdminState, body: &Bytes, which: TypeList) -> Done {
     let req: Types = parse(body)?;
-    st.relay.types_add(which, &req.types)?;
+    st.relay.types_add(which, &req.types)?.wait().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -490,7 +508,10 @@ pub(super) async fn delete_type_whitelist(
     State(st): State<AdminState>,
     t: Result<Path<String>, PathRejection>,
 ) -> Done {
-    st.relay.types_remove(TypeList::Whitelist, &path(t)?)?;
+    st.relay
+        .types_remove(TypeList::Whitelist, &path(t)?)?
+        .wait()
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -515,7 +536,10 @@ pub(super) async fn delete_low_type(
     State(st): State<AdminState>,
     t: Result<Path<String>, PathRejection>,
 ) -> Done {
-    st.relay.types_remove(TypeList::LowPriority, &path(t)?)?;
+    st.relay
+        .types_remove(TypeList::LowPriority, &path(t)?)?
+        .wait()
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

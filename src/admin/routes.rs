@@ -42,10 +42,14 @@ pub(super) fn v1() -> Router<AdminState> {
         .route("/v1/rooms/{id}", get(get_room).delete(destroy_room))
         .route("/v1/rooms/{id}/members", get(list_members))
         .route("/v1/rooms/{id}/members:check", post(check_members))
-        .route("/v1/rooms/{id}/messages", post(send_room_message))
+        .route(
+            "/v1/rooms/{id}/messages",
+            post(send_room_message).get(super::data_routes::history),
+        )
         .route("/v1/messages", post(send_messages))
         .route("/v1/broadcast", post(broadcast))
         .merge(super::policy_routes::routes())
+        .merge(super::data_routes::routes())
 }
 
 pub(super) fn open() -> Router<AdminState> {
@@ -192,6 +196,7 @@ async fn create_room(State(st): State<AdminState>, body: Bytes) -> Result<Respon
         destroy_policy: req.destroy_policy,
         member_events: req.member_events,
     })?;
+    let info = info.wait().await?;
     let view = st.relay.room_admin_view(&info.id)?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
@@ -273,7 +278,9 @@ async fn destroy_room(
 ) -> ApiResult<Destroyed> {
     let id = path(id)?;
     st.relay
-        .destroy_room(&id, crate::protocol::DestroyReason::Manual)?;
+        .destroy_room(&id, crate::protocol::DestroyReason::Manual)?
+        .wait()
+        .await?;
     Ok(Json(Destroyed {
         destroyed: vec![id],
         not_found: vec![],
@@ -310,7 +317,10 @@ async fn destroy_rooms(State(st): State<AdminState>, body: Bytes) -> ApiResult<D
             .relay
             .destroy_room(&id, crate::protocol::DestroyReason::Manual)
         {
-            Ok(()) => out.destroyed.push(id),
+            Ok(d) => {
+                d.wait().await?;
+                out.destroyed.push(id)
+            }
             Err(e) if e.code == ErrorCode::RoomNotFound => out.not_found.push(id),
             Err(e) => return Err(e.into()),
         }
@@ -497,7 +507,7 @@ async fn send_room_message(
         store: req.store.unwrap_or(true),
         low: req.low,
     };
-    let (seq, ts) = st.relay.admin_send(&id, &msg)?;
+    let (seq, ts) = st.relay.admin_send(&id, &msg)?.wait().await?;
     Ok(Json(Sent { seq, ts }))
 }
 
@@ -558,7 +568,13 @@ async fn send_messages(State(st): State<AdminState>, body: Bytes) -> ApiResult<M
         store: req.store.unwrap_or(true),
         low: false,
     };
-    let results = st.relay.admin_send_many(&req.rooms, &msg)?;
+    let mut results = Vec::new();
+    for r in st.relay.admin_send_many(&req.rooms, &msg)? {
+        results.push(match r {
+            Ok(d) => d.wait().await,
+            Err(e) => Err(e),
+        });
+    }
     Ok(Json(MultiSent {
         results: req
             .rooms
@@ -659,7 +675,10 @@ impl utoipa::Modify for SecurityAddon {
           super::policy_routes::get_global_mutes, super::policy_routes::post_type_whitelist,
           super::policy_routes::delete_type_whitelist, super::policy_routes::get_type_whitelist,
           super::policy_routes::post_low_types, super::policy_routes::delete_low_type,
-          super::policy_routes::get_low_types),
+          super::policy_routes::get_low_types,
+          super::data_routes::get_attributes, super::data_routes::put_attributes,
+          super::data_routes::delete_attribute, super::data_routes::delete_attributes,
+          super::data_routes::recall, super::data_routes::history),
     components(schemas(ApiErrorBody, ErrorCode)),
     modifiers(&SecurityAddon)
 )]

@@ -15,9 +15,9 @@
 //! ```
 
 use crate::protocol::{
-    ClientFrame, CloseCode, DecodeError, DestroyReason, Event, FrameReader, JoinInfo, KickReason,
-    Message, PROTOCOL_VERSION, Request, Response, RoomInfo, ServerFrame, WireError, decode_body,
-    encode_frame,
+    Attribute, ClientFrame, CloseCode, DecodeError, DestroyReason, Event, FrameReader,
+    HistoryEntry, JoinInfo, KickReason, Message, PROTOCOL_VERSION, Request, Response, RoomInfo,
+    ServerFrame, WireError, decode_body, encode_frame,
 };
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -224,9 +224,15 @@ impl Client {
         }))
         .await
         .map_err(|_| closed_now(&conn))?;
-        let mut reader = FrameReader::new(recv, u32::MAX >> 4);
-        let (user, conn_id) = match reader.read::<ServerFrame>().await {
-            Ok(Some(ServerFrame::Welcome { user, conn_id, .. })) => (user, conn_id),
+        // Control-stream replies are small; attribute and history replies are the largest.
+        let mut reader = FrameReader::new(recv, 16 << 20);
+        let (user, conn_id, max_event) = match reader.read::<ServerFrame>().await {
+            Ok(Some(ServerFrame::Welcome {
+                user,
+                conn_id,
+                max_event,
+                ..
+            })) => (user, conn_id, max_event),
             Ok(Some(ServerFrame::Refused(e))) => return Err(ClientError::Refused(e)),
             Ok(Some(other)) => {
                 return Err(ClientError::Protocol(format!(
@@ -241,7 +247,7 @@ impl Client {
         let (tx, events) = flume::bounded(cfg.event_buffer.max(1));
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(read_replies(reader, pending.clone()));
-        tasks.spawn(read_events(conn.clone(), tx.clone()));
+        tasks.spawn(read_events(conn.clone(), tx.clone(), max_event));
         tasks.spawn(read_datagrams(conn.clone(), tx));
         Ok(Client {
             endpoint,
@@ -347,6 +353,108 @@ impl Client {
         }
     }
 
+    /// Sets up to 10 attributes; returns the attribute version and one result per key.
+    pub async fn set_attributes(
+        &self,
+        room: &str,
+        entries: &[(&str, &str)],
+        auto_delete: bool,
+        force: bool,
+    ) -> Result<(u64, Vec<(String, Option<WireError>)>), ClientError> {
+        let entries = entries
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        match self
+            .request(Request::SetAttributes {
+                room: room.into(),
+                entries,
+                auto_delete,
+                force,
+            })
+            .await?
+        {
+            Response::AttributeResults { version, results } => Ok((version, results)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Deletes up to 10 attributes; returns the attribute version and one result per key.
+    pub async fn delete_attributes(
+        &self,
+        room: &str,
+        keys: &[&str],
+        force: bool,
+    ) -> Result<(u64, Vec<(String, Option<WireError>)>), ClientError> {
+        match self
+            .request(Request::DeleteAttributes {
+                room: room.into(),
+                keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+                force,
+            })
+            .await?
+        {
+            Response::AttributeResults { version, results } => Ok((version, results)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Reads attributes (all when `keys` is empty).
+    pub async fn get_attributes(
+        &self,
+        room: &str,
+        keys: &[&str],
+    ) -> Result<(u64, Vec<Attribute>), ClientError> {
+        match self
+            .request(Request::GetAttributes {
+                room: room.into(),
+                keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+            })
+            .await?
+        {
+            Response::Attributes {
+                version,
+                attributes,
+            } => Ok((version, attributes)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Recalls one of this user's messages.
+    pub async fn recall(&self, room: &str, seq: u64) -> Result<(), ClientError> {
+        match self
+            .request(Request::Recall {
+                room: room.into(),
+                seq,
+            })
+            .await?
+        {
+            Response::Recalled => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A page of history: up to `limit` messages with `seq < before_seq` (`None`: the newest),
+    /// oldest first.
+    pub async fn history(
+        &self,
+        room: &str,
+        before_seq: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<HistoryEntry>, ClientError> {
+        match self
+            .request(Request::History {
+                room: room.into(),
+                before_seq: before_seq.unwrap_or(0),
+                limit,
+            })
+            .await?
+        {
+            Response::History(h) => Ok(h),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// A round trip.
     pub async fn ping(&self) -> Result<(), ClientError> {
         match self.request(Request::Ping).await? {
@@ -422,9 +530,9 @@ fn to_client_event(event: Event, datagram: bool) -> Option<ClientEvent> {
     })
 }
 
-async fn read_events(conn: quinn::Connection, tx: flume::Sender<ClientEvent>) {
+async fn read_events(conn: quinn::Connection, tx: flume::Sender<ClientEvent>, max_event: u32) {
     if let Ok(recv) = conn.accept_uni().await {
-        let mut reader = FrameReader::new(recv, u32::MAX >> 4);
+        let mut reader = FrameReader::new(recv, max_event);
         while let Ok(Some(event)) = reader.read::<Event>().await {
             if let Some(ev) = to_client_event(event, false)
                 && tx.send_async(ev).await.is_err()

@@ -45,55 +45,74 @@ pub fn check_users(users: &[String]) -> Result<(), WireError> {
     Ok(())
 }
 
-/// How a room is destroyed automatically.
+/// The kind of automatic end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum DestroyPolicy {
-    /// Destroyed after `minutes` without a join, leave or message; `None` uses the global
-    /// `idle_destroy_minutes`.
-    Idle {
-        /// 1..=1440, or absent for the global default.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        minutes: Option<u32>,
-    },
-    /// Destroyed `minutes` after creation.
-    Lifetime {
-        /// 60..=10080.
-        minutes: u32,
-    },
+#[serde(rename_all = "lowercase")]
+pub enum PolicyKind {
+    /// After `minutes` without a join, leave or message.
+    Idle,
+    /// `minutes` after creation.
+    Lifetime,
+}
+
+/// How a room is destroyed automatically. JSON: `{"type": "idle", "minutes": 30}` (minutes
+/// 1..=1440, or absent/null for the global `idle_destroy_minutes`) or
+/// `{"type": "lifetime", "minutes": 120}` (60..=10080).
+///
+/// A plain struct rather than a tagged enum so that it encodes the same way in JSON and in the
+/// store's postcard records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DestroyPolicy {
+    /// `idle` or `lifetime`.
+    #[serde(rename = "type")]
+    pub kind: PolicyKind,
+    /// Minutes; for `idle`, absent means the global default.
+    #[serde(default)]
+    pub minutes: Option<u32>,
 }
 
 impl Default for DestroyPolicy {
     fn default() -> Self {
-        DestroyPolicy::Idle { minutes: None }
+        DestroyPolicy::idle(None)
     }
 }
 
 impl DestroyPolicy {
+    /// The idle policy (`None`: the global idle time).
+    pub fn idle(minutes: Option<u32>) -> Self {
+        DestroyPolicy {
+            kind: PolicyKind::Idle,
+            minutes,
+        }
+    }
+
+    /// The fixed-lifetime policy.
+    pub fn lifetime(minutes: u32) -> Self {
+        DestroyPolicy {
+            kind: PolicyKind::Lifetime,
+            minutes: Some(minutes),
+        }
+    }
+
     /// Checks the ranges.
     pub fn validate(&self) -> Result<(), WireError> {
-        match *self {
-            DestroyPolicy::Idle { minutes: None } => Ok(()),
-            DestroyPolicy::Idle { minutes: Some(m) } => {
-                if (IDLE_MINUTES.0..=IDLE_MINUTES.1).contains(&m) {
-                    Ok(())
-                } else {
-                    Err(bad(format!(
-                        "idle minutes must be {}..={}, got {m}",
-                        IDLE_MINUTES.0, IDLE_MINUTES.1
-                    )))
-                }
+        let (name, (lo, hi)) = match (self.kind, self.minutes) {
+            (PolicyKind::Idle, None) => return Ok(()),
+            (PolicyKind::Lifetime, None) => {
+                return Err(bad(format!(
+                    "a lifetime policy needs minutes ({}..={})",
+                    LIFETIME_MINUTES.0, LIFETIME_MINUTES.1
+                )));
             }
-            DestroyPolicy::Lifetime { minutes: m } => {
-                if (LIFETIME_MINUTES.0..=LIFETIME_MINUTES.1).contains(&m) {
-                    Ok(())
-                } else {
-                    Err(bad(format!(
-                        "lifetime minutes must be {}..={}, got {m}",
-                        LIFETIME_MINUTES.0, LIFETIME_MINUTES.1
-                    )))
-                }
-            }
+            (PolicyKind::Idle, Some(_)) => ("idle", IDLE_MINUTES),
+            (PolicyKind::Lifetime, Some(_)) => ("lifetime", LIFETIME_MINUTES),
+        };
+        let m = self.minutes.unwrap_or_default();
+        if (lo..=hi).contains(&m) {
+            Ok(())
+        } else {
+            Err(bad(format!("{name} minutes must be {lo}..={hi}, got {m}")))
         }
     }
 }
@@ -122,14 +141,14 @@ pub fn destroy_due(l: &Lifecycle, global_idle_ms: u64, now: u64) -> Option<Destr
     if l.keepalive {
         return None;
     }
-    match l.policy {
-        DestroyPolicy::Idle { minutes } => {
-            let idle = minutes.map_or(global_idle_ms, |m| u64::from(m) * 60_000);
+    let minutes_ms = l.policy.minutes.map(|m| u64::from(m) * 60_000);
+    match l.policy.kind {
+        PolicyKind::Idle => {
+            let idle = minutes_ms.unwrap_or(global_idle_ms);
             (now >= l.last_activity_ms.saturating_add(idle)).then_some(DestroyReason::Idle)
         }
-        DestroyPolicy::Lifetime { minutes } => (now
-            >= l.created_ms.saturating_add(u64::from(minutes) * 60_000))
-        .then_some(DestroyReason::Lifetime),
+        PolicyKind::Lifetime => (now >= l.created_ms.saturating_add(minutes_ms.unwrap_or(0)))
+            .then_some(DestroyReason::Lifetime),
     }
 }
 
@@ -243,6 +262,17 @@ pub fn classify(
     }
 }
 
+/// Egress shedding: whether a member `lag` entries behind its room's ring tail (of `capacity`
+/// slots) skips a message of `class`. Low goes once the member is a quarter of the ring behind,
+/// normal at half; protected never (a member that cannot take those is closed as too slow).
+pub fn shed_on_egress(class: Class, lag: u64, capacity: u64) -> bool {
+    match class {
+        Class::Low => lag > capacity / 4,
+        Class::Normal => lag > capacity / 2,
+        Class::Protected => false,
+    }
+}
+
 /// A token bucket: `rate` tokens a second, at most `burst` saved up.
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
@@ -347,13 +377,13 @@ mod tests {
 
     #[test]
     fn idle_destroy_fires_exactly_at_the_boundary() {
-        let l = life(DestroyPolicy::Idle { minutes: Some(5) });
+        let l = life(DestroyPolicy::idle(Some(5)));
         assert_eq!(destroy_due(&l, 60 * MIN, 5 * MIN - 1), None);
         assert_eq!(
             destroy_due(&l, 60 * MIN, 5 * MIN),
             Some(DestroyReason::Idle)
         );
-        let global = life(DestroyPolicy::Idle { minutes: None });
+        let global = life(DestroyPolicy::idle(None));
         assert_eq!(destroy_due(&global, 60 * MIN, 59 * MIN), None);
         assert_eq!(
             destroy_due(&global, 60 * MIN, 60 * MIN),
@@ -363,7 +393,7 @@ mod tests {
 
     #[test]
     fn activity_pushes_idle_destroy_back() {
-        let mut l = life(DestroyPolicy::Idle { minutes: Some(5) });
+        let mut l = life(DestroyPolicy::idle(Some(5)));
         l.last_activity_ms = 4 * MIN;
         assert_eq!(destroy_due(&l, 0, 8 * MIN), None);
         assert_eq!(destroy_due(&l, 0, 9 * MIN), Some(DestroyReason::Idle));
@@ -371,7 +401,7 @@ mod tests {
 
     #[test]
     fn lifetime_ignores_activity() {
-        let mut l = life(DestroyPolicy::Lifetime { minutes: 60 });
+        let mut l = life(DestroyPolicy::lifetime(60));
         l.last_activity_ms = 59 * MIN;
         assert_eq!(destroy_due(&l, 0, 60 * MIN - 1), None);
         assert_eq!(destroy_due(&l, 0, 60 * MIN), Some(DestroyReason::Lifetime));
@@ -379,17 +409,17 @@ mod tests {
 
     #[test]
     fn a_long_idle_lifetime_room_switched_to_idle_goes_at_once() {
-        let mut l = life(DestroyPolicy::Lifetime { minutes: 600 });
+        let mut l = life(DestroyPolicy::lifetime(600));
         l.last_activity_ms = 10 * MIN;
         let now = 200 * MIN;
         assert_eq!(destroy_due(&l, 0, now), None, "lifetime not reached yet");
-        l.policy = DestroyPolicy::Idle { minutes: Some(60) };
+        l.policy = DestroyPolicy::idle(Some(60));
         assert_eq!(destroy_due(&l, 0, now), Some(DestroyReason::Idle));
     }
 
     #[test]
     fn keepalive_blocks_auto_destroy_but_not_a_schedule() {
-        let mut l = life(DestroyPolicy::Idle { minutes: Some(1) });
+        let mut l = life(DestroyPolicy::idle(Some(1)));
         l.keepalive = true;
         assert_eq!(destroy_due(&l, 0, 1000 * MIN), None);
         l.destroy_at_ms = Some(10 * MIN);
@@ -399,32 +429,36 @@ mod tests {
 
     #[test]
     fn policy_ranges() {
-        assert!(DestroyPolicy::Idle { minutes: Some(0) }.validate().is_err());
-        assert!(DestroyPolicy::Idle { minutes: Some(1) }.validate().is_ok());
-        assert!(
-            DestroyPolicy::Idle {
-                minutes: Some(1440)
-            }
-            .validate()
-            .is_ok()
-        );
-        assert!(
-            DestroyPolicy::Idle {
-                minutes: Some(1441)
-            }
-            .validate()
-            .is_err()
-        );
-        assert!(DestroyPolicy::Lifetime { minutes: 59 }.validate().is_err());
-        assert!(
-            DestroyPolicy::Lifetime { minutes: 10_080 }
-                .validate()
-                .is_ok()
-        );
-        let e = DestroyPolicy::Lifetime { minutes: 10_081 }
-            .validate()
-            .unwrap_err();
+        assert!(DestroyPolicy::idle(Some(0)).validate().is_err());
+        assert!(DestroyPolicy::idle(Some(1)).validate().is_ok());
+        assert!(DestroyPolicy::idle(Some(1440)).validate().is_ok());
+        assert!(DestroyPolicy::idle(Some(1441)).validate().is_err());
+        assert!(DestroyPolicy::lifetime(59).validate().is_err());
+        assert!(DestroyPolicy::lifetime(10_080).validate().is_ok());
+        let no_minutes = DestroyPolicy {
+            kind: PolicyKind::Lifetime,
+            minutes: None,
+        };
+        assert!(no_minutes.validate().is_err());
+        let e = DestroyPolicy::lifetime(10_081).validate().unwrap_err();
         assert!(e.message.contains("60..=10080"), "{}", e.message);
+    }
+
+    #[test]
+    fn destroy_policy_json_and_postcard_agree() {
+        let p: DestroyPolicy =
+            serde_json::from_str(r#"{"type":"lifetime","minutes":90}"#).expect("json");
+        assert_eq!(p, DestroyPolicy::lifetime(90));
+        let p: DestroyPolicy = serde_json::from_str(r#"{"type":"idle"}"#).expect("json");
+        assert_eq!(p, DestroyPolicy::idle(None));
+        assert!(serde_json::from_str::<DestroyPolicy>(r#"{"type":"never"}"#).is_err());
+        for p in [DestroyPolicy::idle(None), DestroyPolicy::lifetime(60)] {
+            let bytes = postcard::to_allocvec(&p).expect("postcard");
+            assert_eq!(
+                postcard::from_bytes::<DestroyPolicy>(&bytes).expect("back"),
+                p
+            );
+        }
     }
 
     #[test]
@@ -517,6 +551,22 @@ mod tests {
             classify(Some("host"), "like", true, &room, &global),
             Class::Protected
         );
+    }
+
+    #[test]
+    fn egress_sheds_low_first_then_normal_never_protected() {
+        let cap = 4096;
+        assert!(!shed_on_egress(Class::Low, 1024, cap));
+        assert!(shed_on_egress(Class::Low, 1025, cap));
+        assert!(!shed_on_egress(Class::Normal, 2048, cap));
+        assert!(shed_on_egress(Class::Normal, 2049, cap));
+        assert!(!shed_on_egress(Class::Protected, cap * 100, cap));
+        // At any lag, whatever sheds normal also sheds low.
+        for lag in 0..=cap {
+            if shed_on_egress(Class::Normal, lag, cap) {
+                assert!(shed_on_egress(Class::Low, lag, cap));
+            }
+        }
     }
 
     #[test]

@@ -56,6 +56,50 @@ pub enum Request {
     },
     /// 4: a no-op round trip.
     Ping,
+    /// 5: set up to 10 attributes. Each key must be absent or the user's own unless `force`.
+    SetAttributes {
+        /// Room id.
+        room: String,
+        /// `(key, value)` pairs.
+        entries: Vec<(String, String)>,
+        /// Remove these keys when the user leaves the room.
+        auto_delete: bool,
+        /// Set even keys owned by others, taking them over.
+        force: bool,
+    },
+    /// 6: delete up to 10 attributes. Each key must be the user's own unless `force`.
+    DeleteAttributes {
+        /// Room id.
+        room: String,
+        /// Keys.
+        keys: Vec<String>,
+        /// Delete even keys owned by others.
+        force: bool,
+    },
+    /// 7: read attributes; an empty `keys` reads all.
+    GetAttributes {
+        /// Room id.
+        room: String,
+        /// Keys, or empty for all.
+        keys: Vec<String>,
+    },
+    /// 8: recall one of the user's own messages within the recall window.
+    Recall {
+        /// Room id.
+        room: String,
+        /// The message's sequence number.
+        seq: u64,
+    },
+    /// 9: page history backwards: up to `limit` (1..=200) messages with `seq < before_seq`
+    /// (`before_seq` 0: the newest), oldest first.
+    History {
+        /// Room id.
+        room: String,
+        /// Exclusive upper bound, or 0 for the newest.
+        before_seq: u64,
+        /// Page size.
+        limit: u32,
+    },
 }
 
 /// Server → client, on the control stream.
@@ -67,8 +111,11 @@ pub enum ServerFrame {
         user: String,
         /// This connection's id on the server.
         conn_id: u64,
-        /// The largest frame body the server accepts.
+        /// The largest frame body the server accepts on the control stream.
         max_frame: u32,
+        /// The largest event frame body the server writes on the delivery stream (admin
+        /// messages may be larger than client ones).
+        max_event: u32,
     },
     /// 1: the hello was refused; the server closes the connection next.
     Refused(WireError),
@@ -99,6 +146,49 @@ pub enum Response {
     Info(RoomInfo),
     /// 4: to [`Request::Ping`].
     Pong,
+    /// 5: to [`Request::SetAttributes`] and [`Request::DeleteAttributes`]: one result per key, in
+    /// order (`None` = done), and the room's attribute version after the call.
+    AttributeResults {
+        /// Version after the call.
+        version: u64,
+        /// `(key, error)` per asked key.
+        results: Vec<(String, Option<WireError>)>,
+    },
+    /// 6: to [`Request::GetAttributes`].
+    Attributes {
+        /// The room's attribute version.
+        version: u64,
+        /// The asked attributes that exist.
+        attributes: Vec<Attribute>,
+    },
+    /// 7: to [`Request::Recall`].
+    Recalled,
+    /// 8: to [`Request::History`]: oldest first.
+    History(Vec<HistoryEntry>),
+}
+
+/// A room attribute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attribute {
+    /// Key.
+    pub key: String,
+    /// Value.
+    pub value: String,
+    /// The user who set it last.
+    pub owner: String,
+    /// Removed when the owner leaves.
+    pub auto_delete: bool,
+    /// When it was set, ms since the Unix epoch.
+    pub set_ms: u64,
+}
+
+/// A history item: a message, or the marker of a recalled one (empty body).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// The message (body empty when recalled).
+    pub message: Message,
+    /// Whether it was recalled.
+    pub recalled: bool,
 }
 
 /// The join reply.
@@ -112,7 +202,11 @@ pub struct JoinInfo {
     /// Whether the user is muted in this room.
     pub muted: bool,
     /// The requested recent messages, oldest first.
-    pub history: Vec<Message>,
+    pub history: Vec<HistoryEntry>,
+    /// Every attribute of the room.
+    pub attributes: Vec<Attribute>,
+    /// The attribute version the snapshot is at; change events carry later versions.
+    pub attr_version: u64,
 }
 
 /// Room info as a client sees it.
@@ -331,5 +425,32 @@ pub enum Event {
         room: String,
         /// Members now.
         count: u64,
+    },
+    /// 15: a message was recalled; drop its body.
+    Recalled {
+        /// Room id.
+        room: String,
+        /// Its sequence number.
+        seq: u64,
+    },
+    /// 16: an attribute was set.
+    AttributeChanged {
+        /// Room id.
+        room: String,
+        /// The room's attribute version after this change.
+        version: u64,
+        /// The attribute.
+        attribute: Attribute,
+    },
+    /// 17: an attribute was deleted (`auto`: because its owner left).
+    AttributeRemoved {
+        /// Room id.
+        room: String,
+        /// The room's attribute version after this change.
+        version: u64,
+        /// Key.
+        key: String,
+        /// Deleted automatically with its owner's departure.
+        auto: bool,
     },
 }

@@ -23,9 +23,11 @@
 //!
 //! # Framing on streams
 //! Every frame on a stream is `len: u32 big-endian` followed by `len` bytes of
-//! [postcard](https://postcard.jamesmunns.com/wire-format)-encoded body. `len` must be in
-//! `1..=max_frame` (the server announces its `max_frame` in the welcome; the default is
-//! [`DEFAULT_MAX_FRAME`]). A reader checks the length *before* reading the body, so an oversized
+//! [postcard](https://postcard.jamesmunns.com/wire-format)-encoded body. On the control stream
+//! `len` must be in `1..=max_frame` (the server announces its `max_frame` in the welcome; the
+//! default is [`DEFAULT_MAX_FRAME`]); on the delivery stream frames are at most the welcome's
+//! `max_event` (admin messages may carry up to 128 KiB). A reader checks the length *before*
+//! reading the body, so an oversized
 //! frame is refused without buffering it: the server answers an oversized or undecodable frame on the
 //! control stream by closing the connection with [`CloseCode::Protocol`].
 //!

@@ -15,9 +15,10 @@ use crate::policy::{BudgetConfig, DestroyPolicy, IngressBudget, Moderation};
 use crate::protocol::{
     Class, DestroyReason, ErrorCode, Event, Message, WireError, encode_datagram, encode_frame,
 };
+use crate::store::{AttrRecord, RoomRecord};
 use bytes::Bytes;
 pub use ring::{Entry, JoinPoint, Read, Ring, Signal, Watchers};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 /// Checks a room or user id: 1–64 characters from `[A-Za-z0-9_.:@-]`.
@@ -70,8 +71,20 @@ pub struct Outgoing {
 /// The publish side of a room: the one interface senders use.
 pub trait Fanout: Send + Sync {
     /// Publishes `msg` at wall-clock `now_ms` and wakes the subscribers. `None` if the room is
-    /// closed. Never waits for a subscriber.
-    fn publish(&self, msg: Outgoing, now_ms: u64) -> Option<(u64, u64)>;
+    /// closed. Never waits for a subscriber. `stamped` sees the message with its sequence number
+    /// and timestamp while publishers are still serialised, so whatever it records (history) is
+    /// in order and cannot race the room's destruction.
+    fn publish_with(
+        &self,
+        msg: Outgoing,
+        now_ms: u64,
+        stamped: &mut dyn FnMut(&Message),
+    ) -> Option<(u64, u64)>;
+
+    /// [`publish_with`](Self::publish_with) without a hook.
+    fn publish(&self, msg: Outgoing, now_ms: u64) -> Option<(u64, u64)> {
+        self.publish_with(msg, now_ms, &mut |_| {})
+    }
 }
 
 /// One member of a room.
@@ -107,6 +120,17 @@ pub struct RoomState {
     pub member_events: bool,
     /// The member count last announced with `MemberCount`, and when.
     pub count_announced: Option<(u64, u64)>,
+    /// Attributes by key.
+    pub attrs: BTreeMap<String, AttrRecord>,
+    /// Bumped by every attribute change.
+    pub attr_version: u64,
+    /// Sequence numbers up to this one may have been handed out (persisted ahead of use).
+    pub seq_reserved: u64,
+    /// The last activity time that was persisted.
+    pub persisted_activity_ms: u64,
+    /// Recently recalled sequence numbers (for history served from the ring before the store
+    /// has committed it); bounded.
+    pub recent_recalls: BTreeSet<u64>,
 }
 
 /// Order of a member listing.
@@ -288,6 +312,23 @@ impl Room {
         first
     }
 
+    /// The durable record of this room.
+    pub fn record(&self, st: &RoomState) -> RoomRecord {
+        RoomRecord {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            epoch: self.epoch,
+            created_ms: self.created_ms,
+            policy: st.policy,
+            destroy_at_ms: st.destroy_at_ms,
+            member_events: st.member_events,
+            moderation: st.moderation.clone(),
+            last_activity_ms: st.last_activity_ms,
+            seq_reserved: st.seq_reserved,
+            attr_version: st.attr_version,
+        }
+    }
+
     /// Admits one message of `class` into the ingress budget at `now`.
     pub fn admit(&self, class: Class, now_ms: u64) -> bool {
         self.budget
@@ -325,7 +366,12 @@ impl Room {
 }
 
 impl Fanout for Room {
-    fn publish(&self, msg: Outgoing, now_ms: u64) -> Option<(u64, u64)> {
+    fn publish_with(
+        &self,
+        msg: Outgoing,
+        now_ms: u64,
+        hook: &mut dyn FnMut(&Message),
+    ) -> Option<(u64, u64)> {
         let class = msg.class;
         let stamped = self.ring.publish(class, now_ms, |st| {
             let message = Message {
@@ -343,6 +389,7 @@ impl Fanout for Room {
             let Event::Message(message) = event else {
                 unreachable!("built as a message above")
             };
+            hook(&message);
             Entry {
                 pos: st.pos,
                 seq: st.seq,

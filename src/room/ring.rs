@@ -319,8 +319,11 @@ const WATCHER_SHARDS: usize = 16;
 /// Publishers only load the shards (lock-free); joins and leaves take a shard's writer lock, which
 /// publishers never touch, and swap in a new list.
 pub struct Watchers {
-    shards: [(Mutex<()>, ArcSwap<Vec<(u64, Arc<Signal>)>>); WATCHER_SHARDS],
+    shards: [WatcherShard; WATCHER_SHARDS],
 }
+
+/// A writer lock (joins and leaves only) and the current list of `(connection id, signal)`.
+type WatcherShard = (Mutex<()>, ArcSwap<Vec<(u64, Arc<Signal>)>>);
 
 impl Default for Watchers {
     fn default() -> Self {

@@ -3,25 +3,36 @@
 //!
 //! Coalescing: every wake-up drains everything that is ready in every room (up to
 //! `delivery_batch_bytes`) and writes it with one vectored write, so one packet carries as many
-//! frames as fit. There is no timer: an idle connection sleeps on its [`Signal`].
+//! frames as fit. There is no timer when idle: the task sleeps on its [`Signal`]. While the
+//! connection lags, its writes already gather many frames each.
 //!
-//! Lag: the task never makes a publisher wait. When the connection's flow control holds a write
-//! back, the ring moves on; on the next read the task finds its cursor overwritten, skips to the
-//! newest half of the ring, and sends `Gap{low, normal}` with the exact counts it skipped (from the
-//! cumulative per-class counters on every ring entry).
+//! Shedding, in priority order (SPEC §7): the publisher never waits for this task. When the
+//! connection falls behind its ring (flow control holds its writes back), it skips low-priority
+//! messages once it is a quarter of the ring behind and normal ones at half
+//! ([`crate::policy::shed_on_egress`]); protected messages are always written. Before its next
+//! delivered message of that room it gets `Gap{low, normal}` with the exact counts it skipped,
+//! taken from the cumulative per-class counters on every ring entry. If it falls a whole ring
+//! behind with protected messages among the overwritten ones, or a write cannot complete within
+//! `slow_close_ms`, the connection is closed with [`CloseCode::TooSlow`] and reason `too_slow`:
+//! protected traffic is never dropped while a connection lives.
 
 use super::relay::DeliveryCmd;
 use crate::metrics as m;
-use crate::protocol::{Class, Event, KickReason, encode_frame};
+use crate::policy::shed_on_egress;
+use crate::protocol::{Class, CloseCode, DestroyReason, Event, KickReason, encode_frame};
 use crate::room::ring::{ClassCounts, class_index};
 use crate::room::{Read, Room, Signal};
 use bytes::Bytes;
 use std::sync::Arc;
+use std::time::Duration;
 
 struct Sub {
     room: Arc<Room>,
     cursor: u64,
+    /// Cumulative per-class counts up to the last entry this member visited.
     cum: ClassCounts,
+    /// Messages skipped since the last `Gap` (shed or overwritten).
+    missed: ClassCounts,
 }
 
 /// Per-batch tallies, flushed to the metrics once per write.
@@ -31,7 +42,9 @@ struct Tally {
     datagram: ClassCounts,
     stream_bytes: u64,
     datagram_bytes: u64,
-    gaps: ClassCounts,
+    shed_lag: ClassCounts,
+    shed_overrun: ClassCounts,
+    shed_datagram: u64,
 }
 
 const CLASSES: [Class; 3] = [Class::Protected, Class::Normal, Class::Low];
@@ -48,9 +61,23 @@ impl Tally {
                 metrics::counter!(m::MESSAGES_OUT, "class" => c.as_str(), "lane" => "datagram")
                     .increment(self.datagram[i]);
             }
-            if self.gaps[i] > 0 {
-                metrics::counter!(m::GAP_MESSAGES, "class" => c.as_str()).increment(self.gaps[i]);
+            if self.shed_lag[i] > 0 {
+                metrics::counter!(m::SHED, "class" => c.as_str(), "reason" => "lag")
+                    .increment(self.shed_lag[i]);
             }
+            if self.shed_overrun[i] > 0 {
+                metrics::counter!(m::SHED, "class" => c.as_str(), "reason" => "overrun")
+                    .increment(self.shed_overrun[i]);
+            }
+            let gaps = self.shed_lag[i] + self.shed_overrun[i];
+            if gaps > 0 {
+                metrics::counter!(m::GAP_MESSAGES, "class" => c.as_str()).increment(gaps);
+            }
+        }
+        if self.shed_datagram > 0 {
+            metrics::counter!(m::SHED, "class" => "low", "reason" => "datagram_buffer")
+                .increment(self.shed_datagram);
+            metrics::counter!(m::GAP_MESSAGES, "class" => "low").increment(self.shed_datagram);
         }
         if self.stream_bytes > 0 {
             metrics::counter!(m::BYTES_OUT, "lane" => "stream").increment(self.stream_bytes);
@@ -69,6 +96,17 @@ pub(crate) struct Delivery {
     pub signal: Arc<Signal>,
     pub conn_id: u64,
     pub batch_bytes: usize,
+    pub slow_close: Duration,
+}
+
+/// Why a drain stopped.
+enum Drained {
+    /// Everything ready was read.
+    Done,
+    /// The batch is full; read again right after writing it.
+    More,
+    /// The connection lost protected traffic: close it.
+    TooSlow,
 }
 
 impl Delivery {
@@ -83,18 +121,32 @@ impl Delivery {
                 self.apply(cmd, &mut subs, &mut out);
             }
             let mut tally = Tally::default();
-            let more = self.drain(&mut subs, &mut out, &mut tally);
+            let drained = self.drain(&mut subs, &mut out, &mut tally);
             if !out.is_empty() {
                 tally.stream_bytes += out.iter().map(|b| b.len() as u64).sum::<u64>();
-                if self.stream.write_all_chunks(&mut out).await.is_err() {
-                    break;
+                match tokio::time::timeout(self.slow_close, self.stream.write_all_chunks(&mut out))
+                    .await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break,
+                    Err(_) => {
+                        self.too_slow("a delivery write did not complete in time");
+                        break;
+                    }
                 }
                 out.clear();
             }
             tally.flush();
-            if more {
-                tokio::task::yield_now().await;
-                continue;
+            match drained {
+                Drained::Done => {}
+                Drained::More => {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                Drained::TooSlow => {
+                    self.too_slow("protected messages were overrun");
+                    break;
+                }
             }
             tokio::select! {
                 biased;
@@ -111,6 +163,16 @@ impl Delivery {
         }
     }
 
+    fn too_slow(&self, why: &str) {
+        tracing::info!(
+            conn_id = self.conn_id,
+            why,
+            "closing a connection that is too slow"
+        );
+        metrics::counter!(m::TOO_SLOW).increment(1);
+        self.conn.close(CloseCode::TooSlow.into(), b"too_slow");
+    }
+
     fn apply(&self, cmd: DeliveryCmd, subs: &mut Vec<Sub>, out: &mut Vec<Bytes>) {
         match cmd {
             DeliveryCmd::Subscribe { room, at } => {
@@ -123,6 +185,7 @@ impl Delivery {
                     room,
                     cursor: at.pos,
                     cum: at.cum,
+                    missed: [0; 3],
                 });
                 // Anything published between the join and the registration is read on this pass.
                 self.signal.notify();
@@ -143,17 +206,22 @@ impl Delivery {
         }
     }
 
-    /// Reads every subscription up to the batch limit; true if something is left to read.
-    fn drain(&self, subs: &mut Vec<Sub>, out: &mut Vec<Bytes>, tally: &mut Tally) -> bool {
+    /// Reads every subscription up to the batch limit.
+    fn drain(&self, subs: &mut Vec<Sub>, out: &mut Vec<Bytes>, tally: &mut Tally) -> Drained {
         let mut budget = self.batch_bytes;
         let dgram_max = self.conn.max_datagram_size();
-        let mut more = false;
+        let mut result = Drained::Done;
         let mut gone = Vec::new();
         for (i, sub) in subs.iter_mut().enumerate() {
             let mut first_published = None;
+            let cap = sub.room.ring.capacity();
+            let tail = sub.room.ring.tail();
+            if tail > sub.cursor {
+                metrics::histogram!(m::DELIVERY_LAG).record((tail - sub.cursor) as f64);
+            }
             loop {
                 if budget == 0 {
-                    more = true;
+                    result = Drained::More;
                     break;
                 }
                 match sub.room.ring.read(sub.cursor) {
@@ -165,52 +233,61 @@ impl Delivery {
                         if !sub.room.ring.read(sub.cursor).is_empty() {
                             continue;
                         }
-                        {
-                            gone.push(i);
-                            out.push(encode_frame(&Event::RoomDestroyed {
-                                room: sub.room.id.clone(),
-                                reason: sub
-                                    .room
-                                    .destroy_reason()
-                                    .unwrap_or(crate::protocol::DestroyReason::Manual),
-                            }));
-                        }
+                        flush_gap(sub, out);
+                        gone.push(i);
+                        out.push(encode_frame(&Event::RoomDestroyed {
+                            room: sub.room.id.clone(),
+                            reason: sub.room.destroy_reason().unwrap_or(DestroyReason::Manual),
+                        }));
                         break;
                     }
                     Read::Lagged { oldest } => {
-                        let tail = sub.room.ring.tail();
-                        sub.cursor = oldest.max(tail.saturating_sub(sub.room.ring.capacity() / 2));
+                        // Overrun: continue at the oldest entry still there; the counts of what
+                        // was lost come from that entry's cumulative counters.
+                        sub.cursor = oldest;
                     }
                     Read::Entry(e) => {
                         let ci = class_index(e.class);
-                        let mut missed = [0u64; 3];
-                        for (k, miss) in missed.iter_mut().enumerate() {
+                        for k in 0..3 {
                             let own = u64::from(k == ci);
-                            *miss = e.cum[k].saturating_sub(own).saturating_sub(sub.cum[k]);
-                            tally.gaps[k] += *miss;
-                        }
-                        let (low, normal) = (
-                            missed[class_index(Class::Low)],
-                            missed[class_index(Class::Normal)],
-                        );
-                        if low > 0 || normal > 0 {
-                            out.push(encode_frame(&Event::Gap {
-                                room: sub.room.id.clone(),
-                                low,
-                                normal,
-                            }));
+                            let lost = e.cum[k].saturating_sub(own).saturating_sub(sub.cum[k]);
+                            sub.missed[k] += lost;
+                            tally.shed_overrun[k] += lost;
                         }
                         sub.cum = e.cum;
                         sub.cursor = e.pos + 1;
+                        if sub.missed[class_index(Class::Protected)] > 0 {
+                            return Drained::TooSlow;
+                        }
+                        let lag = sub.room.ring.tail().saturating_sub(e.pos);
+                        if shed_on_egress(e.class, lag, cap) {
+                            sub.missed[ci] += 1;
+                            tally.shed_lag[ci] += 1;
+                            continue;
+                        }
                         first_published.get_or_insert(e.published);
                         match (&e.datagram, dgram_max) {
                             (Some(d), Some(max)) if d.len() <= max => {
+                                // A full datagram buffer would make quinn drop older datagrams
+                                // silently; shed this one instead, and count it.
+                                if self.conn.datagram_send_buffer_space() < d.len() {
+                                    sub.missed[ci] += 1;
+                                    tally.shed_datagram += 1;
+                                    continue;
+                                }
+                                flush_gap(sub, out);
                                 if self.conn.send_datagram(d.clone()).is_ok() {
                                     tally.datagram[ci] += 1;
                                     tally.datagram_bytes += d.len() as u64;
+                                } else {
+                                    // The path cannot take it after all: the stream can.
+                                    budget = budget.saturating_sub(e.frame.len());
+                                    tally.stream[ci] += 1;
+                                    out.push(e.frame.clone());
                                 }
                             }
                             _ => {
+                                flush_gap(sub, out);
                                 budget = budget.saturating_sub(e.frame.len());
                                 tally.stream[ci] += 1;
                                 out.push(e.frame.clone());
@@ -227,8 +304,22 @@ impl Delivery {
             let s = subs.swap_remove(i);
             s.room.watchers.remove(self.conn_id);
         }
-        more
+        result
     }
+}
+
+/// Writes `Gap{low, normal}` for what the member skipped since its last delivered message.
+fn flush_gap(sub: &mut Sub, out: &mut Vec<Bytes>) {
+    let low = sub.missed[class_index(Class::Low)];
+    let normal = sub.missed[class_index(Class::Normal)];
+    if low > 0 || normal > 0 {
+        out.push(encode_frame(&Event::Gap {
+            room: sub.room.id.clone(),
+            low,
+            normal,
+        }));
+    }
+    sub.missed = [0; 3];
 }
 
 fn kick_frame(room: &str, reason: KickReason) -> Bytes {

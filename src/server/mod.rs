@@ -7,6 +7,7 @@
 //! `shutdown_grace_ms` for the closes to be sent, and returns once every task it owns has ended.
 
 mod bootstrap;
+pub mod data;
 mod delivery;
 pub mod moderation;
 pub mod relay;
@@ -47,7 +48,13 @@ pub enum ServerError {
     /// A file in the data folder could not be read or written.
     #[error("data folder: {0}")]
     Data(String),
+    /// The store could not be opened or loaded.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
+
+/// File name of the store in the data folder.
+pub const STORE_FILE: &str = "roomcast.redb";
 
 /// Secrets the server runs with.
 #[derive(Clone)]
@@ -99,7 +106,15 @@ impl Server {
             config.auth.leeway_secs,
             config.auth.dev_mode,
         );
-        let relay = Arc::new(Relay::new(config, auth, secrets.admin_key));
+        std::fs::create_dir_all(&config.server.data)
+            .map_err(|e| ServerError::Data(format!("{}: {e}", config.server.data.display())))?;
+        let store = crate::store::RedbStore::open(
+            &config.server.data.join(STORE_FILE),
+            config.store_config(),
+        )?;
+        let snapshot = crate::store::Store::load(&store)?;
+        let relay = Arc::new(Relay::new(config, auth, secrets.admin_key, Arc::new(store)));
+        relay.restore(snapshot);
         Ok(Server {
             relay,
             endpoint,
@@ -195,6 +210,7 @@ impl Server {
             tracing::warn!("admin listener did not stop in time");
         }
         drop(stop_rx);
+        relay.store().close();
         tracing::info!("stopped");
     }
 }
@@ -216,8 +232,9 @@ fn endpoint(config: &Config, identity: &ServerIdentity) -> Result<quinn::Endpoin
         // Bounds the unacknowledged data buffered per connection; a lagging client then holds
         // back its own delivery task instead of growing server memory.
         .send_window(t.send_window)
-        // The server receives no datagrams; it sends them to clients that advertise support.
-        .datagram_receive_buffer_size(None)
+        // Datagrams must be enabled locally for quinn to send any (with `None` every
+        // send_datagram fails with `Disabled`); clients send none, so the buffer stays empty.
+        .datagram_receive_buffer_size(Some(16 * 1024))
         .datagram_send_buffer_size(t.datagram_send_buffer)
         // Keep-alives keep NAT bindings open and let a dead peer be noticed within the idle timeout.
         .keep_alive_interval(Some(Duration::from_millis(t.keep_alive_ms)))

@@ -1,10 +1,11 @@
 //! Admin operations on room policy: lifecycle settings, bans, mutes, mute-all, whitelists, global
 //! lists. Each checks every limit before it changes anything, so a refused call changes nothing.
 
-use super::relay::{Relay, now_ms};
+use super::relay::{Durable, Relay, now_ms};
 use crate::policy::{self, DestroyPolicy, MAX_TYPES, MAX_USERS_PER_CALL};
 use crate::protocol::{ErrorCode, Event, KickReason, WireError};
 use crate::room::{Room, validate_id};
+use crate::store::Op;
 use std::collections::BTreeSet;
 
 fn bad(msg: impl Into<String>) -> WireError {
@@ -82,15 +83,35 @@ impl Relay {
     }
 
     /// Changes how a room ends by itself; takes effect at the next timer tick.
-    pub fn set_destroy_policy(&self, id: &str, policy: DestroyPolicy) -> Result<(), WireError> {
+    pub fn set_destroy_policy(
+        &self,
+        id: &str,
+        policy: DestroyPolicy,
+    ) -> Result<Durable<()>, WireError> {
         policy.validate()?;
         let room = self.room(id)?;
-        room.state().policy = policy;
-        Ok(())
+        let mut st = room.state();
+        st.policy = policy;
+        Ok(self.save_room(&room, &st))
+    }
+
+    /// Persists a room's record (state locked, so records reach the store in change order).
+    pub(crate) fn save_room(&self, room: &Room, st: &crate::room::RoomState) -> Durable<()> {
+        Durable {
+            value: (),
+            ack: self.persist(vec![Op::PutRoom(room.record(st))]),
+        }
+    }
+
+    fn save_global(&self) -> Durable<()> {
+        Durable {
+            value: (),
+            ack: self.persist_global(),
+        }
     }
 
     /// Schedules (or with `None` cancels) a room's destruction at `at_ms`.
-    pub fn set_destroy_at(&self, id: &str, at_ms: Option<u64>) -> Result<(), WireError> {
+    pub fn set_destroy_at(&self, id: &str, at_ms: Option<u64>) -> Result<Durable<()>, WireError> {
         let room = self.room(id)?;
         if let Some(at) = at_ms
             && at <= now_ms()
@@ -99,20 +120,23 @@ impl Relay {
                 "at must be in the future (ms since the Unix epoch), got {at}"
             )));
         }
-        room.state().destroy_at_ms = at_ms;
-        Ok(())
+        let mut st = room.state();
+        st.destroy_at_ms = at_ms;
+        Ok(self.save_room(&room, &st))
     }
 
     /// Puts a room on, or takes it off, the keepalive list.
-    pub fn set_keepalive(&self, id: &str, on: bool) -> Result<(), WireError> {
+    pub fn set_keepalive(&self, id: &str, on: bool) -> Result<Durable<()>, WireError> {
         self.room(id)?;
-        let mut g = self.global_mut();
-        if on {
-            g.keepalive.insert(id.to_owned());
-        } else {
-            g.keepalive.remove(id);
+        {
+            let mut g = self.global_mut();
+            if on {
+                g.keepalive.insert(id.to_owned());
+            } else {
+                g.keepalive.remove(id);
+            }
         }
-        Ok(())
+        Ok(self.save_global())
     }
 
     /// The keepalive list.
@@ -127,44 +151,52 @@ impl Relay {
         users: &[String],
         minutes: u32,
         notify: bool,
-    ) -> Result<u64, WireError> {
+    ) -> Result<Durable<u64>, WireError> {
         policy::check_users(users)?;
         let dur = policy::check_minutes(minutes)?;
         let room = self.room(id)?;
         let now = now_ms();
         let until = now + dur;
-        {
+        let saved = {
             let mut st = room.state();
             for u in users {
                 st.moderation.bans.insert(u.clone(), until);
                 self.remove_member(&room, &mut st, u, Some(KickReason::Banned), now);
             }
-        }
+            self.save_room(&room, &st)
+        };
         let event = Event::Banned {
             room: id.to_owned(),
             users: users.to_vec(),
             until_ms: until,
         };
         self.notify(&room, users, &event, notify);
-        Ok(until)
+        Ok(Durable {
+            value: until,
+            ack: saved.ack,
+        })
     }
 
     /// Lifts a ban.
-    pub fn unban(&self, id: &str, user: &str, notify: bool) -> Result<(), WireError> {
+    pub fn unban(&self, id: &str, user: &str, notify: bool) -> Result<Durable<()>, WireError> {
         validate_id("user id", user)?;
         let room = self.room(id)?;
-        if room.state().moderation.bans.remove(user).is_none() {
-            return Err(WireError::new(
-                ErrorCode::BadRequest,
-                format!("user {user:?} is not banned from room {id:?}"),
-            ));
-        }
+        let saved = {
+            let mut st = room.state();
+            if st.moderation.bans.remove(user).is_none() {
+                return Err(WireError::new(
+                    ErrorCode::BadRequest,
+                    format!("user {user:?} is not banned from room {id:?}"),
+                ));
+            }
+            self.save_room(&room, &st)
+        };
         let event = Event::Unbanned {
             room: id.to_owned(),
             users: vec![user.to_owned()],
         };
         self.notify(&room, &[user.to_owned()], &event, notify);
-        Ok(())
+        Ok(saved)
     }
 
     /// Live bans of a room.
@@ -182,39 +214,47 @@ impl Relay {
         users: &[String],
         minutes: u32,
         notify: bool,
-    ) -> Result<u64, WireError> {
+    ) -> Result<Durable<u64>, WireError> {
         policy::check_users(users)?;
         let dur = policy::check_minutes(minutes)?;
         let room = self.room(id)?;
         let until = now_ms() + dur;
-        {
+        let saved = {
             let mut st = room.state();
             for u in users {
                 st.moderation.mutes.insert(u.clone(), until);
             }
-        }
+            self.save_room(&room, &st)
+        };
         let event = Event::Muted {
             room: id.to_owned(),
             users: users.to_vec(),
             until_ms: until,
         };
         self.notify(&room, users, &event, notify);
-        Ok(until)
+        Ok(Durable {
+            value: until,
+            ack: saved.ack,
+        })
     }
 
     /// Lifts a member mute.
-    pub fn unmute(&self, id: &str, user: &str, notify: bool) -> Result<(), WireError> {
+    pub fn unmute(&self, id: &str, user: &str, notify: bool) -> Result<Durable<()>, WireError> {
         validate_id("user id", user)?;
         let room = self.room(id)?;
-        if room.state().moderation.mutes.remove(user).is_none() {
-            return Err(bad(format!("user {user:?} is not muted in room {id:?}")));
-        }
+        let saved = {
+            let mut st = room.state();
+            if st.moderation.mutes.remove(user).is_none() {
+                return Err(bad(format!("user {user:?} is not muted in room {id:?}")));
+            }
+            self.save_room(&room, &st)
+        };
         let event = Event::Unmuted {
             room: id.to_owned(),
             users: vec![user.to_owned()],
         };
         self.notify(&room, &[user.to_owned()], &event, notify);
-        Ok(())
+        Ok(saved)
     }
 
     /// Live member mutes of a room.
@@ -226,13 +266,13 @@ impl Relay {
     }
 
     /// Turns mute-all on or off; every member is affected, so the room is always told.
-    pub fn set_mute_all(&self, id: &str, on: bool) -> Result<(), WireError> {
+    pub fn set_mute_all(&self, id: &str, on: bool) -> Result<Durable<()>, WireError> {
         let room = self.room(id)?;
-        let changed = {
+        let (changed, saved) = {
             let mut st = room.state();
             let changed = st.moderation.mute_all != on;
             st.moderation.mute_all = on;
-            changed
+            (changed, self.save_room(&room, &st))
         };
         if changed {
             let event = if on {
@@ -246,7 +286,7 @@ impl Relay {
             };
             room.publish_event(&event, now_ms());
         }
-        Ok(())
+        Ok(saved)
     }
 
     /// Adds users to a room's mute-all whitelist or user whitelist (each holds at most 20).
@@ -255,7 +295,7 @@ impl Relay {
         id: &str,
         users: &[String],
         mute_all: bool,
-    ) -> Result<(), WireError> {
+    ) -> Result<Durable<()>, WireError> {
         policy::check_users(users)?;
         let room = self.room(id)?;
         let mut st = room.state();
@@ -278,11 +318,16 @@ impl Relay {
             )));
         }
         list.extend(users.iter().cloned());
-        Ok(())
+        Ok(self.save_room(&room, &st))
     }
 
     /// Removes a user from a room whitelist.
-    pub fn whitelist_remove(&self, id: &str, user: &str, mute_all: bool) -> Result<(), WireError> {
+    pub fn whitelist_remove(
+        &self,
+        id: &str,
+        user: &str,
+        mute_all: bool,
+    ) -> Result<Durable<()>, WireError> {
         validate_id("user id", user)?;
         let room = self.room(id)?;
         let mut st = room.state();
@@ -294,7 +339,7 @@ impl Relay {
         if !list.remove(user) {
             return Err(bad(format!("user {user:?} is not on that whitelist")));
         }
-        Ok(())
+        Ok(self.save_room(&room, &st))
     }
 
     /// A room whitelist.
@@ -310,7 +355,7 @@ impl Relay {
     }
 
     /// Mutes users in every room for `minutes`; each is told.
-    pub fn global_mute(&self, users: &[String], minutes: u32) -> Result<u64, WireError> {
+    pub fn global_mute(&self, users: &[String], minutes: u32) -> Result<Durable<u64>, WireError> {
         policy::check_users(users)?;
         let dur = policy::check_minutes(minutes)?;
         let until = now_ms() + dur;
@@ -320,6 +365,7 @@ impl Relay {
                 g.global_mutes.insert(u.clone(), until);
             }
         }
+        let saved = self.save_global();
         for u in users {
             self.tell_user(
                 u,
@@ -330,15 +376,19 @@ impl Relay {
                 },
             );
         }
-        Ok(until)
+        Ok(Durable {
+            value: until,
+            ack: saved.ack,
+        })
     }
 
     /// Lifts a global mute; the user is told.
-    pub fn global_unmute(&self, user: &str) -> Result<(), WireError> {
+    pub fn global_unmute(&self, user: &str) -> Result<Durable<()>, WireError> {
         validate_id("user id", user)?;
         if self.global_mut().global_mutes.remove(user).is_none() {
             return Err(bad(format!("user {user:?} is not globally muted")));
         }
+        let saved = self.save_global();
         self.tell_user(
             user,
             &Event::Unmuted {
@@ -346,7 +396,7 @@ impl Relay {
                 users: vec![user.to_owned()],
             },
         );
-        Ok(())
+        Ok(saved)
     }
 
     /// Live global mutes.
@@ -355,7 +405,7 @@ impl Relay {
     }
 
     /// Adds message types to an app-wide list (each holds at most 20).
-    pub fn types_add(&self, which: TypeList, types: &[String]) -> Result<(), WireError> {
+    pub fn types_add(&self, which: TypeList, types: &[String]) -> Result<Durable<()>, WireError> {
         if types.is_empty() || types.len() > MAX_TYPES {
             return Err(bad(format!(
                 "types must hold 1..={MAX_TYPES} message types, got {}",
@@ -379,11 +429,12 @@ impl Relay {
             )));
         }
         list.extend(types.iter().cloned());
-        Ok(())
+        drop(g);
+        Ok(self.save_global())
     }
 
     /// Removes a message type from an app-wide list.
-    pub fn types_remove(&self, which: TypeList, t: &str) -> Result<(), WireError> {
+    pub fn types_remove(&self, which: TypeList, t: &str) -> Result<Durable<()>, WireError> {
         let mut g = self.global_mut();
         let list = match which {
             TypeList::Whitelist => &mut g.type_whitelist,
@@ -392,7 +443,8 @@ impl Relay {
         if !list.remove(t) {
             return Err(bad(format!("type {t:?} is not on that list")));
         }
-        Ok(())
+        drop(g);
+        Ok(self.save_global())
     }
 
     /// An app-wide message-type list.

@@ -4,6 +4,7 @@
 //! Lock order, always: `rooms` → a room's state → `users` → `conns`. Nothing here awaits while
 //! holding a lock, and nothing on the delivery path takes any of them.
 
+use super::data::attributes_of;
 use crate::auth::TokenAuth;
 use crate::config::Config;
 use crate::metrics as m;
@@ -15,6 +16,7 @@ use crate::protocol::{
 use crate::room::{
     Fanout, JoinPoint, MemberOrder, Outgoing, Room, RoomState, validate_id, validate_msg_type,
 };
+use crate::store::{Ack, Op, Snapshot, Store, StoredMessage};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -100,6 +102,44 @@ pub struct AdminMessage {
     pub low: bool,
 }
 
+/// A room to read and where to start: what a join hands to the connection's delivery task.
+pub type Subscription = (Arc<Room>, JoinPoint);
+
+/// A message's `(seq, ts)`.
+pub type Stamped = (u64, u64);
+
+/// A result whose change is being made durable: await [`Durable::wait`] before telling anyone.
+#[must_use = "wait for durability before acknowledging"]
+pub struct Durable<T> {
+    /// The result.
+    pub value: T,
+    /// Resolves when the change is durable.
+    pub ack: Ack,
+}
+
+impl<T> Durable<T> {
+    /// A result with nothing to wait for.
+    pub fn now(value: T) -> Self {
+        Durable {
+            value,
+            ack: Ack::done(),
+        }
+    }
+
+    /// Waits for durability; a store failure is `INTERNAL`.
+    pub async fn wait(self) -> Result<T, WireError> {
+        self.ack.wait().await.map_err(|e| {
+            tracing::error!(error = %e, "store write failed");
+            err(ErrorCode::Internal, "the change could not be stored")
+        })?;
+        Ok(self.value)
+    }
+}
+
+/// Sequence numbers reserved ahead in the store, so a restart continues above every number that
+/// may have been handed out (reserved again when half is used).
+const SEQ_RESERVE: u64 = 10_000;
+
 /// The shared core of a running relay.
 pub struct Relay {
     /// The configuration it runs with.
@@ -108,6 +148,7 @@ pub struct Relay {
     pub auth: TokenAuth,
     /// The admin bearer key.
     pub admin_key: String,
+    store: Arc<dyn Store>,
     rooms: RwLock<HashMap<String, Arc<Room>>>,
     global: RwLock<GlobalPolicy>,
     users: Mutex<HashMap<String, UserState>>,
@@ -140,11 +181,17 @@ fn room_not_found(id: &str) -> WireError {
 
 impl Relay {
     /// A relay with no rooms.
-    pub fn new(config: Arc<Config>, auth: TokenAuth, admin_key: String) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        auth: TokenAuth,
+        admin_key: String,
+        store: Arc<dyn Store>,
+    ) -> Self {
         Relay {
             config,
             auth,
             admin_key,
+            store,
             rooms: RwLock::new(HashMap::new()),
             global: RwLock::new(GlobalPolicy::default()),
             users: Mutex::new(HashMap::new()),
@@ -183,6 +230,59 @@ impl Relay {
             })
             .unwrap_or(0);
         now_us.max(prev + 1)
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub(crate) fn persist(&self, ops: Vec<Op>) -> Ack {
+        if ops.is_empty() {
+            return Ack::done();
+        }
+        self.store.submit(ops)
+    }
+
+    pub(crate) fn persist_global(&self) -> Ack {
+        let g = self.global().clone();
+        self.persist(vec![Op::PutGlobal(g)])
+    }
+
+    /// Rebuilds the rooms and app-wide lists from a store snapshot (at start, before serving).
+    pub fn restore(&self, snap: Snapshot) {
+        *self.global_mut() = snap.global;
+        let mut rooms = self.rooms.write().unwrap_or_else(|p| p.into_inner());
+        for loaded in snap.rooms {
+            let rec = loaded.record;
+            let room = Arc::new(Room::new(
+                rec.id.clone(),
+                rec.name.clone(),
+                rec.epoch,
+                rec.created_ms,
+                self.config.limits.ring_capacity,
+                self.config.budget(),
+            ));
+            let newest = loaded.newest.unwrap_or((0, 0));
+            room.ring
+                .resume_seq(rec.seq_reserved.max(newest.0).saturating_add(1));
+            {
+                let mut st = room.state();
+                st.policy = rec.policy;
+                st.destroy_at_ms = rec.destroy_at_ms;
+                st.member_events = rec.member_events;
+                st.moderation = rec.moderation;
+                st.last_activity_ms = rec.last_activity_ms.max(newest.1);
+                st.persisted_activity_ms = st.last_activity_ms;
+                st.seq_reserved = rec.seq_reserved;
+                st.attr_version = rec.attr_version;
+                st.attrs = loaded.attrs.into_iter().collect();
+            }
+            self.last_epoch.fetch_max(rec.epoch, Ordering::AcqRel);
+            rooms.insert(rec.id, room);
+        }
+        metrics::gauge!(m::ROOMS).set(rooms.len() as f64);
+        tracing::info!(rooms = rooms.len(), "rooms restored from the store");
     }
 
     // ---- connections ----
@@ -313,6 +413,7 @@ impl Relay {
             );
         }
         st.last_activity_ms = now;
+        self.auto_delete_attrs(room, st, user, now);
         if self.member_events_on(st) {
             room.publish_event(
                 &Event::MemberLeft {
@@ -367,7 +468,7 @@ impl Relay {
     // ---- rooms ----
 
     /// Creates a room.
-    pub fn create_room(&self, new: NewRoom) -> Result<RoomInfo, WireError> {
+    pub fn create_room(&self, new: NewRoom) -> Result<Durable<RoomInfo>, WireError> {
         validate_id("room id", &new.id)?;
         new.destroy_policy.validate()?;
         if new.mute_all_whitelist.len() > policy::MAX_USERS_PER_CALL {
@@ -404,25 +505,32 @@ impl Relay {
             self.config.limits.ring_capacity,
             self.config.budget(),
         ));
-        {
+        let ack = {
             let mut st = room.state();
             st.moderation.mute_all = new.mute_all;
             st.moderation.mute_all_whitelist = new.mute_all_whitelist.into_iter().collect();
             st.policy = new.destroy_policy;
             st.member_events = new.member_events;
-        }
+            st.seq_reserved = SEQ_RESERVE;
+            self.persist(vec![Op::PutRoom(room.record(&st))])
+        };
         rooms.insert(new.id.clone(), room.clone());
         drop(rooms);
         metrics::gauge!(m::ROOMS).increment(1.0);
         tracing::info!(room = %new.id, epoch = room.epoch, "room created");
-        Ok(self.info_of(&room, self.config.limits.room_info_members))
+        Ok(Durable {
+            value: self.info_of(&room, self.config.limits.room_info_members),
+            ack,
+        })
     }
 
     /// Destroys a room: every member is told why and removed.
-    pub fn destroy_room(&self, id: &str, reason: DestroyReason) -> Result<(), WireError> {
-        let room = {
+    pub fn destroy_room(&self, id: &str, reason: DestroyReason) -> Result<Durable<()>, WireError> {
+        let (room, ack) = {
             let mut rooms = self.rooms.write().unwrap_or_else(|p| p.into_inner());
-            rooms.remove(id).ok_or_else(|| room_not_found(id))?
+            let room = rooms.remove(id).ok_or_else(|| room_not_found(id))?;
+            // Under the registry lock, so a re-creation of the id is stored after this delete.
+            (room, self.persist(vec![Op::DeleteRoom(id.to_owned())]))
         };
         room.close(reason);
         let users: Vec<String> = {
@@ -440,7 +548,7 @@ impl Relay {
         metrics::gauge!(m::ROOMS).decrement(1.0);
         metrics::counter!(m::ROOMS_DESTROYED, "reason" => reason.as_str()).increment(1);
         tracing::info!(room = %id, reason = reason.as_str(), members = users.len(), "room destroyed");
-        Ok(())
+        Ok(Durable { value: (), ack })
     }
 
     /// Room info with up to `members` members.
@@ -522,7 +630,7 @@ impl Relay {
         user: &str,
         room_id: &str,
         history: i32,
-    ) -> Result<(JoinInfo, Option<(Arc<Room>, JoinPoint)>), WireError> {
+    ) -> Result<(JoinInfo, Option<Subscription>), WireError> {
         validate_id("room id", room_id)?;
         let limits = &self.config.limits;
         let wanted = match history {
@@ -546,7 +654,8 @@ impl Relay {
                     id: room_id.to_owned(),
                     ..NewRoom::default()
                 }) {
-                    Ok(_) => {}
+                    // Its ack is covered by any later one: the store applies in order.
+                    Ok(_created) => {}
                     Err(e) if e.code == ErrorCode::RoomExists => {}
                     Err(e) => return Err(e),
                 }
@@ -608,13 +717,15 @@ impl Relay {
         let at = room.ring.join_point();
         let info = info_from(&room, &st, limits.room_info_members);
         let muted = policy::check_send(user, &st.moderation, &self.global(), now).is_err();
+        let attributes = attributes_of(&st);
+        let attr_version = st.attr_version;
+        let recalls = st.recent_recalls.clone();
         drop(st);
-        let history: Vec<Message> = room
-            .ring
-            .recent(at.pos, wanted)
-            .into_iter()
-            .filter_map(|e| e.history.clone())
-            .collect();
+        let history = if wanted == 0 {
+            Vec::new()
+        } else {
+            self.history_of(&room, Some(at.last_seq + 1), wanted, &recalls)?
+        };
         tracing::debug!(room = %room_id, user, conn, "joined");
         let sub = (!already).then(|| (room.clone(), at));
         Ok((
@@ -623,6 +734,8 @@ impl Relay {
                 last_seq: at.last_seq,
                 muted,
                 history,
+                attributes,
+                attr_version,
             },
             sub,
         ))
@@ -689,7 +802,7 @@ impl Relay {
         msg_type: String,
         body: Bytes,
         low: bool,
-    ) -> Result<(u64, u64), WireError> {
+    ) -> Result<Durable<(u64, u64)>, WireError> {
         validate_id("room id", room_id)?;
         validate_msg_type(&msg_type)?;
         let max = self.config.limits.client_body;
@@ -714,6 +827,7 @@ impl Relay {
             let class = policy::classify(Some(user), &msg_type, low, &st.moderation, &global);
             drop(global);
             st.last_activity_ms = now;
+            self.reserve_seqs(&room, &mut st);
             class
         };
         if !room.admit(class, now) {
@@ -732,18 +846,62 @@ impl Relay {
             msg_type,
             body,
             class,
-            keep_in_history: class != Class::Low,
+            keep_in_history: self.keeps(class, true),
         };
-        let stamped = room
-            .publish(out, now)
+        let durable = self
+            .publish_stored(&room, out, now)
             .ok_or_else(|| room_not_found(room_id))?;
         metrics::counter!(m::MESSAGES_IN, "class" => class.as_str(), "source" => "client")
             .increment(1);
-        Ok(stamped)
+        Ok(durable)
+    }
+
+    fn keeps(&self, class: Class, store: bool) -> bool {
+        store && (class != Class::Low || self.config.store.history_low)
+    }
+
+    /// Reserves sequence numbers in the store ahead of use (state locked).
+    fn reserve_seqs(&self, room: &Room, st: &mut RoomState) {
+        let last = room.ring.last_seq();
+        if last + SEQ_RESERVE / 2 > st.seq_reserved {
+            st.seq_reserved = last + SEQ_RESERVE;
+            // Covered by the ack of the message that follows.
+            let _ = self.persist(vec![Op::PutRoom(room.record(st))]);
+        }
+    }
+
+    /// Publishes and, for messages history keeps, appends them to the store in ring order.
+    fn publish_stored(&self, room: &Room, out: Outgoing, now: u64) -> Option<Durable<(u64, u64)>> {
+        let keep = out.keep_in_history;
+        let mut ack = Ack::done();
+        let stamped = room.publish_with(out, now, &mut |msg: &Message| {
+            if keep {
+                ack = self.persist(vec![Op::Append {
+                    room: msg.room.clone(),
+                    msg: StoredMessage {
+                        seq: msg.seq,
+                        ts: msg.ts,
+                        from: msg.from.clone(),
+                        msg_type: msg.msg_type.clone(),
+                        body: msg.body.clone(),
+                        class: msg.class,
+                        recalled: false,
+                    },
+                }]);
+            }
+        })?;
+        Some(Durable {
+            value: stamped,
+            ack,
+        })
     }
 
     /// An admin send to one room. Bypasses mutes and the ingress budget.
-    pub fn admin_send(&self, room_id: &str, msg: &AdminMessage) -> Result<(u64, u64), WireError> {
+    pub fn admin_send(
+        &self,
+        room_id: &str,
+        msg: &AdminMessage,
+    ) -> Result<Durable<(u64, u64)>, WireError> {
         self.check_admin_message(msg)?;
         let room = self.room(room_id)?;
         self.publish_admin(&room, msg, true)
@@ -779,13 +937,19 @@ impl Relay {
         Ok(())
     }
 
-    fn publish_admin(&self, room: &Room, msg: &AdminMessage, activity: bool) -> Option<(u64, u64)> {
+    fn publish_admin(
+        &self,
+        room: &Room,
+        msg: &AdminMessage,
+        activity: bool,
+    ) -> Option<Durable<(u64, u64)>> {
         let now = now_ms();
         let class = {
             let mut st = room.state();
             if activity {
                 st.last_activity_ms = now;
             }
+            self.reserve_seqs(room, &mut st);
             policy::classify(
                 msg.from.as_deref(),
                 &msg.msg_type,
@@ -799,9 +963,9 @@ impl Relay {
             msg_type: msg.msg_type.clone(),
             body: msg.body.clone(),
             class,
-            keep_in_history: msg.store && class != Class::Low,
+            keep_in_history: self.keeps(class, msg.store),
         };
-        let stamped = room.publish(out, now);
+        let stamped = self.publish_stored(room, out, now);
         if stamped.is_some() {
             metrics::counter!(m::MESSAGES_IN, "class" => class.as_str(), "source" => "admin")
                 .increment(1);
@@ -814,7 +978,7 @@ impl Relay {
         &self,
         rooms: &[String],
         msg: &AdminMessage,
-    ) -> Result<Vec<Result<(u64, u64), WireError>>, WireError> {
+    ) -> Result<Vec<Result<Durable<Stamped>, WireError>>, WireError> {
         let max = self.config.limits.rooms_per_send;
         if rooms.is_empty() || rooms.len() > max {
             return Err(err(

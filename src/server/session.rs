@@ -1,14 +1,19 @@
 //! One client connection: handshake, hello and token check, the request loop on the control stream,
 //! and the delivery task it owns.
 
+use super::data::Actor;
 use super::delivery::Delivery;
-use super::relay::{ConnHandle, DeliveryCmd, Relay};
+use super::relay::{ConnHandle, DeliveryCmd, Durable, Relay};
 use crate::metrics as m;
 use crate::protocol::{
     ClientFrame, CloseCode, DecodeError, ErrorCode, FrameReader, PROTOCOL_VERSION, Request,
     Response, ServerFrame, WireError, encode_frame,
 };
 use crate::room::Signal;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
@@ -53,16 +58,26 @@ async fn run(relay: &Arc<Relay>, incoming: quinn::Incoming) -> Result<&'static s
     let max_frame = cfg.limits.max_frame;
 
     // Handshake, control stream and hello share one deadline.
+    let conn_slot: std::sync::Mutex<Option<quinn::Connection>> = std::sync::Mutex::new(None);
     let opened = tokio::time::timeout(hello_timeout, async {
         let conn = incoming.await?;
+        *conn_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
         let (send, recv) = conn.accept_bi().await?;
         let mut reader = FrameReader::new(recv, max_frame);
         let hello = reader.read::<ClientFrame>().await;
         Ok::<_, quinn::ConnectionError>((conn, send, reader, hello))
     })
-    .await
-    .map_err(|_| SessionError::HelloTimeout)??;
-    let (conn, mut send, mut reader, hello) = opened;
+    .await;
+    let opened = match opened {
+        Ok(r) => r?,
+        Err(_) => {
+            if let Some(conn) = conn_slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                protocol_close(&conn, "no hello within the hello timeout");
+            }
+            return Err(SessionError::HelloTimeout);
+        }
+    };
+    let (conn, mut send, reader, hello) = opened;
 
     let token = match hello {
         Ok(Some(ClientFrame::Hello { version, token })) if version == PROTOCOL_VERSION => token,
@@ -117,17 +132,23 @@ async fn run(relay: &Arc<Relay>, incoming: quinn::Incoming) -> Result<&'static s
         tx: tx.clone(),
         conn: conn.clone(),
     });
-    let result = serve_registered(relay, &conn, send, &mut reader, &user, conn_id, tx, rx).await;
+    let result = serve_registered(relay, &conn, send, reader, &user, conn_id, tx, rx).await;
     relay.unregister_conn(conn_id);
     result
 }
+
+/// Requests whose replies may be outstanding at once on one connection. Replies still go out in
+/// request order; pipelining lets a client keep sending while earlier sends wait for the store.
+const PIPELINE: usize = 64;
+
+type ReplyFuture = Pin<Box<dyn Future<Output = (u32, Result<Response, WireError>)> + Send>>;
 
 #[allow(clippy::too_many_arguments)]
 async fn serve_registered(
     relay: &Arc<Relay>,
     conn: &quinn::Connection,
     mut send: quinn::SendStream,
-    reader: &mut FrameReader<quinn::RecvStream>,
+    reader: FrameReader<quinn::RecvStream>,
     user: &str,
     conn_id: u64,
     tx: flume::Sender<DeliveryCmd>,
@@ -144,14 +165,21 @@ async fn serve_registered(
             signal: Arc::new(Signal::default()),
             conn_id,
             batch_bytes: cfg.transport.delivery_batch_bytes,
+            slow_close: Duration::from_millis(cfg.transport.slow_close_ms),
         }
         .run()
         .in_current_span(),
     );
+    // Frames are read by their own task: a frame read is not cancel-safe, and the loop below
+    // must also wait for replies.
+    let (frames_tx, frames) = flume::bounded(PIPELINE);
+    let mut reader_task = tokio::task::JoinSet::new();
+    reader_task.spawn(read_frames(reader, frames_tx).in_current_span());
     send.write_all(&encode_frame(&ServerFrame::Welcome {
         user: user.to_owned(),
         conn_id,
         max_frame: cfg.limits.max_frame,
+        max_event: cfg.max_event_frame(),
     }))
     .await?;
     tracing::info!(conn_id, "connected");
@@ -162,87 +190,180 @@ async fn serve_registered(
         limits.send_burst,
         super::relay::now_ms(),
     );
+    let mut replies: FuturesOrdered<ReplyFuture> = FuturesOrdered::new();
     loop {
-        let frame = tokio::select! {
+        tokio::select! {
             biased;
             // The delivery task only ends early when the connection is gone.
-            _ = tasks.join_next() => return Ok("lost"),
-            f = reader.read::<ClientFrame>() => f,
-        };
-        let (id, request) = match frame {
-            Ok(Some(ClientFrame::Request { id, request })) => (id, request),
-            Ok(Some(ClientFrame::Hello { .. })) => {
-                protocol_close(conn, "hello sent twice");
-                return Ok("protocol");
+            _ = tasks.join_next() => return Ok(closed_reason(conn)),
+            Some((id, result)) = replies.next(), if !replies.is_empty() => {
+                if let Err(e) = &result {
+                    metrics::counter!(m::REQUEST_ERRORS, "error" => e.code.as_str()).increment(1);
+                }
+                send.write_all(&encode_frame(&ServerFrame::Reply { id, result }))
+                    .await?;
             }
-            Ok(None) => {
-                conn.close(CloseCode::Normal.into(), b"control stream finished");
-                return Ok("normal");
+            frame = frames.recv_async(), if replies.len() < PIPELINE => {
+                let (id, request) = match frame {
+                    Ok(Ok(Some(ClientFrame::Request { id, request }))) => (id, request),
+                    Ok(Ok(Some(ClientFrame::Hello { .. }))) => {
+                        protocol_close(conn, "hello sent twice");
+                        return Ok("protocol");
+                    }
+                    Ok(Ok(None)) | Err(_) => {
+                        // Finish the outstanding replies, then close.
+                        while let Some((id, result)) = replies.next().await {
+                            send.write_all(&encode_frame(&ServerFrame::Reply { id, result }))
+                                .await?;
+                        }
+                        conn.close(CloseCode::Normal.into(), b"control stream finished");
+                        return Ok("normal");
+                    }
+                    Ok(Err(DecodeError::Io(e))) => {
+                        tracing::debug!(error = %e, "control stream failed");
+                        return Ok(closed_reason(conn));
+                    }
+                    Ok(Err(e)) => {
+                        tracing::info!(error = %e, "protocol error");
+                        protocol_close(conn, &e.to_string());
+                        return Ok("protocol");
+                    }
+                };
+                let reply: ReplyFuture = if matches!(request, Request::Send { .. })
+                    && !bucket.try_take(super::relay::now_ms())
+                {
+                    let e = WireError::new(
+                        ErrorCode::RateLimited,
+                        format!(
+                            "more than {} messages a second (burst {}) from this connection",
+                            limits.send_rate_per_sec, limits.send_burst
+                        ),
+                    );
+                    Box::pin(std::future::ready((id, Err(e))))
+                } else {
+                    let pending = handle(relay, conn, user, conn_id, &tx, request);
+                    Box::pin(async move { (id, pending.await) })
+                };
+                replies.push_back(reply);
             }
-            Err(DecodeError::Io(e)) => {
-                tracing::debug!(error = %e, "control stream failed");
-                return Ok(closed_reason(conn));
-            }
-            Err(e) => {
-                tracing::info!(error = %e, "protocol error");
-                protocol_close(conn, &e.to_string());
-                return Ok("protocol");
-            }
-        };
-        let result = if matches!(request, Request::Send { .. })
-            && !bucket.try_take(super::relay::now_ms())
-        {
-            Err(WireError::new(
-                ErrorCode::RateLimited,
-                format!(
-                    "more than {} messages a second (burst {}) from this connection",
-                    limits.send_rate_per_sec, limits.send_burst
-                ),
-            ))
-        } else {
-            handle(relay, user, conn_id, &tx, request).await
-        };
-        if let Err(e) = &result {
-            metrics::counter!(m::REQUEST_ERRORS, "error" => e.code.as_str()).increment(1);
         }
-        send.write_all(&encode_frame(&ServerFrame::Reply { id, result }))
-            .await?;
     }
 }
 
-async fn handle(
+async fn read_frames(
+    mut reader: FrameReader<quinn::RecvStream>,
+    out: flume::Sender<Result<Option<ClientFrame>, DecodeError>>,
+) {
+    loop {
+        let frame = reader.read::<ClientFrame>().await;
+        let last = !matches!(frame, Ok(Some(_)));
+        if out.send_async(frame).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+type Pending = Pin<Box<dyn Future<Output = Result<Response, WireError>> + Send>>;
+
+fn ready(r: Result<Response, WireError>) -> Pending {
+    Box::pin(std::future::ready(r))
+}
+
+fn durable<T: Send + 'static>(
+    d: Result<Durable<T>, WireError>,
+    f: impl FnOnce(T) -> Response + Send + 'static,
+) -> Pending {
+    match d {
+        Ok(d) => Box::pin(async move { d.wait().await.map(f) }),
+        Err(e) => ready(Err(e)),
+    }
+}
+
+/// Does a request's work now (so requests take effect in order) and returns what to wait for
+/// before replying (the store, for changes that must be durable).
+fn handle(
     relay: &Relay,
+    conn: &quinn::Connection,
     user: &str,
     conn_id: u64,
     tx: &flume::Sender<DeliveryCmd>,
     request: Request,
-) -> Result<Response, WireError> {
+) -> Pending {
     match request {
-        Request::Join { room, history } => {
-            let (info, sub) = relay.join(conn_id, user, &room, history)?;
-            if let Some((room, at)) = sub {
-                // Our own delivery task; it only stops when the connection is gone.
-                let _ = tx.send_async(DeliveryCmd::Subscribe { room, at }).await;
+        Request::Join { room, history } => match relay.join(conn_id, user, &room, history) {
+            Ok((info, sub)) => {
+                if let Some((room, at)) = sub
+                    && tx.try_send(DeliveryCmd::Subscribe { room, at }).is_err()
+                {
+                    // Our own delivery queue is full only when the client stopped reading.
+                    conn.close(CloseCode::TooSlow.into(), b"delivery queue full");
+                }
+                ready(Ok(Response::Joined(info)))
             }
-            Ok(Response::Joined(info))
-        }
-        Request::Leave { room } => {
-            relay.leave(conn_id, user, &room)?;
-            Ok(Response::Left)
-        }
+            Err(e) => ready(Err(e)),
+        },
+        Request::Leave { room } => ready(relay.leave(conn_id, user, &room).map(|_| Response::Left)),
         Request::Send {
             room,
             msg_type,
             body,
             low,
-        } => {
-            let (seq, ts) = relay.send(user, &room, msg_type, body, low)?;
-            Ok(Response::Sent { seq, ts })
+        } => durable(relay.send(user, &room, msg_type, body, low), |(seq, ts)| {
+            Response::Sent { seq, ts }
+        }),
+        Request::RoomInfo { room } => ready(
+            relay
+                .room_info(&room, relay.config.limits.room_info_members)
+                .map(Response::Info),
+        ),
+        Request::Ping => ready(Ok(Response::Pong)),
+        Request::SetAttributes {
+            room,
+            entries,
+            auto_delete,
+            force,
+        } => durable(
+            relay.set_attributes(Actor::Client(user), &room, &entries, auto_delete, force),
+            |(version, results)| Response::AttributeResults { version, results },
+        ),
+        Request::DeleteAttributes { room, keys, force } => durable(
+            relay.delete_attributes(Actor::Client(user), &room, &keys, force),
+            |(version, results)| Response::AttributeResults { version, results },
+        ),
+        Request::GetAttributes { room, keys } => ready(
+            relay
+                .get_attributes(Some(Actor::Client(user)), &room, &keys)
+                .map(|(version, attributes)| Response::Attributes {
+                    version,
+                    attributes,
+                }),
+        ),
+        Request::Recall { room, seq } => {
+            durable(relay.recall(Some(user), &room, seq), |_| Response::Recalled)
         }
-        Request::RoomInfo { room } => Ok(Response::Info(
-            relay.room_info(&room, relay.config.limits.room_info_members)?,
-        )),
-        Request::Ping => Ok(Response::Pong),
+        Request::History {
+            room,
+            before_seq,
+            limit,
+        } => {
+            let member = relay.room(&room).map(|r| r.state().member(user).is_some());
+            match member {
+                Ok(true) => ready(
+                    relay
+                        .history(
+                            &room,
+                            (before_seq > 0).then_some(before_seq),
+                            limit as usize,
+                        )
+                        .map(Response::History),
+                ),
+                Ok(false) => ready(Err(WireError::new(
+                    ErrorCode::NotInRoom,
+                    format!("join room {room:?} before reading its history"),
+                ))),
+                Err(e) => ready(Err(e)),
+            }
+        }
     }
 }
 

@@ -1,0 +1,484 @@
+//! The server under test: a `roomcast serve` or a raw baseline started as a child process of
+//! `current_exe()` in a temporary folder, or a server that is already running.
+//!
+//! A started server writes its bound addresses to a file once it listens (`server.json` in the
+//! relay's data folder, `raw.json` for the baseline); the harness waits for that file (bounded),
+//! reads the CA and secrets next to it, and at the end stops the child with SIGTERM, then SIGKILL
+//! after [`STOP_GRACE`].
+
+use super::admin::Admin;
+use super::{BenchArgs, BenchError, TargetKind};
+use crate::auth::TokenAuth;
+use crate::config::Config;
+use crate::server::{DataFolder, ServerFile};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Longest wait for a started server to write its address file.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time a stopped child gets between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// File the raw baseline writes its bound address to.
+pub const RAW_FILE: &str = "raw.json";
+
+/// What the raw baseline writes once it listens.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RawFile {
+    /// Its QUIC address.
+    pub quic: SocketAddr,
+}
+
+/// A value the rate limits were raised from and to, for the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Raised {
+    /// Configuration key.
+    pub key: &'static str,
+    /// roomcast's default.
+    pub default: String,
+    /// What the bench ran with.
+    pub bench: String,
+}
+
+/// How clients get a token.
+#[derive(Debug, Clone)]
+pub enum Tokens {
+    /// Minted with the relay's HS256 secret.
+    Secret(Box<TokenAuth>),
+    /// Any string (the raw baseline checks none).
+    Fixed(String),
+}
+
+impl Tokens {
+    /// A token for `user`, valid for a day.
+    pub fn mint(&self, user: &str) -> Result<String, BenchError> {
+        match self {
+            Tokens::Secret(auth) => auth
+                .mint(user, crate::auth::unix_secs() + 86_400)
+                .map_err(|e| BenchError::Setup(format!("minting a token: {e}"))),
+            Tokens::Fixed(t) => Ok(t.clone()),
+        }
+    }
+}
+
+/// The server under test and how to reach it.
+pub struct Target {
+    /// Which kind it is.
+    pub kind: TargetKind,
+    /// Its QUIC address.
+    pub quic: SocketAddr,
+    /// PEM of the CA its certificate chains to.
+    pub ca_pem: Vec<u8>,
+    /// Client tokens.
+    pub tokens: Tokens,
+    /// Its admin API, when reachable.
+    pub admin: Option<Admin>,
+    /// Its process id, to measure (None: not measured).
+    pub pid: Option<u32>,
+    /// Limits the started relay runs with above roomcast's defaults.
+    pub raised: Vec<Raised>,
+    /// Whether a relay started here creates rooms on join (so no admin call is needed).
+    pub join_creates: bool,
+    child: Option<Child>,
+    tmp: Option<TempDir>,
+}
+
+impl Target {
+    /// Starts (or locates) the server `args` ask for.
+    pub async fn open(args: &BenchArgs) -> Result<Target, BenchError> {
+        match args.server {
+            Some(addr) => Self::external(args, addr),
+            None => match args.target {
+                TargetKind::Roomcast => Self::start_roomcast(args).await,
+                TargetKind::RawQuic => Self::start_raw(args).await,
+            },
+        }
+    }
+
+    fn external(args: &BenchArgs, quic: SocketAddr) -> Result<Target, BenchError> {
+        let data = args.data.as_ref().map(DataFolder::new);
+        let ca_pem = match (&args.ca, &data) {
+            (Some(p), _) => read(p)?,
+            (None, Some(d)) => d
+                .ca_pem()
+                .ok_or_else(|| BenchError::Setup(format!("no ca.pem in {}", d.path.display())))?,
+            (None, None) => {
+                return Err(BenchError::Setup(
+                    "--server needs --data DIR or --ca FILE to trust the server".into(),
+                ));
+            }
+        };
+        let secret = match (&args.token_secret, &data) {
+            (Some(p), _) => Some(read_text(p)?),
+            (None, Some(d)) => d.token_secret(),
+            (None, None) => None,
+        };
+        let tokens = match (args.target, secret) {
+            (TargetKind::RawQuic, _) => Tokens::Fixed("raw".into()),
+            (TargetKind::Roomcast, Some(s)) => {
+                Tokens::Secret(Box::new(TokenAuth::new(s.as_bytes(), 0, false)))
+            }
+            (TargetKind::Roomcast, None) => {
+                return Err(BenchError::Setup(
+                    "--server needs --data DIR or --token-secret FILE to mint client tokens".into(),
+                ));
+            }
+        };
+        let admin_addr = args
+            .admin
+            .or_else(|| data.as_ref().and_then(|d| d.server_file()).map(|f| f.admin));
+        let key = match (&args.admin_key, &data) {
+            (Some(p), _) => Some(read_text(p)?),
+            (None, Some(d)) => d.admin_key(),
+            (None, None) => None,
+        };
+        let admin = match (args.target, admin_addr) {
+            (TargetKind::Roomcast, Some(addr)) => {
+                super::require_loopback("--admin", addr)?;
+                Some(Admin { addr, key })
+            }
+            _ => None,
+        };
+        Ok(Target {
+            kind: args.target,
+            quic,
+            ca_pem,
+            tokens,
+            admin,
+            pid: args.server_pid,
+            raised: Vec::new(),
+            join_creates: false,
+            child: None,
+            tmp: None,
+        })
+    }
+
+    async fn start_roomcast(args: &BenchArgs) -> Result<Target, BenchError> {
+        let tmp = TempDir::new(args.keep)?;
+        let data_dir = tmp.path.join("data");
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut config = Config::default();
+        config.server.quic = loopback;
+        config.server.admin = loopback;
+        config.server.data = data_dir.clone();
+        config.store.durability = args.durability.into();
+        let raised = if args.stock_limits {
+            Vec::new()
+        } else {
+            raise_limits(&mut config)
+        };
+        // Joins create rooms, so a scenario needs no admin call per room. Recorded as a raise.
+        let mut raised = raised;
+        raised.push(Raised {
+            key: "rooms.join_creates",
+            default: config.rooms.join_creates.to_string(),
+            bench: "true".into(),
+        });
+        config.rooms.join_creates = true;
+        config
+            .validate()
+            .map_err(|e| BenchError::Setup(format!("bench configuration: {e}")))?;
+        let toml_path = tmp.path.join("bench.toml");
+        write(&toml_path, &config.to_commented_toml())?;
+
+        let mut cmd = Command::new(current_exe()?);
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&toml_path)
+            .arg("--quic")
+            .arg(loopback.to_string())
+            .arg("--admin")
+            .arg(loopback.to_string())
+            .arg("--data")
+            .arg(&data_dir);
+        // The environment may not point the child elsewhere: flags and the file say it all.
+        for var in [
+            "ROOMCAST_CONFIG",
+            "ROOMCAST_QUIC",
+            "ROOMCAST_ADMIN",
+            "ROOMCAST_DATA",
+            "ROOMCAST_ADMIN_KEY",
+            "ROOMCAST_TOKEN_SECRET",
+        ] {
+            cmd.env_remove(var);
+        }
+        let mut child = spawn(cmd, &tmp.path.join("server.log"))?;
+        let server_file = data_dir.join(crate::server::SERVER_FILE);
+        let ready = wait_for_file(&mut child, &server_file, &tmp.path.join("server.log")).await;
+        let ready = match ready {
+            Ok(()) => read_roomcast(&data_dir),
+            Err(e) => Err(e),
+        };
+        let (file, ca_pem, secret, admin_key) = match ready {
+            Ok(v) => v,
+            Err(e) => {
+                stop_child(&mut child);
+                return Err(e);
+            }
+        };
+        let pid = child.id();
+        Ok(Target {
+            kind: TargetKind::Roomcast,
+            quic: file.quic,
+            ca_pem,
+            tokens: Tokens::Secret(Box::new(TokenAuth::new(secret.as_bytes(), 0, false))),
+            admin: Some(Admin {
+                addr: file.admin,
+                key: Some(admin_key),
+            }),
+            pid: Some(pid),
+            raised,
+            join_creates: true,
+            child: Some(child),
+            tmp: Some(tmp),
+        })
+    }
+
+    async fn start_raw(args: &BenchArgs) -> Result<Target, BenchError> {
+        let tmp = TempDir::new(args.keep)?;
+        let mut cmd = Command::new(current_exe()?);
+        cmd.arg("bench")
+            .arg("--serve-raw")
+            .arg("--addr")
+            .arg("127.0.0.1:0")
+            .arg("--data")
+            .arg(&tmp.path)
+            .arg("--linger-ms")
+            .arg(args.linger_ms.to_string());
+        let log = tmp.path.join("server.log");
+        let mut child = spawn(cmd, &log)?;
+        let file = tmp.path.join(RAW_FILE);
+        let ready = match wait_for_file(&mut child, &file, &log).await {
+            Ok(()) => read_raw(&tmp.path),
+            Err(e) => Err(e),
+        };
+        let (quic, ca_pem) = match ready {
+            Ok(v) => v,
+            Err(e) => {
+                stop_child(&mut child);
+                return Err(e);
+            }
+        };
+        Ok(Target {
+            kind: TargetKind::RawQuic,
+            quic,
+            ca_pem,
+            tokens: Tokens::Fixed("raw".into()),
+            admin: None,
+            pid: Some(child.id()),
+            raised: Vec::new(),
+            join_creates: true,
+            child: Some(child),
+            tmp: Some(tmp),
+        })
+    }
+
+    /// The temporary folder, when one was made.
+    pub fn folder(&self) -> Option<&Path> {
+        self.tmp.as_ref().map(|t| t.path.as_path())
+    }
+
+    /// Stops a started server (SIGTERM, then SIGKILL after a bounded wait); a running server that
+    /// was only benched is left alone.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop_child(&mut child);
+        }
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Lifts every limit that would cap a benchmark's throughput; returns what changed.
+fn raise_limits(config: &mut Config) -> Vec<Raised> {
+    const HIGH: u32 = 1_000_000_000;
+    let l = &mut config.limits;
+    let mut raised = Vec::new();
+    let mut raise_u32 = |key: &'static str, v: &mut u32, to: u32| {
+        raised.push(Raised {
+            key,
+            default: v.to_string(),
+            bench: to.to_string(),
+        });
+        *v = to;
+    };
+    raise_u32("limits.send_rate_per_sec", &mut l.send_rate_per_sec, HIGH);
+    raise_u32("limits.send_burst", &mut l.send_burst, HIGH);
+    raise_u32("limits.room_budget_total", &mut l.room_budget_total, HIGH);
+    raise_u32(
+        "limits.room_budget_protected_extra",
+        &mut l.room_budget_protected_extra,
+        HIGH,
+    );
+    raise_u32(
+        "limits.admin_rate_per_sec",
+        &mut l.admin_rate_per_sec,
+        100_000,
+    );
+    raise_u32("limits.admin_burst", &mut l.admin_burst, 100_000);
+    raised.push(Raised {
+        key: "limits.rooms_per_user",
+        default: l.rooms_per_user.to_string(),
+        bench: "10000".into(),
+    });
+    l.rooms_per_user = 10_000;
+    raised
+}
+
+type RoomcastFiles = (ServerFile, Vec<u8>, String, String);
+
+fn read_roomcast(data: &Path) -> Result<RoomcastFiles, BenchError> {
+    let folder = DataFolder::new(data);
+    let missing = |what: &str| BenchError::Setup(format!("{what} missing in {}", data.display()));
+    let file = folder.server_file().ok_or_else(|| missing("server.json"))?;
+    let ca = folder.ca_pem().ok_or_else(|| missing("ca.pem"))?;
+    let secret = folder
+        .token_secret()
+        .ok_or_else(|| missing("token.secret"))?;
+    let admin = folder.admin_key().ok_or_else(|| missing("admin.key"))?;
+    Ok((file, ca, secret, admin))
+}
+
+fn read_raw(dir: &Path) -> Result<(SocketAddr, Vec<u8>), BenchError> {
+    let text = read_text(&dir.join(RAW_FILE))?;
+    let file: RawFile = serde_json::from_str(&text)
+        .map_err(|e| BenchError::Setup(format!("{}: {e}", dir.join(RAW_FILE).display())))?;
+    Ok((file.quic, read(&dir.join(crate::tls::DEV_CA_FILE))?))
+}
+
+fn current_exe() -> Result<PathBuf, BenchError> {
+    std::env::current_exe().map_err(|source| BenchError::Io {
+        what: "locating the roomcast executable".into(),
+        source,
+    })
+}
+
+fn spawn(mut cmd: Command, log: &Path) -> Result<Child, BenchError> {
+    let io = |what: String| move |source| BenchError::Io { what, source };
+    let out = std::fs::File::create(log).map_err(io(format!("creating {}", log.display())))?;
+    let err = out
+        .try_clone()
+        .map_err(io(format!("opening {}", log.display())))?;
+    cmd.stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(io(format!("starting {cmd:?}")))
+}
+
+/// Waits until `file` exists and parses, the child exits, or [`START_TIMEOUT`] passes.
+async fn wait_for_file(child: &mut Child, file: &Path, log: &Path) -> Result<(), BenchError> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        // The file is written in one go, but it may be caught half-written: wait until it parses.
+        if std::fs::read_to_string(file)
+            .ok()
+            .is_some_and(|t| serde_json::from_str::<serde_json::Value>(&t).is_ok())
+        {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(BenchError::Setup(format!(
+                "the server exited ({status}) before listening; its log:\n{}",
+                tail(log)
+            )));
+        }
+        if Instant::now() > deadline {
+            return Err(BenchError::Setup(format!(
+                "the server wrote no {} within {START_TIMEOUT:?}; its log:\n{}",
+                file.display(),
+                tail(log)
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// SIGTERM, a bounded wait, then SIGKILL.
+fn stop_child(child: &mut Child) {
+    if matches!(child.try_wait(), Ok(Some(_))) {
+        return;
+    }
+    terminate(child.id());
+    let deadline = Instant::now() + STOP_GRACE;
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("roomcast bench: the server did not stop within {STOP_GRACE:?}; killing it");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[allow(unsafe_code)]
+fn terminate(pid: u32) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    // SAFETY: kill(2) with the id of a child this process spawned and has not reaped yet (so the
+    // id cannot have been reused); no memory is passed.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+}
+
+fn read(p: &Path) -> Result<Vec<u8>, BenchError> {
+    std::fs::read(p).map_err(|source| BenchError::Io {
+        what: format!("reading {}", p.display()),
+        source,
+    })
+}
+
+fn read_text(p: &Path) -> Result<String, BenchError> {
+    Ok(String::from_utf8_lossy(&read(p)?).trim().to_owned())
+}
+
+fn write(p: &Path, text: &str) -> Result<(), BenchError> {
+    std::fs::write(p, text).map_err(|source| BenchError::Io {
+        what: format!("writing {}", p.display()),
+        source,
+    })
+}
+
+/// A folder under the system temp directory, removed on drop unless kept.
+struct TempDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl TempDir {
+    fn new(keep: bool) -> Result<TempDir, BenchError> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let path =
+            std::env::temp_dir().join(format!("roomcast-bench-{}-{nanos:09}", std::process::id()));
+        std::fs::create_dir_all(&path).map_err(|source| BenchError::Io {
+            what: format!("creating {}", path.display()),
+            source,
+        })?;
+        Ok(TempDir { path, keep })
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}

@@ -1,0 +1,466 @@
+//! The raw-QUIC baseline: the least a fan-out server over quinn must do, speaking enough of
+//! roomcast's protocol that the same client library and scenarios run against it.
+//!
+//! What it does: accept the control stream, answer `Hello` with `Welcome` (no token check), `Join`
+//! with `Joined` (empty info), `Leave` with `Left`, `Ping` with `Pong`, and `Send` by encoding one
+//! `Event::Message` frame and handing a `Bytes` clone of it to every connection that joined that
+//! room id. Each connection has a writer task that writes `Event::Ready` first and then, on every
+//! wake-up, drains everything queued for it and writes it with one `write_all_chunks`; low-priority
+//! messages go as datagrams when they fit (and are dropped, like roomcast sheds them, when the
+//! datagram buffer is full). What it does not do: rooms beyond a member list, moderation, classes,
+//! rate limits, history or a store.
+//!
+//! Transport settings and socket buffers are roomcast's defaults ([`crate::config::Transport`]),
+//! applied the way `server::endpoint` applies them, so a difference in a measurement is the relay's
+//! own work. One exception: roomcast disables the datagram *receive* buffer, and quinn then refuses
+//! to send datagrams at all (`SendDatagramError::Disabled`); the baseline keeps a 16 KiB one so
+//! that its low-priority datagrams go out. A connection's queue holds at most [`QUEUE`] events (roomcast's default ring size):
+//! a member further behind loses the newest events, which is counted and printed at exit.
+
+use super::BenchError;
+use super::launch::{RAW_FILE, RawFile};
+use crate::config::Transport;
+use crate::protocol::{
+    Class, ClientFrame, DEFAULT_MAX_FRAME, ErrorCode, Event, FrameReader, JoinInfo, Message,
+    Request, Response, RoomInfo, ServerFrame, WireError, encode_datagram, encode_frame,
+};
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// Events queued per connection before newer ones are dropped (roomcast's default ring size).
+pub const QUEUE: usize = 4096;
+
+/// Datagram receive buffer: clients send none; it only has to exist for quinn to send datagrams.
+const DATAGRAM_RECEIVE_BUFFER: usize = 16 * 1024;
+
+/// One queued delivery.
+#[derive(Clone)]
+enum Out {
+    /// A stream frame.
+    Frame(Bytes),
+    /// A low-priority message: the datagram, and the frame to use when it does not fit.
+    Low(Bytes, Bytes),
+}
+
+struct Member {
+    conn: u64,
+    tx: flume::Sender<Out>,
+}
+
+#[derive(Default)]
+struct Group {
+    members: ArcSwap<Vec<Arc<Member>>>,
+    seq: AtomicU64,
+}
+
+/// Low-priority datagrams dropped because the connection's datagram buffer was full.
+static DATAGRAMS_DROPPED: AtomicU64 = AtomicU64::new(0);
+
+#[derive(Default)]
+struct Hub {
+    groups: RwLock<HashMap<String, Arc<Group>>>,
+    next_conn: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl Hub {
+    fn group(&self, room: &str) -> Arc<Group> {
+        if let Some(g) = self
+            .groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(room)
+        {
+            return g.clone();
+        }
+        self.groups
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(room.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    fn join(&self, room: &str, member: &Arc<Member>) -> u64 {
+        let g = self.group(room);
+        g.members.rcu(|v| {
+            let mut v = Vec::clone(v);
+            if !v.iter().any(|m| m.conn == member.conn) {
+                v.push(member.clone());
+            }
+            v
+        });
+        g.members.load().len() as u64
+    }
+
+    fn leave(&self, room: &str, conn: u64) {
+        let g = self.group(room);
+        g.members.rcu(|v| {
+            v.iter()
+                .filter(|m| m.conn != conn)
+                .cloned()
+                .collect::<Vec<_>>()
+        });
+    }
+
+    fn send(&self, room: &str, from: &str, msg_type: String, body: Bytes, low: bool) -> (u64, u64) {
+        let g = self.group(room);
+        let seq = g.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let ts = crate::server::relay::now_ms();
+        let event = Event::Message(Message {
+            room: room.to_owned(),
+            seq,
+            ts,
+            from: from.to_owned(),
+            msg_type,
+            body,
+            class: if low { Class::Low } else { Class::Normal },
+        });
+        let frame = encode_frame(&event);
+        let out = if low {
+            Out::Low(encode_datagram(&event), frame)
+        } else {
+            Out::Frame(frame)
+        };
+        let mut dropped = 0;
+        for m in g.members.load().iter() {
+            if m.tx.try_send(out.clone()).is_err() {
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            self.dropped.fetch_add(dropped, Ordering::Relaxed);
+        }
+        (seq, ts)
+    }
+}
+
+/// Runs the baseline on `addr` until SIGTERM or Ctrl-C, writing the CA to `dir/ca.pem` and the
+/// bound address to `dir/raw.json`. `linger` holds each connection's first queued event that long
+/// before draining (0: write at once).
+pub fn serve(addr: SocketAddr, dir: &Path, linger: Duration) -> Result<(), BenchError> {
+    super::require_loopback("--addr", addr)?;
+    let rt = super::runtime()?;
+    rt.block_on(async move {
+        let identity = crate::tls::ServerIdentity::generate(&[])?;
+        let io = |what: String| move |source| BenchError::Io { what, source };
+        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+        let ca = dir.join(crate::tls::DEV_CA_FILE);
+        std::fs::write(&ca, identity.ca_pem.clone().unwrap_or_default())
+            .map_err(io(format!("writing {}", ca.display())))?;
+        let endpoint = endpoint(addr, &identity)?;
+        let local = endpoint
+            .local_addr()
+            .map_err(io("reading the bound address".into()))?;
+        let file = dir.join(RAW_FILE);
+        let text = serde_json::to_string(&RawFile { quic: local }).unwrap_or_default();
+        std::fs::write(&file, text).map_err(io(format!("writing {}", file.display())))?;
+        eprintln!("raw baseline: QUIC on {local}, linger {linger:?}");
+
+        let hub = Arc::new(Hub::default());
+        let mut conns = tokio::task::JoinSet::new();
+        let shutdown = shutdown_signal();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                incoming = endpoint.accept() => match incoming {
+                    Some(i) => { conns.spawn(connection(hub.clone(), i, linger)); }
+                    None => break,
+                },
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+        endpoint.close(1u32.into(), b"server shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        conns.shutdown().await;
+        eprintln!(
+            "raw baseline: stopped; {} events dropped on full queues, {} datagrams on full buffers",
+            hub.dropped.load(Ordering::Relaxed),
+            DATAGRAMS_DROPPED.load(Ordering::Relaxed)
+        );
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn connection(hub: Arc<Hub>, incoming: quinn::Incoming, linger: Duration) {
+    let t = Transport::default();
+    let hello = tokio::time::timeout(Duration::from_millis(t.hello_timeout_ms), async {
+        let conn = incoming.await.ok()?;
+        let (send, recv) = conn.accept_bi().await.ok()?;
+        let mut reader = FrameReader::new(recv, DEFAULT_MAX_FRAME);
+        match reader.read::<ClientFrame>().await {
+            Ok(Some(ClientFrame::Hello { .. })) => Some((conn, send, reader)),
+            _ => {
+                conn.close(4u32.into(), b"expected a hello");
+                None
+            }
+        }
+    })
+    .await;
+    let Ok(Some((conn, mut send, mut reader))) = hello else {
+        return;
+    };
+    let conn_id = hub.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
+    let user = format!("raw-{conn_id}");
+    let Ok(stream) = conn.open_uni().await else {
+        return;
+    };
+    let (tx, rx) = flume::bounded(QUEUE);
+    let member = Arc::new(Member { conn: conn_id, tx });
+    // The writer is owned here: it ends with the connection, or is aborted when this returns.
+    let mut writer = tokio::task::JoinSet::new();
+    writer.spawn(write_loop(
+        conn.clone(),
+        stream,
+        rx,
+        conn_id,
+        linger,
+        t.delivery_batch_bytes,
+    ));
+    let welcome = encode_frame(&ServerFrame::Welcome {
+        user: user.clone(),
+        conn_id,
+        max_frame: DEFAULT_MAX_FRAME,
+        max_event: 16 << 20,
+    });
+    if send.write_all(&welcome).await.is_err() {
+        return;
+    }
+    let mut rooms: Vec<String> = Vec::new();
+    while let Ok(Some(ClientFrame::Request { id, request })) = reader.read::<ClientFrame>().await {
+        let result = match request {
+            Request::Join { room, .. } => {
+                let count = hub.join(&room, &member);
+                if !rooms.contains(&room) {
+                    rooms.push(room.clone());
+                }
+                Ok(Response::Joined(JoinInfo {
+                    room: RoomInfo {
+                        id: room.clone(),
+                        name: room,
+                        epoch: 0,
+                        created_ms: 0,
+                        member_count: count,
+                        members: Vec::new(),
+                        mute_all: false,
+                    },
+                    last_seq: 0,
+                    muted: false,
+                    history: Vec::new(),
+                    attributes: Vec::new(),
+                    attr_version: 0,
+                }))
+            }
+            Request::Leave { room } => {
+                hub.leave(&room, conn_id);
+                rooms.retain(|r| *r != room);
+                Ok(Response::Left)
+            }
+            Request::Send {
+                room,
+                msg_type,
+                body,
+                low,
+            } => {
+                let (seq, ts) = hub.send(&room, &user, msg_type, body, low);
+                Ok(Response::Sent { seq, ts })
+            }
+            Request::Ping => Ok(Response::Pong),
+            _ => Err(WireError::new(
+                ErrorCode::BadRequest,
+                "the raw baseline answers only join, leave, send and ping",
+            )),
+        };
+        let reply = encode_frame(&ServerFrame::Reply { id, result });
+        if send.write_all(&reply).await.is_err() {
+            break;
+        }
+    }
+    for r in &rooms {
+        hub.leave(r, conn_id);
+    }
+    conn.close(0u32.into(), b"control stream finished");
+}
+
+async fn write_loop(
+    conn: quinn::Connection,
+    mut stream: quinn::SendStream,
+    rx: flume::Receiver<Out>,
+    conn_id: u64,
+    linger: Duration,
+    batch_bytes: usize,
+) {
+    let mut out: Vec<Bytes> = vec![encode_frame(&Event::Ready { conn_id })];
+    if stream.write_all_chunks(&mut out).await.is_err() {
+        return;
+    }
+    out.clear();
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = conn.closed() => return,
+            m = rx.recv_async() => match m {
+                Ok(m) => m,
+                Err(_) => return,
+            },
+        };
+        if !linger.is_zero() {
+            tokio::time::sleep(linger).await;
+        }
+        let mut bytes = 0;
+        let dgram_max = conn.max_datagram_size();
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            match item {
+                Out::Frame(f) => {
+                    bytes += f.len();
+                    out.push(f);
+                }
+                Out::Low(d, f) => {
+                    let fits = dgram_max.is_some_and(|max| d.len() <= max);
+                    if fits && conn.datagram_send_buffer_space() < d.len() {
+                        // A full buffer would make quinn drop older datagrams; drop this one.
+                        DATAGRAMS_DROPPED.fetch_add(1, Ordering::Relaxed);
+                    } else if !fits || conn.send_datagram(d).is_err() {
+                        // Too large, or refused: the stream carries it, nothing is lost silently.
+                        bytes += f.len();
+                        out.push(f);
+                    }
+                }
+            }
+            if bytes < batch_bytes {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !out.is_empty() {
+            if stream.write_all_chunks(&mut out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+    }
+}
+
+/// A QUIC endpoint with roomcast's default transport settings and socket buffers.
+fn endpoint(
+    addr: SocketAddr,
+    identity: &crate::tls::ServerIdentity,
+) -> Result<quinn::Endpoint, BenchError> {
+    let t = Transport::default();
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(1u32.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .stream_receive_window(t.stream_window.into())
+        .receive_window(t.conn_window.into())
+        .send_window(t.send_window)
+        // The one departure from roomcast's values: quinn refuses to *send* datagrams
+        // (`SendDatagramError::Disabled`) when receiving them is disabled, so a server that
+        // wants to send low-priority datagrams must keep a (small) receive buffer.
+        .datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER))
+        .datagram_send_buffer_size(t.datagram_send_buffer)
+        .keep_alive_interval(Some(Duration::from_millis(t.keep_alive_ms)));
+    let idle = quinn::IdleTimeout::try_from(Duration::from_millis(t.idle_timeout_ms))
+        .map_err(|e| BenchError::Setup(format!("idle timeout: {e}")))?;
+    transport.max_idle_timeout(Some(idle));
+    let crypto = identity.quic_server_crypto()?;
+    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server_config.transport_config(Arc::new(transport));
+    let io = |source| BenchError::Io {
+        what: format!("binding UDP {addr}"),
+        source,
+    };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .map_err(io)?;
+    set_buffer(&socket, t.udp_recv_buffer, true);
+    set_buffer(&socket, t.udp_send_buffer, false);
+    socket.bind(&addr.into()).map_err(io)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| BenchError::Setup("no async runtime for QUIC".into()))?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server_config),
+        socket.into(),
+        runtime,
+    )
+    .map_err(io)
+}
+
+/// Asks for `want` bytes of UDP buffer; past `net.core.[rw]mem_max`, forces it (root or
+/// CAP_NET_ADMIN), as roomcast does.
+fn set_buffer(socket: &socket2::Socket, want: usize, recv: bool) {
+    let got = |s: &socket2::Socket| {
+        if recv {
+            s.recv_buffer_size()
+        } else {
+            s.send_buffer_size()
+        }
+        .unwrap_or(0)
+    };
+    let _ = if recv {
+        socket.set_recv_buffer_size(want)
+    } else {
+        socket.set_send_buffer_size(want)
+    };
+    if got(socket) >= want {
+        return;
+    }
+    force_buffer(
+        socket,
+        if recv {
+            libc::SO_RCVBUFFORCE
+        } else {
+            libc::SO_SNDBUFFORCE
+        },
+        want,
+    );
+    if got(socket) < want {
+        eprintln!(
+            "raw baseline: UDP {} buffer is {} bytes, below the {want} asked",
+            if recv { "receive" } else { "send" },
+            got(socket)
+        );
+    }
+}
+
+#[allow(unsafe_code)]
+fn force_buffer(socket: &socket2::Socket, opt: i32, want: usize) {
+    use std::os::fd::AsRawFd;
+    let val = i32::try_from(want).unwrap_or(i32::MAX);
+    // SAFETY: a plain setsockopt on a socket we own, with a pointer to a live i32 and its size.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&val as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        );
+    }
+}

@@ -1,0 +1,1442 @@
+//! The redb implementation of [`Store`]: see [`RedbStore`].
+
+use super::{
+    Ack, AttrRecord, Durability, LoadedRoom, Op, RoomRecord, Snapshot, Store, StoreConfig,
+    StoreError, StoredMessage,
+};
+use crate::policy::GlobalPolicy;
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+const ROOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("rooms");
+const ATTRS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("attrs");
+const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+const META_FORMAT: &str = "format";
+const META_GLOBAL: &str = "global";
+
+/// See [`RedbStore::FORMAT_VERSION`].
+const FORMAT_VERSION: u32 = 1;
+/// See [`RedbStore::MAX_JOBS_PER_COMMIT`].
+const MAX_JOBS_PER_COMMIT: usize = 4096;
+
+type AckSender = oneshot::Sender<Result<(), StoreError>>;
+
+/// One submit.
+struct Job {
+    ops: Vec<Op>,
+    /// `None` in `batched` mode, where the ack resolved at submit.
+    ack: Option<AckSender>,
+}
+
+/// What the writer thread receives.
+enum Msg {
+    Job(Job),
+    /// Commit everything queued, then stop.
+    Close,
+}
+
+/// Counters shared by the writer and [`RedbStore::stats`].
+#[derive(Default)]
+struct Counters {
+    commits: AtomicU64,
+    failed_commits: AtomicU64,
+    jobs: AtomicU64,
+    ops: AtomicU64,
+}
+
+/// What the writer has done so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Transactions committed.
+    pub commits: u64,
+    /// Transactions that failed (their acks got the error).
+    pub failed_commits: u64,
+    /// Submits committed.
+    pub jobs: u64,
+    /// Ops committed.
+    pub ops: u64,
+    /// Submits waiting in the channel for the writer.
+    pub queued: usize,
+}
+
+/// The durable store in one redb file, with one writer thread and group commit.
+///
+/// # On disk
+/// Four tables, values postcard-encoded:
+/// - `rooms`: room id → [`RoomRecord`];
+/// - `attrs`: (room id, key) → [`AttrRecord`];
+/// - `messages`: (room id, seq) → [`StoredMessage`]; the tuple key sorts a room's history by
+///   sequence number, so paging and trimming are range scans;
+/// - `meta`: `"format"` → [`RedbStore::FORMAT_VERSION`] (another version is refused on open),
+///   `"global"` → [`GlobalPolicy`].
+///
+/// # The writer
+/// [`RedbStore::submit`] only pushes a job onto a channel; a single thread (`roomcast-store`) owns
+/// every write transaction. It blocks for the first job, then takes every job already queued (at
+/// most [`RedbStore::MAX_JOBS_PER_COMMIT`]), applies all their ops in submission order in one transaction,
+/// trims the history of the rooms that got messages, commits with [`redb::Durability::Immediate`]
+/// (an fsync) and resolves the jobs' acks. Whatever arrives while a commit is in flight waits in
+/// the channel and goes into the next transaction, so under load one fsync serves many submitters.
+/// In `batched` mode the writer keeps gathering for up to `flush_ms` after the first job before
+/// it commits, and acks resolve at submit time.
+///
+/// The channel is unbounded on purpose: `submit` runs under the relay's room locks and must never
+/// wait for the disk, and refusing a change the relay has already made in memory would lose it.
+/// Back-pressure comes from the acks instead: in `sync` mode every reply waits for its ack, so the
+/// queue holds at most the changes in flight. [`RedbStore::stats`] shows the depth.
+///
+/// # Retention
+/// After a batch, each room that got messages loses its oldest messages beyond `history_max` and
+/// those older than `history_max_age_ms` before the newest timestamp appended to it in the batch
+/// (deterministic, and "now" for a message that was just sent). History is scanned from its
+/// oldest message, and the age scan stops at the first message young enough: timestamps are
+/// assumed not to decrease with the sequence number, as the relay assigns both. The writer keeps
+/// each room's message count in memory (counted once on open), so trimming reads only the few
+/// messages it deletes plus one.
+///
+/// # Closing
+/// [`Store::close`] (also run on drop) commits everything queued, stops and joins the writer and
+/// releases the file, so it can be opened again at once. Afterwards `submit` returns an ack that
+/// resolves to an error, and reads fail.
+pub struct RedbStore {
+    /// `None` once closed, which releases the file (and its lock) when the last reader and the
+    /// writer let go of it, so the same file can be opened again in this process.
+    db: ArcSwapOption<Database>,
+    path: PathBuf,
+    durability: Durability,
+    tx: flume::Sender<Msg>,
+    /// Set by [`Store::close`]: later submits fail at once.
+    closed: AtomicBool,
+    /// The writer thread until closed. The lock is held through the join, so a second `close`
+    /// waits for the first.
+    writer: Mutex<Option<JoinHandle<()>>>,
+    counters: Arc<Counters>,
+}
+
+impl RedbStore {
+    /// The on-disk format this build reads and writes. Bump it on any change to the tables or to
+    /// the encoding of their values.
+    pub const FORMAT_VERSION: u32 = FORMAT_VERSION;
+
+    /// Most jobs (submits) applied in one transaction; more stay queued for the next one.
+    pub const MAX_JOBS_PER_COMMIT: usize = MAX_JOBS_PER_COMMIT;
+
+    /// Opens the store in `path` (a file), creating it if missing, and starts the writer thread.
+    pub fn open(path: &Path, cfg: StoreConfig) -> Result<RedbStore, StoreError> {
+        let shown = path.display().to_string();
+        let db = Database::create(path).map_err(ctx(format!("opening {shown}")))?;
+        init(&db, &shown)?;
+        let counts = count_messages(&db).map_err(|e| StoreError(format!("{shown}: {}", e.0)))?;
+        tracing::info!(
+            path = %shown,
+            rooms_with_history = counts.len(),
+            messages = counts.values().sum::<u64>(),
+            durability = ?cfg.durability,
+            "store opened"
+        );
+
+        let db = Arc::new(db);
+        let counters = Arc::new(Counters::default());
+        let (tx, rx) = flume::unbounded();
+        let durability = cfg.durability;
+        let writer = Writer {
+            db: db.clone(),
+            rx,
+            cfg,
+            counts: Counts {
+                committed: counts,
+                pending: HashMap::new(),
+            },
+            counters: counters.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("roomcast-store".into())
+            .spawn(move || writer.run())
+            .map_err(ctx("starting the store writer thread"))?;
+        Ok(RedbStore {
+            db: ArcSwapOption::from(Some(db)),
+            path: path.to_path_buf(),
+            durability,
+            tx,
+            closed: AtomicBool::new(false),
+            writer: Mutex::new(Some(handle)),
+            counters,
+        })
+    }
+
+    /// The file this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What the writer has done so far.
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            commits: self.counters.commits.load(Ordering::Relaxed),
+            failed_commits: self.counters.failed_commits.load(Ordering::Relaxed),
+            jobs: self.counters.jobs.load(Ordering::Relaxed),
+            ops: self.counters.ops.load(Ordering::Relaxed),
+            queued: self.tx.len(),
+        }
+    }
+
+    /// The database, for a read; an error once closed.
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.db.load_full().ok_or_else(closed_error)
+    }
+}
+
+impl Store for RedbStore {
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        let txn = self.db()?.begin_read().map_err(ctx("load: begin read"))?;
+        let rooms = txn.open_table(ROOMS).map_err(ctx("load: rooms table"))?;
+        let attrs = txn.open_table(ATTRS).map_err(ctx("load: attrs table"))?;
+        let messages = txn
+            .open_table(MESSAGES)
+            .map_err(ctx("load: messages table"))?;
+        let meta = txn.open_table(META).map_err(ctx("load: meta table"))?;
+
+        let mut out = Vec::new();
+        for entry in rooms.iter().map_err(ctx("load: reading rooms"))? {
+            let (id, row) = entry.map_err(ctx("load: reading rooms"))?;
+            let id = id.value();
+            let record = decode::<RoomRecord>(row.value(), || format!("room {id:?}"))?;
+
+            let upper = after_prefix(id);
+            let mut room_attrs = Vec::new();
+            for entry in attrs
+                .range((id, "")..(upper.as_str(), ""))
+                .map_err(ctx("load: reading attributes"))?
+            {
+                let (key, attr) = entry.map_err(ctx("load: reading attributes"))?;
+                let key = key.value().1.to_owned();
+                let attr = decode::<AttrRecord>(attr.value(), || {
+                    format!("attribute {key:?} of room {id:?}")
+                })?;
+                room_attrs.push((key, attr));
+            }
+
+            let newest = match messages
+                .range((id, 0u64)..=(id, u64::MAX))
+                .map_err(ctx("load: reading history"))?
+                .next_back()
+            {
+                None => None,
+                Some(entry) => {
+                    let (key, msg) = entry.map_err(ctx("load: reading history"))?;
+                    let seq = key.value().1;
+                    let msg = decode::<StoredMessage>(msg.value(), || {
+                        format!("message {seq} of room {id:?}")
+                    })?;
+                    Some((seq, msg.ts))
+                }
+            };
+            out.push(LoadedRoom {
+                record,
+                attrs: room_attrs,
+                newest,
+            });
+        }
+
+        let global = match meta
+            .get(META_GLOBAL)
+            .map_err(ctx("load: reading the global policy"))?
+        {
+            Some(v) => decode::<GlobalPolicy>(v.value(), || "the global policy".into())?,
+            None => GlobalPolicy::default(),
+        };
+        Ok(Snapshot { rooms: out, global })
+    }
+
+    fn submit(&self, ops: Vec<Op>) -> Ack {
+        if self.closed.load(Ordering::Acquire) {
+            return failed_ack(closed_error());
+        }
+        let (ack_tx, ack) = match self.durability {
+            Durability::Sync => {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Ack(Some(rx)))
+            }
+            Durability::Batched => (None, Ack::done()),
+        };
+        match self.tx.send(Msg::Job(Job { ops, ack: ack_tx })) {
+            Ok(()) => ack,
+            // The writer is gone: closed concurrently, or it died.
+            Err(_) => failed_ack(closed_error()),
+        }
+    }
+
+    fn history(
+        &self,
+        room: &str,
+        before_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let txn = self
+            .db()?
+            .begin_read()
+            .map_err(ctx("history: begin read"))?;
+        let messages = txn
+            .open_table(MESSAGES)
+            .map_err(ctx("history: messages table"))?;
+        let upper = match before_seq {
+            Some(before) => Bound::Excluded((room, before)),
+            None => Bound::Included((room, u64::MAX)),
+        };
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for entry in messages
+            .range((Bound::Included((room, 0u64)), upper))
+            .map_err(ctx("history: reading"))?
+            .rev()
+            .take(limit)
+        {
+            let (key, msg) = entry.map_err(ctx("history: reading"))?;
+            let seq = key.value().1;
+            out.push(decode::<StoredMessage>(msg.value(), || {
+                format!("message {seq} of room {room:?}")
+            })?);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    fn message(&self, room: &str, seq: u64) -> Result<Option<StoredMessage>, StoreError> {
+        let txn = self
+            .db()?
+            .begin_read()
+            .map_err(ctx("message: begin read"))?;
+        let messages = txn
+            .open_table(MESSAGES)
+            .map_err(ctx("message: messages table"))?;
+        match messages.get((room, seq)).map_err(ctx("message: reading"))? {
+            None => Ok(None),
+            Some(v) => decode(v.value(), || format!("message {seq} of room {room:?}")).map(Some),
+        }
+    }
+
+    fn close(&self) {
+        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        self.closed.store(true, Ordering::Release);
+        let Some(handle) = writer.take() else {
+            return;
+        };
+        // Fails only if the writer already stopped, which the join below reports.
+        let _ = self.tx.send(Msg::Close);
+        if handle.join().is_err() {
+            tracing::error!(path = %self.path.display(), "the store writer thread panicked");
+        } else {
+            tracing::info!(path = %self.path.display(), "store closed");
+        }
+        self.db.store(None);
+    }
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The writer thread's state.
+struct Writer {
+    db: Arc<Database>,
+    rx: flume::Receiver<Msg>,
+    cfg: StoreConfig,
+    counts: Counts,
+    counters: Arc<Counters>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        loop {
+            // Every sender is gone only if the store was dropped without `close`, which `Drop`
+            // prevents; stop either way.
+            let Ok(first) = self.rx.recv() else { return };
+            let mut jobs = Vec::new();
+            let closing = match first {
+                Msg::Job(job) => {
+                    jobs.push(job);
+                    self.gather(&mut jobs)
+                }
+                Msg::Close => true,
+            };
+            if !jobs.is_empty() {
+                self.commit(jobs);
+            }
+            if closing {
+                // Submits that raced with `close` and got into the channel are still applied.
+                loop {
+                    let jobs: Vec<Job> = self
+                        .rx
+                        .try_iter()
+                        .take(MAX_JOBS_PER_COMMIT)
+                        .filter_map(|m| match m {
+                            Msg::Job(job) => Some(job),
+                            Msg::Close => None,
+                        })
+                        .collect();
+                    if jobs.is_empty() {
+                        return;
+                    }
+                    self.commit(jobs);
+                }
+            }
+        }
+    }
+
+    /// Adds the jobs that join the first one in its transaction; returns whether a close came.
+    fn gather(&self, jobs: &mut Vec<Job>) -> bool {
+        match self.cfg.durability {
+            // Group commit: whatever queued up while the last commit was in flight.
+            Durability::Sync => {
+                while jobs.len() < MAX_JOBS_PER_COMMIT {
+                    match self.rx.try_recv() {
+                        Ok(Msg::Job(job)) => jobs.push(job),
+                        Ok(Msg::Close) => return true,
+                        Err(_) => break,
+                    }
+                }
+            }
+            // Everything that comes within `flush_ms` of the first job. A std `Instant` is fine
+            // here: this is a plain thread, not a task under tokio's (pausable) clock.
+            Durability::Batched => {
+                let deadline = Instant::now() + Duration::from_millis(self.cfg.flush_ms);
+                while jobs.len() < MAX_JOBS_PER_COMMIT {
+                    match self.rx.recv_deadline(deadline) {
+                        Ok(Msg::Job(job)) => jobs.push(job),
+                        Ok(Msg::Close) => return true,
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    /// Applies `jobs` in one transaction, commits durably and resolves their acks.
+    fn commit(&mut self, jobs: Vec<Job>) {
+        let started = Instant::now();
+        let ops = jobs.iter().map(|j| j.ops.len() as u64).sum::<u64>();
+        let result = self.write(&jobs);
+        match &result {
+            Ok(()) => {
+                self.counts.commit();
+                self.counters.commits.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .jobs
+                    .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+                self.counters.ops.fetch_add(ops, Ordering::Relaxed);
+                tracing::trace!(
+                    jobs = jobs.len(),
+                    ops,
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "store commit"
+                );
+            }
+            Err(e) => {
+                self.counts.rollback();
+                self.counters.failed_commits.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, jobs = jobs.len(), ops, "store commit failed");
+            }
+        }
+        for job in jobs {
+            if let Some(ack) = job.ack {
+                // The submitter may have stopped waiting; nothing to do then.
+                let _ = ack.send(result.clone());
+            }
+        }
+    }
+
+    fn write(&mut self, jobs: &[Job]) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(ctx("begin write"))?;
+        txn.set_durability(redb::Durability::Immediate)
+            .map_err(ctx("set durability"))?;
+        {
+            let mut rooms = txn.open_table(ROOMS).map_err(ctx("rooms table"))?;
+            let mut attrs = txn.open_table(ATTRS).map_err(ctx("attrs table"))?;
+            let mut messages = txn.open_table(MESSAGES).map_err(ctx("messages table"))?;
+            let mut meta = txn.open_table(META).map_err(ctx("meta table"))?;
+            // Rooms that got messages, with the newest timestamp appended to each.
+            let mut appended: HashMap<&str, u64> = HashMap::new();
+            for op in jobs.iter().flat_map(|j| &j.ops) {
+                match op {
+                    Op::PutRoom(record) => {
+                        let row = encode(record)?;
+                        rooms
+                            .insert(record.id.as_str(), row.as_slice())
+                            .map_err(ctx("put room"))?;
+                    }
+                    Op::DeleteRoom(id) => {
+                        rooms.remove(id.as_str()).map_err(ctx("delete room"))?;
+                        let upper = after_prefix(id);
+                        attrs
+                            .retain_in((id.as_str(), "")..(upper.as_str(), ""), |_, _| false)
+                            .map_err(ctx("delete room attributes"))?;
+                        messages
+                            .retain_in((id.as_str(), 0u64)..=(id.as_str(), u64::MAX), |_, _| false)
+                            .map_err(ctx("delete room history"))?;
+                        self.counts.set(id, 0);
+                    }
+                    Op::PutGlobal(global) => {
+                        let v = encode(global)?;
+                        meta.insert(META_GLOBAL, v.as_slice())
+                            .map_err(ctx("put global policy"))?;
+                    }
+                    Op::PutAttr { room, key, attr } => {
+                        let v = encode(attr)?;
+                        attrs
+                            .insert((room.as_str(), key.as_str()), v.as_slice())
+                            .map_err(ctx("put attribute"))?;
+                    }
+                    Op::DeleteAttr { room, key } => {
+                        attrs
+                            .remove((room.as_str(), key.as_str()))
+                            .map_err(ctx("delete attribute"))?;
+                    }
+                    Op::Append { room, msg } => {
+                        let v = encode(msg)?;
+                        let replaced = messages
+                            .insert((room.as_str(), msg.seq), v.as_slice())
+                            .map_err(ctx("append message"))?
+                            .is_some();
+                        if !replaced {
+                            let n = self.counts.get(room);
+                            self.counts.set(room, n + 1);
+                        }
+                        let newest = appended.entry(room.as_str()).or_insert(msg.ts);
+                        *newest = (*newest).max(msg.ts);
+                    }
+                    Op::Recall { room, seq } => {
+                        let current = match messages
+                            .get((room.as_str(), *seq))
+                            .map_err(ctx("recall: reading"))?
+                        {
+                            Some(v) => Some(decode::<StoredMessage>(v.value(), || {
+                                format!("message {seq} of room {room:?}")
+                            })?),
+                            None => None,
+                        };
+                        if let Some(mut msg) = current {
+                            msg.recalled = true;
+                            msg.body = Bytes::new();
+                            let v = encode(&msg)?;
+                            messages
+                                .insert((room.as_str(), *seq), v.as_slice())
+                                .map_err(ctx("recall: writing"))?;
+                        }
+                    }
+                }
+            }
+            for (room, now) in appended {
+                self.trim(&mut messages, room, now)?;
+            }
+        }
+        txn.commit().map_err(ctx("commit"))
+    }
+
+    /// Deletes the oldest messages of `room` beyond `history_max` and those older than
+    /// `now - history_max_age_ms`.
+    fn trim(
+        &mut self,
+        messages: &mut Table<(&str, u64), &[u8]>,
+        room: &str,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let count = self.counts.get(room);
+        let excess = count.saturating_sub(self.cfg.history_max as u64);
+        let cutoff = now.saturating_sub(self.cfg.history_max_age_ms);
+        let mut doomed = Vec::new();
+        for entry in messages
+            .range((room, 0u64)..=(room, u64::MAX))
+            .map_err(ctx("trim: reading"))?
+        {
+            let (key, value) = entry.map_err(ctx("trim: reading"))?;
+            let seq = key.value().1;
+            if (doomed.len() as u64) < excess {
+                doomed.push(seq);
+                continue;
+            }
+            let msg = decode::<StoredMessage>(value.value(), || {
+                format!("message {seq} of room {room:?}")
+            })?;
+            if msg.ts < cutoff {
+                doomed.push(seq);
+            } else {
+                break;
+            }
+        }
+        for seq in &doomed {
+            messages
+                .remove((room, *seq))
+                .map_err(ctx("trim: deleting"))?;
+        }
+        self.counts.set(room, count - doomed.len() as u64);
+        Ok(())
+    }
+}
+
+/// Per-room message counts: the committed ones plus the changes of the transaction in progress,
+/// which are dropped if it fails.
+struct Counts {
+    committed: HashMap<String, u64>,
+    pending: HashMap<String, u64>,
+}
+
+impl Counts {
+    fn get(&self, room: &str) -> u64 {
+        self.pending
+            .get(room)
+            .or_else(|| self.committed.get(room))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn set(&mut self, room: &str, n: u64) {
+        self.pending.insert(room.to_owned(), n);
+    }
+
+    fn commit(&mut self) {
+        for (room, n) in self.pending.drain() {
+            if n == 0 {
+                self.committed.remove(&room);
+            } else {
+                self.committed.insert(room, n);
+            }
+        }
+    }
+
+    fn rollback(&mut self) {
+        self.pending.clear();
+    }
+}
+
+/// Creates the tables if missing and checks (or, in a new file, writes) the format version.
+fn init(db: &Database, shown: &str) -> Result<(), StoreError> {
+    let at = |what: &str| format!("{shown}: {what}");
+    let txn = db.begin_write().map_err(ctx(at("begin write")))?;
+    {
+        let mut meta = txn.open_table(META).map_err(ctx(at("meta table")))?;
+        let found = match meta
+            .get(META_FORMAT)
+            .map_err(ctx(at("reading the format version")))?
+        {
+            Some(v) => Some(decode::<u32>(v.value(), || at("the format version"))?),
+            None => None,
+        };
+        match found {
+            Some(FORMAT_VERSION) => {}
+            Some(other) => {
+                return Err(StoreError(format!(
+                    "{shown} has store format version {other}, this build reads version \
+                     {FORMAT_VERSION} only"
+                )));
+            }
+            None => {
+                let v = encode(&FORMAT_VERSION)?;
+                meta.insert(META_FORMAT, v.as_slice())
+                    .map_err(ctx(at("writing the format version")))?;
+            }
+        }
+        txn.open_table(ROOMS).map_err(ctx(at("rooms table")))?;
+        txn.open_table(ATTRS).map_err(ctx(at("attrs table")))?;
+        txn.open_table(MESSAGES)
+            .map_err(ctx(at("messages table")))?;
+    }
+    txn.commit().map_err(ctx(at("commit")))
+}
+
+/// Messages per room, for retention.
+fn count_messages(db: &Database) -> Result<HashMap<String, u64>, StoreError> {
+    let txn = db
+        .begin_read()
+        .map_err(ctx("counting history: begin read"))?;
+    let messages = txn
+        .open_table(MESSAGES)
+        .map_err(ctx("counting history: messages table"))?;
+    let mut counts: HashMap<String, u64> = HashMap::new();
+    for entry in messages.iter().map_err(ctx("counting history"))? {
+        let (key, _) = entry.map_err(ctx("counting history"))?;
+        let room = key.value().0;
+        match counts.get_mut(room) {
+            Some(n) => *n += 1,
+            None => {
+                counts.insert(room.to_owned(), 1);
+            }
+        }
+    }
+    Ok(counts)
+}
+
+/// The smallest string above every key whose room part is `id`: ranges over `(id, "")..(this,
+/// "")` hold exactly that room's keys.
+fn after_prefix(id: &str) -> String {
+    format!("{id}\0")
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_allocvec(value).map_err(ctx("encoding"))
+}
+
+fn decode<T: DeserializeOwned>(
+    bytes: &[u8],
+    what: impl FnOnce() -> String,
+) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError(format!("decoding {}: {e}", what())))
+}
+
+/// Wraps an error with what was being done.
+fn ctx<E: Display>(what: impl Display) -> impl FnOnce(E) -> StoreError {
+    move |e| StoreError(format!("{what}: {e}"))
+}
+
+fn closed_error() -> StoreError {
+    StoreError("the store is closed".into())
+}
+
+fn failed_ack(e: StoreError) -> Ack {
+    let (tx, rx) = oneshot::channel();
+    // The receiver is right here.
+    let _ = tx.send(Err(e));
+    Ack(Some(rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{DestroyPolicy, Moderation};
+    use crate::protocol::Class;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    fn cfg(durability: Durability) -> StoreConfig {
+        StoreConfig {
+            durability,
+            flush_ms: 10,
+            history_max: 1000,
+            history_max_age_ms: 7 * 24 * 3600 * 1000,
+        }
+    }
+
+    fn db_path(dir: &tempfile::TempDir) -> PathBuf {
+        dir.path().join("roomcast.redb")
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+    }
+
+    /// Submits and waits for the ack.
+    fn apply(store: &RedbStore, ops: Vec<Op>) -> Result<(), StoreError> {
+        rt().block_on(store.submit(ops).wait())
+    }
+
+    fn room(id: &str) -> RoomRecord {
+        RoomRecord {
+            id: id.into(),
+            name: format!("Room {id}"),
+            epoch: 3,
+            created_ms: 1_000,
+            policy: DestroyPolicy::idle(None),
+            destroy_at_ms: None,
+            member_events: true,
+            moderation: Moderation::default(),
+            last_activity_ms: 2_000,
+            seq_reserved: 500,
+            attr_version: 0,
+        }
+    }
+
+    fn msg(seq: u64, ts: u64) -> StoredMessage {
+        StoredMessage {
+            seq,
+            ts,
+            from: format!("user{}", seq % 3),
+            msg_type: "text".into(),
+            body: Bytes::from(format!("body {seq}")),
+            class: [Class::Protected, Class::Normal, Class::Low][(seq % 3) as usize],
+            recalled: false,
+        }
+    }
+
+    fn append(room: &str, seq: u64, ts: u64) -> Op {
+        Op::Append {
+            room: room.into(),
+            msg: msg(seq, ts),
+        }
+    }
+
+    fn attr(value: &str, set_ms: u64) -> AttrRecord {
+        AttrRecord {
+            value: value.into(),
+            owner: "alice".into(),
+            auto_delete: set_ms.is_multiple_of(2),
+            set_ms,
+        }
+    }
+
+    fn seqs(msgs: &[StoredMessage]) -> Vec<u64> {
+        msgs.iter().map(|m| m.seq).collect()
+    }
+
+    #[test]
+    fn a_new_store_loads_empty() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RedbStore::open(&db_path(&dir), cfg(Durability::Sync)).expect("open");
+        assert_eq!(store.load().expect("load"), Snapshot::default());
+        assert_eq!(store.history("r", None, 10).expect("history"), vec![]);
+        assert_eq!(store.message("r", 1).expect("message"), None);
+        store.close();
+    }
+
+    #[test]
+    fn every_op_round_trips_through_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = db_path(&dir);
+
+        let mut lobby = room("lobby");
+        lobby.policy = DestroyPolicy::lifetime(90);
+        lobby.destroy_at_ms = Some(5_401_000);
+        lobby.moderation = Moderation {
+            bans: BTreeMap::from([("mallory".into(), 9_000)]),
+            mutes: BTreeMap::from([("bob".into(), 8_000)]),
+            mute_all: true,
+            mute_all_whitelist: BTreeSet::from(["alice".into()]),
+            user_whitelist: BTreeSet::from(["carol".into()]),
+        };
+        let mut games = room("games");
+        games.policy = DestroyPolicy::idle(Some(30));
+        let global = GlobalPolicy {
+            global_mutes: BTreeMap::from([("spammer".into(), 77)]),
+            type_whitelist: BTreeSet::from(["alert".into()]),
+            low_types: BTreeSet::from(["typing".into()]),
+            keepalive: BTreeSet::from(["lobby".into()]),
+        };
+        let mut renamed = games.clone();
+        renamed.name = "Games!".into();
+        renamed.attr_version = 2;
+
+        {
+            let store = RedbStore::open(&path, cfg(Durability::Sync)).expect("open");
+            apply(
+                &store,
+                vec![
+                    Op::PutRoom(lobby.clone()),
+                    Op::PutRoom(games.clone()),
+                    Op::PutGlobal(GlobalPolicy::default()),
+                    Op::PutAttr {
+                        room: "lobby".into(),
+                        key: "topic".into(),
+                        attr: attr("hello", 1),
+                    },
+                    Op::PutAttr {
+                        room: "lobby".into(),
+                        key: "pinned".into(),
+                        attr: attr("42", 2),
+                    },
+                    Op::PutAttr {
+                        room: "games".into(),
+                        key: "mode".into(),
+                        attr: attr("chess", 3),
+                    },
+                ],
+            )
+            .expect("first batch");
+            apply(
+                &store,
+                vec![
+                    Op::PutRoom(renamed.clone()),
+                    Op::PutGlobal(global.clone()),
+                    Op::PutAttr {
+                        room: "lobby".into(),
+                        key: "topic".into(),
+                        attr: attr("updated", 4),
+                    },
+                    Op::DeleteAttr {
+                        room: "lobby".into(),
+                        key: "pinned".into(),
+                    },
+                    Op::DeleteAttr {
+                        room: "lobby".into(),
+                        key: "never-set".into(),
+                    },
+                    append("lobby", 1, 10),
+                    append("lobby", 2, 20),
+                    append("lobby", 3, 30),
+                    append("games", 7, 70),
+                    Op::Recall {
+                        room: "lobby".into(),
+                        seq: 2,
+                    },
+                ],
+            )
+            .expect("second batch");
+            store.close();
+        }
+
+        let store = RedbStore::open(&path, cfg(Durability::Sync)).expect("reopen");
+        let mut snapshot = store.load().expect("load");
+        snapshot.rooms.sort_by(|a, b| a.record.id.cmp(&b.record.id));
+        let expected = Snapshot {
+            rooms: vec![
+                LoadedRoom {
+                    record: renamed,
+                    attrs: vec![("mode".into(), attr("chess", 3))],
+                    newest: Some((7, 70)),
+                },
+                LoadedRoom {
+                    record: lobby,
+                    attrs: vec![("topic".into(), attr("updated", 4))],
+                    newest: Some((3, 30)),
+                },
+            ],
+            global,
+        };
+        assert_eq!(snapshot, expected);
+
+        let mut recalled = msg(2, 20);
+        recalled.recalled = true;
+        recalled.body = Bytes::new();
+        assert_eq!(
+            store.history("lobby", None, 10).expect("history"),
+            vec![msg(1, 10), recalled, msg(3, 30)]
+        );
+        assert_eq!(
+            store.message("games", 7).expect("message"),
+            Some(msg(7, 70))
+        );
+        assert_eq!(store.message("games", 1).expect("message"), None);
+    }
+
+    #[test]
+    fn delete_room_removes_its_attrs_and_history_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = db_path(&dir);
+        {
+            let store = RedbStore::open(&path, cfg(Durability::Sync)).expect("open");
+            // Neighbours whose ids sort right around "a": their keys must survive.
+            let mut ops = Vec::new();
+            for id in ["a", "a\0b", "ab", "`"] {
+                ops.push(Op::PutRoom(room(id)));
+                ops.push(Op::PutAttr {
+                    room: id.into(),
+                    key: "k".into(),
+                    attr: attr(id, 1),
+                });
+                ops.push(Op::PutAttr {
+                    room: id.into(),
+                    key: "".into(),
+                    attr: attr(id, 2),
+                });
+                ops.push(append(id, 0, 1));
+                ops.push(append(id, u64::MAX, 2));
+            }
+            apply(&store, ops).expect("setup");
+            apply(&store, vec![Op::DeleteRoom("a".into())]).expect("delete");
+            assert_eq!(store.history("a", None, 10).expect("history"), vec![]);
+            assert_eq!(store.message("a", u64::MAX).expect("message"), None);
+            store.close();
+        }
+        let store = RedbStore::open(&path, cfg(Durability::Sync)).expect("reopen");
+        let snapshot = store.load().expect("load");
+        let mut ids: Vec<&str> = snapshot
+            .rooms
+            .iter()
+            .map(|r| r.record.id.as_str())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, vec!["`", "a\0b", "ab"]);
+        for r in &snapshot.rooms {
+            assert_eq!(r.attrs.len(), 2, "attrs of {:?}", r.record.id);
+            assert_eq!(r.newest, Some((u64::MAX, 2)));
+            assert_eq!(
+                seqs(&store.history(&r.record.id, None, 10).expect("history")),
+                vec![0, u64::MAX]
+            );
+        }
+        assert_eq!(store.history("a", None, 10).expect("history"), vec![]);
+
+        // A room created again under the same id starts with an empty history and its count
+        // starts at zero: retention keeps exactly history_max.
+        store.close();
+        let mut c = cfg(Durability::Sync);
+        c.history_max = 2;
+        let store = RedbStore::open(&path, c).expect("reopen");
+        apply(&store, vec![Op::PutRoom(room("a")), append("a", 10, 5)]).expect("recreate");
+        apply(&store, vec![append("a", 11, 6)]).expect("append");
+        assert_eq!(
+            seqs(&store.history("a", None, 10).expect("history")),
+            vec![10, 11]
+        );
+        apply(&store, vec![Op::DeleteRoom("a".into()), append("a", 1, 7)]).expect("same batch");
+        assert_eq!(
+            seqs(&store.history("a", None, 10).expect("history")),
+            vec![1]
+        );
+    }
+
+    #[test]
+    fn history_pages_newest_first_returned_oldest_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = db_path(&dir);
+        {
+            let store = RedbStore::open(&path, cfg(Durability::Sync)).expect("open");
+            apply(&store, (1..=25).map(|s| append("r", s, s * 10)).collect()).expect("append");
+            apply(&store, vec![append("r2", 1, 1)]).expect("append");
+            let all: Vec<u64> = (1..=25).collect();
+            assert_eq!(seqs(&store.history("r", None, 10).expect("h")), all[15..]);
+            assert_eq!(
+                seqs(&store.history("r", Some(16), 10).expect("h")),
+                all[5..15]
+            );
+            assert_eq!(seqs(&store.history("r", Some(6), 10).expect("h")), all[..5]);
+            assert_eq!(
+                seqs(&store.history("r", Some(1), 10).expect("h")),
+                Vec::<u64>::new()
+            );
+            assert_eq!(
+                seqs(&store.history("r", None, 0).expect("h")),
+                Vec::<u64>::new()
+            );
+            assert_eq!(seqs(&store.history("r", None, 100).expect("h")), all);
+            assert_eq!(
+                seqs(&store.history("r", Some(1000), 3).expect("h")),
+                vec![23, 24, 25]
+            );
+            assert_eq!(
+                seqs(&store.history("nope", None, 10).expect("h")),
+                Vec::<u64>::new()
+            );
+            store.close();
+        }
+        // After a reopen, paging back from the newest visits every message once, in order.
+        let store = RedbStore::open(&path, cfg(Durability::Sync)).expect("reopen");
+        let mut pages = Vec::new();
+        let mut before = None;
+        loop {
+            let page = store.history("r", before, 7).expect("page");
+            let Some(first) = page.first() else { break };
+            before = Some(first.seq);
+            pages.push(page);
+        }
+        let collected: Vec<StoredMessage> = pages.into_iter().rev().flatten().collect();
+        assert_eq!(
+            collected,
+            (1..=25).map(|s| msg(s, s * 10)).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn recall_survives_reopen_and_ignores_missing_messages() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = db_path(&dir);
+        {
+            let store = RedbStore::open(&path, cfg(Durability::Sync)).expect("open");
+            apply(&store, vec![append("r", 1, 1), append("r", 2, 2)]).expect("append");
+            apply(
+                &store,
+                vec![
+                    Op::Recall {
+                        room: "r".into(),
+                        seq: 1,
+                    },
+                    Op::Recall {
+                        room: "r".into(),
+                        seq: 99,
+                    },
+                    Op::Recall {
+                        room: "elsewhere".into(),
+                        seq: 1,
+                    },
+                ],
+            )
+            .expect("recall");
+            store.close();
+        }
+        let store = RedbStore::open(&path, cfg(Durability::Sync)).expect("reopen");
+        let recalled = store.message("r", 1).expect("message").expect("kept");
+        assert!(recalled.recalled);
+        assert!(recalled.body.is_empty());
+        assert_eq!(
+            (recalled.seq, recalled.ts, recalled.from.as_str()),
+            (1, 1, "user1")
+        );
+        assert_eq!(store.message("r", 2).expect("message"), Some(msg(2, 2)));
+        assert_eq!(store.message("r", 99).expect("message"), None);
+        assert_eq!(store.message("elsewhere", 1).expect("message"), None);
+        assert_eq!(seqs(&store.history("r", None, 10).expect("h")), vec![1, 2]);
+    }
+
+    #[test]
+    fn retention_by_count_keeps_exactly_history_max() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = db_path(&dir);
+        let mut c = cfg(Durability::Sync);
+        c.history_max = 5;
+        {
+            let store = RedbStore::open(&path, c.clone()).expect("open");
+            // Exactly at the limit: nothing goes.
+            for s in 1..=5 {
+                apply(&store, vec![append("r", s, s)]).expect("append");
+            }
+            assert_eq!(
+                seqs(&store.history("r", None, 100).expect("h")),
+                vec![1, 2, 3, 4, 5]
+            );
+            // One over: the oldest goes.
+            apply(&store, vec![append("r", 6, 6)]).expect("append");
+            assert_eq!(
+                seqs(&store.history("r", None, 100).expect("h")),
+                vec![2, 3, 4, 5, 6]
+            );
+            // Many in one batch.
+            apply(&store, (7..=20).map(|s| append("r", s, s)).collect()).expect("append");
+            assert_eq!(
+                seqs(&store.history("r", None, 100).expect("h")),
+                vec![16, 17, 18, 19, 20]
+            );
+            // Rewriting an existing seq does not count twice.
+            apply(&store, vec![append("r", 20, 20)]).expect("rewrite");
+            assert_eq!(
+                seqs(&store.history("r", None, 100).expect("h")),
+                vec![16, 17, 18, 19, 20]
+            );
+            // Another room has its own count.
+            apply(&store, vec![append("other", 1, 1)]).expect("append");
+            assert_eq!(
+                seqs(&store.history("other", None, 100).expect("h")),
+                vec![1]
+            );
+            store.close();
+        }
+        // The counts are rebuilt on open.
+        let store = RedbStore::open(&path, c).expect("reopen");
+        apply(&store, vec![append("r", 21, 21)]).expect("append");
+        assert_eq!(
+            seqs(&store.history("r", None, 100).expect("h")),
+            vec![17, 18, 19, 20, 21]
+        );
+    }
+
+    #[test]
+    fn retention_by_age_uses_the_newest_appended_timestamp() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = db_path(&dir);
+        let mut c = cfg(Durability::Sync);
+        c.history_max_age_ms = 1_000;
+        let store = RedbStore::open(&path, c).expect("open");
+        apply(
+            &store,
+            vec![append("r", 1, 0), append("r", 2, 500), append("r", 3, 999)],
+        )
+        .expect("append");
+        // now = 999: cutoff saturates at 0, nothing is older.
+        assert_eq!(
+            seqs(&store.history("r", None, 100).expect("h")),
+            vec![1, 2, 3]
+        );
+        // now = 1_500: cutoff 500; ts 0 goes, ts 500 (exactly at the cutoff) stays.
+        apply(&store, vec![append("r", 4, 1_500)]).expect("append");
+        assert_eq!(
+            seqs(&store.history("r", None, 100).expect("h")),
+            vec![2, 3, 4]
+        );
+        // now = 1_501: ts 500 is now 1 ms too old.
+        apply(&store, vec![append("r", 5, 1_501)]).expect("append");
+        assert_eq!(
+            seqs(&store.history("r", None, 100).expect("h")),
+            vec![3, 4, 5]
+        );
+        // Within one batch, "now" is the newest ts appended (2_500, whatever the order): cutoff
+        // 1_500, so ts 999 goes and ts 1_500 stays.
+        apply(&store, vec![append("r", 7, 2_500), append("r", 6, 2_000)]).expect("append");
+        assert_eq!(
+            seqs(&store.history("r", None, 100).expect("h")),
+            vec![4, 5, 6, 7]
+        );
+        // Count and age together: both limits apply.
+        store.close();
+        let mut c = cfg(Durability::Sync);
+        c.history_max = 3;
+        c.history_max_age_ms = 1_000;
+        let store = RedbStore::open(&path, c).expect("reopen");
+        apply(&store, vec![append("r", 8, 2_600)]).expect("append");
+        assert_eq!(
+            seqs(&store.history("r", None, 100).expect("h")),
+            vec![6, 7, 8]
+        );
+        apply(&store, vec![append("r", 9, 3_500)]).expect("append");
+        assert_eq!(
+            seqs(&store.history("r", None, 100).expect("h")),
+            vec![7, 8, 9]
+        );
+        apply(&store, vec![append("r", 10, 3_601)]).expect("append");
+        assert_eq!(
+            seqs(&store.history("r", None, 100).expect("h")),
+            vec![9, 10]
+        );
+    }
+
+    #[test]
+    fn sync_acks_resolve_after_the_commit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = db_path(&dir);
+        const THREADS: u64 = 8;
+        const EACH: u64 = 50;
+        {
+            let store = RedbStore::open(&path, cfg(Durability::Sync)).expect("open");
+            std::thread::scope(|s| {
+                for t in 0..THREADS {
+                    let store = &store;
+                    s.spawn(move || {
+                        let rt = rt();
+                        let room = format!("room{t}");
+                        for i in 0..EACH {
+                            let ack = store.submit(vec![
+                                append(&room, i, i),
+                                Op::PutAttr {
+                                    room: room.clone(),
+                                    key: format!("k{i}"),
+                                    attr: attr("v", i),
+                                },
+                            ]);
+                            assert!(ack.0.is_some(), "sync acks wait for the commit");
+                            rt.block_on(ack.wait()).expect("ack");
+                            // Readers see only committed data: the acked message is there.
+                            assert_eq!(
+                                store.message(&room, i).expect("message"),
+                                Some(msg(i, i)),
+                                "acked but not committed: {room} {i}"
+                            );
+                        }
+                    });
+                }
+            });
+            let stats = store.stats();
+            assert_eq!(stats.jobs, THREADS * EACH);
+            assert_eq!(stats.ops, THREADS * EACH * 2);
+            assert_eq!(stats.failed_commits, 0);
+            // Dropped without close: Drop stops the writer cleanly.
+        }
+        let store = RedbStore::open(&path, cfg(Durability::Sync)).expect("reopen");
+        let snapshot = store.load().expect("load");
+        for t in 0..THREADS {
+            let room = format!("room{t}");
+            assert_eq!(
+                seqs(&store.history(&room, None, 1000).expect("h")),
+                (0..EACH).collect::<Vec<_>>()
+            );
+            // No room records were written, so load lists none; the history is there.
+            assert!(snapshot.rooms.is_empty());
+        }
+    }
+
+    #[test]
+    fn group_commit_shares_transactions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RedbStore::open(&db_path(&dir), cfg(Durability::Sync)).expect("open");
+        const SUBMITS: u64 = 1000;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .build()
+            .expect("runtime");
+        let store = Arc::new(store);
+        rt.block_on(async {
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0..SUBMITS {
+                let store = store.clone();
+                tasks.spawn(async move {
+                    store
+                        .submit(vec![append(&format!("r{}", i % 10), i, i)])
+                        .wait()
+                        .await
+                });
+            }
+            while let Some(done) = tasks.join_next().await {
+                done.expect("task").expect("ack");
+            }
+        });
+        let stats = store.stats();
+        println!("{SUBMITS} concurrent submits: {stats:?}");
+        assert_eq!(stats.jobs, SUBMITS);
+        assert!(
+            stats.commits * 10 < SUBMITS,
+            "{} commits for {SUBMITS} submits",
+            stats.commits
+        );
+        let total: usize = (0..10)
+            .map(|r| {
+                store
+                    .history(&format!("r{r}"), None, 1000)
+                    .expect("h")
+                    .len()
+            })
+            .sum();
+        assert_eq!(total as u64, SUBMITS);
+    }
+
+    #[test]
+    fn batched_acks_at_once_and_close_makes_it_durable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = db_path(&dir);
+        let mut c = cfg(Durability::Batched);
+        // Long enough that only `close` can have committed.
+        c.flush_ms = 600_000;
+        {
+            let store = RedbStore::open(&path, c).expect("open");
+            for i in 0..100 {
+                let ack = store.submit(vec![
+                    Op::PutRoom(room(&format!("r{i}"))),
+                    append("r0", i, i),
+                ]);
+                assert!(ack.0.is_none(), "batched acks resolve at submit");
+            }
+            assert_eq!(store.stats().commits, 0);
+            store.close();
+            assert!(store.stats().commits >= 1);
+            assert_eq!(store.stats().jobs, 100);
+        }
+        let store = RedbStore::open(&path, cfg(Durability::Batched)).expect("reopen");
+        assert_eq!(store.load().expect("load").rooms.len(), 100);
+        assert_eq!(store.history("r0", None, 1000).expect("h").len(), 100);
+    }
+
+    #[test]
+    fn batched_mode_commits_within_flush_ms() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = cfg(Durability::Batched);
+        c.flush_ms = 20;
+        let store = RedbStore::open(&db_path(&dir), c).expect("open");
+        let started = Instant::now();
+        let _ = store.submit(vec![append("r", 1, 1)]);
+        // Wait for the commit itself (no close): it comes about flush_ms after the submit.
+        while store.stats().commits == 0 {
+            assert!(started.elapsed() < Duration::from_secs(10), "never flushed");
+            std::thread::yield_now();
+        }
+        assert!(
+            started.elapsed() >= Duration::from_millis(20),
+            "committed before flush_ms"
+        );
+        assert_eq!(store.message("r", 1).expect("message"), Some(msg(1, 1)));
+    }
+
+    #[test]
+    fn close_is_idempotent_and_later_submits_fail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = db_path(&dir);
+        for durability in [Durability::Sync, Durability::Batched] {
+            let store = RedbStore::open(&path, cfg(durability)).expect("open");
+            apply(&store, vec![append("r", 1, 1)]).expect("before close");
+            store.close();
+            store.close();
+            let err = apply(&store, vec![append("r", 2, 2)]).expect_err("after close");
+            assert!(err.0.contains("closed"), "{err}");
+            // Reads fail too: the file is released, and can be opened again at once, while
+            // the closed store still exists.
+            assert!(store.history("r", None, 10).is_err());
+            let again = RedbStore::open(&path, cfg(durability)).expect("reopen");
+            assert_eq!(seqs(&again.history("r", None, 10).expect("h")), vec![1]);
+            drop(again);
+            drop(store);
+        }
+    }
+
+    #[test]
+    fn the_file_is_locked_while_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = db_path(&dir);
+        let store = RedbStore::open(&path, cfg(Durability::Sync)).expect("open");
+        let err = RedbStore::open(&path, cfg(Durability::Sync))
+            .err()
+            .expect("second open fails");
+        assert!(err.0.contains("roomcast.redb"), "{err}");
+        drop(store);
+        RedbStore::open(&path, cfg(Durability::Sync)).expect("open after drop");
+    }
+
+    #[test]
+    fn a_different_format_version_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = db_path(&dir);
+        drop(RedbStore::open(&path, cfg(Durability::Sync)).expect("create"));
+        {
+            let db = Database::create(&path).expect("raw open");
+            let txn = db.begin_write().expect("begin");
+            {
+                let mut meta = txn.open_table(META).expect("meta");
+                let v = postcard::to_allocvec(&(FORMAT_VERSION + 1)).expect("encode");
+                meta.insert(META_FORMAT, v.as_slice()).expect("insert");
+            }
+            txn.commit().expect("commit");
+        }
+        let err = RedbStore::open(&path, cfg(Durability::Sync))
+            .err()
+            .expect("refused");
+        assert!(
+            err.0
+                .contains(&format!("format version {}", FORMAT_VERSION + 1)),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_failed_transaction_fails_its_acks_and_changes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = db_path(&dir);
+        drop(RedbStore::open(&path, cfg(Durability::Sync)).expect("create"));
+        // A message that cannot be decoded, so recalling it fails the transaction.
+        {
+            let db = Database::create(&path).expect("raw open");
+            let txn = db.begin_write().expect("begin");
+            {
+                let mut messages = txn.open_table(MESSAGES).expect("messages");
+                messages
+                    .insert(("bad", 1u64), [0xffu8, 0xff, 0xff].as_slice())
+                    .expect("insert");
+            }
+            txn.commit().expect("commit");
+        }
+        let mut c = cfg(Durability::Sync);
+        c.history_max = 2;
+        let store = RedbStore::open(&path, c).expect("open");
+        let err = apply(
+            &store,
+            vec![
+                append("r", 1, 1),
+                append("r", 2, 2),
+                Op::Recall {
+                    room: "bad".into(),
+                    seq: 1,
+                },
+            ],
+        )
+        .expect_err("the recall cannot decode");
+        assert!(err.0.contains("message 1 of room \"bad\""), "{err}");
+        assert_eq!(store.stats().failed_commits, 1);
+        // All or nothing: the appends of the failed submit are not there.
+        assert_eq!(store.history("r", None, 10).expect("h"), vec![]);
+        // The writer goes on, and its count of the room was rolled back: with history_max 2, two
+        // more messages are both kept (a count of 4 would trim both).
+        apply(&store, vec![append("r", 3, 3)]).expect("append");
+        apply(&store, vec![append("r", 4, 4)]).expect("append");
+        assert_eq!(seqs(&store.history("r", None, 10).expect("h")), vec![3, 4]);
+    }
+}

@@ -1,0 +1,85 @@
+//! `roomcast bench` end to end: the built binary starts a relay as its child, runs a short paced
+//! fan-out, and writes a JSON report whose numbers add up.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Turns a hang into a failure; the run itself takes a few seconds.
+const SAFETY: Duration = Duration::from_secs(25);
+
+#[test]
+fn paced_fanout_delivers_every_message_to_every_member() {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let json = dir.path().join("r.json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_roomcast"))
+        .args([
+            "bench",
+            "--scenario",
+            "fanout",
+            "--members",
+            "20",
+            "--duration",
+            "2",
+            "--rate",
+            "200",
+            "--json",
+        ])
+        .arg(&json)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the roomcast binary starts");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for the bench") {
+            break status;
+        }
+        if started.elapsed() > SAFETY {
+            let _ = child.kill();
+            panic!("roomcast bench did not finish within {SAFETY:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    assert!(
+        status.success(),
+        "roomcast bench failed: {status}\n{stderr}"
+    );
+
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("the JSON report"))
+            .expect("the report is JSON");
+    let num = |k: &str| {
+        report[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k} missing in {report:#}"))
+    };
+    assert!(num("deliveries_per_sec") > 0.0, "{report:#}");
+    assert_eq!(num("failed_connects"), 0.0, "{report:#}");
+    assert_eq!(num("connections"), 20.0, "{report:#}");
+    let sent = num("messages_sent");
+    let deliveries = num("deliveries");
+    assert!(sent > 0.0, "{report:#}");
+    let shed = num("gap_low")
+        + num("gap_normal")
+        + report["server_shed"]
+            .as_object()
+            .map_or(0.0, |m| m.values().filter_map(|v| v.as_f64()).sum());
+    if shed == 0.0 {
+        assert_eq!(deliveries, sent * 20.0, "{report:#}");
+    } else {
+        assert!(deliveries >= 0.95 * sent * 20.0, "{report:#}");
+    }
+    assert!(
+        report["server"]["cpu_us_per_delivery"]
+            .as_f64()
+            .unwrap_or(0.0)
+            > 0.0,
+        "{report:#}"
+    );
+}

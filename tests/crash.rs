@@ -1,0 +1,355 @@
+//! Crash safety: a real `roomcast serve` process is killed with SIGKILL in the middle of a load
+//! and restarted on the same data folder; everything it acknowledged must be there, nothing twice.
+
+use bytes::Bytes;
+use rand::Rng;
+use roomcast::client::{Client, ClientConfig};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const ADMIN_KEY: &str = "crash-test-admin-key";
+const SECRET: &str = "crash-test-token-secret";
+
+struct Relay {
+    child: Child,
+    quic: SocketAddr,
+    admin: SocketAddr,
+}
+
+/// Starts `roomcast serve` on `data` and waits for its "listening" line on stderr.
+fn start(data: &Path) -> Relay {
+    let config = data.join("crash.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+quic = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+data = "{}"
+[auth]
+admin_key = "{ADMIN_KEY}"
+token_secret = "{SECRET}"
+[limits]
+send_rate_per_sec = 100000
+send_burst = 100000
+room_budget_total = 1000000
+admin_rate_per_sec = 100000
+admin_burst = 100000
+[store]
+durability = "sync"
+history_max = 100000
+"#,
+            data.display()
+        ),
+    )
+    .expect("config written");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_roomcast"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("roomcast starts");
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("admin API on") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("the server says it is listening");
+    let file: Value = serde_json::from_str(
+        &std::fs::read_to_string(data.join("server.json")).expect("server.json written"),
+    )
+    .expect("server.json parses");
+    Relay {
+        child,
+        quic: file["quic"].as_str().expect("quic").parse().expect("addr"),
+        admin: file["admin"]
+            .as_str()
+            .expect("admin")
+            .parse()
+            .expect("addr"),
+    }
+}
+
+impl Relay {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = reqwest::Client::new()
+            .request(method, self.url(path))
+            .bearer_auth(ADMIN_KEY);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("admin call");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn client(&self, data: &Path, user: &str) -> Client {
+        let token = roomcast::auth::TokenAuth::new(SECRET.as_bytes(), 0, false)
+            .mint(user, roomcast::auth::unix_secs() + 600)
+            .expect("token");
+        let ca = std::fs::read(data.join("ca.pem")).expect("ca.pem");
+        Client::connect(ClientConfig::new(self.quic, ca, token))
+            .await
+            .expect("client connects")
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn all_history(relay: &Relay, room: &str) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::new();
+    let mut before: Option<u64> = None;
+    for _ in 0..1000 {
+        let q = match before {
+            Some(b) => format!("/v1/rooms/{room}/messages?limit=200&before_seq={b}"),
+            None => format!("/v1/rooms/{room}/messages?limit=200"),
+        };
+        let (status, page) = relay.admin(reqwest::Method::GET, &q, None).await;
+        assert_eq!(status, 200, "{page}");
+        let msgs = page["messages"].as_array().expect("messages").clone();
+        let mut chunk = msgs;
+        chunk.extend(out);
+        out = chunk;
+        match page["next_before_seq"].as_u64() {
+            Some(b) => before = Some(b),
+            None => break,
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_load_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data: PathBuf = dir.path().to_owned();
+    let relay = start(&data);
+    use reqwest::Method;
+
+    // A known set of admin changes, each acknowledged.
+    let room_body = json!({"id": "crash", "name": "Crash room",
+        "destroy_policy": {"type": "lifetime", "minutes": 600}});
+    assert_eq!(
+        relay
+            .admin(Method::POST, "/v1/rooms", Some(room_body))
+            .await
+            .0,
+        201
+    );
+    let attrs = json!({"owner": "host", "entries": {"score": "3:1", "stage": "final"}});
+    assert_eq!(
+        relay
+            .admin(Method::PUT, "/v1/rooms/crash/attributes", Some(attrs))
+            .await
+            .0,
+        200
+    );
+    let ban = json!({"user_ids": ["troll"], "minutes": 60});
+    assert_eq!(
+        relay
+            .admin(Method::POST, "/v1/rooms/crash/bans", Some(ban))
+            .await
+            .0,
+        200
+    );
+    let mute = json!({"user_ids": ["noisy"], "minutes": 60});
+    assert_eq!(
+        relay
+            .admin(Method::POST, "/v1/rooms/crash/mutes", Some(mute))
+            .await
+            .0,
+        200
+    );
+    let gmute = json!({"user_ids": ["spammer"], "minutes": 60});
+    assert_eq!(
+        relay
+            .admin(Method::POST, "/v1/global-mutes", Some(gmute))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        relay
+            .admin(Method::PUT, "/v1/rooms/crash/keepalive", None)
+            .await
+            .0,
+        204
+    );
+    let types = json!({"types": ["gift"]});
+    assert_eq!(
+        relay
+            .admin(Method::POST, "/v1/message-types/whitelist", Some(types))
+            .await
+            .0,
+        204
+    );
+    let first = json!({"from": "host", "type": "chat", "body": "to be recalled"});
+    let (status, sent) = relay
+        .admin(Method::POST, "/v1/rooms/crash/messages", Some(first))
+        .await;
+    assert_eq!(status, 200, "{sent}");
+    let recalled_seq = sent["seq"].as_u64().expect("seq");
+    assert_eq!(
+        relay
+            .admin(
+                Method::POST,
+                &format!("/v1/rooms/crash/messages/{recalled_seq}/recall"),
+                None
+            )
+            .await
+            .0,
+        204
+    );
+
+    // Load: pipelined sends from several tasks; SIGKILL after a random number of acks.
+    let client = Arc::new(relay.client(&data, "sender").await);
+    client.join("crash", -1).await.expect("join");
+    let acked: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
+    let kill_after = rand::rng().random_range(200..1200usize);
+    let total = 3000usize;
+    let reached = Arc::new(tokio::sync::Notify::new());
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..8usize {
+        let client = client.clone();
+        let acked = acked.clone();
+        let reached = reached.clone();
+        tasks.spawn(async move {
+            for i in (t..total).step_by(8) {
+                let body = format!("m-{i}");
+                match client
+                    .send("crash", "chat", Bytes::from(body.clone()), false)
+                    .await
+                {
+                    Ok((seq, _)) => {
+                        let mut a = acked.lock().expect("lock");
+                        a.push((seq, body));
+                        if a.len() == kill_after {
+                            reached.notify_one();
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+    }
+    let mut relay = relay;
+    tokio::time::timeout(Duration::from_secs(60), reached.notified())
+        .await
+        .expect("the load reaches the kill point");
+    relay.child.kill().expect("SIGKILL");
+    relay.child.wait().expect("reaped");
+    // Sends still waiting for replies from the dead server would wait for the idle timeout.
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    drop(client);
+    drop(relay);
+    let acked = acked.lock().expect("lock").clone();
+    assert!(acked.len() >= kill_after, "acks before the kill");
+    assert!(acked.len() < total, "the kill happened during the load");
+
+    // Restart on the same folder.
+    let relay = start(&data);
+    let (status, room) = relay.admin(Method::GET, "/v1/rooms/crash", None).await;
+    assert_eq!(status, 200, "{room}");
+    assert_eq!(room["name"], "Crash room");
+    assert_eq!(room["destroy_policy"]["type"], "lifetime");
+    assert_eq!(room["destroy_policy"]["minutes"], 600);
+    assert_eq!(room["keepalive"], true);
+    let (_, a) = relay
+        .admin(Method::GET, "/v1/rooms/crash/attributes", None)
+        .await;
+    let keys: Vec<&str> = a["attributes"]
+        .as_array()
+        .expect("attributes")
+        .iter()
+        .map(|x| x["key"].as_str().expect("key"))
+        .collect();
+    assert_eq!(keys, ["score", "stage"]);
+    let (_, bans) = relay.admin(Method::GET, "/v1/rooms/crash/bans", None).await;
+    assert_eq!(bans["users"][0]["user_id"], "troll");
+    let (_, mutes) = relay
+        .admin(Method::GET, "/v1/rooms/crash/mutes", None)
+        .await;
+    assert_eq!(mutes["users"][0]["user_id"], "noisy");
+    let (_, g) = relay.admin(Method::GET, "/v1/global-mutes", None).await;
+    assert_eq!(g["users"][0]["user_id"], "spammer");
+    let (_, t) = relay
+        .admin(Method::GET, "/v1/message-types/whitelist", None)
+        .await;
+    assert_eq!(t["types"], json!(["gift"]));
+
+    let history = all_history(&relay, "crash").await;
+    let seqs: Vec<u64> = history
+        .iter()
+        .map(|m| m["seq"].as_u64().expect("seq"))
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "history is ordered");
+    let first = &history[0];
+    assert_eq!(first["seq"].as_u64(), Some(recalled_seq));
+    assert_eq!(first["recalled"], true, "recall survived: {first}");
+    assert!(first["body"].is_null(), "a recalled message keeps no body");
+    let mut seen = std::collections::HashMap::new();
+    for m in &history[1..] {
+        let body = m["body"].as_str().expect("body").to_owned();
+        assert!(
+            seen.insert(body.clone(), m["seq"].as_u64().expect("seq"))
+                .is_none(),
+            "{body} appears twice"
+        );
+    }
+    for (seq, body) in &acked {
+        assert_eq!(
+            seen.get(body),
+            Some(seq),
+            "acknowledged message {body} (seq {seq}) is missing or moved"
+        );
+    }
+
+    // The room goes on above every sequence number handed out before the crash.
+    let max_acked = acked.iter().map(|(s, _)| *s).max().unwrap_or(0);
+    let client = relay.client(&data, "sender").await;
+    client.join("crash", -1).await.expect("join after restart");
+    let (seq, _) = client
+        .send("crash", "chat", Bytes::from_static(b"after"), false)
+        .await
+        .expect("send after restart");
+    assert!(
+        seq > max_acked,
+        "seq {seq} after restart, {max_acked} before"
+    );
+    let later = all_history(&relay, "crash").await;
+    assert_eq!(later.last().expect("newest")["body"], "after");
+    assert_eq!(
+        later.len(),
+        history.len() + 1,
+        "pages stay complete after more traffic"
+    );
+}
