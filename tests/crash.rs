@@ -353,3 +353,38 @@ async fn sigkill_during_load_loses_nothing_acknowledged() {
         "pages stay complete after more traffic"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_clients_with_a_reason_and_exits_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data: PathBuf = dir.path().to_owned();
+    let mut relay = start(&data);
+    let (status, _) = relay
+        .admin(
+            reqwest::Method::POST,
+            "/v1/rooms",
+            Some(json!({"id": "bye"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let client = relay.client(&data, "alice").await;
+    client.join("bye", -1).await.expect("join");
+    let pid = relay.child.id().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let event = tokio::time::timeout(Duration::from_secs(10), client.next_event())
+        .await
+        .expect("the close arrives");
+    match event {
+        Some(roomcast::client::ClientEvent::Closed { code, reason }) => {
+            assert_eq!(code, Some(roomcast::protocol::CloseCode::Shutdown));
+            assert_eq!(reason, "server shutting down");
+        }
+        other => panic!("expected the shutdown close, got {other:?}"),
+    }
+    let status = relay.child.wait().expect("the server exits");
+    assert!(status.success(), "a clean exit after SIGTERM: {status:?}");
+}
