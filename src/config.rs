@@ -283,6 +283,8 @@ pub struct Transport {
     pub shutdown_grace_ms: u64,
     /// A delivery write that cannot complete this long closes the connection as too slow, ms.
     pub slow_close_ms: u64,
+    /// QUIC endpoints (UDP sockets with SO_REUSEPORT on one port); 0 = one per core.
+    pub endpoints: usize,
 }
 
 impl Default for Transport {
@@ -300,6 +302,7 @@ impl Default for Transport {
             delivery_batch_bytes: 256 * 1024,
             shutdown_grace_ms: 2_000,
             slow_close_ms: 5_000,
+            endpoints: 1,
         }
     }
 }
@@ -591,6 +594,9 @@ impl Config {
         }
         if l.send_rate_per_sec == 0 || l.admin_rate_per_sec == 0 {
             return bad("limits.send_rate_per_sec and limits.admin_rate_per_sec must be above 0");
+        }
+        if self.transport.endpoints > 64 {
+            return bad("transport.endpoints must be 0 (one per core) or 1..=64");
         }
         if self.store.history_max == 0 || self.store.flush_ms == 0 {
             return bad("store.history_max and store.flush_ms must be above 0");

@@ -917,3 +917,23 @@ async fn a_lagging_member_never_silently_loses_protected_messages() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_endpoints_on_one_port_serve_every_client() {
+    let server = TestServer::start(|c| c.transport.endpoints = 3).await;
+    server.create_room("multi").await;
+    let mut clients = Vec::new();
+    for i in 0..12 {
+        let c = server.client(&format!("u{i}")).await;
+        c.join("multi", -1).await.expect("joins");
+        clients.push(c);
+    }
+    let (seq, _) = clients[0]
+        .send("multi", "chat", "hi".into(), false)
+        .await
+        .expect("sends");
+    for c in &clients {
+        let m = next_message(c).await;
+        assert_eq!((m.seq, m.body.as_ref()), (seq, b"hi".as_ref()));
+    }
+}

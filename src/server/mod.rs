@@ -68,7 +68,7 @@ pub struct Secrets {
 /// A bound, not yet running relay.
 pub struct Server {
     relay: Arc<Relay>,
-    endpoint: quinn::Endpoint,
+    endpoints: Vec<quinn::Endpoint>,
     admin: tokio::net::TcpListener,
     quic_addr: SocketAddr,
     admin_addr: SocketAddr,
@@ -83,12 +83,14 @@ impl Server {
     ) -> Result<Self, ServerError> {
         config.validate()?;
         let config = Arc::new(config);
-        let endpoint = endpoint(&config, identity)?;
-        let quic_addr = endpoint.local_addr().map_err(|source| ServerError::Bind {
-            what: "QUIC",
-            addr: config.server.quic,
-            source,
-        })?;
+        let endpoints = endpoints(&config, identity)?;
+        let quic_addr = endpoints[0]
+            .local_addr()
+            .map_err(|source| ServerError::Bind {
+                what: "QUIC",
+                addr: config.server.quic,
+                source,
+            })?;
         let admin = tokio::net::TcpListener::bind(config.server.admin)
             .await
             .map_err(|source| ServerError::Bind {
@@ -117,7 +119,7 @@ impl Server {
         relay.restore(snapshot);
         Ok(Server {
             relay,
-            endpoint,
+            endpoints,
             admin,
             quic_addr,
             admin_addr,
@@ -143,8 +145,9 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Server {
             relay,
-            endpoint,
+            endpoints,
             admin,
+            quic_addr,
             ..
         } = self;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -182,29 +185,48 @@ impl Server {
                 }
             })
         };
-        tracing::info!(quic = %endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving");
+        tracing::info!(quic = %quic_addr, endpoints = endpoints.len(), "serving");
+        // One accept task per endpoint feeds one queue, so sessions are owned in one place.
+        let (incoming_tx, incoming_rx) = flume::bounded::<quinn::Incoming>(1024);
+        let mut acceptors = tokio::task::JoinSet::new();
+        for ep in &endpoints {
+            let ep = ep.clone();
+            let tx = incoming_tx.clone();
+            acceptors.spawn(async move {
+                while let Some(incoming) = ep.accept().await {
+                    if tx.send_async(incoming).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(incoming_tx);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
-                incoming = endpoint.accept() => match incoming {
-                    Some(incoming) => {
+                incoming = incoming_rx.recv_async() => match incoming {
+                    Ok(incoming) => {
                         sessions.spawn(session::serve(relay.clone(), incoming));
                     }
-                    None => break,
+                    Err(_) => break,
                 },
                 Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
             }
         }
+        acceptors.abort_all();
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
         let _ = ticker.await;
         let reason = b"server shutting down";
         relay.close_all(CloseCode::Shutdown, "server shutting down");
-        endpoint.close(CloseCode::Shutdown.into(), reason);
+        for ep in &endpoints {
+            ep.close(CloseCode::Shutdown.into(), reason);
+        }
         let grace = Duration::from_millis(relay.config.transport.shutdown_grace_ms);
-        let _ = tokio::time::timeout(grace, endpoint.wait_idle()).await;
+        let idle = futures_util::future::join_all(endpoints.iter().map(|ep| ep.wait_idle()));
+        let _ = tokio::time::timeout(grace, idle).await;
         sessions.shutdown().await;
         if tokio::time::timeout(grace, admin_task).await.is_err() {
             tracing::warn!("admin listener did not stop in time");
@@ -215,8 +237,38 @@ impl Server {
     }
 }
 
-/// The QUIC endpoint with roomcast's transport settings on a UDP socket with large buffers.
-fn endpoint(config: &Config, identity: &ServerIdentity) -> Result<quinn::Endpoint, ServerError> {
+/// The QUIC endpoints: `transport.endpoints` of them (0: one per core) on one UDP port. With more
+/// than one, each has its own socket bound with `SO_REUSEPORT`; the kernel hashes each client's
+/// address pair to one socket, so a connection always lands on the same endpoint, and the
+/// endpoints' receive paths run on different cores.
+fn endpoints(
+    config: &Config,
+    identity: &ServerIdentity,
+) -> Result<Vec<quinn::Endpoint>, ServerError> {
+    let n = match config.transport.endpoints {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let first = endpoint(config, identity, config.server.quic, n > 1)?;
+    let addr = first.local_addr().map_err(|source| ServerError::Bind {
+        what: "QUIC",
+        addr: config.server.quic,
+        source,
+    })?;
+    let mut all = vec![first];
+    for _ in 1..n {
+        all.push(endpoint(config, identity, addr, true)?);
+    }
+    Ok(all)
+}
+
+/// One QUIC endpoint with roomcast's transport settings on a UDP socket with large buffers.
+fn endpoint(
+    config: &Config,
+    identity: &ServerIdentity,
+    addr: SocketAddr,
+    reuse_port: bool,
+) -> Result<quinn::Endpoint, ServerError> {
     let t = &config.transport;
     let mut transport = quinn::TransportConfig::default();
     // A client opens exactly one bidirectional stream (control) and no unidirectional one; the
@@ -246,7 +298,6 @@ fn endpoint(config: &Config, identity: &ServerIdentity) -> Result<quinn::Endpoin
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server_config.transport_config(Arc::new(transport));
 
-    let addr = config.server.quic;
     let bind_err = |source| ServerError::Bind {
         what: "QUIC",
         addr,
@@ -261,6 +312,12 @@ fn endpoint(config: &Config, identity: &ServerIdentity) -> Result<quinn::Endpoin
     if addr.is_ipv6() {
         let _ = socket.set_only_v6(false);
     }
+    #[cfg(unix)]
+    if reuse_port {
+        socket.set_reuse_port(true).map_err(bind_err)?;
+    }
+    #[cfg(not(unix))]
+    let _ = reuse_port;
     // The kernel's default UDP buffers (208 KiB) drop packets at a few hundred busy connections:
     // every connection's acknowledgements and requests land in one socket. Ask for more; the
     // kernel caps SO_RCVBUF at net.core.rmem_max, so try SO_RCVBUFFORCE (root or CAP_NET_ADMIN)
