@@ -468,6 +468,39 @@ const KEY_DOCS: &[(&str, &str)] = &[
         "Admin API calls that may burst above the rate.",
     ),
     (
+        "store",
+        "The embedded store (roomcast.redb in the data folder) and history.",
+    ),
+    (
+        "store.durability",
+        "\"sync\": a reply waits until its change is fsynced (group commit shares the fsync); \"batched\": replies at once, fsync within flush_ms (a crash may lose that much).",
+    ),
+    (
+        "store.flush_ms",
+        "Longest time between fsyncs in batched mode, ms.",
+    ),
+    ("store.history_max", "Messages kept per room (the newest)."),
+    (
+        "store.history_max_age_secs",
+        "Oldest message kept, seconds.",
+    ),
+    (
+        "store.history_low",
+        "Keep low-priority messages in history too.",
+    ),
+    (
+        "store.recall_window_ms",
+        "How long a sender may recall its own message, ms (the admin may recall any).",
+    ),
+    (
+        "transport.endpoints",
+        "QUIC endpoints sharing the port (SO_REUSEPORT), each with its own receive path; 0 = one per core. See the README's benchmark section.",
+    ),
+    (
+        "transport.slow_close_ms",
+        "A connection whose delivery write cannot complete this long is closed with too_slow, ms (protected messages are never dropped).",
+    ),
+    (
         "transport",
         "QUIC transport tuning for many small connections.",
     ),

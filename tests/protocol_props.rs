@@ -908,7 +908,6 @@ fn empty_stream_is_a_clean_end_and_zero_length_is_empty() {
 /// The window is made observable without threads: the overwritten entry is dropped inside the
 /// slot store, before `tail` moves, and its frame's owner reads the ring from its `Drop`.
 #[test]
-#[ignore = "BUG: Ring::read returns Lagged { oldest } == the overwritten position (not readable) while the overwriting publish has not advanced tail"]
 fn lagged_oldest_is_readable_even_mid_publish() {
     use roomcast::room::{Entry, Read, Ring};
     use std::sync::{Arc, Mutex, Weak};

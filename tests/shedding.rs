@@ -20,7 +20,13 @@ struct Seen {
 /// Sends `n` messages cycling protected (system), normal and low through the admin API, waiting
 /// for `fast` to receive each before sending the next (so the flood is paced by a reader that
 /// keeps up, and the stalled member's lag is the only variable).
-async fn flood(server: &TestServer, fast: &roomcast::client::Client, room: &str, n: u64, body: &str) {
+async fn flood(
+    server: &TestServer,
+    fast: &roomcast::client::Client,
+    room: &str,
+    n: u64,
+    body: &str,
+) {
     for i in 0..n {
         let msg = match i % 3 {
             0 => json!({"type": "notice", "body": body}),
@@ -28,7 +34,11 @@ async fn flood(server: &TestServer, fast: &roomcast::client::Client, room: &str,
             _ => json!({"from": "u", "type": "chat", "body": body, "low": true}),
         };
         let r = server
-            .api(Method::POST, &format!("/v1/rooms/{room}/messages"), Some(msg))
+            .api(
+                Method::POST,
+                &format!("/v1/rooms/{room}/messages"),
+                Some(msg),
+            )
             .await;
         assert_eq!(r.status, 200, "{}", r.text);
         let m = next_message(fast).await;
@@ -83,7 +93,10 @@ async fn a_lagging_member_sheds_low_before_normal_never_protected_with_exact_gap
             ClientEvent::Gap { room, low, normal } => {
                 assert_eq!(room, "mix");
                 assert!(low + normal > 0, "a gap reports something");
-                assert!(!pending_gap, "one gap before each delivered message at most");
+                assert!(
+                    !pending_gap,
+                    "one gap before each delivered message at most"
+                );
                 seen[idx(Class::Low)].gap += low;
                 seen[idx(Class::Normal)].gap += normal;
                 pending_gap = true;
@@ -93,16 +106,33 @@ async fn a_lagging_member_sheds_low_before_normal_never_protected_with_exact_gap
     }
     let [protected, normal, low] = seen;
     // Exact accounting: every message of every class was delivered or counted in a gap.
-    assert_eq!(protected, Seen { delivered: N / 3, gap: 0 }, "protected is never shed");
+    assert_eq!(
+        protected,
+        Seen {
+            delivered: N / 3,
+            gap: 0
+        },
+        "protected is never shed"
+    );
     assert_eq!(normal.delivered + normal.gap, N / 3);
     assert_eq!(low.delivered + low.gap, N / 3);
     // Order: the member did lag, low went first, and normal never more than low.
-    assert!(low.gap > 0, "the stalled member shed low messages: {seen:?}");
+    assert!(
+        low.gap > 0,
+        "the stalled member shed low messages: {seen:?}"
+    );
     assert!(low.gap >= normal.gap, "low is shed before normal: {seen:?}");
-    assert!(gaps_before_messages > 0, "gaps come before the next delivered message");
+    assert!(
+        gaps_before_messages > 0,
+        "gaps come before the next delivered message"
+    );
 
     let metrics = server.metrics().await;
-    let shed_low = metric(&metrics, "roomcast_shed_total", &[("class", "low"), ("reason", "lag")]);
+    let shed_low = metric(
+        &metrics,
+        "roomcast_shed_total",
+        &[("class", "low"), ("reason", "lag")],
+    );
     assert_eq!(shed_low, Some(low.gap as f64));
     let shed_protected = metric(
         &metrics,

@@ -361,6 +361,7 @@ fn current_exe() -> Result<PathBuf, BenchError> {
 
 fn spawn(mut cmd: Command, log: &Path) -> Result<Child, BenchError> {
     let io = |what: String| move |source| BenchError::Io { what, source };
+    die_with_parent(&mut cmd);
     let out = std::fs::File::create(log).map_err(io(format!("creating {}", log.display())))?;
     let err = out
         .try_clone()
@@ -423,6 +424,25 @@ fn stop_child(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// The child gets SIGTERM when the thread that spawned it ends (the harness spawns from the thread
+/// that drives the run, so: when the harness dies without stopping it, e.g. killed).
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which is
+    // async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_: &mut Command) {}
 
 #[allow(unsafe_code)]
 fn terminate(pid: u32) {

@@ -400,6 +400,9 @@ fn base_report(a: &BenchArgs, target: &Target) -> Report {
         } else {
             None
         },
+        load_average_at_start: std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|t| t.split_whitespace().next()?.parse().ok()),
         ..Report::default()
     }
 }

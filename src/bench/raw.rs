@@ -12,9 +12,8 @@
 //!
 //! Transport settings and socket buffers are roomcast's defaults ([`crate::config::Transport`]),
 //! applied the way `server::endpoint` applies them, so a difference in a measurement is the relay's
-//! own work. One exception: roomcast disables the datagram *receive* buffer, and quinn then refuses
-//! to send datagrams at all (`SendDatagramError::Disabled`); the baseline keeps a 16 KiB one so
-//! that its low-priority datagrams go out. A connection's queue holds at most [`QUEUE`] events (roomcast's default ring size):
+//! own work (the datagram receive buffer is 16 KiB in both: quinn refuses to send datagrams when
+//! receiving them is disabled). A connection's queue holds at most [`QUEUE`] events (roomcast's default ring size):
 //! a member further behind loses the newest events, which is counted and printed at exit.
 
 use super::BenchError;
@@ -376,9 +375,9 @@ fn endpoint(
         .stream_receive_window(t.stream_window.into())
         .receive_window(t.conn_window.into())
         .send_window(t.send_window)
-        // The one departure from roomcast's values: quinn refuses to *send* datagrams
-        // (`SendDatagramError::Disabled`) when receiving them is disabled, so a server that
-        // wants to send low-priority datagrams must keep a (small) receive buffer.
+        // quinn refuses to *send* datagrams (`SendDatagramError::Disabled`) when receiving them
+        // is disabled, so a server that sends low-priority datagrams keeps a small receive buffer
+        // (roomcast's value).
         .datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER))
         .datagram_send_buffer_size(t.datagram_send_buffer)
         .keep_alive_interval(Some(Duration::from_millis(t.keep_alive_ms)));

@@ -99,6 +99,8 @@ pub struct Report {
     pub churn: Option<Churn>,
     /// Temporary folder kept with `--keep`.
     pub kept_folder: Option<String>,
+    /// The machine's 1-minute load average when the run started (other work skews the numbers).
+    pub load_average_at_start: Option<f64>,
 }
 
 /// Counts per class.
@@ -439,21 +441,36 @@ impl Report {
                         u.cpu_secs_per_million_deliveries
                     ),
                 );
-                row(
-                    "server RSS",
-                    format!(
-                        "start {} KiB · idle {} KiB · end {} KiB · per connection idle {:.1} KiB, end {:.1} KiB",
-                        u.rss_start_kib,
-                        u.rss_idle_kib,
-                        u.rss_end_kib,
-                        u.rss_idle_per_connection_kib,
-                        u.rss_end_per_connection_kib
-                    ),
-                );
+                if self.churn.is_some() {
+                    row(
+                        "server RSS",
+                        format!("start {} KiB · end {} KiB", u.rss_start_kib, u.rss_end_kib),
+                    );
+                } else {
+                    row(
+                        "server RSS",
+                        format!(
+                            "start {} KiB · idle {} KiB · end {} KiB · per connection idle {:.1} KiB, end {:.1} KiB",
+                            u.rss_start_kib,
+                            u.rss_idle_kib,
+                            u.rss_end_kib,
+                            u.rss_idle_per_connection_kib,
+                            u.rss_end_per_connection_kib
+                        ),
+                    );
+                }
             }
             None => row("server CPU", "not measured (no --server-pid)".into()),
         }
-        row("harness CPU", format!("{:.3} s", self.client_cpu_secs));
+        row(
+            "harness CPU · machine load",
+            format!(
+                "{:.3} s · load average {} at the start",
+                self.client_cpu_secs,
+                self.load_average_at_start
+                    .map_or("unknown".into(), |l| format!("{l:.2}"))
+            ),
+        );
         if let Some(f) = &self.kept_folder {
             row("kept", f.clone());
         }

@@ -196,8 +196,9 @@ pub struct HistoryEntry {
 pub struct JoinInfo {
     /// The room, with up to 20 members.
     pub room: RoomInfo,
-    /// The sequence number of the newest message before the join (0 if none): every message with a
-    /// higher `seq` is delivered on the delivery stream.
+    /// The room's sequence counter at the join (the newest number handed out, 0 if none; after a
+    /// restart it may be above the newest stored message): every message with a higher `seq` is
+    /// delivered on the delivery stream.
     pub last_seq: u64,
     /// Whether the user is muted in this room.
     pub muted: bool,

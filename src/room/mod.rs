@@ -100,6 +100,9 @@ pub struct Member {
     pub offline_since: Option<u64>,
     /// The room's newest sequence number when the user went offline.
     pub offline_seq: u64,
+    /// The room's newest sequence number when another connection of the user arrived while this
+    /// membership was still served (a reconnect before the old connection was noticed gone).
+    pub reconnect_seq: Option<u64>,
 }
 
 /// The control-side state of a room.
@@ -131,6 +134,9 @@ pub struct RoomState {
     /// Recently recalled sequence numbers (for history served from the ring before the store
     /// has committed it); bounded.
     pub recent_recalls: BTreeSet<u64>,
+    /// When the room was restored from the store (until its orphaned auto-delete attributes are
+    /// cleared).
+    pub restored_at: Option<u64>,
 }
 
 /// Order of a member listing.
@@ -160,6 +166,7 @@ impl RoomState {
                 conns: HashSet::from([conn]),
                 offline_since: None,
                 offline_seq: 0,
+                reconnect_seq: None,
             },
         );
         true

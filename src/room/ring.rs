@@ -239,13 +239,18 @@ impl Ring {
         }
         match self.slots[(pos & self.mask) as usize].load_full() {
             Some(e) if e.pos == pos => Read::Entry(e),
-            // Overwritten between the tail load and the slot load.
-            _ => Read::Lagged {
-                oldest: self
+            // Overwritten between the tail load and the slot load, possibly by a publish that has
+            // not advanced `tail` yet: the newer entry itself proves how far the ring has moved.
+            other => {
+                let by_tail = self
                     .tail
                     .load(Ordering::Acquire)
-                    .saturating_sub(self.capacity()),
-            },
+                    .saturating_sub(self.capacity());
+                let by_slot = other.map_or(0, |e| (e.pos + 1).saturating_sub(self.capacity()));
+                Read::Lagged {
+                    oldest: by_tail.max(by_slot).max(pos + 1),
+                }
+            }
         }
     }
 
@@ -259,6 +264,32 @@ impl Ring {
             if let Read::Entry(e) = self.read(pos)
                 && e.history.is_some()
             {
+                out.push(e);
+            }
+        }
+        out.reverse();
+        out
+    }
+
+    /// The entries that carry history with `floor < seq < bound`, oldest first; scans back from
+    /// the tail only as far as `floor`.
+    pub fn history_between(&self, floor: u64, bound: u64) -> Vec<Arc<Entry>> {
+        let mut out = Vec::new();
+        let tail = self.tail();
+        let oldest = tail.saturating_sub(self.capacity());
+        let mut pos = tail;
+        while pos > oldest {
+            pos -= 1;
+            let Read::Entry(e) = self.read(pos) else {
+                break;
+            };
+            if e.history.is_none() {
+                continue;
+            }
+            if e.seq <= floor {
+                break;
+            }
+            if e.seq < bound {
                 out.push(e);
             }
         }

@@ -280,7 +280,9 @@ impl Relay {
         let attrs = if keys.is_empty() {
             attributes_of(&st)
         } else {
-            keys.iter()
+            let wanted: BTreeSet<&String> = keys.iter().collect();
+            wanted
+                .into_iter()
                 .filter_map(|k| st.attrs.get(k).map(|a| to_attribute(k, a)))
                 .collect()
         };
@@ -289,10 +291,26 @@ impl Relay {
 
     /// Removes the `auto_delete` attributes `user` owns (it is leaving), with events.
     pub(crate) fn auto_delete_attrs(&self, room: &Room, st: &mut RoomState, user: &str, now: u64) {
+        self.auto_delete_where(room, st, now, |a| a.owner == user);
+    }
+
+    /// After a restart: removes the `auto_delete` attributes whose owners are not members.
+    pub(crate) fn clear_orphaned_attrs(&self, room: &Room, st: &mut RoomState, now: u64) {
+        let members: BTreeSet<String> = st.members().map(|(u, _)| u.clone()).collect();
+        self.auto_delete_where(room, st, now, |a| !members.contains(&a.owner));
+    }
+
+    fn auto_delete_where(
+        &self,
+        room: &Room,
+        st: &mut RoomState,
+        now: u64,
+        gone: impl Fn(&AttrRecord) -> bool,
+    ) {
         let keys: Vec<String> = st
             .attrs
             .iter()
-            .filter(|(_, a)| a.auto_delete && a.owner == user)
+            .filter(|(_, a)| a.auto_delete && gone(a))
             .map(|(k, _)| k.clone())
             .collect();
         if keys.is_empty() {
@@ -437,19 +455,25 @@ impl Relay {
         limit: usize,
         recalls: &BTreeSet<u64>,
     ) -> Result<Vec<HistoryEntry>, WireError> {
-        let stored = self
-            .store()
+        // Everything up to the store's newest committed message comes from the store (which
+        // applies retention); what the ring holds above it is on its way to the store.
+        let store = self.store();
+        let internal = |e: crate::store::StoreError| werr(ErrorCode::Internal, e.to_string());
+        let committed = store
+            .history(&room.id, None, 1)
+            .map_err(internal)?
+            .last()
+            .map_or(0, |m| m.seq);
+        let stored = store
             .history(&room.id, before_seq, limit)
-            .map_err(|e| werr(ErrorCode::Internal, e.to_string()))?;
-        let newest_stored = stored.last().map_or(0, |m| m.seq);
+            .map_err(internal)?;
+        let floor = committed.max(stored.last().map_or(0, |m| m.seq));
         let bound = before_seq.unwrap_or(u64::MAX);
-        // Messages the ring has that the store has not committed yet (newer than its newest).
         let pending: Vec<Message> = room
             .ring
-            .recent(room.ring.tail(), limit)
+            .history_between(floor, bound)
             .into_iter()
             .filter_map(|e| e.history.clone())
-            .filter(|m| m.seq > newest_stored && m.seq < bound)
             .collect();
         let mut out: Vec<HistoryEntry> = stored
             .into_iter()

@@ -277,6 +277,9 @@ impl Relay {
                 st.seq_reserved = rec.seq_reserved;
                 st.attr_version = rec.attr_version;
                 st.attrs = loaded.attrs.into_iter().collect();
+                // Memberships do not survive a restart: auto-delete attributes of owners who do
+                // not come back within the offline grace are removed by the timer pass.
+                st.restored_at = Some(now_ms());
             }
             self.last_epoch.fetch_max(rec.epoch, Ordering::AcqRel);
             rooms.insert(rec.id, room);
@@ -307,10 +310,14 @@ impl Relay {
                 continue;
             };
             let mut st = room.state();
+            let last = room.ring.last_seq();
             let Some(member) = st.member_mut(&user) else {
                 continue;
             };
             if member.offline_since.take().is_none() {
+                // Still served by another connection, maybe one that died unnoticed: should that
+                // one go, this connection takes over from here (see `unregister_conn`).
+                member.reconnect_seq.get_or_insert(last);
                 continue;
             }
             member.conns.insert(id);
@@ -337,13 +344,16 @@ impl Relay {
             return;
         };
         metrics::gauge!(m::CONNECTIONS).decrement(1.0);
-        let rooms: Vec<String> = {
+        let (rooms, live): (Vec<String>, Vec<u64>) = {
             let mut users = lock(&self.users);
             let Some(u) = users.get_mut(&handle.user) else {
                 return;
             };
             u.conns.remove(&id);
-            u.rooms.iter().cloned().collect()
+            (
+                u.rooms.iter().cloned().collect(),
+                u.conns.iter().copied().collect(),
+            )
         };
         let now = now_ms();
         let grace = self.config.rooms.offline_grace_ms;
@@ -355,6 +365,12 @@ impl Relay {
             if !st.remove_conn(&handle.user, id) {
                 continue;
             }
+            if !live.is_empty() {
+                // The user is still connected (a reconnect that came before this connection was
+                // noticed gone): its live connections take the membership over.
+                self.hand_over(&room, &mut st, &handle.user, &live);
+                continue;
+            }
             if grace == 0 {
                 self.remove_member(&room, &mut st, &handle.user, None, now);
             } else if let Some(m) = st.member_mut(&handle.user) {
@@ -363,6 +379,34 @@ impl Relay {
             }
         }
         self.drop_user_if_unused(&handle.user);
+    }
+
+    /// Subscribes `conns` to a room whose member lost its last subscribed connection, telling them
+    /// what they missed since they connected (state locked).
+    fn hand_over(&self, room: &Arc<Room>, st: &mut RoomState, user: &str, conns: &[u64]) {
+        let at = room.ring.join_point();
+        let Some(member) = st.member_mut(user) else {
+            return;
+        };
+        let missed = at
+            .last_seq
+            .saturating_sub(member.reconnect_seq.take().unwrap_or(at.last_seq));
+        member.conns.extend(conns.iter().copied());
+        let frame = encode_frame(&Event::Resumed {
+            room: room.id.clone(),
+            missed,
+            last_seq: at.last_seq,
+        });
+        for c in conns {
+            self.tell(
+                *c,
+                DeliveryCmd::Subscribe {
+                    room: room.clone(),
+                    at,
+                },
+            );
+            self.tell(*c, DeliveryCmd::Event(frame.clone()));
+        }
     }
 
     fn drop_user_if_unused(&self, user: &str) {
@@ -422,6 +466,8 @@ impl Relay {
                 },
                 now,
             );
+            // Members track the count from events again; a later crossing re-announces it.
+            st.count_announced = None;
         }
         true
     }
@@ -545,6 +591,9 @@ impl Relay {
         for u in &users {
             self.forget_membership(u, id);
         }
+        // The keepalive list names live rooms: a room created again later starts without it.
+        let was_kept = self.global_mut().keepalive.remove(id);
+        let ack = if was_kept { self.persist_global() } else { ack };
         metrics::gauge!(m::ROOMS).decrement(1.0);
         metrics::counter!(m::ROOMS_DESTROYED, "reason" => reason.as_str()).increment(1);
         tracing::info!(room = %id, reason = reason.as_str(), members = users.len(), "room destroyed");
@@ -665,20 +714,12 @@ impl Relay {
         };
         let now = now_ms();
         if self.config.rooms.single_room {
+            // Check first: a refused join must not take the user out of its current room.
+            Self::check_joinable(&room, &room.state(), user, now)?;
             self.leave_others(user, room_id, now);
         }
         let mut st = room.state();
-        if room.is_closed() {
-            return Err(room_not_found(room_id));
-        }
-        if let Some(until) = st.moderation.banned_until(user, now) {
-            return Err(err(
-                ErrorCode::Banned,
-                format!(
-                    "user {user:?} is banned from room {room_id:?} until {until} (ms since epoch)"
-                ),
-            ));
-        }
+        Self::check_joinable(&room, &st, user, now)?;
         let already = st.has_conn(user, conn);
         if st.member(user).is_none() {
             let users = lock(&self.users);
@@ -707,6 +748,7 @@ impl Relay {
                     },
                     now,
                 );
+                st.count_announced = None;
             }
         }
         lock(&self.users)
@@ -739,6 +781,22 @@ impl Relay {
             },
             sub,
         ))
+    }
+
+    fn check_joinable(room: &Room, st: &RoomState, user: &str, now: u64) -> Result<(), WireError> {
+        if room.is_closed() {
+            return Err(room_not_found(&room.id));
+        }
+        if let Some(until) = st.moderation.banned_until(user, now) {
+            return Err(err(
+                ErrorCode::Banned,
+                format!(
+                    "user {user:?} is banned from room {:?} until {until} (ms since epoch)",
+                    room.id
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// `single_room` mode: removes `user` from every room but `keep`, telling all its devices.

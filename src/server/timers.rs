@@ -72,8 +72,19 @@ impl Relay {
                     report.offline_removed.push((room.id.clone(), u));
                 }
             }
+            if st
+                .restored_at
+                .is_some_and(|t| now >= t.saturating_add(rooms_cfg.offline_grace_ms))
+            {
+                st.restored_at = None;
+                self.clear_orphaned_attrs(&room, &mut st, now);
+            }
             let count = st.len() as u64;
             let large = st.len() > rooms_cfg.member_events_max;
+            if !large {
+                // Back to join/leave events; a later crossing announces the count afresh.
+                st.count_announced = None;
+            }
             let due_count = st.member_events
                 && large
                 && match st.count_announced {

@@ -10,8 +10,8 @@
 use roomcast::auth::{TokenAuth, unix_secs};
 use roomcast::client::{Client, ClientConfig, ClientError, ClientEvent};
 use roomcast::config::Config;
-use roomcast::protocol::{CloseCode, Message};
-use roomcast::server::{Secrets, Server};
+use roomcast::protocol::{CloseCode, Event, Message};
+use roomcast::server::{Relay, Secrets, Server};
 use roomcast::tls::ServerIdentity;
 use serde_json::Value;
 use std::future::Future;
@@ -52,6 +52,8 @@ pub struct TestServer {
     pub ca_pem: Vec<u8>,
     /// The configuration it runs with.
     pub config: Config,
+    /// The running relay's shared core (see [`TestServer::relay`]).
+    relay: Arc<Relay>,
     http: reqwest::Client,
     /// The data folder, removed when the server is dropped.
     _data: tempfile::TempDir,
@@ -100,6 +102,8 @@ impl TestServer {
             .expect("server binds");
         let quic_addr = server.quic_addr();
         let admin_addr = server.admin_addr();
+        // Kept before `run` consumes the server, so tests can drive its timer pass.
+        let relay = server.relay().clone();
         assert_ne!(quic_addr.port(), 0);
         assert_ne!(admin_addr.port(), 0);
         let (tx, rx) = oneshot::channel::<()>();
@@ -111,6 +115,7 @@ impl TestServer {
             admin_addr,
             ca_pem,
             config,
+            relay,
             http: reqwest::Client::new(),
             _data: data,
             shutdown: Some(tx),
@@ -127,6 +132,14 @@ impl TestServer {
         within("the server to shut down", task)
             .await
             .expect("the run task does not panic");
+    }
+
+    /// The running relay's core. Its timer pass is deterministic code that takes `now`:
+    /// `server.relay().tick(now_ms() + 61 * 60_000)` runs every timer due an hour from now
+    /// (idle, lifetime and scheduled destroys, offline exits, member counts, expiries) through
+    /// the real server, and its clients receive the events.
+    pub fn relay(&self) -> &Arc<Relay> {
+        &self.relay
     }
 
     // ---------------- tokens and clients ----------------
@@ -351,6 +364,14 @@ pub async fn next_message_lane(client: &Client) -> (Message, bool) {
 /// The client's next event, which must be a message.
 pub async fn next_message(client: &Client) -> Message {
     next_message_lane(client).await.0
+}
+
+/// The client's next event, which must be a notice (moderation or presence); returns its event.
+pub async fn next_notice(client: &Client) -> Event {
+    match next_event(client).await {
+        ClientEvent::Notice(event) => event,
+        other => panic!("{}: expected a notice, got {other:?}", client.user()),
+    }
 }
 
 /// The client's next event, which must be `Closed`; returns its code and reason.
