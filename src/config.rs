@@ -285,6 +285,8 @@ pub struct Transport {
     pub slow_close_ms: u64,
     /// QUIC endpoints (UDP sockets with SO_REUSEPORT on one port); 0 = one per core.
     pub endpoints: usize,
+    /// Batching window after a delivery task wakes, microseconds (0 = off).
+    pub delivery_linger_us: u64,
 }
 
 impl Default for Transport {
@@ -303,6 +305,7 @@ impl Default for Transport {
             shutdown_grace_ms: 2_000,
             slow_close_ms: 5_000,
             endpoints: 1,
+            delivery_linger_us: 0,
         }
     }
 }
@@ -497,6 +500,10 @@ const KEY_DOCS: &[(&str, &str)] = &[
         "QUIC endpoints sharing the port (SO_REUSEPORT), each with its own receive path; 0 = one per core. See the README's benchmark section.",
     ),
     (
+        "transport.delivery_linger_us",
+        "Batching window after a delivery task wakes, us (0 = off): paced traffic then shares packets, for that much added latency. At most 100000.",
+    ),
+    (
         "transport.slow_close_ms",
         "A connection whose delivery write cannot complete this long is closed with too_slow, ms (protected messages are never dropped).",
     ),
@@ -627,6 +634,9 @@ impl Config {
         }
         if l.send_rate_per_sec == 0 || l.admin_rate_per_sec == 0 {
             return bad("limits.send_rate_per_sec and limits.admin_rate_per_sec must be above 0");
+        }
+        if self.transport.delivery_linger_us > 100_000 {
+            return bad("transport.delivery_linger_us must be at most 100000 (100 ms)");
         }
         if self.transport.endpoints > 64 {
             return bad("transport.endpoints must be 0 (one per core) or 1..=64");

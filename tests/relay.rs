@@ -937,3 +937,26 @@ async fn several_endpoints_on_one_port_serve_every_client() {
         assert_eq!((m.seq, m.body.as_ref()), (seq, b"hi".as_ref()));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_linger_batches_without_losing_or_reordering() {
+    let server = TestServer::start(|c| c.transport.delivery_linger_us = 20_000).await;
+    server.create_room("paced").await;
+    let sender = server.client("sender").await;
+    let reader = server.client("reader").await;
+    sender.join("paced", -1).await.expect("joins");
+    reader.join("paced", -1).await.expect("joins");
+    let mut sent = Vec::new();
+    for i in 0..30u32 {
+        let body = Bytes::from(format!("m{i}"));
+        let (seq, _) = sender
+            .send("paced", "chat", body.clone(), false)
+            .await
+            .expect("sends");
+        sent.push((seq, body));
+    }
+    for (seq, body) in sent {
+        let m = next_message(&reader).await;
+        assert_eq!((m.seq, m.body), (seq, body));
+    }
+}

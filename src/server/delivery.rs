@@ -4,7 +4,9 @@
 //! Coalescing: every wake-up drains everything that is ready in every room (up to
 //! `delivery_batch_bytes`) and writes it with one vectored write, so one packet carries as many
 //! frames as fit. There is no timer when idle: the task sleeps on its [`Signal`]. While the
-//! connection lags, its writes already gather many frames each.
+//! connection lags, its writes already gather many frames each. For paced traffic an optional
+//! linger (`transport.delivery_linger_us`, off by default) waits that long after a wake-up before
+//! draining, trading that much latency for fewer, fuller packets.
 //!
 //! Shedding, in priority order (SPEC §7): the publisher never waits for this task. When the
 //! connection falls behind its ring (flow control holds its writes back), it skips low-priority
@@ -97,6 +99,8 @@ pub(crate) struct Delivery {
     pub conn_id: u64,
     pub batch_bytes: usize,
     pub slow_close: Duration,
+    /// After waking from idle, wait this long before draining, so paced traffic shares packets.
+    pub linger: Duration,
 }
 
 /// Why a drain stopped.
@@ -155,7 +159,13 @@ impl Delivery {
                     Ok(cmd) => self.apply(cmd, &mut subs, &mut out),
                     Err(_) => break,
                 },
-                _ = self.signal.wait() => {}
+                                _ = self.signal.wait() => {
+                    if !self.linger.is_zero() {
+                        // Bounded batching window (transport.delivery_linger_us): messages that
+                        // arrive meanwhile go out in the same packet. Off by default.
+                        tokio::time::sleep(self.linger).await;
+                    }
+                }
             }
         }
         for s in &subs {

@@ -166,6 +166,7 @@ async fn serve_registered(
             conn_id,
             batch_bytes: cfg.transport.delivery_batch_bytes,
             slow_close: Duration::from_millis(cfg.transport.slow_close_ms),
+            linger: Duration::from_micros(cfg.transport.delivery_linger_us),
         }
         .run()
         .in_current_span(),
