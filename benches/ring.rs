@@ -19,9 +19,13 @@
 //! - `read/drain/N`: one reader reading N entries at its own cursor. Throughput: entries/s.
 //! - `read/fanout/R`: R readers (cursors in a `Vec`, one thread) each reading the same newly
 //!   published entry; the publish is outside the timed region. Throughput: deliveries/s.
-//! - `concurrent/*`: the publisher's cost alone, and with a second thread reading the ring
-//!   continuously at its own cursor; the reader's delivery rate and lag count are printed to stderr.
-//!   On two cores the two threads need both; anything else running skews this pair first.
+//! - `concurrent/*`: the publisher's cost alone (`publish_alone`) and with a second thread running:
+//!   one reading the ring continuously at its own cursor (`publish_with_reader`), and two controls
+//!   that tell apart where a reader's cost to the publisher comes from, a thread that only spins
+//!   (`publish_beside_busy_thread`: sharing the machine) and one that only polls `tail`
+//!   (`publish_beside_tail_poller`: what a caught-up reader does). Each prints to stderr what the
+//!   second thread saw and, on Linux, how long each thread waited for a CPU: the pair needs both
+//!   cores of a two-core machine, so anything else running skews these first.
 //!
 //! [`Ring::read`]: roomcast::room::Ring::read
 
@@ -232,16 +236,12 @@ struct ReaderStats {
     delivered: u64,
     lagged: u64,
     elapsed: Duration,
-    sched: String,
 }
 
 /// Reads `room` at its own cursor until `stop`, spinning when it is caught up. After a lag it
-/// skips to half a ring behind the tail, as the server's delivery task does: `Lagged { oldest }`
-/// is the slot the publisher overwrites next, and mid-publish it can even be the position just
-/// found overwritten (see `lagged_oldest_is_readable_even_mid_publish` in
-/// tests/protocol_props.rs), so a reader continuing exactly there can spin.
+/// skips to half a ring behind the tail, as the server's delivery task does, rather than to
+/// `Lagged { oldest }`, which is the slot the publisher overwrites next.
 fn read_continuously(room: &Room, stop: &AtomicBool) -> ReaderStats {
-    let sched = sched_ns();
     let started = Instant::now();
     let mut cursor = room.ring.tail();
     let (mut delivered, mut lagged) = (0, 0);
@@ -264,8 +264,36 @@ fn read_continuously(room: &Room, stop: &AtomicBool) -> ReaderStats {
         delivered,
         lagged,
         elapsed: started.elapsed(),
-        sched: sched_report(sched, sched_ns()),
     }
+}
+
+/// Benchmarks publishing into a fresh full room while `second` runs on another thread until told
+/// to stop; prints the publisher's and the second thread's scheduling and what `second` reports.
+fn publish_beside<F>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    second: F,
+) where
+    F: FnOnce(&Room, &AtomicBool) -> String + Send,
+{
+    let room = room();
+    fill(&room);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let other = s.spawn(|| {
+            let sched = sched_ns();
+            let report = second(&room, &stop);
+            format!("{report}; {}", sched_report(sched, sched_ns()))
+        });
+        let sched = sched_ns();
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| time_publishes(&room, iters, || {}))
+        });
+        let publisher = sched_report(sched, sched_ns());
+        stop.store(true, Ordering::Relaxed);
+        let other = other.join().expect("second thread");
+        eprintln!("{name}: publisher {publisher}\n{name}: second thread: {other}");
+    });
 }
 
 fn concurrent(c: &mut Criterion) {
@@ -278,35 +306,44 @@ fn concurrent(c: &mut Criterion) {
     group.bench_function("publish_alone", |b| {
         b.iter_custom(|iters| time_publishes(&alone, iters, || {}))
     });
-    eprintln!("publisher alone: {}", sched_report(sched, sched_ns()));
+    eprintln!(
+        "publish_alone: publisher {}",
+        sched_report(sched, sched_ns())
+    );
 
-    let shared = room();
-    fill(&shared);
-    let start = shared.ring.tail();
-    let stop = AtomicBool::new(false);
-    let (stats, publisher) = std::thread::scope(|s| {
-        let reader = s.spawn(|| read_continuously(&shared, &stop));
-        let sched = sched_ns();
-        group.bench_function("publish_with_reader", |b| {
-            b.iter_custom(|iters| time_publishes(&shared, iters, || {}))
-        });
-        let publisher = sched_report(sched, sched_ns());
-        stop.store(true, Ordering::Relaxed);
-        (reader.join().expect("reader thread"), publisher)
+    // Controls, to tell apart what a reader costs the publisher: a thread that only keeps the
+    // other core busy, and one that only polls `tail` (what a caught-up reader does).
+    publish_beside(&mut group, "publish_beside_busy_thread", |_, stop| {
+        let mut spins = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            spins += 1;
+            std::hint::spin_loop();
+        }
+        format!("spun {spins} times")
     });
-    eprintln!(
-        "publisher with reader: {publisher}; reader: {}",
-        stats.sched
-    );
-    eprintln!(
-        "concurrent reader: delivered {} of {} entries published while it ran, in {:.2?} \
-         ({:.1} ns per delivered entry, including time spent waiting at the tail); lagged {} times",
-        stats.delivered,
-        shared.ring.tail() - start,
-        stats.elapsed,
-        stats.elapsed.as_nanos() as f64 / stats.delivered.max(1) as f64,
-        stats.lagged,
-    );
+    publish_beside(&mut group, "publish_beside_tail_poller", |room, stop| {
+        let (mut last, mut changes) = (room.ring.tail(), 0u64);
+        while !stop.load(Ordering::Relaxed) {
+            let tail = room.ring.tail();
+            changes += u64::from(tail != last);
+            last = tail;
+            std::hint::spin_loop();
+        }
+        format!("saw tail change {changes} times")
+    });
+    publish_beside(&mut group, "publish_with_reader", |room, stop| {
+        let start = room.ring.tail();
+        let stats = read_continuously(room, stop);
+        format!(
+            "delivered {} of {} entries published while it ran, in {:.2?} ({:.1} ns per \
+             delivered entry, including time spent waiting at the tail); lagged {} times",
+            stats.delivered,
+            room.ring.tail() - start,
+            stats.elapsed,
+            stats.elapsed.as_nanos() as f64 / stats.delivered.max(1) as f64,
+            stats.lagged,
+        )
+    });
     group.finish();
 }
 

@@ -228,45 +228,54 @@ fn event_index(e: &Event) -> u8 {
 /// How many `Event` variants this build knows; a higher tag is a newer server's event.
 const EVENT_VARIANTS: u8 = 18;
 
-/// Compile-time guard for the fieldless enums listed in the constants above.
-#[allow(dead_code)]
-fn listed(c: Class, d: DestroyReason, k: KickReason, e: ErrorCode) {
-    match c {
-        Class::Protected | Class::Normal | Class::Low => {}
-    }
-    match d {
-        DestroyReason::Manual
-        | DestroyReason::Idle
-        | DestroyReason::Lifetime
-        | DestroyReason::Scheduled => {}
-    }
-    match k {
-        KickReason::Banned
-        | KickReason::OtherDevice
-        | KickReason::SingleRoom
-        | KickReason::Offline => {}
-    }
-    match e {
-        ErrorCode::BadRequest
-        | ErrorCode::Unauthorized
-        | ErrorCode::Forbidden
-        | ErrorCode::RateLimited
-        | ErrorCode::TooLarge
-        | ErrorCode::RoomNotFound
-        | ErrorCode::RoomExists
-        | ErrorCode::NotInRoom
-        | ErrorCode::Banned
-        | ErrorCode::Muted
-        | ErrorCode::TooManyRooms
-        | ErrorCode::AttrLimit
-        | ErrorCode::AttrNotOwner
-        | ErrorCode::AttrNotFound
-        | ErrorCode::BatchTooLarge
-        | ErrorCode::MessageNotFound
-        | ErrorCode::RecallForbidden
-        | ErrorCode::Shed
-        | ErrorCode::Internal => {}
-    }
+/// The constants above list every fieldless variant once, in wire order: each variant's documented
+/// index (a `match` without a wildcard, so an appended variant fails to compile here) is its
+/// position in the list.
+#[test]
+fn fieldless_variant_lists_are_complete_and_in_order() {
+    let class = |c: &Class| match c {
+        Class::Protected => 0,
+        Class::Normal => 1,
+        Class::Low => 2,
+    };
+    let destroy = |d: &DestroyReason| match d {
+        DestroyReason::Manual => 0,
+        DestroyReason::Idle => 1,
+        DestroyReason::Lifetime => 2,
+        DestroyReason::Scheduled => 3,
+    };
+    let kick = |k: &KickReason| match k {
+        KickReason::Banned => 0,
+        KickReason::OtherDevice => 1,
+        KickReason::SingleRoom => 2,
+        KickReason::Offline => 3,
+    };
+    let code = |e: &ErrorCode| match e {
+        ErrorCode::BadRequest => 0,
+        ErrorCode::Unauthorized => 1,
+        ErrorCode::Forbidden => 2,
+        ErrorCode::RateLimited => 3,
+        ErrorCode::TooLarge => 4,
+        ErrorCode::RoomNotFound => 5,
+        ErrorCode::RoomExists => 6,
+        ErrorCode::NotInRoom => 7,
+        ErrorCode::Banned => 8,
+        ErrorCode::Muted => 9,
+        ErrorCode::TooManyRooms => 10,
+        ErrorCode::AttrLimit => 11,
+        ErrorCode::AttrNotOwner => 12,
+        ErrorCode::AttrNotFound => 13,
+        ErrorCode::BatchTooLarge => 14,
+        ErrorCode::MessageNotFound => 15,
+        ErrorCode::RecallForbidden => 16,
+        ErrorCode::Shed => 17,
+        ErrorCode::Internal => 18,
+    };
+    let positions = |indices: Vec<usize>| indices == (0..indices.len()).collect::<Vec<_>>();
+    assert!(positions(CLASSES.iter().map(class).collect()));
+    assert!(positions(DESTROY_REASONS.iter().map(destroy).collect()));
+    assert!(positions(KICK_REASONS.iter().map(kick).collect()));
+    assert!(positions(ERROR_CODES.iter().map(code).collect()));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -900,10 +909,10 @@ fn empty_stream_is_a_clean_end_and_zero_length_is_empty() {
 // ---------------------------------------------------------------------------------------------
 
 /// `Read::Lagged { oldest }` is documented as "the oldest position still readable" and "where to
-/// continue". While a publish has stored its entry over the cursor's slot but not yet advanced
-/// `tail`, `Ring::read` answers `Lagged { oldest: pos }`: the very position it found overwritten.
-/// A reader that continues there gets the same answer again and busy-loops until the publisher
-/// advances `tail` (for a whole scheduler slice if the publisher is preempted in that window).
+/// continue", and must be so even while a publish has stored its entry over the cursor's slot but
+/// not yet advanced `tail`. (It used to answer `Lagged { oldest: pos }` there, the very position it
+/// found overwritten, so a reader continuing at `oldest` busy-looped until the publisher advanced
+/// `tail`; fixed in `Ring::read` by taking the overwriting entry's position into account.)
 ///
 /// The window is made observable without threads: the overwritten entry is dropped inside the
 /// slot store, before `tail` moves, and its frame's owner reads the ring from its `Drop`.

@@ -58,6 +58,9 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
     }
 }
 
+/// A frame buffer larger than this is freed after its frame instead of kept for the next one.
+const KEEP_BUFFER: usize = 16 * 1024;
+
 /// Reads length-delimited frames from a byte stream, refusing oversized ones before reading them.
 pub struct FrameReader<R> {
     inner: R,
@@ -81,6 +84,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// The next frame, `Ok(None)` at a clean end of stream (between frames).
+    ///
+    /// Not cancel-safe: a frame partly read when the future is dropped is lost and the stream is
+    /// out of step. Read from a task of its own (as the server and client do) rather than in a
+    /// `select!` branch that may lose.
     pub async fn read<T: DeserializeOwned>(&mut self) -> Result<Option<T>, DecodeError> {
         let mut header = [0u8; 4];
         let mut got = 0;
@@ -102,15 +109,21 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if len > self.max {
             return Err(DecodeError::TooLarge { len, max: self.max });
         }
-        self.buf.resize(len as usize, 0);
-        match self.inner.read_exact(&mut self.buf).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return Err(DecodeError::Truncated);
-            }
-            Err(e) => return Err(e.into()),
+        // Grow the buffer as bytes arrive rather than by the announced length, so a peer that
+        // sends only a header holds no memory for the body it promised.
+        self.buf.clear();
+        let got = (&mut self.inner)
+            .take(u64::from(len))
+            .read_to_end(&mut self.buf)
+            .await?;
+        if got < len as usize {
+            return Err(DecodeError::Truncated);
         }
-        decode_body(&self.buf).map(Some)
+        let decoded = decode_body(&self.buf).map(Some);
+        if self.buf.capacity() > KEEP_BUFFER {
+            self.buf = Vec::new();
+        }
+        decoded
     }
 }
 
