@@ -2,7 +2,7 @@
 //! fan-out, and writes a JSON report whose numbers add up.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Turns a hang into a failure; the run itself takes a few seconds.
 const SAFETY: Duration = Duration::from_secs(25);
@@ -30,19 +30,23 @@ fn paced_fanout_delivers_every_message_to_every_member() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("the roomcast binary starts");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("waiting for the bench") {
-            break status;
-        }
-        if started.elapsed() > SAFETY {
-            let _ = child.kill();
-            panic!("roomcast bench did not finish within {SAFETY:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    // Wait for the exit on a thread of its own; the channel turns a hang into a failure.
+    let mut stderr_pipe = child.stderr.take();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let status = child.wait();
+        let _ = tx.send(());
+        status
+    });
+    if rx.recv_timeout(SAFETY).is_err() {
+        panic!("roomcast bench did not finish within {SAFETY:?}");
+    }
+    let status = waiter
+        .join()
+        .expect("the waiter thread")
+        .expect("waiting for the bench");
     let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
+    if let Some(mut e) = stderr_pipe.take() {
         use std::io::Read;
         let _ = e.read_to_string(&mut stderr);
     }

@@ -164,6 +164,8 @@ impl Target {
         config.server.admin = loopback;
         config.server.data = data_dir.clone();
         config.store.durability = args.durability.into();
+        // The same batching window for roomcast as for the raw baseline.
+        config.transport.delivery_linger_us = args.linger_ms.saturating_mul(1000);
         let raised = if args.stock_limits {
             Vec::new()
         } else {

@@ -244,7 +244,26 @@ pub async fn read_events(
             }
         }
     }
+    // A closed connection still hands out the data it had received before the close, so a slow
+    // reader may not have reached its `Closed` event yet: ask the connection itself.
+    if t.closed == 0
+        && let Some(e) = client.connection().close_reason()
+    {
+        t.closed += 1;
+        *t.close_reasons.entry(close_text(&e)).or_default() += 1;
+    }
     t
+}
+
+fn close_text(e: &quinn::ConnectionError) -> String {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(c) => format!(
+            "{} {}",
+            c.error_code.into_inner(),
+            String::from_utf8_lossy(&c.reason)
+        ),
+        other => other.to_string(),
+    }
 }
 
 fn take(t: &mut Tally, ev: ClientEvent, now: u64) {
@@ -414,6 +433,9 @@ pub async fn send_loop(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             let issuing = Instant::now() < deadline;
+            if !issuing && pending.is_empty() {
+                break;
+            }
             tokio::select! {
                 biased;
                 Some(r) = pending.next(), if !pending.is_empty() => record(&mut tally, r),
@@ -433,9 +455,6 @@ pub async fn send_loop(
                     break;
                 }
                 else => break,
-            }
-            if !issuing && pending.is_empty() {
-                break;
             }
         }
     }
@@ -523,6 +542,9 @@ pub async fn churn(
     let mut issued = 0u64;
     loop {
         let issuing = Instant::now() < deadline;
+        if !issuing && running.is_empty() {
+            break;
+        }
         tokio::select! {
             biased;
             Some(done) = running.join_next(), if !running.is_empty() => {
@@ -545,9 +567,6 @@ pub async fn churn(
             }
             _ = tokio::time::sleep_until(deadline + SEND_DRAIN), if !issuing => break,
             else => break,
-        }
-        if !issuing && running.is_empty() {
-            break;
         }
     }
     running.shutdown().await;

@@ -159,8 +159,9 @@ pub struct BenchArgs {
     /// File holding the running server's admin key.
     #[arg(long, value_name = "FILE")]
     pub admin_key: Option<PathBuf>,
-    /// Raw baseline only: a connection's writer waits this many ms after its first queued event
-    /// before draining, to gather more per write (0: off). roomcast has no linger setting.
+    /// A connection's writer waits this many ms after its first queued event
+    /// before draining, to gather more per write (0: off); for roomcast it sets
+    /// `transport.delivery_linger_us`.
     #[arg(long, default_value_t = 0)]
     pub linger_ms: u64,
     /// store.durability of the relay the harness starts.
@@ -392,7 +393,7 @@ fn base_report(a: &BenchArgs, target: &Target) -> Report {
                 DurabilityArg::Batched => "batched".into(),
             },
         },
-        linger_ms: (target.kind == TargetKind::RawQuic).then_some(a.linger_ms),
+        linger_ms: Some(a.linger_ms),
         limits_raised: target.raised.clone(),
         ramp_parallel: a.ramp,
         kept_folder: if a.keep {
@@ -423,10 +424,10 @@ fn own() -> Option<stats::ProcSample> {
     stats::sample(std::process::id())
 }
 
-/// `roomcast_shed_total` now, when the relay's metrics are reachable.
-async fn shed_metric(target: &Target) -> Option<BTreeMap<String, f64>> {
+/// Samples of one relay metric now, when the relay's metrics are reachable.
+async fn scrape(target: &Target, name: &str) -> Option<BTreeMap<String, f64>> {
     let admin = target.admin.as_ref()?;
-    match admin.metric(crate::metrics::SHED).await {
+    match admin.metric(name).await {
         Ok(m) => Some(m),
         Err(e) => {
             eprintln!("roomcast bench: could not read /metrics: {e}");
@@ -551,7 +552,8 @@ async fn rooms(a: &BenchArgs, target: &mut Target) -> Result<Report, BenchError>
     }
     tokio::time::sleep(SETTLE).await;
     let rss_idle = sample(target.pid).map(|s| s.rss_kib);
-    let shed_before = shed_metric(target).await;
+    let shed_before = scrape(target, crate::metrics::SHED).await;
+    let slow_before = scrape(target, crate::metrics::TOO_SLOW).await;
 
     let senders_total = ramp.joined.iter().filter(|j| j.spec.sender).count().max(1);
     let per_sender_rate = a.rate / senders_total as f64;
@@ -642,7 +644,8 @@ async fn rooms(a: &BenchArgs, target: &mut Target) -> Result<Report, BenchError>
     let cpu_end = sample(target.pid);
     let own_end = own();
     let measured = end.duration_since(start).as_secs_f64().max(1e-9);
-    let shed_after = shed_metric(target).await;
+    let shed_after = scrape(target, crate::metrics::SHED).await;
+    let slow_after = scrape(target, crate::metrics::TOO_SLOW).await;
 
     let _ = stop_tx.send(true);
     let mut tallies = Vec::new();
@@ -706,6 +709,10 @@ async fn rooms(a: &BenchArgs, target: &mut Target) -> Result<Report, BenchError>
                 .filter(|(_, v)| *v != 0.0)
                 .collect(),
         ),
+        _ => None,
+    };
+    report.server_too_slow = match (slow_before, slow_after) {
+        (Some(b), Some(a)) => Some(a.values().sum::<f64>() - b.values().sum::<f64>()),
         _ => None,
     };
     report.client_cpu_secs = match (own_start, own_end) {

@@ -33,7 +33,7 @@ pub struct Report {
     pub duration_secs: f64,
     /// store.durability of a started relay.
     pub durability: String,
-    /// Linger of the raw baseline, ms (roomcast has no linger setting: `null`).
+    /// Batching window after a wake-up, ms (`transport.delivery_linger_us` for roomcast).
     pub linger_ms: Option<u64>,
     /// Configuration the started relay runs with above roomcast's defaults.
     pub limits_raised: Vec<Raised>,
@@ -79,7 +79,9 @@ pub struct Report {
     pub gap_normal: u64,
     /// `roomcast_shed_total` from the relay's `/metrics` (change over the run), by labels.
     pub server_shed: Option<BTreeMap<String, f64>>,
-    /// Connections that closed during the run (`ClientEvent::Closed`).
+    /// `roomcast_too_slow_disconnects_total` from `/metrics` (change over the run).
+    pub server_too_slow: Option<f64>,
+    /// Connections that closed during the run (`ClientEvent::Closed`, or found closed at the end).
     pub disconnects: u64,
     /// Their reasons.
     pub disconnect_reasons: BTreeMap<String, u64>,
@@ -371,6 +373,9 @@ impl Report {
                         .join(", ")
                 };
                 row("roomcast_shed_total", text);
+            }
+            if let Some(n) = self.server_too_slow {
+                row("too_slow disconnects (server)", n.to_string());
             }
             row(
                 "send errors",
