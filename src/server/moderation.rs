@@ -48,6 +48,13 @@ pub struct UserUntil {
     pub until_ms: u64,
 }
 
+/// A room's ban list or mute list.
+#[derive(Debug, Clone, Copy)]
+enum Listed {
+    Ban,
+    Mute,
+}
+
 /// Which app-wide message-type list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TypeList {
@@ -179,32 +186,12 @@ impl Relay {
 
     /// Lifts a ban.
     pub fn unban(&self, id: &str, user: &str, notify: bool) -> Result<Durable<()>, WireError> {
-        validate_id("user id", user)?;
-        let room = self.room(id)?;
-        let saved = {
-            let mut st = room.state();
-            if st.moderation.bans.remove(user).is_none() {
-                return Err(WireError::new(
-                    ErrorCode::BadRequest,
-                    format!("user {user:?} is not banned from room {id:?}"),
-                ));
-            }
-            self.save_room(&room, &st)
-        };
-        let event = Event::Unbanned {
-            room: id.to_owned(),
-            users: vec![user.to_owned()],
-        };
-        self.notify(&room, &[user.to_owned()], &event, notify);
-        Ok(saved)
+        self.lift(id, user, notify, Listed::Ban)
     }
 
     /// Live bans of a room.
     pub fn bans(&self, id: &str) -> Result<Vec<UserUntil>, WireError> {
-        let room = self.room(id)?;
-        let now = now_ms();
-        let st = room.state();
-        Ok(live(&st.moderation.bans, now))
+        self.listed(id, Listed::Ban)
     }
 
     /// Mutes members for `minutes`; the mute outlives leaving the room.
@@ -240,29 +227,62 @@ impl Relay {
 
     /// Lifts a member mute.
     pub fn unmute(&self, id: &str, user: &str, notify: bool) -> Result<Durable<()>, WireError> {
-        validate_id("user id", user)?;
-        let room = self.room(id)?;
-        let saved = {
-            let mut st = room.state();
-            if st.moderation.mutes.remove(user).is_none() {
-                return Err(bad(format!("user {user:?} is not muted in room {id:?}")));
-            }
-            self.save_room(&room, &st)
-        };
-        let event = Event::Unmuted {
-            room: id.to_owned(),
-            users: vec![user.to_owned()],
-        };
-        self.notify(&room, &[user.to_owned()], &event, notify);
-        Ok(saved)
+        self.lift(id, user, notify, Listed::Mute)
     }
 
     /// Live member mutes of a room.
     pub fn mutes(&self, id: &str) -> Result<Vec<UserUntil>, WireError> {
+        self.listed(id, Listed::Mute)
+    }
+
+    /// Takes `user` off a room's ban or mute list; the user (and with `notify` the room) is told.
+    fn lift(
+        &self,
+        id: &str,
+        user: &str,
+        notify: bool,
+        which: Listed,
+    ) -> Result<Durable<()>, WireError> {
+        validate_id("user id", user)?;
+        let room = self.room(id)?;
+        let saved = {
+            let mut st = room.state();
+            let list = match which {
+                Listed::Ban => &mut st.moderation.bans,
+                Listed::Mute => &mut st.moderation.mutes,
+            };
+            if list.remove(user).is_none() {
+                let what = match which {
+                    Listed::Ban => "banned from",
+                    Listed::Mute => "muted in",
+                };
+                return Err(bad(format!("user {user:?} is not {what} room {id:?}")));
+            }
+            self.save_room(&room, &st)
+        };
+        let users = vec![user.to_owned()];
+        let event = match which {
+            Listed::Ban => Event::Unbanned {
+                room: id.to_owned(),
+                users: users.clone(),
+            },
+            Listed::Mute => Event::Unmuted {
+                room: id.to_owned(),
+                users: users.clone(),
+            },
+        };
+        self.notify(&room, &users, &event, notify);
+        Ok(saved)
+    }
+
+    fn listed(&self, id: &str, which: Listed) -> Result<Vec<UserUntil>, WireError> {
         let room = self.room(id)?;
         let now = now_ms();
         let st = room.state();
-        Ok(live(&st.moderation.mutes, now))
+        Ok(match which {
+            Listed::Ban => live(&st.moderation.bans, now),
+            Listed::Mute => live(&st.moderation.mutes, now),
+        })
     }
 
     /// Turns mute-all on or off; every member is affected, so the room is always told.
