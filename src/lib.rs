@@ -15,8 +15,8 @@
 //! - [`config`]: configuration with documented defaults, TOML overrides and validation.
 //! - [`auth`]: client tokens (HS256 JWT) and the admin key.
 //! - [`tls`]: the development CA and the rustls configurations.
-//! - [`metrics`]: metric names, help text and the Prometheus recorder.
-//! - [`bench`]: the load harness behind `roomcast bench`, with a raw-QUIC baseline server.
+//! - [`metrics`](mod@metrics): metric names, help text and the Prometheus recorder.
+//! - [`bench`](mod@bench): the load harness behind `roomcast bench`, with a raw-QUIC baseline server.
 //! - [`policy`]: pure decisions (send checks, classes, budgets, timers, shedding) taking `now`.
 //! - [`store`]: the durable store behind a small trait (redb, group commit).
 //!

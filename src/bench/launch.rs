@@ -4,7 +4,7 @@
 //! A started server writes its bound addresses to a file once it listens (`server.json` in the
 //! relay's data folder, `raw.json` for the baseline); the harness waits for that file (bounded),
 //! reads the CA and secrets next to it, and at the end stops the child with SIGTERM, then SIGKILL
-//! after [`STOP_GRACE`].
+//! after `STOP_GRACE` (5 s).
 
 use super::admin::Admin;
 use super::{BenchArgs, BenchError, TargetKind};
