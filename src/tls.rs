@@ -136,12 +136,10 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     let mut p = rustls::crypto::ring::default_provider();
     // AES-128-GCM with SHA-256 first: cheaper handshakes (no SHA-512) and bulk sealing than the
     // default AES-256-GCM-SHA384, and as secure for this use.
-    p.cipher_suites.sort_by_key(|s| {
-        match s.suite() {
-            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256 => 0,
-            rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256 => 1,
-            _ => 2,
-        }
+    p.cipher_suites.sort_by_key(|s| match s.suite() {
+        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256 => 0,
+        rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256 => 1,
+        _ => 2,
     });
     Arc::new(p)
 }

@@ -281,7 +281,7 @@ fn endpoint(
         // ~37 KiB of RSS per idle connection and far more under load.
         .stream_receive_window(t.stream_window.into())
         .receive_window(t.conn_window.into())
-                // Bounds the unacknowledged data buffered per connection; a lagging client then holds
+        // Bounds the unacknowledged data buffered per connection; a lagging client then holds
         // back its own delivery task instead of growing server memory, and its backlog stays in
         // the room's ring, where egress shedding (low first, then normal) can see and drop it.
         .send_window(t.send_window)
