@@ -186,10 +186,13 @@ pub struct Client {
 /// a delivery window large enough for bursts.
 fn client_transport() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
+    // The delivery window bounds how much a client that reads slowly lets the server hand over:
+    // beyond it the backlog stays in the room's ring on the server, where low and normal
+    // messages are shed (with a Gap) instead of arriving late.
     t.max_concurrent_bidi_streams(0u32.into())
         .max_concurrent_uni_streams(1u32.into())
-        .stream_receive_window((1u32 << 20).into())
-        .receive_window((2u32 << 20).into())
+        .stream_receive_window((256u32 << 10).into())
+        .receive_window((512u32 << 10).into())
         .datagram_receive_buffer_size(Some(1 << 20))
         .keep_alive_interval(Some(Duration::from_secs(10)));
     t
