@@ -219,7 +219,8 @@ impl Delivery {
     /// Reads every subscription up to the batch limit.
     fn drain(&self, subs: &mut Vec<Sub>, out: &mut Vec<Bytes>, tally: &mut Tally) -> Drained {
         let mut budget = self.batch_bytes;
-        let dgram_max = self.conn.max_datagram_size();
+        // Asked of quinn (it takes the connection's lock) only when a low message needs it.
+        let mut dgram_max: Option<Option<usize>> = None;
         let mut result = Drained::Done;
         let mut gone = Vec::new();
         for (i, sub) in subs.iter_mut().enumerate() {
@@ -276,7 +277,13 @@ impl Delivery {
                             continue;
                         }
                         first_published.get_or_insert(e.published);
-                        match (&e.datagram, dgram_max) {
+                        let max = match &e.datagram {
+                            Some(_) => {
+                                *dgram_max.get_or_insert_with(|| self.conn.max_datagram_size())
+                            }
+                            None => None,
+                        };
+                        match (&e.datagram, max) {
                             (Some(d), Some(max)) if d.len() <= max => {
                                 // A full datagram buffer would make quinn drop older datagrams
                                 // silently; shed this one instead, and count it.
