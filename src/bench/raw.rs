@@ -35,9 +35,6 @@ use std::time::Duration;
 /// Events queued per connection before newer ones are dropped (roomcast's default ring size).
 pub const QUEUE: usize = 4096;
 
-/// Datagram receive buffer: clients send none; it only has to exist for quinn to send datagrams.
-const DATAGRAM_RECEIVE_BUFFER: usize = 16 * 1024;
-
 /// One queued delivery.
 #[derive(Clone)]
 enum Out {
@@ -362,104 +359,12 @@ async fn write_loop(
     }
 }
 
-/// A QUIC endpoint with roomcast's default transport settings and socket buffers.
+/// A QUIC endpoint with roomcast's default transport settings and socket buffers: the same
+/// function the relay binds with, so the baseline and roomcast cannot drift apart.
 fn endpoint(
     addr: SocketAddr,
     identity: &crate::tls::ServerIdentity,
 ) -> Result<quinn::Endpoint, BenchError> {
-    let t = Transport::default();
-    let mut transport = quinn::TransportConfig::default();
-    transport
-        .max_concurrent_bidi_streams(1u32.into())
-        .max_concurrent_uni_streams(0u32.into())
-        .stream_receive_window(t.stream_window.into())
-        .receive_window(t.conn_window.into())
-        .send_window(t.send_window)
-        // quinn refuses to *send* datagrams (`SendDatagramError::Disabled`) when receiving them
-        // is disabled, so a server that sends low-priority datagrams keeps a small receive buffer
-        // (roomcast's value).
-        .datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER))
-        .datagram_send_buffer_size(t.datagram_send_buffer)
-        .keep_alive_interval(Some(Duration::from_millis(t.keep_alive_ms)));
-    let idle = quinn::IdleTimeout::try_from(Duration::from_millis(t.idle_timeout_ms))
-        .map_err(|e| BenchError::Setup(format!("idle timeout: {e}")))?;
-    transport.max_idle_timeout(Some(idle));
-    let crypto = identity.quic_server_crypto()?;
-    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server_config.transport_config(Arc::new(transport));
-    let io = |source| BenchError::Io {
-        what: format!("binding UDP {addr}"),
-        source,
-    };
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::DGRAM,
-        Some(socket2::Protocol::UDP),
-    )
-    .map_err(io)?;
-    set_buffer(&socket, t.udp_recv_buffer, true);
-    set_buffer(&socket, t.udp_send_buffer, false);
-    socket.bind(&addr.into()).map_err(io)?;
-    let runtime = quinn::default_runtime()
-        .ok_or_else(|| BenchError::Setup("no async runtime for QUIC".into()))?;
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(server_config),
-        socket.into(),
-        runtime,
-    )
-    .map_err(io)
-}
-
-/// Asks for `want` bytes of UDP buffer; past `net.core.[rw]mem_max`, forces it (root or
-/// CAP_NET_ADMIN), as roomcast does.
-fn set_buffer(socket: &socket2::Socket, want: usize, recv: bool) {
-    let got = |s: &socket2::Socket| {
-        if recv {
-            s.recv_buffer_size()
-        } else {
-            s.send_buffer_size()
-        }
-        .unwrap_or(0)
-    };
-    let _ = if recv {
-        socket.set_recv_buffer_size(want)
-    } else {
-        socket.set_send_buffer_size(want)
-    };
-    if got(socket) >= want {
-        return;
-    }
-    force_buffer(
-        socket,
-        if recv {
-            libc::SO_RCVBUFFORCE
-        } else {
-            libc::SO_SNDBUFFORCE
-        },
-        want,
-    );
-    if got(socket) < want {
-        eprintln!(
-            "raw baseline: UDP {} buffer is {} bytes, below the {want} asked",
-            if recv { "receive" } else { "send" },
-            got(socket)
-        );
-    }
-}
-
-#[allow(unsafe_code)]
-fn force_buffer(socket: &socket2::Socket, opt: i32, want: usize) {
-    use std::os::fd::AsRawFd;
-    let val = i32::try_from(want).unwrap_or(i32::MAX);
-    // SAFETY: a plain setsockopt on a socket we own, with a pointer to a live i32 and its size.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            opt,
-            (&val as *const i32).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        );
-    }
+    crate::server::endpoint(&crate::config::Config::default(), identity, addr, false)
+        .map_err(|e| BenchError::Setup(format!("raw baseline endpoint: {e}")))
 }

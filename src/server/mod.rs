@@ -262,8 +262,9 @@ fn endpoints(
     Ok(all)
 }
 
-/// One QUIC endpoint with roomcast's transport settings on a UDP socket with large buffers.
-fn endpoint(
+/// One QUIC endpoint with roomcast's transport settings (from `config`) on a UDP socket with
+/// large buffers. The bench's raw-QUIC baseline uses it too, so both run the same transport.
+pub fn endpoint(
     config: &Config,
     identity: &ServerIdentity,
     addr: SocketAddr,
