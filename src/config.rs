@@ -285,8 +285,10 @@ pub struct Transport {
     pub slow_close_ms: u64,
     /// QUIC endpoints (UDP sockets with SO_REUSEPORT on one port); 0 = one per core.
     pub endpoints: usize,
-    /// Batching window after a delivery task wakes, microseconds (0 = off).
-    pub delivery_linger_us: u64,
+    /// Least time between two delivery writes to one connection, microseconds (0 = off).
+    pub delivery_window_us: u64,
+    /// Ask clients to acknowledge once per this many packets (QUIC ACK frequency; 2 = QUIC's default).
+    pub ack_every_packets: u32,
 }
 
 impl Default for Transport {
@@ -305,7 +307,8 @@ impl Default for Transport {
             shutdown_grace_ms: 2_000,
             slow_close_ms: 5_000,
             endpoints: 1,
-            delivery_linger_us: 0,
+            delivery_window_us: 0,
+            ack_every_packets: 2,
         }
     }
 }
@@ -500,8 +503,12 @@ const KEY_DOCS: &[(&str, &str)] = &[
         "QUIC endpoints sharing the port (SO_REUSEPORT), each with its own receive path; 0 = one per core. See the README's benchmark section.",
     ),
     (
-        "transport.delivery_linger_us",
-        "Batching window after a delivery task wakes, us (0 = off): paced traffic then shares packets, for that much added latency. At most 100000.",
+        "transport.delivery_window_us",
+        "Least time between two delivery writes to one connection, us (0 = off). A message that finds the connection idle for that long goes out at once; messages that follow sooner wait for the window's end and share packets. Adds at most this much latency, and only to dense traffic. At most 100000.",
+    ),
+    (
+        "transport.ack_every_packets",
+        "Ask clients (QUIC ACK frequency extension) to acknowledge once per this many packets, within 25 ms: fewer acknowledgements for the server to receive. 2 is QUIC's default; 1..=64.",
     ),
     (
         "transport.slow_close_ms",
@@ -635,8 +642,11 @@ impl Config {
         if l.send_rate_per_sec == 0 || l.admin_rate_per_sec == 0 {
             return bad("limits.send_rate_per_sec and limits.admin_rate_per_sec must be above 0");
         }
-        if self.transport.delivery_linger_us > 100_000 {
-            return bad("transport.delivery_linger_us must be at most 100000 (100 ms)");
+        if self.transport.delivery_window_us > 100_000 {
+            return bad("transport.delivery_window_us must be at most 100000 (100 ms)");
+        }
+        if !(1..=64).contains(&self.transport.ack_every_packets) {
+            return bad("transport.ack_every_packets must be 1..=64");
         }
         if self.transport.endpoints > 64 {
             return bad("transport.endpoints must be 0 (one per core) or 1..=64");
@@ -740,5 +750,12 @@ mod tests {
         let mut c = Config::default();
         c.tls.cert = "x.pem".into();
         assert!(c.validate().is_err());
+        for (window, acks, ok) in [(100_000, 64, true), (100_001, 2, false), (0, 0, false)] {
+            let mut c = Config::default();
+            c.transport.delivery_window_us = window;
+            c.transport.ack_every_packets = acks;
+            let err = c.validate().err().map(|e| e.to_string());
+            assert_eq!(err.is_none(), ok, "window {window} acks {acks}: {err:?}");
+        }
     }
 }

@@ -939,8 +939,8 @@ async fn several_endpoints_on_one_port_serve_every_client() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delivery_linger_batches_without_losing_or_reordering() {
-    let server = TestServer::start(|c| c.transport.delivery_linger_us = 20_000).await;
+async fn a_delivery_window_batches_without_losing_or_reordering() {
+    let server = TestServer::start(|c| c.transport.delivery_window_us = 20_000).await;
     server.create_room("paced").await;
     let sender = server.client("sender").await;
     let reader = server.client("reader").await;
@@ -951,6 +951,56 @@ async fn a_delivery_linger_batches_without_losing_or_reordering() {
         let body = Bytes::from(format!("m{i}"));
         let (seq, _) = sender
             .send("paced", "chat", body.clone(), false)
+            .await
+            .expect("sends");
+        sent.push((seq, body));
+    }
+    for (seq, body) in sent {
+        let m = next_message(&reader).await;
+        assert_eq!((m.seq, m.body), (seq, body));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_sharing_one_endpoint_each_get_their_messages_and_close_alone() {
+    use roomcast::client::ClientEndpoint;
+    let server = TestServer::start(|_| {}).await;
+    server.create_room("shared").await;
+    let endpoint = ClientEndpoint::new(server.quic_addr, &server.ca_pem, true).expect("endpoint");
+    let mut clients = Vec::new();
+    for user in ["s1", "s2", "s3"] {
+        let c = Client::connect_on(&endpoint, server.client_config(server.token(user)))
+            .await
+            .expect("connects on the shared endpoint");
+        assert_eq!(c.user(), user);
+        c.join("shared", -1).await.expect("joins");
+        clients.push(c);
+    }
+    // Closing one client leaves the others (and the shared socket) working.
+    clients.remove(0).close().await;
+    let (seq, _) = clients[0]
+        .send("shared", "chat", Bytes::from_static(b"after close"), false)
+        .await
+        .expect("sends");
+    for c in &clients {
+        let m = next_message(c).await;
+        assert_eq!((m.seq, m.body.as_ref()), (seq, b"after close".as_ref()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fewer_acknowledgements_asked_of_clients_lose_nothing() {
+    let server = TestServer::start(|c| c.transport.ack_every_packets = 16).await;
+    server.create_room("acks").await;
+    let sender = server.client("sender").await;
+    let reader = server.client("reader").await;
+    sender.join("acks", -1).await.expect("joins");
+    reader.join("acks", -1).await.expect("joins");
+    let mut sent = Vec::new();
+    for i in 0..200u32 {
+        let body = Bytes::from(format!("a{i}"));
+        let (seq, _) = sender
+            .send("acks", "chat", body.clone(), false)
             .await
             .expect("sends");
         sent.push((seq, body));

@@ -164,8 +164,10 @@ impl Target {
         config.server.admin = loopback;
         config.server.data = data_dir.clone();
         config.store.durability = args.durability.into();
-        // The same batching window for roomcast as for the raw baseline.
-        config.transport.delivery_linger_us = args.linger_ms.saturating_mul(1000);
+        // The same write window and ACK frequency for roomcast as for the raw baseline.
+        let t = super::transport_of(args);
+        config.transport.delivery_window_us = t.delivery_window_us;
+        config.transport.ack_every_packets = t.ack_every_packets;
         let raised = if args.stock_limits {
             Vec::new()
         } else {
@@ -247,8 +249,11 @@ impl Target {
             .arg("127.0.0.1:0")
             .arg("--data")
             .arg(&tmp.path)
-            .arg("--linger-ms")
-            .arg(args.linger_ms.to_string());
+            .arg("--window-ms")
+            .arg(args.window_ms.to_string());
+        if let Some(n) = args.ack_every {
+            cmd.arg("--ack-every").arg(n.to_string());
+        }
         let log = tmp.path.join("server.log");
         let mut child = spawn(cmd, &log)?;
         let file = tmp.path.join(RAW_FILE);

@@ -12,7 +12,7 @@
 
 use super::launch::Tokens;
 use super::stats::{Histogram, now_us};
-use crate::client::{Client, ClientConfig, ClientError, ClientEvent};
+use crate::client::{Client, ClientConfig, ClientEndpoint, ClientError, ClientEvent};
 use crate::protocol::Class;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -20,7 +20,7 @@ use futures_util::stream::FuturesUnordered;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -44,14 +44,43 @@ pub struct Reach {
     pub ca_pem: Vec<u8>,
     /// Tokens.
     pub tokens: Tokens,
+    /// Shared client endpoints, taken in turn; empty: one endpoint per client.
+    pub endpoints: Arc<Vec<ClientEndpoint>>,
+    /// The next shared endpoint to use.
+    pub next: Arc<AtomicUsize>,
 }
 
 impl Reach {
+    /// Reaches `server`; with `shared` above 0 the clients share that many UDP endpoints.
+    pub fn new(
+        server: SocketAddr,
+        ca_pem: Vec<u8>,
+        tokens: Tokens,
+        shared: usize,
+    ) -> Result<Reach, String> {
+        let endpoints = (0..shared)
+            .map(|_| ClientEndpoint::new(server, &ca_pem, true).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Reach {
+            server,
+            ca_pem,
+            tokens,
+            endpoints: Arc::new(endpoints),
+            next: Arc::default(),
+        })
+    }
+
     async fn connect(&self, user: &str, event_buffer: usize) -> Result<Client, String> {
         let token = self.tokens.mint(user).map_err(|e| e.to_string())?;
         let mut cfg = ClientConfig::new(self.server, self.ca_pem.clone(), token);
         cfg.event_buffer = event_buffer;
-        Client::connect(cfg).await.map_err(|e| error_name(&e))
+        let connected = if self.endpoints.is_empty() {
+            Client::connect(cfg).await
+        } else {
+            let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
+            Client::connect_on(&self.endpoints[i], cfg).await
+        };
+        connected.map_err(|e| error_name(&e))
     }
 }
 

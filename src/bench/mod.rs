@@ -159,11 +159,21 @@ pub struct BenchArgs {
     /// File holding the running server's admin key.
     #[arg(long, value_name = "FILE")]
     pub admin_key: Option<PathBuf>,
-    /// A connection's writer waits this many ms after its first queued event
-    /// before draining, to gather more per write (0: off); for roomcast it sets
-    /// `transport.delivery_linger_us`.
+    /// Least ms between two writes to one connection, for both targets (0: off):
+    /// a write soon after the previous one waits for the window's end, so
+    /// paced traffic shares packets. Sets roomcast's
+    /// `transport.delivery_window_us`.
     #[arg(long, default_value_t = 0)]
-    pub linger_ms: u64,
+    pub window_ms: u64,
+    /// UDP endpoints the harness's clients share, taken in turn (0: one per
+    /// client, as separate client processes would have).
+    #[arg(long, default_value_t = 0)]
+    pub client_endpoints: usize,
+    /// Ask clients to acknowledge once per this many packets (QUIC ACK
+    /// frequency), for both targets; sets `transport.ack_every_packets`
+    /// (default: roomcast's default).
+    #[arg(long)]
+    pub ack_every: Option<u32>,
     /// store.durability of the relay the harness starts.
     #[arg(long, value_enum, default_value_t = DurabilityArg::Sync)]
     pub durability: DurabilityArg,
@@ -224,6 +234,18 @@ const DRAIN_QUIET: Duration = Duration::from_millis(500);
 /// Pause between the ramp and the idle memory reading.
 const SETTLE: Duration = Duration::from_millis(1000);
 
+/// The transport settings the bench varies, the same for roomcast and the raw baseline.
+pub(crate) fn transport_of(args: &BenchArgs) -> crate::config::Transport {
+    let mut t = crate::config::Transport {
+        delivery_window_us: args.window_ms.saturating_mul(1000),
+        ..Default::default()
+    };
+    if let Some(n) = args.ack_every {
+        t.ack_every_packets = n;
+    }
+    t
+}
+
 /// Runs `roomcast bench`: builds its own runtime, prints the report, writes `--json`.
 pub fn run(args: BenchArgs) -> Result<(), BenchError> {
     if args.serve_raw {
@@ -234,7 +256,7 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
             .data
             .clone()
             .ok_or_else(|| BenchError::Args("--serve-raw needs --data DIR".into()))?;
-        return raw::serve(addr, &dir, Duration::from_millis(args.linger_ms));
+        return raw::serve(addr, &dir, transport_of(&args));
     }
     validate(&args)?;
     let rt = runtime()?;
@@ -298,6 +320,15 @@ fn validate(a: &BenchArgs) -> Result<(), BenchError> {
             "--duration must be in (0, 3600], got {}",
             a.duration
         ));
+    }
+    if a.window_ms > 100 {
+        return bad(format!(
+            "--window-ms must be at most 100, got {}",
+            a.window_ms
+        ));
+    }
+    if a.ack_every.is_some_and(|n| !(1..=64).contains(&n)) {
+        return bad("--ack-every must be 1..=64".into());
     }
     if !a.rate.is_finite() || a.rate < 0.0 {
         return bad(format!("--rate must be 0 or more, got {}", a.rate));
@@ -393,7 +424,9 @@ fn base_report(a: &BenchArgs, target: &Target) -> Report {
                 DurabilityArg::Batched => "batched".into(),
             },
         },
-        linger_ms: Some(a.linger_ms),
+        window_ms: Some(a.window_ms),
+        ack_every: Some(transport_of(a).ack_every_packets),
+        client_endpoints: a.client_endpoints,
         limits_raised: target.raised.clone(),
         ramp_parallel: a.ramp,
         kept_folder: if a.keep {
@@ -408,12 +441,14 @@ fn base_report(a: &BenchArgs, target: &Target) -> Report {
     }
 }
 
-fn reach(target: &Target) -> Reach {
-    Reach {
-        server: target.quic,
-        ca_pem: target.ca_pem.clone(),
-        tokens: target.tokens.clone(),
-    }
+fn reach(a: &BenchArgs, target: &Target) -> Result<Reach, BenchError> {
+    Reach::new(
+        target.quic,
+        target.ca_pem.clone(),
+        target.tokens.clone(),
+        a.client_endpoints,
+    )
+    .map_err(|e| BenchError::Setup(format!("client endpoints: {e}")))
 }
 
 fn sample(pid: Option<u32>) -> Option<stats::ProcSample> {
@@ -508,7 +543,7 @@ async fn rooms(a: &BenchArgs, target: &mut Target) -> Result<Report, BenchError>
         })
         .collect();
 
-    let reach = reach(target);
+    let reach = reach(a, target)?;
     let rss_start = sample(target.pid).map(|s| s.rss_kib);
     eprintln!(
         "roomcast bench: ramp: {} connections, {} at once",
@@ -839,7 +874,7 @@ async fn churn(a: &BenchArgs, target: &mut Target) -> Result<Report, BenchError>
     report.rooms = 1;
     let room = "bench-churn".to_owned();
     prepare(target, std::slice::from_ref(&room), false).await?;
-    let reach = reach(target);
+    let reach = reach(a, target)?;
     let live = Arc::new(Live::default());
     let rss_start = sample(target.pid).map(|s| s.rss_kib);
     let cpu_start = sample(target.pid);

@@ -138,9 +138,9 @@ impl Hub {
 }
 
 /// Runs the baseline on `addr` until SIGTERM or Ctrl-C, writing the CA to `dir/ca.pem` and the
-/// bound address to `dir/raw.json`. `linger` holds each connection's first queued event that long
-/// before draining (0: write at once).
-pub fn serve(addr: SocketAddr, dir: &Path, linger: Duration) -> Result<(), BenchError> {
+/// bound address to `dir/raw.json`. `transport` carries the settings the bench varies for both
+/// targets: the write window (`delivery_window_us`) and the ACK frequency (`ack_every_packets`).
+pub fn serve(addr: SocketAddr, dir: &Path, transport: Transport) -> Result<(), BenchError> {
     super::require_loopback("--addr", addr)?;
     let rt = super::runtime()?;
     rt.block_on(async move {
@@ -150,14 +150,22 @@ pub fn serve(addr: SocketAddr, dir: &Path, linger: Duration) -> Result<(), Bench
         let ca = dir.join(crate::tls::DEV_CA_FILE);
         std::fs::write(&ca, identity.ca_pem.clone().unwrap_or_default())
             .map_err(io(format!("writing {}", ca.display())))?;
-        let endpoint = endpoint(addr, &identity)?;
+        let config = crate::config::Config {
+            transport,
+            ..Default::default()
+        };
+        let endpoint = endpoint(&config, addr, &identity)?;
+        let transport = Arc::new(config.transport);
         let local = endpoint
             .local_addr()
             .map_err(io("reading the bound address".into()))?;
         let file = dir.join(RAW_FILE);
         let text = serde_json::to_string(&RawFile { quic: local }).unwrap_or_default();
         std::fs::write(&file, text).map_err(io(format!("writing {}", file.display())))?;
-        eprintln!("raw baseline: QUIC on {local}, linger {linger:?}");
+        eprintln!(
+            "raw baseline: QUIC on {local}, write window {} us, ack every {} packets",
+            transport.delivery_window_us, transport.ack_every_packets
+        );
 
         let hub = Arc::new(Hub::default());
         let mut conns = tokio::task::JoinSet::new();
@@ -168,7 +176,7 @@ pub fn serve(addr: SocketAddr, dir: &Path, linger: Duration) -> Result<(), Bench
                 biased;
                 _ = &mut shutdown => break,
                 incoming = endpoint.accept() => match incoming {
-                    Some(i) => { conns.spawn(connection(hub.clone(), i, linger)); }
+                    Some(i) => { conns.spawn(connection(hub.clone(), i, transport.clone())); }
                     None => break,
                 },
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
@@ -200,8 +208,7 @@ async fn shutdown_signal() {
     }
 }
 
-async fn connection(hub: Arc<Hub>, incoming: quinn::Incoming, linger: Duration) {
-    let t = Transport::default();
+async fn connection(hub: Arc<Hub>, incoming: quinn::Incoming, t: Arc<Transport>) {
     let hello = tokio::time::timeout(Duration::from_millis(t.hello_timeout_ms), async {
         let conn = incoming.await.ok()?;
         let (send, recv) = conn.accept_bi().await.ok()?;
@@ -232,7 +239,7 @@ async fn connection(hub: Arc<Hub>, incoming: quinn::Incoming, linger: Duration) 
         stream,
         rx,
         conn_id,
-        linger,
+        Duration::from_micros(t.delivery_window_us),
         t.delivery_batch_bytes,
     ));
     let welcome = encode_frame(&ServerFrame::Welcome {
@@ -305,7 +312,7 @@ async fn write_loop(
     mut stream: quinn::SendStream,
     rx: flume::Receiver<Out>,
     conn_id: u64,
-    linger: Duration,
+    window: Duration,
     batch_bytes: usize,
 ) {
     let mut out: Vec<Bytes> = vec![encode_frame(&Event::Ready { conn_id })];
@@ -313,6 +320,7 @@ async fn write_loop(
         return;
     }
     out.clear();
+    let mut last_write: Option<tokio::time::Instant> = None;
     loop {
         let first = tokio::select! {
             biased;
@@ -322,8 +330,13 @@ async fn write_loop(
                 Err(_) => return,
             },
         };
-        if !linger.is_zero() {
-            tokio::time::sleep(linger).await;
+        // The same write window as the relay's delivery task: a wake-up soon after the last
+        // write waits for the window's end.
+        if let Some(at) = last_write {
+            let due = at + window;
+            if due > tokio::time::Instant::now() {
+                tokio::time::sleep_until(due).await;
+            }
         }
         let mut bytes = 0;
         let dgram_max = conn.max_datagram_size();
@@ -351,6 +364,9 @@ async fn write_loop(
             }
         }
         if !out.is_empty() {
+            if !window.is_zero() {
+                last_write = Some(tokio::time::Instant::now());
+            }
             if stream.write_all_chunks(&mut out).await.is_err() {
                 return;
             }
@@ -359,12 +375,13 @@ async fn write_loop(
     }
 }
 
-/// A QUIC endpoint with roomcast's default transport settings and socket buffers: the same
-/// function the relay binds with, so the baseline and roomcast cannot drift apart.
+/// A QUIC endpoint with roomcast's transport settings and socket buffers: the same function the
+/// relay binds with, so the baseline and roomcast cannot drift apart.
 fn endpoint(
+    config: &crate::config::Config,
     addr: SocketAddr,
     identity: &crate::tls::ServerIdentity,
 ) -> Result<quinn::Endpoint, BenchError> {
-    crate::server::endpoint(&crate::config::Config::default(), identity, addr, false)
+    crate::server::endpoint(config, identity, addr, false)
         .map_err(|e| BenchError::Setup(format!("raw baseline endpoint: {e}")))
 }

@@ -33,8 +33,12 @@ pub struct Report {
     pub duration_secs: f64,
     /// store.durability of a started relay.
     pub durability: String,
-    /// Batching window after a wake-up, ms (`transport.delivery_linger_us` for roomcast).
-    pub linger_ms: Option<u64>,
+    /// Least time between two writes to one connection, ms (`transport.delivery_window_us`).
+    pub window_ms: Option<u64>,
+    /// Clients were asked to acknowledge once per this many packets (`transport.ack_every_packets`).
+    pub ack_every: Option<u32>,
+    /// UDP endpoints the harness's clients shared (0: one per client).
+    pub client_endpoints: usize,
     /// Configuration the started relay runs with above roomcast's defaults.
     pub limits_raised: Vec<Raised>,
     /// Connections opened at once during the ramp.
@@ -275,13 +279,21 @@ impl Report {
             );
         }
         row(
-            "durability · linger",
+            "durability · write window · ack every",
             format!(
-                "{} · {}",
+                "{} · {} · {}",
                 self.durability,
-                self.linger_ms
-                    .map_or("n/a (roomcast has no linger)".into(), |l| format!("{l} ms"))
+                self.window_ms.map_or("n/a".into(), |l| format!("{l} ms")),
+                self.ack_every
+                    .map_or("n/a".into(), |n| format!("{n} packets"))
             ),
+        );
+        row(
+            "client endpoints",
+            match self.client_endpoints {
+                0 => "one per client".into(),
+                n => format!("{n} shared"),
+            },
         );
         if !self.limits_raised.is_empty() {
             row(

@@ -172,6 +172,8 @@ type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Result<Response, WireError
 /// A connected, authenticated client.
 pub struct Client {
     endpoint: quinn::Endpoint,
+    /// The endpoint is this client's own (not a shared [`ClientEndpoint`]'s): wait for it on close.
+    own_endpoint: bool,
     conn: quinn::Connection,
     send: tokio::sync::Mutex<quinn::SendStream>,
     pending: Pending,
@@ -198,26 +200,58 @@ fn client_transport() -> quinn::TransportConfig {
     t
 }
 
-impl Client {
-    /// Connects, sends the hello and waits for the welcome.
-    pub async fn connect(cfg: ClientConfig) -> Result<Client, ClientError> {
-        let crypto = crate::tls::quic_client_crypto(&cfg.ca_pem)?;
-        let mut qcfg = quinn::ClientConfig::new(Arc::new(crypto));
+/// A local QUIC endpoint (one UDP socket) with roomcast's client TLS and transport settings,
+/// which many connections can share: a load generator or a gateway opening thousands of clients
+/// then parses the CA once and runs one socket instead of one per client.
+#[derive(Clone)]
+pub struct ClientEndpoint {
+    endpoint: quinn::Endpoint,
+    config: quinn::ClientConfig,
+}
+
+impl ClientEndpoint {
+    /// An endpoint on an ephemeral port of the unspecified address of `server`'s family, trusting
+    /// `ca_pem`; `datagrams` as in [`ClientConfig::datagrams`].
+    pub fn new(server: SocketAddr, ca_pem: &[u8], datagrams: bool) -> Result<Self, ClientError> {
+        let crypto = crate::tls::quic_client_crypto(ca_pem)?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         let mut transport = client_transport();
-        if !cfg.datagrams {
+        if !datagrams {
             transport.datagram_receive_buffer_size(None);
         }
-        qcfg.transport_config(Arc::new(transport));
-        let bind: SocketAddr = if cfg.server.is_ipv6() {
-            "[::]:0"
-                .parse()
-                .map_err(|_| ClientError::Protocol("bind".into()))?
-        } else {
-            SocketAddr::from(([0, 0, 0, 0], 0))
+        config.transport_config(Arc::new(transport));
+        let bind = match server {
+            SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
+            SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
         };
         let endpoint = quinn::Endpoint::client(bind).map_err(ClientError::Endpoint)?;
+        Ok(ClientEndpoint { endpoint, config })
+    }
+}
+
+impl Client {
+    /// Connects on an endpoint of its own, sends the hello and waits for the welcome.
+    pub async fn connect(cfg: ClientConfig) -> Result<Client, ClientError> {
+        let endpoint = ClientEndpoint::new(cfg.server, &cfg.ca_pem, cfg.datagrams)?;
+        Self::connect_inner(&endpoint, cfg, true).await
+    }
+
+    /// Connects on a shared endpoint; `cfg.ca_pem` and `cfg.datagrams` are the endpoint's.
+    pub async fn connect_on(
+        endpoint: &ClientEndpoint,
+        cfg: ClientConfig,
+    ) -> Result<Client, ClientError> {
+        Self::connect_inner(endpoint, cfg, false).await
+    }
+
+    async fn connect_inner(
+        shared: &ClientEndpoint,
+        cfg: ClientConfig,
+        own_endpoint: bool,
+    ) -> Result<Client, ClientError> {
+        let endpoint = shared.endpoint.clone();
         let conn = endpoint
-            .connect_with(qcfg, cfg.server, &cfg.server_name)?
+            .connect_with(shared.config.clone(), cfg.server, &cfg.server_name)?
             .await
             .map_err(|e| closed(&e))?;
         let (mut send, recv) = conn.open_bi().await.map_err(|e| closed(&e))?;
@@ -254,6 +288,7 @@ impl Client {
         tasks.spawn(read_datagrams(conn.clone(), tx));
         Ok(Client {
             endpoint,
+            own_endpoint,
             conn,
             send: tokio::sync::Mutex::new(send),
             pending,
@@ -479,7 +514,11 @@ impl Client {
     /// Closes the connection and waits briefly for the close to be sent.
     pub async fn close(&self) {
         self.conn.close(CloseCode::Normal.into(), b"client closed");
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        // A shared endpoint keeps running and sends the close; waiting for it to go idle would
+        // wait for every other connection on it.
+        if self.own_endpoint {
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        }
     }
 }
 

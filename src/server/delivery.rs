@@ -4,9 +4,11 @@
 //! Coalescing: every wake-up drains everything that is ready in every room (up to
 //! `delivery_batch_bytes`) and writes it with one vectored write, so one packet carries as many
 //! frames as fit. There is no timer when idle: the task sleeps on its [`Signal`]. While the
-//! connection lags, its writes already gather many frames each. For paced traffic an optional
-//! linger (`transport.delivery_linger_us`, off by default) waits that long after a wake-up before
-//! draining, trading that much latency for fewer, fuller packets.
+//! connection lags, its writes already gather many frames each. For paced traffic the optional
+//! write window (`transport.delivery_window_us`, off by default) spaces a connection's writes at
+//! least that far apart: a message that finds the connection quiet for a window goes out at once,
+//! messages that follow sooner wait for the window's end and share its packets. So sparse traffic
+//! gets no added latency, and dense traffic at most one window.
 //!
 //! Shedding, in priority order (SPEC §7): the publisher never waits for this task. When the
 //! connection falls behind its ring (flow control holds its writes back), it skips low-priority
@@ -99,8 +101,8 @@ pub(crate) struct Delivery {
     pub conn_id: u64,
     pub batch_bytes: usize,
     pub slow_close: Duration,
-    /// After waking from idle, wait this long before draining, so paced traffic shares packets.
-    pub linger: Duration,
+    /// Least time between two writes (0: write as soon as woken), so paced traffic shares packets.
+    pub window: Duration,
 }
 
 /// Why a drain stopped.
@@ -120,6 +122,7 @@ impl Delivery {
         let mut out: Vec<Bytes> = vec![encode_frame(&Event::Ready {
             conn_id: self.conn_id,
         })];
+        let mut last_write: Option<tokio::time::Instant> = None;
         loop {
             while let Ok(cmd) = self.rx.try_recv() {
                 self.apply(cmd, &mut subs, &mut out);
@@ -127,6 +130,9 @@ impl Delivery {
             let mut tally = Tally::default();
             let drained = self.drain(&mut subs, &mut out, &mut tally);
             if !out.is_empty() {
+                if !self.window.is_zero() {
+                    last_write = Some(tokio::time::Instant::now());
+                }
                 tally.stream_bytes += out.iter().map(|b| b.len() as u64).sum::<u64>();
                 match tokio::time::timeout(self.slow_close, self.stream.write_all_chunks(&mut out))
                     .await
@@ -159,11 +165,14 @@ impl Delivery {
                     Ok(cmd) => self.apply(cmd, &mut subs, &mut out),
                     Err(_) => break,
                 },
-                                _ = self.signal.wait() => {
-                    if !self.linger.is_zero() {
-                        // Bounded batching window (transport.delivery_linger_us): messages that
-                        // arrive meanwhile go out in the same packet. Off by default.
-                        tokio::time::sleep(self.linger).await;
+                _ = self.signal.wait() => {
+                    // Write window (transport.delivery_window_us): a wake-up soon after the last
+                    // write waits for the window's end, so what arrives meanwhile shares packets.
+                    if let Some(at) = last_write {
+                        let due = at + self.window;
+                        if due > tokio::time::Instant::now() {
+                            tokio::time::sleep_until(due).await;
+                        }
                     }
                 }
             }

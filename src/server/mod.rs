@@ -290,6 +290,14 @@ pub fn endpoint(
         // send_datagram fails with `Disabled`); clients send none, so the buffer stays empty.
         .datagram_receive_buffer_size(Some(16 * 1024))
         .datagram_send_buffer_size(t.datagram_send_buffer)
+        // A relay mostly sends: every acknowledgement a client returns is a packet the server must
+        // receive and process. With the ACK frequency extension the server asks clients to
+        // acknowledge once per `ack_every_packets` (still within 25 ms, and at once on reordering).
+        .ack_frequency_config((t.ack_every_packets != 2).then(|| {
+            let mut ack = quinn::AckFrequencyConfig::default();
+            ack.ack_eliciting_threshold(t.ack_every_packets.saturating_sub(1).into());
+            ack
+        }))
         // Keep-alives keep NAT bindings open and let a dead peer be noticed within the idle timeout.
         .keep_alive_interval(Some(Duration::from_millis(t.keep_alive_ms)))
         .max_idle_timeout(Some(

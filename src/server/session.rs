@@ -166,7 +166,7 @@ async fn serve_registered(
             conn_id,
             batch_bytes: cfg.transport.delivery_batch_bytes,
             slow_close: Duration::from_millis(cfg.transport.slow_close_ms),
-            linger: Duration::from_micros(cfg.transport.delivery_linger_us),
+            window: Duration::from_micros(cfg.transport.delivery_window_us),
         }
         // No span on the delivery task: it is polled for every batch, and entering a span per
         // poll cost ~3% of server CPU in paced fan-out; it logs the connection id itself.
