@@ -321,10 +321,13 @@ async fn write_loop(
     }
     out.clear();
     let mut last_write: Option<tokio::time::Instant> = None;
+    // Registered once, not per message.
+    let closed = conn.closed();
+    tokio::pin!(closed);
     loop {
         let first = tokio::select! {
             biased;
-            _ = conn.closed() => return,
+            _ = &mut closed => return,
             m = rx.recv_async() => match m {
                 Ok(m) => m,
                 Err(_) => return,

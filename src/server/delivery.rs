@@ -123,6 +123,8 @@ impl Delivery {
             conn_id: self.conn_id,
         })];
         let mut last_write: Option<tokio::time::Instant> = None;
+        let closed = self.conn.closed();
+        tokio::pin!(closed);
         loop {
             while let Ok(cmd) = self.rx.try_recv() {
                 self.apply(cmd, &mut subs, &mut out);
@@ -158,13 +160,11 @@ impl Delivery {
                     break;
                 }
             }
+            // One signal wakes this task for its rooms and its command queue alike; `closed`
+            // stays registered across iterations, so an idle wait costs no allocation or lock.
             tokio::select! {
                 biased;
-                _ = self.conn.closed() => break,
-                cmd = self.rx.recv_async() => match cmd {
-                    Ok(cmd) => self.apply(cmd, &mut subs, &mut out),
-                    Err(_) => break,
-                },
+                _ = &mut closed => break,
                 _ = self.signal.wait() => {
                     // Write window (transport.delivery_window_us): a wake-up soon after the last
                     // write waits for the window's end, so what arrives meanwhile shares packets.
@@ -175,6 +175,9 @@ impl Delivery {
                         }
                     }
                 }
+            }
+            if self.rx.is_disconnected() && self.rx.is_empty() {
+                break;
             }
         }
         for s in &subs {

@@ -14,7 +14,8 @@ use crate::protocol::{
     encode_frame,
 };
 use crate::room::{
-    Fanout, JoinPoint, MemberOrder, Outgoing, Room, RoomState, validate_id, validate_msg_type,
+    Fanout, JoinPoint, MemberOrder, Outgoing, Room, RoomState, Signal, validate_id,
+    validate_msg_type,
 };
 use crate::store::{Ack, Op, Snapshot, Store, StoredMessage};
 use bytes::Bytes;
@@ -43,12 +44,40 @@ pub enum DeliveryCmd {
     Event(Bytes),
 }
 
+/// The sending side of a connection's delivery queue: each command also wakes the delivery task
+/// through the same [`Signal`] its rooms use, so the task waits on one thing only.
+#[derive(Clone)]
+pub struct DeliveryTx {
+    tx: flume::Sender<DeliveryCmd>,
+    signal: Arc<Signal>,
+}
+
+impl DeliveryTx {
+    /// A queue of `capacity` commands: the sender, the receiver, and the task's signal.
+    pub fn bounded(capacity: usize) -> (DeliveryTx, flume::Receiver<DeliveryCmd>, Arc<Signal>) {
+        let (tx, rx) = flume::bounded(capacity);
+        let signal = Arc::new(Signal::default());
+        let sender = DeliveryTx {
+            tx,
+            signal: signal.clone(),
+        };
+        (sender, rx, signal)
+    }
+
+    /// Queues `cmd` without waiting; fails when the queue is full or the task is gone.
+    pub fn try_send(&self, cmd: DeliveryCmd) -> Result<(), flume::TrySendError<DeliveryCmd>> {
+        self.tx.try_send(cmd)?;
+        self.signal.notify();
+        Ok(())
+    }
+}
+
 /// What the registry keeps of a connection.
 pub struct ConnHandle {
     /// The authenticated user.
     pub user: String,
     /// The delivery task's queue.
-    pub tx: flume::Sender<DeliveryCmd>,
+    pub tx: DeliveryTx,
     /// The QUIC connection, to close it.
     pub conn: quinn::Connection,
 }

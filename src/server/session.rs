@@ -3,7 +3,7 @@
 
 use super::data::Actor;
 use super::delivery::Delivery;
-use super::relay::{ConnHandle, DeliveryCmd, Durable, Relay};
+use super::relay::{ConnHandle, DeliveryCmd, DeliveryTx, Durable, Relay};
 use crate::metrics as m;
 use crate::protocol::{
     ClientFrame, CloseCode, DecodeError, ErrorCode, FrameReader, PROTOCOL_VERSION, Request,
@@ -126,13 +126,14 @@ async fn run(relay: &Arc<Relay>, incoming: quinn::Incoming) -> Result<&'static s
     };
     tracing::Span::current().record("user", user.as_str());
 
-    let (tx, rx) = flume::bounded(DELIVERY_QUEUE);
+    let (tx, rx, signal) = DeliveryTx::bounded(DELIVERY_QUEUE);
     let conn_id = relay.register_conn(ConnHandle {
         user: user.clone(),
         tx: tx.clone(),
         conn: conn.clone(),
     });
-    let result = serve_registered(relay, &conn, send, reader, &user, conn_id, tx, rx).await;
+    let queue = (tx, rx, signal);
+    let result = serve_registered(relay, &conn, send, reader, &user, conn_id, queue).await;
     relay.unregister_conn(conn_id);
     result
 }
@@ -151,8 +152,7 @@ async fn serve_registered(
     reader: FrameReader<quinn::RecvStream>,
     user: &str,
     conn_id: u64,
-    tx: flume::Sender<DeliveryCmd>,
-    rx: flume::Receiver<DeliveryCmd>,
+    (tx, rx, signal): (DeliveryTx, flume::Receiver<DeliveryCmd>, Arc<Signal>),
 ) -> Result<&'static str, SessionError> {
     let cfg = &relay.config;
     let stream = conn.open_uni().await?;
@@ -162,7 +162,7 @@ async fn serve_registered(
             conn: conn.clone(),
             stream,
             rx,
-            signal: Arc::new(Signal::default()),
+            signal,
             conn_id,
             batch_bytes: cfg.transport.delivery_batch_bytes,
             slow_close: Duration::from_millis(cfg.transport.slow_close_ms),
@@ -288,7 +288,7 @@ fn handle(
     conn: &quinn::Connection,
     user: &str,
     conn_id: u64,
-    tx: &flume::Sender<DeliveryCmd>,
+    tx: &DeliveryTx,
     request: Request,
 ) -> Pending {
     match request {
