@@ -207,6 +207,10 @@ pub struct Tally {
     pub other: u64,
     /// End-to-end latency, µs.
     pub latency: Histogram,
+    /// UDP datagrams the member received while reading (QUIC connection stats).
+    pub packets_in: u64,
+    /// UDP datagrams the member sent meanwhile (acknowledgements, mostly).
+    pub packets_out: u64,
 }
 
 /// Live counters every reader adds to, for the drain and the progress line.
@@ -230,6 +234,11 @@ pub async fn read_events(
         ..Tally::default()
     };
     let events = client.events().clone();
+    let udp = |c: &Client| {
+        let s = c.connection().stats();
+        (s.udp_rx.datagrams, s.udp_tx.datagrams)
+    };
+    let (rx0, tx0) = udp(&client);
     let mut debt = 0.0f64;
     loop {
         if *stop.borrow() {
@@ -273,6 +282,9 @@ pub async fn read_events(
             }
         }
     }
+    let (rx1, tx1) = udp(&client);
+    t.packets_in = rx1 - rx0;
+    t.packets_out = tx1 - tx0;
     // A closed connection still hands out the data it had received before the close, so a slow
     // reader may not have reached its `Closed` event yet: ask the connection itself.
     if t.closed == 0

@@ -707,6 +707,8 @@ async fn rooms(a: &BenchArgs, target: &mut Target) -> Result<Report, BenchError>
         report.deliveries_datagram += t.datagram;
         report.gap_low += t.gap_low;
         report.gap_normal += t.gap_normal;
+        report.packets_to_members += t.packets_in;
+        report.packets_from_members += t.packets_out;
         report.disconnects += t.closed;
         for (k, v) in &t.close_reasons {
             *report.disconnect_reasons.entry(k.clone()).or_default() += v;

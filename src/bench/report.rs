@@ -81,6 +81,10 @@ pub struct Report {
     pub gap_low: u64,
     /// Normal messages members were told they missed (`Gap`).
     pub gap_normal: u64,
+    /// UDP datagrams the members received during the load (their QUIC connection stats).
+    pub packets_to_members: u64,
+    /// UDP datagrams the members sent meanwhile (acknowledgements, mostly).
+    pub packets_from_members: u64,
     /// `roomcast_shed_total` from the relay's `/metrics` (change over the run), by labels.
     pub server_shed: Option<BTreeMap<String, f64>>,
     /// `roomcast_too_slow_disconnects_total` from `/metrics` (change over the run).
@@ -369,6 +373,16 @@ impl Report {
                 format!(
                     "stream {} · datagram {}",
                     self.deliveries_stream, self.deliveries_datagram
+                ),
+            );
+            let delivered = self.deliveries_stream + self.deliveries_datagram;
+            row(
+                "packets",
+                format!(
+                    "{} to members ({:.2} messages per packet) · {} from members",
+                    self.packets_to_members,
+                    delivered as f64 / self.packets_to_members.max(1) as f64,
+                    self.packets_from_members
                 ),
             );
             row(
