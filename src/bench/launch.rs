@@ -168,6 +168,7 @@ impl Target {
         let t = super::transport_of(args);
         config.transport.delivery_window_us = t.delivery_window_us;
         config.transport.ack_every_packets = t.ack_every_packets;
+        config.transport.segmentation_offload = t.segmentation_offload;
         let raised = if args.stock_limits {
             Vec::new()
         } else {
@@ -253,6 +254,9 @@ impl Target {
             .arg(args.window_ms.to_string());
         if let Some(n) = args.ack_every {
             cmd.arg("--ack-every").arg(n.to_string());
+        }
+        if args.no_gso {
+            cmd.arg("--no-gso");
         }
         let log = tmp.path.join("server.log");
         let mut child = spawn(cmd, &log)?;

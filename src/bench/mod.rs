@@ -165,6 +165,9 @@ pub struct BenchArgs {
     /// `transport.delivery_window_us`.
     #[arg(long, default_value_t = 0)]
     pub window_ms: u64,
+    /// Turn UDP GSO off for both targets (`transport.segmentation_offload = false`).
+    #[arg(long)]
+    pub no_gso: bool,
     /// UDP endpoints the harness's clients share, taken in turn (0: one per
     /// client, as separate client processes would have).
     #[arg(long, default_value_t = 0)]
@@ -238,6 +241,7 @@ const SETTLE: Duration = Duration::from_millis(1000);
 pub(crate) fn transport_of(args: &BenchArgs) -> crate::config::Transport {
     let mut t = crate::config::Transport {
         delivery_window_us: args.window_ms.saturating_mul(1000),
+        segmentation_offload: !args.no_gso,
         ..Default::default()
     };
     if let Some(n) = args.ack_every {
@@ -427,6 +431,7 @@ fn base_report(a: &BenchArgs, target: &Target) -> Report {
         window_ms: Some(a.window_ms),
         ack_every: Some(transport_of(a).ack_every_packets),
         client_endpoints: a.client_endpoints,
+        gso: !a.no_gso,
         limits_raised: target.raised.clone(),
         ramp_parallel: a.ramp,
         kept_folder: if a.keep {

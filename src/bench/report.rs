@@ -39,6 +39,8 @@ pub struct Report {
     pub ack_every: Option<u32>,
     /// UDP endpoints the harness's clients shared (0: one per client).
     pub client_endpoints: usize,
+    /// UDP GSO was on (`transport.segmentation_offload`).
+    pub gso: bool,
     /// Configuration the started relay runs with above roomcast's defaults.
     pub limits_raised: Vec<Raised>,
     /// Connections opened at once during the ramp.
@@ -283,13 +285,14 @@ impl Report {
             );
         }
         row(
-            "durability · write window · ack every",
+            "durability · write window · ack every · GSO",
             format!(
-                "{} · {} · {}",
+                "{} · {} · {} · {}",
                 self.durability,
                 self.window_ms.map_or("n/a".into(), |l| format!("{l} ms")),
                 self.ack_every
-                    .map_or("n/a".into(), |n| format!("{n} packets"))
+                    .map_or("n/a".into(), |n| format!("{n} packets")),
+                if self.gso { "on" } else { "off" }
             ),
         );
         row(
