@@ -285,7 +285,7 @@ pub struct Transport {
     pub slow_close_ms: u64,
     /// QUIC endpoints (UDP sockets with SO_REUSEPORT on one port); 0 = one per core.
     pub endpoints: usize,
-    /// Least time between two delivery writes to one connection, microseconds (0 = off).
+    /// Least time between two delivery writes to one connection, microseconds (0 = off, default 50 ms).
     pub delivery_window_us: u64,
     /// Ask clients to acknowledge once per this many packets (QUIC ACK frequency; 2 = QUIC's default).
     pub ack_every_packets: u32,
@@ -309,7 +309,7 @@ impl Default for Transport {
             shutdown_grace_ms: 2_000,
             slow_close_ms: 5_000,
             endpoints: 1,
-            delivery_window_us: 0,
+            delivery_window_us: 50_000,
             ack_every_packets: 2,
             segmentation_offload: true,
         }
@@ -507,7 +507,7 @@ const KEY_DOCS: &[(&str, &str)] = &[
     ),
     (
         "transport.delivery_window_us",
-        "Least time between two delivery writes to one connection, us (0 = off). A message that finds the connection idle for that long goes out at once; messages that follow sooner wait for the window's end and share packets. Adds at most this much latency, and only to dense traffic. At most 100000.",
+        "Least time between two delivery writes to one connection, us (0 = off). A message that finds the connection quiet for that long goes out at once; messages that follow sooner wait for the window's end and share packets. Adds at most this much latency, and only to dense traffic: at 100 msg/s into 1000 members, 50 ms cut the server's CPU per delivery from 9.8 to 6.0 us (5 messages per packet instead of 1.7). At most 100000.",
     ),
     (
         "transport.ack_every_packets",

@@ -825,6 +825,9 @@ async fn a_lagging_member_skips_with_an_exact_gap_and_never_blocks_the_sender() 
     const BODY: usize = 8 * 1024;
     let server = TestServer::start(|c| {
         c.limits.ring_capacity = 16;
+        // Sends and deliveries alternate here, one message per round trip: the write window
+        // would hold each one back (50 ms by default) for nothing to batch it with.
+        c.transport.delivery_window_us = 0;
         // This test is about gaps; the slow member's stalled write must not trip the too-slow
         // close however long the sending phase takes on a busy machine.
         c.transport.slow_close_ms = 600_000;
@@ -870,6 +873,8 @@ async fn a_lagging_member_never_silently_loses_protected_messages() {
     const MESSAGES: u64 = 300;
     let server = TestServer::start(|c| {
         c.limits.ring_capacity = 16;
+        // One message per round trip, as above: nothing for the write window to batch.
+        c.transport.delivery_window_us = 0;
         // Not about the disk: no fsync before each of the admin send replies.
         c.store.durability = roomcast::store::Durability::Batched;
     })

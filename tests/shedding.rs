@@ -53,6 +53,9 @@ async fn a_lagging_member_sheds_low_before_normal_never_protected_with_exact_gap
         // Larger than the flood, so nothing is overrun: what the member misses is shed by lag.
         c.limits.ring_capacity = 1024;
         c.transport.slow_close_ms = 120_000;
+        // The flood waits for each delivery before the next send: nothing for the write window
+        // (50 ms by default) to batch, so it is off here.
+        c.transport.delivery_window_us = 0;
         c.store.durability = roomcast::store::Durability::Batched;
     })
     .await;
@@ -146,6 +149,7 @@ async fn a_lagging_member_sheds_low_before_normal_never_protected_with_exact_gap
 async fn a_member_that_stops_reading_protected_traffic_is_closed_as_too_slow() {
     let server = TestServer::start(|c| {
         c.transport.slow_close_ms = 300;
+        c.transport.delivery_window_us = 0;
         c.store.durability = roomcast::store::Durability::Batched;
     })
     .await;

@@ -251,7 +251,7 @@ impl Target {
             .arg("--data")
             .arg(&tmp.path)
             .arg("--window-ms")
-            .arg(args.window_ms.to_string());
+            .arg((super::transport_of(args).delivery_window_us / 1000).to_string());
         if let Some(n) = args.ack_every {
             cmd.arg("--ack-every").arg(n.to_string());
         }

@@ -162,9 +162,9 @@ pub struct BenchArgs {
     /// Least ms between two writes to one connection, for both targets (0: off):
     /// a write soon after the previous one waits for the window's end, so
     /// paced traffic shares packets. Sets roomcast's
-    /// `transport.delivery_window_us`.
-    #[arg(long, default_value_t = 0)]
-    pub window_ms: u64,
+    /// `transport.delivery_window_us` [default: roomcast's default, 50].
+    #[arg(long)]
+    pub window_ms: Option<u64>,
     /// Turn UDP GSO off for both targets (`transport.segmentation_offload = false`).
     #[arg(long)]
     pub no_gso: bool,
@@ -240,10 +240,12 @@ const SETTLE: Duration = Duration::from_millis(1000);
 /// The transport settings the bench varies, the same for roomcast and the raw baseline.
 pub(crate) fn transport_of(args: &BenchArgs) -> crate::config::Transport {
     let mut t = crate::config::Transport {
-        delivery_window_us: args.window_ms.saturating_mul(1000),
         segmentation_offload: !args.no_gso,
         ..Default::default()
     };
+    if let Some(ms) = args.window_ms {
+        t.delivery_window_us = ms.saturating_mul(1000);
+    }
     if let Some(n) = args.ack_every {
         t.ack_every_packets = n;
     }
@@ -325,11 +327,8 @@ fn validate(a: &BenchArgs) -> Result<(), BenchError> {
             a.duration
         ));
     }
-    if a.window_ms > 100 {
-        return bad(format!(
-            "--window-ms must be at most 100, got {}",
-            a.window_ms
-        ));
+    if let Some(ms) = a.window_ms.filter(|&ms| ms > 100) {
+        return bad(format!("--window-ms must be at most 100, got {ms}"));
     }
     if a.ack_every.is_some_and(|n| !(1..=64).contains(&n)) {
         return bad("--ack-every must be 1..=64".into());
@@ -428,7 +427,7 @@ fn base_report(a: &BenchArgs, target: &Target) -> Report {
                 DurabilityArg::Batched => "batched".into(),
             },
         },
-        window_ms: Some(a.window_ms),
+        window_ms: Some(transport_of(a).delivery_window_us / 1000),
         ack_every: Some(transport_of(a).ack_every_packets),
         client_endpoints: a.client_endpoints,
         gso: !a.no_gso,

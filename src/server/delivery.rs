@@ -4,8 +4,8 @@
 //! Coalescing: every wake-up drains everything that is ready in every room (up to
 //! `delivery_batch_bytes`) and writes it with one vectored write, so one packet carries as many
 //! frames as fit. There is no timer when idle: the task sleeps on its [`Signal`]. While the
-//! connection lags, its writes already gather many frames each. For paced traffic the optional
-//! write window (`transport.delivery_window_us`, off by default) spaces a connection's writes at
+//! connection lags, its writes already gather many frames each. For paced traffic the write
+//! window (`transport.delivery_window_us`, 50 ms by default, 0 turns it off) spaces a connection's writes at
 //! least that far apart: a message that finds the connection quiet for a window goes out at once,
 //! messages that follow sooner wait for the window's end and share its packets. So sparse traffic
 //! gets no added latency, and dense traffic at most one window.
@@ -168,11 +168,11 @@ impl Delivery {
                 _ = self.signal.wait() => {
                     // Write window (transport.delivery_window_us): a wake-up soon after the last
                     // write waits for the window's end, so what arrives meanwhile shares packets.
-                    if let Some(at) = last_write {
-                        let due = at + self.window;
-                        if due > tokio::time::Instant::now() {
-                            tokio::time::sleep_until(due).await;
-                        }
+                    // A backlog already fills packets: then waiting would only slow a lagging
+                    // member down (and get its messages shed).
+                    let now = tokio::time::Instant::now();
+                    if let Some(due) = window_wait(last_write, self.window, now, backlog(&subs)) {
+                        tokio::time::sleep_until(due).await;
                     }
                 }
             }
@@ -337,6 +337,27 @@ impl Delivery {
     }
 }
 
+/// Ring entries waiting for this connection at or above which the write window does not wait:
+/// they fill several packets already.
+const WINDOW_BACKLOG: u64 = 16;
+
+/// Until when a wake-up at `now` waits before draining, if at all: only within `window` of the
+/// last write, and only while fewer than [`WINDOW_BACKLOG`] entries wait.
+fn window_wait<I>(last_write: Option<I>, window: Duration, now: I, backlog: u64) -> Option<I>
+where
+    I: Copy + Ord + std::ops::Add<Duration, Output = I>,
+{
+    let due = last_write? + window;
+    (due > now && backlog < WINDOW_BACKLOG).then_some(due)
+}
+
+/// Ring entries not yet read by this connection, over its rooms.
+fn backlog(subs: &[Sub]) -> u64 {
+    subs.iter()
+        .map(|s| s.room.ring.tail().saturating_sub(s.cursor))
+        .sum()
+}
+
 /// Writes `Gap{low, normal}` for what the member skipped since its last delivered message.
 fn flush_gap(sub: &mut Sub, out: &mut Vec<Bytes>) {
     let low = sub.missed[class_index(Class::Low)];
@@ -361,5 +382,32 @@ fn kick_frame(room: &str, reason: KickReason) -> Bytes {
 impl Read {
     fn is_empty(&self) -> bool {
         matches!(self, Read::Empty)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn the_write_window_holds_only_dense_traffic_with_a_small_backlog() {
+        let t0 = Instant::now();
+        let w = Duration::from_millis(50);
+        let at = |ms| t0 + Duration::from_millis(ms);
+        // Nothing written yet, or the window off: no wait.
+        assert_eq!(window_wait(None, w, t0, 0), None);
+        assert_eq!(window_wait(Some(t0), Duration::ZERO, t0, 0), None);
+        // Soon after a write: wait for the window's end.
+        assert_eq!(window_wait(Some(t0), w, at(10), 1), Some(at(50)));
+        assert_eq!(
+            window_wait(Some(t0), w, at(49), WINDOW_BACKLOG - 1),
+            Some(at(50))
+        );
+        // Quiet for a whole window: at once.
+        assert_eq!(window_wait(Some(t0), w, at(50), 1), None);
+        assert_eq!(window_wait(Some(t0), w, at(500), 1), None);
+        // A backlog fills packets already: no wait however recent the write.
+        assert_eq!(window_wait(Some(t0), w, at(10), WINDOW_BACKLOG), None);
     }
 }
