@@ -1015,3 +1015,46 @@ async fn fewer_acknowledgements_asked_of_clients_lose_nothing() {
         assert_eq!((m.seq, m.body), (seq, body));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn low_datagrams_dropped_on_a_full_client_buffer_are_reported_as_a_gap() {
+    const LOW: u64 = 30;
+    let server = TestServer::start(|_| {}).await;
+    server.create_room("dgram").await;
+    let sender = server.client("sender").await;
+    // Two events of buffer and no reading while the burst arrives: most datagrams find it full.
+    let reader = server.client_with("reader", |c| c.event_buffer = 2).await;
+    sender.join("dgram", -1).await.expect("joins");
+    reader.join("dgram", -1).await.expect("joins");
+    for i in 0..LOW {
+        sender
+            .send("dgram", "chat", Bytes::from(format!("low {i}")), true)
+            .await
+            .expect("sends low");
+    }
+    let (end, _) = sender
+        .send("dgram", "chat", body("end"), false)
+        .await
+        .expect("sends normal");
+
+    let (mut low_delivered, mut low_gap, mut end_seen) = (0u64, 0u64, false);
+    while !(end_seen && low_delivered + low_gap == LOW) {
+        match next_event(&reader).await {
+            ClientEvent::Message { message, datagram } if message.seq == end => {
+                assert!(!datagram, "normal messages come on the stream");
+                end_seen = true;
+            }
+            ClientEvent::Message { datagram, .. } => {
+                assert!(datagram, "these low messages fit in a datagram");
+                low_delivered += 1;
+            }
+            ClientEvent::Gap { room, low, normal } => {
+                assert_eq!((room.as_str(), normal), ("dgram", 0));
+                low_gap += low;
+            }
+            other => panic!("unexpected event {other:?}"),
+        }
+        assert!(low_delivered + low_gap <= LOW, "nothing counted twice");
+    }
+    assert!(low_gap > 0, "a two-event buffer could not hold the burst");
+}

@@ -41,7 +41,8 @@ pub struct ClientConfig {
     /// Accept low-priority messages as datagrams (default true).
     pub datagrams: bool,
     /// Events buffered before the library stops reading the delivery stream (and the server
-    /// starts skipping messages for this connection).
+    /// starts skipping messages for this connection); low-priority datagrams that find it full
+    /// are dropped and reported with a `Gap`.
     pub event_buffer: usize,
 }
 
@@ -69,7 +70,8 @@ pub enum ClientEvent {
         /// Whether it came as a QUIC datagram.
         datagram: bool,
     },
-    /// Messages were skipped because this connection lagged.
+    /// Messages were skipped: shed by the server because this connection lagged, or
+    /// low-priority datagrams this library dropped because the event buffer was full.
     Gap {
         /// Room id.
         room: String,
@@ -588,12 +590,69 @@ async fn read_events(conn: quinn::Connection, tx: flume::Sender<ClientEvent>, ma
 }
 
 async fn read_datagrams(conn: quinn::Connection, tx: flume::Sender<ClientEvent>) {
-    while let Ok(d) = conn.read_datagram().await {
-        if let Ok(event) = decode_body::<Event>(&d)
-            && let Some(ev) = to_client_event(event, true)
-        {
-            // A full buffer drops datagrams, as the network may: they are the low class.
-            let _ = tx.try_send(ev);
+    // Low messages dropped here because the event buffer was full, by room: the application is
+    // told with a `Gap{low}` once the buffer has room again (checked on every datagram, and every
+    // GAP_RETRY while drops wait to be told), so no drop goes unreported.
+    let mut dropped: HashMap<String, u64> = HashMap::new();
+    loop {
+        let d = if dropped.is_empty() {
+            conn.read_datagram().await
+        } else {
+            if !report_dropped(&tx, &mut dropped) {
+                return;
+            }
+            if dropped.is_empty() {
+                continue;
+            }
+            tokio::select! {
+                d = conn.read_datagram() => d,
+                _ = tokio::time::sleep(GAP_RETRY) => continue,
+            }
+        };
+        let Ok(d) = d else {
+            return;
+        };
+        let Some(ev) = decode_body::<Event>(&d)
+            .ok()
+            .and_then(|event| to_client_event(event, true))
+        else {
+            continue;
+        };
+        if !dropped.is_empty() && !report_dropped(&tx, &mut dropped) {
+            return;
+        }
+        match tx.try_send(ev) {
+            Ok(()) => {}
+            Err(flume::TrySendError::Full(ClientEvent::Message { message, .. })) => {
+                *dropped.entry(message.room).or_default() += 1;
+            }
+            Err(flume::TrySendError::Full(_)) => {}
+            Err(flume::TrySendError::Disconnected(_)) => return,
         }
     }
+}
+
+/// How often a datagram reader with unreported drops checks for room in the event buffer.
+const GAP_RETRY: Duration = Duration::from_millis(10);
+
+/// Queues a `Gap{low}` for every room with drops that fits in the event buffer (a try, so a
+/// cancelled wait can never send one twice); false when the application is gone.
+fn report_dropped(tx: &flume::Sender<ClientEvent>, dropped: &mut HashMap<String, u64>) -> bool {
+    let rooms: Vec<String> = dropped.keys().cloned().collect();
+    for room in rooms {
+        let low = dropped.get(&room).copied().unwrap_or(0);
+        let gap = ClientEvent::Gap {
+            room: room.clone(),
+            low,
+            normal: 0,
+        };
+        match tx.try_send(gap) {
+            Ok(()) => {
+                dropped.remove(&room);
+            }
+            Err(flume::TrySendError::Full(_)) => break,
+            Err(flume::TrySendError::Disconnected(_)) => return false,
+        }
+    }
+    true
 }
