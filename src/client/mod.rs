@@ -198,7 +198,11 @@ fn client_transport() -> quinn::TransportConfig {
         .stream_receive_window((256u32 << 10).into())
         .receive_window((512u32 << 10).into())
         .datagram_receive_buffer_size(Some(1 << 20))
-        .keep_alive_interval(Some(Duration::from_secs(10)));
+        .keep_alive_interval(Some(Duration::from_secs(10)))
+        // A client sends small requests: a larger path MTU toward the server would not carry
+        // more of them, and each discovery probe is a padded packet the server must process.
+        // (The server keeps discovering its own path MTU: fan-out packets do fill it.)
+        .mtu_discovery_config(None);
     t
 }
 
@@ -211,9 +215,14 @@ pub struct ClientEndpoint {
     config: quinn::ClientConfig,
 }
 
+/// UDP buffer sizes of a client endpoint: the kernel's 208 KiB default drops handshake
+/// flights when hundreds of connections share one socket.
+const SHARED_BUFFER: usize = 2 << 20;
+
 impl ClientEndpoint {
     /// An endpoint on an ephemeral port of the unspecified address of `server`'s family, trusting
-    /// `ca_pem`; `datagrams` as in [`ClientConfig::datagrams`].
+    /// `ca_pem`; `datagrams` as in [`ClientConfig::datagrams`]. Its socket asks for 2 MiB
+    /// buffers, since many connections may share it.
     pub fn new(server: SocketAddr, ca_pem: &[u8], datagrams: bool) -> Result<Self, ClientError> {
         let crypto = crate::tls::quic_client_crypto(ca_pem)?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
@@ -226,7 +235,14 @@ impl ClientEndpoint {
             SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
             SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
         };
-        let endpoint = quinn::Endpoint::client(bind).map_err(ClientError::Endpoint)?;
+        let socket = crate::server::udp_socket(bind, SHARED_BUFFER, SHARED_BUFFER, false)
+            .map_err(ClientError::Endpoint)?;
+        let runtime = quinn::default_runtime().ok_or_else(|| {
+            ClientError::Endpoint(std::io::Error::other("no async runtime for QUIC"))
+        })?;
+        let endpoint =
+            quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+                .map_err(ClientError::Endpoint)?;
         Ok(ClientEndpoint { endpoint, config })
     }
 }

@@ -317,18 +317,38 @@ pub fn endpoint(
         addr,
         source,
     };
+    let socket =
+        udp_socket(addr, t.udp_recv_buffer, t.udp_send_buffer, reuse_port).map_err(bind_err)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| ServerError::Data("no async runtime for QUIC".into()))?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server_config),
+        socket,
+        runtime,
+    )
+    .map_err(bind_err)
+}
+
+/// A UDP socket bound to `addr` with (up to) the given buffer sizes; the relay's endpoints and
+/// shared client endpoints use it.
+pub(crate) fn udp_socket(
+    addr: SocketAddr,
+    recv_buffer: usize,
+    send_buffer: usize,
+    reuse_port: bool,
+) -> std::io::Result<std::net::UdpSocket> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::DGRAM,
         Some(socket2::Protocol::UDP),
-    )
-    .map_err(bind_err)?;
+    )?;
     if addr.is_ipv6() {
         let _ = socket.set_only_v6(false);
     }
     #[cfg(unix)]
     if reuse_port {
-        socket.set_reuse_port(true).map_err(bind_err)?;
+        socket.set_reuse_port(true)?;
     }
     #[cfg(not(unix))]
     let _ = reuse_port;
@@ -336,18 +356,10 @@ pub fn endpoint(
     // every connection's acknowledgements and requests land in one socket. Ask for more; the
     // kernel caps SO_RCVBUF at net.core.rmem_max, so try SO_RCVBUFFORCE (root or CAP_NET_ADMIN)
     // when the cap bites, and say so when neither works.
-    set_buffer(&socket, t.udp_recv_buffer, BufferKind::Recv);
-    set_buffer(&socket, t.udp_send_buffer, BufferKind::Send);
-    socket.bind(&addr.into()).map_err(bind_err)?;
-    let runtime = quinn::default_runtime()
-        .ok_or_else(|| ServerError::Data("no async runtime for QUIC".into()))?;
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(server_config),
-        socket.into(),
-        runtime,
-    )
-    .map_err(bind_err)
+    set_buffer(&socket, recv_buffer, BufferKind::Recv);
+    set_buffer(&socket, send_buffer, BufferKind::Send);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 #[derive(Clone, Copy)]

@@ -229,7 +229,8 @@ async fn serve_registered(
         max_event: cfg.max_event_frame(),
     });
     send.write_all(&welcome).await?;
-    tracing::info!(conn_id, "connected");
+    // Debug, not info: at thousands of connections a second one line each is its own load.
+    tracing::debug!(conn_id, "connected");
 
     let limits = &cfg.limits;
     let mut bucket = crate::policy::TokenBucket::new(
