@@ -367,10 +367,11 @@ async fn write_loop(
                 next = rx.try_recv().ok();
             }
         }
+        // Datagrams count as a write too, as in the relay.
+        if !window.is_zero() {
+            last_write = Some(tokio::time::Instant::now());
+        }
         if !out.is_empty() {
-            if !window.is_zero() {
-                last_write = Some(tokio::time::Instant::now());
-            }
             if stream.write_all_chunks(&mut out).await.is_err() {
                 return;
             }

@@ -5,10 +5,11 @@
 //! `delivery_batch_bytes`) and writes it with one vectored write, so one packet carries as many
 //! frames as fit. There is no timer when idle: the task sleeps on its [`Signal`]. While the
 //! connection lags, its writes already gather many frames each. For paced traffic the write
-//! window (`transport.delivery_window_us`, 50 ms by default, 0 turns it off) spaces a connection's writes at
-//! least that far apart: a message that finds the connection quiet for a window goes out at once,
-//! messages that follow sooner wait for the window's end and share its packets. So sparse traffic
-//! gets no added latency, and dense traffic at most one window.
+//! window (`transport.delivery_window_us`, 50 ms by default, 0 turns it off) spaces a
+//! connection's writes (stream frames and datagrams alike) at least that far apart: a message that
+//! finds the connection quiet for a window goes out at once, messages that follow sooner wait for
+//! the window's end and share its packets. So sparse traffic gets no added latency, and dense
+//! traffic at most one window.
 //!
 //! Shedding, in priority order (SPEC §7): the publisher never waits for this task. When the
 //! connection falls behind its ring (flow control holds its writes back), it skips low-priority
@@ -131,10 +132,11 @@ impl Delivery {
             }
             let mut tally = Tally::default();
             let drained = self.drain(&mut subs, &mut out, &mut tally);
+            if !self.window.is_zero() && (!out.is_empty() || tally.datagram.iter().any(|&n| n > 0))
+            {
+                last_write = Some(tokio::time::Instant::now());
+            }
             if !out.is_empty() {
-                if !self.window.is_zero() {
-                    last_write = Some(tokio::time::Instant::now());
-                }
                 tally.stream_bytes += out.iter().map(|b| b.len() as u64).sum::<u64>();
                 match tokio::time::timeout(self.slow_close, self.stream.write_all_chunks(&mut out))
                     .await
