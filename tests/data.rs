@@ -7,7 +7,8 @@ mod common;
 
 use bytes::Bytes;
 use common::{
-    ADMIN_KEY, ApiReply, Method, TOKEN_SECRET, TestServer, next_event, next_message, within,
+    ADMIN_KEY, ApiReply, Method, TOKEN_SECRET, TestServer, admin_call, body, code, next_event,
+    next_message, within,
 };
 use roomcast::client::{Client, ClientConfig, ClientError, ClientEvent};
 use roomcast::config::Config;
@@ -23,20 +24,6 @@ use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 
 // ---------------- helpers ----------------
-
-/// The error code of a refused call.
-fn code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> ErrorCode {
-    match r {
-        Err(e) => e
-            .code()
-            .unwrap_or_else(|| panic!("expected a refusal, got {e:?}")),
-        Ok(v) => panic!("expected a refusal, got {v:?}"),
-    }
-}
-
-fn body(s: &str) -> Bytes {
-    Bytes::copy_from_slice(s.as_bytes())
-}
 
 /// The per-key outcome of an attribute call as `(key, error code)`.
 fn per_key(results: &[(String, Option<WireError>)]) -> Vec<(&str, Option<ErrorCode>)> {
@@ -1952,33 +1939,9 @@ impl Node {
     }
 
     async fn api(&self, method: Method, path: &str, body: Option<Value>) -> ApiReply {
-        let mut req = self
-            .http
-            .request(method, format!("http://{}{path}", self.admin_addr))
-            .bearer_auth(ADMIN_KEY);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = within("an admin call", req.send())
-            .await
-            .expect("admin request");
-        let status = resp.status().as_u16();
-        let content_type = resp
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        let text = within("an admin body", resp.text())
-            .await
-            .expect("admin body");
-        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-        ApiReply {
-            status,
-            content_type,
-            text,
-            json,
-        }
+        let url = format!("http://{}{path}", self.admin_addr);
+        let body = body.map(|b| serde_json::to_vec(&b).expect("JSON encodes"));
+        admin_call(&self.http, &url, Some(ADMIN_KEY), method, body).await
     }
 
     /// An admin call that must answer `status`; returns its JSON.

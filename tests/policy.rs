@@ -9,9 +9,9 @@
 
 mod common;
 
-use bytes::Bytes;
 use common::{
-    Method, TestServer, metric, next_event, next_message, next_message_lane, next_notice, within,
+    Method, TestServer, body, metric, next_event, next_message, next_message_lane, next_notice,
+    within,
 };
 use roomcast::client::{Client, ClientError, ClientEvent};
 use roomcast::config::Config;
@@ -29,10 +29,6 @@ const MIN: u64 = 60_000;
 /// an hour later, so the `tick(now)` calls of a test are the only ones that act.
 fn manual_timers(c: &mut Config) {
     c.rooms.timer_tick_ms = 3_600_000;
-}
-
-fn body(s: &str) -> Bytes {
-    Bytes::copy_from_slice(s.as_bytes())
 }
 
 /// The refusal of a client call.
@@ -205,6 +201,42 @@ fn kicked(room: &str, reason: KickReason) -> ClientEvent {
 
 fn ids(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i:02}")).collect()
+}
+
+/// The list at `path` holds one entry: fills it to 20 with `prefix` ids, then checks that one
+/// more (`extra`, in the JSON field `field`) is refused with "at most 20" and changes nothing.
+async fn fill_to_twenty_then_refuse(
+    server: &TestServer,
+    path: &str,
+    field: &str,
+    prefix: &str,
+    extra: &str,
+) -> serde_json::Value {
+    call(
+        server,
+        Method::POST,
+        path,
+        Some(json!({ field: ids(prefix, 19) })),
+        204,
+    )
+    .await;
+    let full = call(server, Method::GET, path, None, 200).await;
+    assert_eq!(full[field].as_array().map(Vec::len), Some(20), "{path}");
+    refused_call(
+        server,
+        Method::POST,
+        path,
+        Some(json!({ field: [extra] })),
+        BAD,
+        "at most 20",
+    )
+    .await;
+    assert_eq!(
+        call(server, Method::GET, path, None, 200).await,
+        full,
+        "{path}"
+    );
+    full
 }
 
 fn destroyed_by(report: &roomcast::server::timers::TickReport) -> Vec<(&str, DestroyReason)> {
@@ -1895,30 +1927,12 @@ async fn mute_all_silences_every_member_but_its_whitelist_of_at_most_20() {
     }
 
     // At most 20 on the whitelist: the 21st is refused and changes nothing.
-    call(
+    let full = fill_to_twenty_then_refuse(
         &server,
-        Method::POST,
         "/v1/rooms/r/mute-all-whitelist",
-        Some(json!({ "user_ids": ids("w", 19) })),
-        204,
-    )
-    .await;
-    let full = call(
-        &server,
-        Method::GET,
-        "/v1/rooms/r/mute-all-whitelist",
-        None,
-        200,
-    )
-    .await;
-    assert_eq!(full["user_ids"].as_array().map(Vec::len), Some(20));
-    refused_call(
-        &server,
-        Method::POST,
-        "/v1/rooms/r/mute-all-whitelist",
-        Some(json!({"user_ids": ["guest"]})),
-        BAD,
-        "at most 20",
+        "user_ids",
+        "w",
+        "guest",
     )
     .await;
     refused_call(
@@ -2271,43 +2285,14 @@ async fn the_user_whitelist_makes_messages_protected_and_holds_20() {
     }
 
     // At most 20: the 21st is refused and changes nothing.
-    call(
+    fill_to_twenty_then_refuse(
         &server,
-        Method::POST,
         "/v1/rooms/r/user-whitelist",
-        Some(json!({ "user_ids": ids("w", 19) })),
-        204,
+        "user_ids",
+        "w",
+        "fan",
     )
     .await;
-    let full = call(
-        &server,
-        Method::GET,
-        "/v1/rooms/r/user-whitelist",
-        None,
-        200,
-    )
-    .await;
-    assert_eq!(full["user_ids"].as_array().map(Vec::len), Some(20));
-    refused_call(
-        &server,
-        Method::POST,
-        "/v1/rooms/r/user-whitelist",
-        Some(json!({"user_ids": ["fan"]})),
-        BAD,
-        "at most 20",
-    )
-    .await;
-    assert_eq!(
-        call(
-            &server,
-            Method::GET,
-            "/v1/rooms/r/user-whitelist",
-            None,
-            200
-        )
-        .await,
-        full
-    );
     send_ok(&fan, "r", "still normal").await;
     for c in [&vip, &fan] {
         assert_eq!(
@@ -2426,43 +2411,7 @@ async fn message_type_lists_decide_the_class_and_hold_20_types() {
         )
         .await;
     }
-    call(
-        &server,
-        Method::POST,
-        "/v1/message-types/whitelist",
-        Some(json!({ "types": ids("t", 19) })),
-        204,
-    )
-    .await;
-    let full = call(
-        &server,
-        Method::GET,
-        "/v1/message-types/whitelist",
-        None,
-        200,
-    )
-    .await;
-    assert_eq!(full["types"].as_array().map(Vec::len), Some(20));
-    refused_call(
-        &server,
-        Method::POST,
-        "/v1/message-types/whitelist",
-        Some(json!({"types": ["chat"]})),
-        BAD,
-        "at most 20",
-    )
-    .await;
-    assert_eq!(
-        call(
-            &server,
-            Method::GET,
-            "/v1/message-types/whitelist",
-            None,
-            200
-        )
-        .await,
-        full
-    );
+    fill_to_twenty_then_refuse(&server, "/v1/message-types/whitelist", "types", "t", "chat").await;
     send_ok(&alice, "r", "plain").await;
     for c in [&alice, &bob] {
         assert_eq!(expect_chat(c, "r", "alice", "plain").await, Class::Normal);

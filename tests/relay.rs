@@ -4,7 +4,8 @@ mod common;
 
 use bytes::Bytes;
 use common::{
-    Method, TestServer, metric, next_closed, next_event, next_message, next_message_lane, within,
+    Method, TestServer, body, code, metric, next_closed, next_event, next_message,
+    next_message_lane, within,
 };
 use roomcast::client::{Client, ClientError, ClientEvent};
 use roomcast::protocol::{
@@ -13,20 +14,6 @@ use roomcast::protocol::{
 };
 use std::sync::Arc;
 use tokio::task::JoinSet;
-
-/// The error code of a refused call.
-fn code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> ErrorCode {
-    match r {
-        Err(e) => e
-            .code()
-            .unwrap_or_else(|| panic!("expected a refusal, got {e:?}")),
-        Ok(v) => panic!("expected a refusal, got {v:?}"),
-    }
-}
-
-fn body(s: &str) -> Bytes {
-    Bytes::copy_from_slice(s.as_bytes())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_returns_room_info_and_leave_ends_membership() {
@@ -943,19 +930,19 @@ async fn several_endpoints_on_one_port_serve_every_client() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delivery_window_batches_without_losing_or_reordering() {
-    let server = TestServer::start(|c| c.transport.delivery_window_us = 20_000).await;
-    server.create_room("paced").await;
+/// A sender sends `n` messages into a fresh room as fast as they are acknowledged; a reader must
+/// receive every one, in order, with its body.
+async fn send_then_read_in_order(server: &TestServer, room: &str, n: u32) {
+    server.create_room(room).await;
     let sender = server.client("sender").await;
     let reader = server.client("reader").await;
-    sender.join("paced", -1).await.expect("joins");
-    reader.join("paced", -1).await.expect("joins");
+    sender.join(room, -1).await.expect("joins");
+    reader.join(room, -1).await.expect("joins");
     let mut sent = Vec::new();
-    for i in 0..30u32 {
+    for i in 0..n {
         let body = Bytes::from(format!("m{i}"));
         let (seq, _) = sender
-            .send("paced", "chat", body.clone(), false)
+            .send(room, "chat", body.clone(), false)
             .await
             .expect("sends");
         sent.push((seq, body));
@@ -964,6 +951,12 @@ async fn a_delivery_window_batches_without_losing_or_reordering() {
         let m = next_message(&reader).await;
         assert_eq!((m.seq, m.body), (seq, body));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_window_batches_without_losing_or_reordering() {
+    let server = TestServer::start(|c| c.transport.delivery_window_us = 20_000).await;
+    send_then_read_in_order(&server, "paced", 30).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -996,24 +989,7 @@ async fn clients_sharing_one_endpoint_each_get_their_messages_and_close_alone() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fewer_acknowledgements_asked_of_clients_lose_nothing() {
     let server = TestServer::start(|c| c.transport.ack_every_packets = 16).await;
-    server.create_room("acks").await;
-    let sender = server.client("sender").await;
-    let reader = server.client("reader").await;
-    sender.join("acks", -1).await.expect("joins");
-    reader.join("acks", -1).await.expect("joins");
-    let mut sent = Vec::new();
-    for i in 0..200u32 {
-        let body = Bytes::from(format!("a{i}"));
-        let (seq, _) = sender
-            .send("acks", "chat", body.clone(), false)
-            .await
-            .expect("sends");
-        sent.push((seq, body));
-    }
-    for (seq, body) in sent {
-        let m = next_message(&reader).await;
-        assert_eq!((m.seq, m.body), (seq, body));
-    }
+    send_then_read_in_order(&server, "acks", 200).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -239,35 +239,7 @@ impl TestServer {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> ApiReply {
-        let mut req = self.http.request(method, self.admin_url(path));
-        if let Some(key) = key {
-            req = req.bearer_auth(key);
-        }
-        if let Some(body) = body {
-            req = req
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body);
-        }
-        let resp = within("an admin call", req.send())
-            .await
-            .expect("admin request");
-        let status = resp.status().as_u16();
-        let content_type = resp
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        let text = within("an admin body", resp.text())
-            .await
-            .expect("admin body");
-        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-        ApiReply {
-            status,
-            content_type,
-            text,
-            json,
-        }
+        admin_call(&self.http, &self.admin_url(path), key, method, body).await
     }
 
     /// Creates a room through the admin API, asserting 201.
@@ -414,4 +386,59 @@ pub fn has_metric(text: &str, name: &str, kind: &str) -> bool {
             .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
     });
     typed && sampled
+}
+
+/// One admin API call on `url` with `key` (none: no `Authorization` header) and raw JSON body
+/// bytes; what every test's admin helpers come down to.
+pub async fn admin_call(
+    http: &reqwest::Client,
+    url: &str,
+    key: Option<&str>,
+    method: Method,
+    body: Option<Vec<u8>>,
+) -> ApiReply {
+    let mut req = http.request(method, url);
+    if let Some(key) = key {
+        req = req.bearer_auth(key);
+    }
+    if let Some(body) = body {
+        req = req
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+    }
+    let resp = within("an admin call", req.send())
+        .await
+        .expect("admin request");
+    let status = resp.status().as_u16();
+    let content_type = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let text = within("an admin body", resp.text())
+        .await
+        .expect("admin body");
+    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+    ApiReply {
+        status,
+        content_type,
+        text,
+        json,
+    }
+}
+
+/// A message body from text.
+pub fn body(s: &str) -> bytes::Bytes {
+    bytes::Bytes::copy_from_slice(s.as_bytes())
+}
+
+/// The error code of a refused call (a wire refusal or a local check of the client library).
+pub fn code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> roomcast::protocol::ErrorCode {
+    match r {
+        Err(e) => e
+            .code()
+            .unwrap_or_else(|| panic!("expected a refusal, got {e:?}")),
+        Ok(v) => panic!("expected a refusal, got {v:?}"),
+    }
 }
