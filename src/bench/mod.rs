@@ -455,6 +455,14 @@ fn reach(a: &BenchArgs, target: &Target) -> Result<Reach, BenchError> {
     .map_err(|e| BenchError::Setup(format!("client endpoints: {e}")))
 }
 
+/// CPU seconds a process used between two samples (0 when either is missing).
+fn cpu_between(start: Option<stats::ProcSample>, end: Option<stats::ProcSample>) -> f64 {
+    match (start, end) {
+        (Some(s), Some(e)) => e.cpu_secs - s.cpu_secs,
+        _ => 0.0,
+    }
+}
+
 fn sample(pid: Option<u32>) -> Option<stats::ProcSample> {
     pid.and_then(stats::sample)
 }
@@ -756,10 +764,7 @@ async fn rooms(a: &BenchArgs, target: &mut Target) -> Result<Report, BenchError>
         (Some(b), Some(a)) => Some(a.values().sum::<f64>() - b.values().sum::<f64>()),
         _ => None,
     };
-    report.client_cpu_secs = match (own_start, own_end) {
-        (Some(s), Some(e)) => e.cpu_secs - s.cpu_secs,
-        _ => 0.0,
-    };
+    report.client_cpu_secs = cpu_between(own_start, own_end);
     report.server = usage(
         target.pid,
         cpu_start,
@@ -918,10 +923,7 @@ async fn churn(a: &BenchArgs, target: &mut Target) -> Result<Report, BenchError>
     report.measured_secs = measured;
     report.failed_connects = tally.failed_connects.values().sum();
     report.failed_connects_by_error = tally.failed_connects.clone();
-    report.client_cpu_secs = match (own_start, own_end) {
-        (Some(s), Some(e)) => e.cpu_secs - s.cpu_secs,
-        _ => 0.0,
-    };
+    report.client_cpu_secs = cpu_between(own_start, own_end);
     report.server = usage(
         target.pid,
         cpu_start,

@@ -238,21 +238,7 @@ impl Relay {
                 Some(_) => Ok(()),
             };
             if outcome.is_ok() {
-                st.attrs.remove(key);
-                st.attr_version += 1;
-                room.publish_event(
-                    &Event::AttributeRemoved {
-                        room: room.id.clone(),
-                        version: st.attr_version,
-                        key: key.clone(),
-                        auto: false,
-                    },
-                    now,
-                );
-                ops.push(Op::DeleteAttr {
-                    room: room.id.clone(),
-                    key: key.clone(),
-                });
+                ops.push(remove_attr(&room, &mut st, key.clone(), false, now));
             }
             results.push((key.clone(), outcome.err()));
         }
@@ -318,21 +304,7 @@ impl Relay {
         }
         let mut ops = Vec::new();
         for key in keys {
-            st.attrs.remove(&key);
-            st.attr_version += 1;
-            room.publish_event(
-                &Event::AttributeRemoved {
-                    room: room.id.clone(),
-                    version: st.attr_version,
-                    key: key.clone(),
-                    auto: true,
-                },
-                now,
-            );
-            ops.push(Op::DeleteAttr {
-                room: room.id.clone(),
-                key,
-            });
+            ops.push(remove_attr(room, st, key, true, now));
         }
         ops.push(Op::PutRoom(room.record(st)));
         // Later acks cover it: the store applies in order.
@@ -519,6 +491,26 @@ fn message_meta(frame: &bytes::Bytes) -> (String, u64) {
     match crate::protocol::decode_body::<Event>(frame.get(4..).unwrap_or_default()) {
         Ok(Event::Message(m)) => (m.from, m.ts),
         _ => (String::new(), 0),
+    }
+}
+
+/// Removes attribute `key` (it exists), bumps the version, tells the members
+/// (`AttributeRemoved`, `auto` when auto-delete removed it) and returns the store op.
+fn remove_attr(room: &Room, st: &mut RoomState, key: String, auto: bool, now: u64) -> Op {
+    st.attrs.remove(&key);
+    st.attr_version += 1;
+    room.publish_event(
+        &Event::AttributeRemoved {
+            room: room.id.clone(),
+            version: st.attr_version,
+            key: key.clone(),
+            auto,
+        },
+        now,
+    );
+    Op::DeleteAttr {
+        room: room.id.clone(),
+        key,
     }
 }
 

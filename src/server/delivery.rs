@@ -173,7 +173,7 @@ impl Delivery {
                     // A backlog already fills packets: then waiting would only slow a lagging
                     // member down (and get its messages shed).
                     let now = tokio::time::Instant::now();
-                    if let Some(due) = window_wait(last_write, self.window, now, backlog(&subs)) {
+                    if let Some(due) = window_wait(last_write, self.window, now, || backlog(&subs)) {
                         tokio::time::sleep_until(due).await;
                     }
                 }
@@ -344,13 +344,19 @@ impl Delivery {
 const WINDOW_BACKLOG: u64 = 16;
 
 /// Until when a wake-up at `now` waits before draining, if at all: only within `window` of the
-/// last write, and only while fewer than [`WINDOW_BACKLOG`] entries wait.
-fn window_wait<I>(last_write: Option<I>, window: Duration, now: I, backlog: u64) -> Option<I>
+/// last write, and only while fewer than [`WINDOW_BACKLOG`] entries wait (`backlog` is asked
+/// only then, so a connection without a window never counts its rooms' entries).
+fn window_wait<I>(
+    last_write: Option<I>,
+    window: Duration,
+    now: I,
+    backlog: impl FnOnce() -> u64,
+) -> Option<I>
 where
     I: Copy + Ord + std::ops::Add<Duration, Output = I>,
 {
     let due = last_write? + window;
-    (due > now && backlog < WINDOW_BACKLOG).then_some(due)
+    (due > now && backlog() < WINDOW_BACKLOG).then_some(due)
 }
 
 /// Ring entries not yet read by this connection, over its rooms.
@@ -398,18 +404,18 @@ mod tests {
         let w = Duration::from_millis(50);
         let at = |ms| t0 + Duration::from_millis(ms);
         // Nothing written yet, or the window off: no wait.
-        assert_eq!(window_wait(None, w, t0, 0), None);
-        assert_eq!(window_wait(Some(t0), Duration::ZERO, t0, 0), None);
+        assert_eq!(window_wait(None, w, t0, || 0), None);
+        assert_eq!(window_wait(Some(t0), Duration::ZERO, t0, || 0), None);
         // Soon after a write: wait for the window's end.
-        assert_eq!(window_wait(Some(t0), w, at(10), 1), Some(at(50)));
+        assert_eq!(window_wait(Some(t0), w, at(10), || 1), Some(at(50)));
         assert_eq!(
-            window_wait(Some(t0), w, at(49), WINDOW_BACKLOG - 1),
+            window_wait(Some(t0), w, at(49), || WINDOW_BACKLOG - 1),
             Some(at(50))
         );
         // Quiet for a whole window: at once.
-        assert_eq!(window_wait(Some(t0), w, at(50), 1), None);
-        assert_eq!(window_wait(Some(t0), w, at(500), 1), None);
+        assert_eq!(window_wait(Some(t0), w, at(50), || 1), None);
+        assert_eq!(window_wait(Some(t0), w, at(500), || 1), None);
         // A backlog fills packets already: no wait however recent the write.
-        assert_eq!(window_wait(Some(t0), w, at(10), WINDOW_BACKLOG), None);
+        assert_eq!(window_wait(Some(t0), w, at(10), || WINDOW_BACKLOG), None);
     }
 }
