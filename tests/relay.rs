@@ -338,7 +338,7 @@ async fn oversized_bodies_are_too_large_and_oversized_frames_close_the_connectio
         .expect_err("frame over max_frame");
     match err {
         ClientError::Closed { code, reason } => {
-            assert_eq!(code, Some(CloseCode::Protocol));
+            assert_eq!(code, Some(CloseCode::Protocol), "{reason}");
             assert!(reason.starts_with("frame of "), "{reason}");
             assert!(
                 reason.ends_with(&format!("exceeds the maximum of {max}")),

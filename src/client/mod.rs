@@ -273,12 +273,13 @@ impl Client {
             .await
             .map_err(|e| closed(&e))?;
         let (mut send, recv) = conn.open_bi().await.map_err(|e| closed(&e))?;
-        send.write_all(&encode_frame(&ClientFrame::Hello {
+        let hello = encode_frame(&ClientFrame::Hello {
             version: PROTOCOL_VERSION,
             token: cfg.token.clone(),
-        }))
-        .await
-        .map_err(|_| closed_now(&conn))?;
+        });
+        if send.write_all(&hello).await.is_err() {
+            return Err(closed_now(&conn).await);
+        }
         // Control-stream replies are small; attribute and history replies are the largest.
         let mut reader = FrameReader::new(recv, 16 << 20);
         let (user, conn_id, max_event) = match reader.read::<ServerFrame>().await {
@@ -294,7 +295,7 @@ impl Client {
                     "expected a welcome, got {other:?}"
                 )));
             }
-            Ok(None) | Err(DecodeError::Io(_)) => return Err(closed_now(&conn)),
+            Ok(None) | Err(DecodeError::Io(_)) => return Err(closed_now(&conn).await),
             Err(e) => return Err(ClientError::Protocol(e.to_string())),
         };
 
@@ -344,13 +345,13 @@ impl Client {
         {
             let mut send = self.send.lock().await;
             if send.write_all(&frame).await.is_err() {
-                return Err(closed_now(&self.conn));
+                return Err(closed_now(&self.conn).await);
             }
         }
         match rx.await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(ClientError::Refused(e)),
-            Err(_) => Err(closed_now(&self.conn)),
+            Err(_) => Err(closed_now(&self.conn).await),
         }
     }
 
@@ -544,10 +545,15 @@ fn unexpected(resp: Response) -> ClientError {
     ClientError::Protocol(format!("unexpected reply {resp:?}"))
 }
 
-fn closed_now(conn: &quinn::Connection) -> ClientError {
-    match conn.close_reason() {
-        Some(e) => closed(&e),
-        None => ClientError::Closed {
+/// How long a client whose control stream ended waits for the connection's close (and the
+/// server's reason) to arrive: the stream's end and the close can come in separate packets.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// The error for a control stream that ended: the connection's close reason, once it arrives.
+async fn closed_now(conn: &quinn::Connection) -> ClientError {
+    match tokio::time::timeout(CLOSE_WAIT, conn.closed()).await {
+        Ok(e) => closed(&e),
+        Err(_) => ClientError::Closed {
             code: None,
             reason: "control stream ended".into(),
         },

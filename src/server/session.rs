@@ -298,15 +298,18 @@ async fn serve_registered(
     }
 }
 
+/// Reads frames until the stream ends or fails, then hands the stream back: dropping it here
+/// would tell the client to stop sending (STOP_SENDING) before the session has closed the
+/// connection with its reason, so the client could see its write refused without the reason.
 async fn read_frames(
     mut reader: FrameReader<quinn::RecvStream>,
     out: flume::Sender<Result<Option<ClientFrame>, DecodeError>>,
-) {
+) -> FrameReader<quinn::RecvStream> {
     loop {
         let frame = reader.read::<ClientFrame>().await;
         let last = !matches!(frame, Ok(Some(_)));
         if out.send_async(frame).await.is_err() || last {
-            return;
+            return reader;
         }
     }
 }
