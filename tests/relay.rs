@@ -9,7 +9,7 @@ use common::{
 };
 use roomcast::client::{Client, ClientError, ClientEvent};
 use roomcast::protocol::{
-    Class, ClientFrame, CloseCode, DestroyReason, ErrorCode, KickReason, PROTOCOL_VERSION,
+    Class, ClientFrame, CloseCode, DestroyReason, ErrorCode, Event, KickReason, PROTOCOL_VERSION,
     ServerFrame, encode_frame,
 };
 use std::sync::Arc;
@@ -647,6 +647,77 @@ async fn leaving_on_one_device_kicks_the_other() {
             ("side", 1, b"marker".as_ref())
         );
     }
+}
+
+/// A membership ends after everything published during it: a ban's `Kicked` comes after the
+/// messages sent before the ban, and a member that leaves and joins again gets the messages from
+/// before its leave, then those after its new join, none from in between. The longest write
+/// window (100 ms) holds the messages back in the delivery tasks while the ban and the leave
+/// happen, so the memberships end while their messages are still unread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_membership_ends_after_everything_published_during_it() {
+    let server = TestServer::start(|c| c.transport.delivery_window_us = 100_000).await;
+    server.create_room("lobby").await;
+    let alice = server.client("alice").await;
+    let bob = server.client("bob").await;
+    let carol = server.client("carol").await;
+    for c in [&alice, &bob, &carol] {
+        c.join("lobby", -1).await.expect("joins");
+    }
+    for text in ["one", "two"] {
+        carol
+            .send("lobby", "chat", body(text), false)
+            .await
+            .expect("sends");
+    }
+    let r = server
+        .api(
+            Method::POST,
+            "/v1/rooms/lobby/bans",
+            Some(serde_json::json!({"user_ids": ["alice"], "minutes": 5})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    bob.leave("lobby").await.expect("bob leaves");
+    carol
+        .send("lobby", "chat", body("missed"), false)
+        .await
+        .expect("sends");
+    bob.join("lobby", -1).await.expect("bob joins again");
+    carol
+        .send("lobby", "chat", body("three"), false)
+        .await
+        .expect("sends");
+
+    // Messages and kicks in arrival order; notices (members joining and leaving) aside.
+    async fn story(c: &Client, until: &str) -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            let line = match next_event(c).await {
+                ClientEvent::Message { message, .. } => {
+                    String::from_utf8_lossy(&message.body).into_owned()
+                }
+                ClientEvent::Kicked { reason, .. } => format!("kicked:{}", reason.as_str()),
+                ClientEvent::Notice(_) => continue,
+                other => panic!("unexpected {other:?}"),
+            };
+            let last = line == until;
+            seen.push(line);
+            if last {
+                return seen;
+            }
+        }
+    }
+    assert_eq!(
+        story(&alice, "kicked:banned").await,
+        ["one", "two", "kicked:banned"]
+    );
+    // Her own notice of the ban follows the kick.
+    match next_event(&alice).await {
+        ClientEvent::Notice(Event::Banned { users, .. }) => assert_eq!(users, ["alice"]),
+        other => panic!("expected Banned, got {other:?}"),
+    }
+    assert_eq!(story(&bob, "three").await, ["one", "two", "three"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

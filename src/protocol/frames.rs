@@ -347,7 +347,8 @@ pub enum Event {
         /// Why.
         reason: DestroyReason,
     },
-    /// 4: this connection was removed from the room.
+    /// 4: this connection was removed from the room. It comes after every message the room
+    /// published before the removal, and no message of the room follows it.
     Kicked {
         /// Room id.
         room: String,

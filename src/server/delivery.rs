@@ -20,6 +20,9 @@
 //! behind with protected messages among the overwritten ones, or a write cannot complete within
 //! `slow_close_ms`, the connection is closed with [`CloseCode::TooSlow`] and reason `too_slow`:
 //! protected traffic is never dropped while a connection lives.
+//!
+//! A membership that ends (leave, kick, ban) ends at the ring position where it ended: the member
+//! still gets everything published before that, then its `Kicked`, and nothing after it.
 
 use super::relay::DeliveryCmd;
 use crate::metrics as m;
@@ -38,6 +41,16 @@ struct Sub {
     cum: ClassCounts,
     /// Messages skipped since the last `Gap` (shed or overwritten).
     missed: ClassCounts,
+    /// Set when the membership ended: read up to there, then stop.
+    leaving: Option<Leaving>,
+}
+
+/// The end of a membership: what the member still gets.
+struct Leaving {
+    /// The first ring position published after the membership ended.
+    until: u64,
+    /// Told to the client once everything before `until` is written.
+    kicked: Option<KickReason>,
 }
 
 /// Per-batch tallies, flushed to the metrics once per write.
@@ -123,15 +136,19 @@ impl Delivery {
         let mut out: Vec<Bytes> = vec![encode_frame(&Event::Ready {
             conn_id: self.conn_id,
         })];
+        let mut notices: Vec<Bytes> = Vec::new();
         let mut last_write: Option<tokio::time::Instant> = None;
         let closed = self.conn.closed();
         tokio::pin!(closed);
         loop {
             while let Ok(cmd) = self.rx.try_recv() {
-                self.apply(cmd, &mut subs, &mut out);
+                self.apply(cmd, &mut subs, &mut notices);
             }
             let mut tally = Tally::default();
             let drained = self.drain(&mut subs, &mut out, &mut tally);
+            // Notices for this connection follow what its rooms published before them (a ban's
+            // `Banned` comes after the messages sent before the ban, and after its `Kicked`).
+            out.append(&mut notices);
             if !self.window.is_zero() && (!out.is_empty() || tally.datagram.iter().any(|&n| n > 0))
             {
                 last_write = Some(tokio::time::Instant::now());
@@ -197,36 +214,49 @@ impl Delivery {
         self.conn.close(CloseCode::TooSlow.into(), b"too_slow");
     }
 
-    fn apply(&self, cmd: DeliveryCmd, subs: &mut Vec<Sub>, out: &mut Vec<Bytes>) {
+    /// Applies a command; notices for the client go to `notices`.
+    fn apply(&self, cmd: DeliveryCmd, subs: &mut Vec<Sub>, notices: &mut Vec<Bytes>) {
         match cmd {
             DeliveryCmd::Subscribe { room, at } => {
-                if subs.iter().any(|s| Arc::ptr_eq(&s.room, &room)) {
+                if subs
+                    .iter()
+                    .any(|s| s.leaving.is_none() && Arc::ptr_eq(&s.room, &room))
+                {
                     return;
                 }
-                subs.retain(|s| s.room.id != room.id);
+                // A membership that is ending keeps its place (before this one) until it is read
+                // to its end, so its messages and its Kicked come before the new membership's.
+                subs.retain(|s| s.leaving.is_some() || s.room.id != room.id);
                 room.watchers.add(self.conn_id, self.signal.clone());
                 subs.push(Sub {
                     room,
                     cursor: at.pos,
                     cum: at.cum,
                     missed: [0; 3],
+                    leaving: None,
                 });
                 // Anything published between the join and the registration is read on this pass.
                 self.signal.notify();
             }
-            DeliveryCmd::Unsubscribe { room, kicked } => {
-                subs.retain(|s| {
-                    let keep = s.room.id != room;
-                    if !keep {
-                        s.room.watchers.remove(self.conn_id);
+            DeliveryCmd::Unsubscribe {
+                room,
+                kicked,
+                until,
+            } => {
+                // The next drain delivers what was published while a member, then ends it.
+                match subs
+                    .iter_mut()
+                    .find(|s| s.leaving.is_none() && s.room.id == room)
+                {
+                    Some(sub) => sub.leaving = Some(Leaving { until, kicked }),
+                    None => {
+                        if let Some(reason) = kicked {
+                            notices.push(kick_frame(&room, reason));
+                        }
                     }
-                    keep
-                });
-                if let Some(reason) = kicked {
-                    out.push(kick_frame(&room, reason));
                 }
             }
-            DeliveryCmd::Event(frame) => out.push(frame),
+            DeliveryCmd::Event(frame) => notices.push(frame),
         }
     }
 
@@ -247,6 +277,15 @@ impl Delivery {
             loop {
                 if budget == 0 {
                     result = Drained::More;
+                    break;
+                }
+                if let Some(l) = sub.leaving.as_ref().filter(|l| sub.cursor >= l.until) {
+                    let kicked = l.kicked;
+                    flush_gap(sub, out);
+                    if let Some(reason) = kicked {
+                        out.push(kick_frame(&sub.room.id, reason));
+                    }
+                    gone.push(i);
                     break;
                 }
                 match sub.room.ring.read(sub.cursor) {
@@ -331,9 +370,13 @@ impl Delivery {
                 metrics::histogram!(m::FANOUT_LATENCY).record(at.elapsed().as_secs_f64());
             }
         }
+        // In order: a new membership of a room must stay behind the one that is ending.
         for i in gone.into_iter().rev() {
-            let s = subs.swap_remove(i);
-            s.room.watchers.remove(self.conn_id);
+            let s = subs.remove(i);
+            // The same room may be joined again (a new membership after this one ended).
+            if !subs.iter().any(|o| Arc::ptr_eq(&o.room, &s.room)) {
+                s.room.watchers.remove(self.conn_id);
+            }
         }
         result
     }

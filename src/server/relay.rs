@@ -33,12 +33,16 @@ pub enum DeliveryCmd {
         /// Where to start.
         at: JoinPoint,
     },
-    /// Stop reading a room; tell the client with `Kicked` when `kicked` is set.
+    /// Stop reading a room once everything published before ring position `until` (the ring's
+    /// tail when the membership ended) is delivered; then tell the client with `Kicked` when
+    /// `kicked` is set.
     Unsubscribe {
         /// Room id.
         room: String,
         /// Why, when the client did not ask for it.
         kicked: Option<KickReason>,
+        /// The first ring position published after the membership ended.
+        until: u64,
     },
     /// Write this encoded event frame (a notice for this connection only).
     Event(Bytes),
@@ -476,12 +480,14 @@ impl Relay {
             metrics::counter!(m::MEMBERS_REMOVED, "reason" => k.as_str()).increment(1);
         }
         self.forget_membership(user, &room.id);
+        let until = room.ring.tail();
         for c in member.conns {
             self.tell(
                 c,
                 DeliveryCmd::Unsubscribe {
                     room: room.id.clone(),
                     kicked,
+                    until,
                 },
             );
         }
@@ -856,7 +862,9 @@ impl Relay {
                     format!("user {user:?} is not in room {room_id:?}"),
                 )
             })?;
-        // The leaving connection is told nothing; the user's other devices get Kicked.
+        // The leaving connection is told nothing; the user's other devices get Kicked. All get
+        // what was published before the leave, and nothing after (not even the leave's events).
+        let until = room.ring.tail();
         if let Some(m) = st.member_mut(user) {
             m.conns.retain(|c| *c != conn);
         }
@@ -873,6 +881,7 @@ impl Relay {
                 DeliveryCmd::Unsubscribe {
                     room: room_id.to_owned(),
                     kicked: None,
+                    until,
                 },
             );
         }
