@@ -302,7 +302,7 @@ impl Client {
         let pending: Pending = Arc::default();
         let (tx, events) = flume::bounded(cfg.event_buffer.max(1));
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(read_replies(reader, pending.clone()));
+        tasks.spawn(read_replies(conn.clone(), reader, pending.clone()));
         tasks.spawn(read_events(conn.clone(), tx.clone(), max_event));
         tasks.spawn(read_datagrams(conn.clone(), tx));
         Ok(Client {
@@ -342,11 +342,9 @@ impl Client {
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, tx);
         let frame = encode_frame(&ClientFrame::Request { id, request });
-        {
-            let mut send = self.send.lock().await;
-            if send.write_all(&frame).await.is_err() {
-                return Err(closed_now(&self.conn).await);
-            }
+        let written = self.send.lock().await.write_all(&frame).await;
+        if written.is_err() {
+            return Err(closed_now(&self.conn).await);
         }
         match rx.await {
             Ok(Ok(resp)) => Ok(resp),
@@ -560,8 +558,21 @@ async fn closed_now(conn: &quinn::Connection) -> ClientError {
     }
 }
 
-async fn read_replies(mut reader: FrameReader<quinn::RecvStream>, pending: Pending) {
-    while let Ok(Some(frame)) = reader.read::<ServerFrame>().await {
+async fn read_replies(
+    conn: quinn::Connection,
+    mut reader: FrameReader<quinn::RecvStream>,
+    pending: Pending,
+) {
+    loop {
+        let frame = match reader.read::<ServerFrame>().await {
+            Ok(Some(frame)) => frame,
+            Ok(None) | Err(DecodeError::Io(_)) => break,
+            Err(e) => {
+                // A reply this client cannot read: nothing after it can be matched up either.
+                conn.close(CloseCode::Protocol.into(), e.to_string().as_bytes());
+                break;
+            }
+        };
         if let ServerFrame::Reply { id, result } = frame {
             let tx = pending
                 .lock()
