@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use reqwest::Method;
 use roomcast::client::ClientEvent;
-use roomcast::protocol::{Class, CloseCode};
+use roomcast::protocol::{Class, CloseCode, KickReason};
 use serde_json::json;
 
 /// What one class of a mixed flood looks like at a member.
@@ -203,4 +203,88 @@ async fn a_member_that_stops_reading_protected_traffic_is_closed_as_too_slow() {
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(next_message(&fast).await.seq, 401);
+}
+
+/// A member banned while a whole ring behind is still told exactly what it lost before the ban:
+/// its messages from before the ban, delivered or counted in a `Gap`, then `Kicked{banned}`, and
+/// nothing sent after the ban (more than a ring of it, so the overrun carries its cursor past the
+/// end of its membership).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_banned_while_overrun_gets_a_gap_for_what_it_lost_then_kicked() {
+    const BEFORE: u64 = 100;
+    const AFTER: u64 = 40;
+    let server = TestServer::start(|c| {
+        c.limits.ring_capacity = 16;
+        c.transport.slow_close_ms = 120_000;
+        c.transport.delivery_window_us = 0;
+        c.store.durability = roomcast::store::Durability::Batched;
+    })
+    .await;
+    server.create_room("r").await;
+    let fast = server.client("fast").await;
+    let slow = server
+        .client_with("slow", |c| {
+            c.event_buffer = 1;
+            c.datagrams = false;
+        })
+        .await;
+    fast.join("r", -1).await.expect("joins");
+    slow.join("r", -1).await.expect("joins");
+    let body = "n".repeat(8 * 1024);
+    let send_normal = |seq: u64| {
+        let server = &server;
+        let fast = &fast;
+        let body = &body;
+        async move {
+            let r = server
+                .api(
+                    Method::POST,
+                    "/v1/rooms/r/messages",
+                    Some(json!({"from": "u", "type": "chat", "body": body})),
+                )
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text);
+            assert_eq!(next_message(fast).await.seq, seq);
+        }
+    };
+    for seq in 1..=BEFORE {
+        send_normal(seq).await;
+    }
+    let r = server
+        .api(
+            Method::POST,
+            "/v1/rooms/r/bans",
+            Some(json!({"user_ids": ["slow"], "minutes": 5})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    for seq in BEFORE + 1..=BEFORE + AFTER {
+        send_normal(seq).await;
+    }
+
+    let (mut delivered, mut gap) = (0u64, 0u64);
+    loop {
+        match next_event(&slow).await {
+            ClientEvent::Message { message, .. } => {
+                assert!(message.seq <= BEFORE, "sent after the ban: {}", message.seq);
+                delivered += 1;
+            }
+            ClientEvent::Gap { low, normal, .. } => {
+                assert_eq!(low, 0);
+                gap += normal;
+            }
+            ClientEvent::Kicked { room, reason } => {
+                assert_eq!((room.as_str(), reason), ("r", KickReason::Banned));
+                break;
+            }
+            ClientEvent::Notice(_) => {}
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+    assert!(gap > 0, "the member was overrun: {delivered} delivered");
+    assert_eq!(
+        delivered + gap,
+        BEFORE,
+        "every message before the ban is accounted for"
+    );
 }

@@ -456,3 +456,30 @@ pub enum Event {
         auto: bool,
     },
 }
+
+impl Event {
+    /// The room the event is about; empty for a notice about no room (a global mute), `None`
+    /// for `Ready`.
+    pub fn room(&self) -> Option<&str> {
+        match self {
+            Event::Ready { .. } => None,
+            Event::Message(m) => Some(&m.room),
+            Event::Gap { room, .. }
+            | Event::RoomDestroyed { room, .. }
+            | Event::Kicked { room, .. }
+            | Event::Resumed { room, .. }
+            | Event::Muted { room, .. }
+            | Event::Unmuted { room, .. }
+            | Event::MuteAll { room, .. }
+            | Event::MuteAllLifted { room, .. }
+            | Event::Banned { room, .. }
+            | Event::Unbanned { room, .. }
+            | Event::MemberJoined { room, .. }
+            | Event::MemberLeft { room, .. }
+            | Event::MemberCount { room, .. }
+            | Event::Recalled { room, .. }
+            | Event::AttributeChanged { room, .. }
+            | Event::AttributeRemoved { room, .. } => Some(room),
+        }
+    }
+}

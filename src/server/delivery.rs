@@ -29,7 +29,7 @@ use crate::metrics as m;
 use crate::policy::shed_on_egress;
 use crate::protocol::{Class, CloseCode, DestroyReason, Event, KickReason, encode_frame};
 use crate::room::ring::{ClassCounts, class_index};
-use crate::room::{Read, Room, Signal};
+use crate::room::{JoinPoint, Read, Room, Signal};
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,10 +47,12 @@ struct Sub {
 
 /// The end of a membership: what the member still gets.
 struct Leaving {
-    /// The first ring position published after the membership ended.
-    until: u64,
+    /// Where the membership ended: the first ring position after it and the class counts before.
+    until: JoinPoint,
     /// Told to the client once everything before `until` is written.
     kicked: Option<KickReason>,
+    /// Notices about the room that came after the end (a ban's `Banned`): written after `Kicked`.
+    then: Vec<Bytes>,
 }
 
 /// Per-batch tallies, flushed to the metrics once per write.
@@ -136,19 +138,15 @@ impl Delivery {
         let mut out: Vec<Bytes> = vec![encode_frame(&Event::Ready {
             conn_id: self.conn_id,
         })];
-        let mut notices: Vec<Bytes> = Vec::new();
         let mut last_write: Option<tokio::time::Instant> = None;
         let closed = self.conn.closed();
         tokio::pin!(closed);
         loop {
             while let Ok(cmd) = self.rx.try_recv() {
-                self.apply(cmd, &mut subs, &mut notices);
+                self.apply(cmd, &mut subs, &mut out);
             }
             let mut tally = Tally::default();
             let drained = self.drain(&mut subs, &mut out, &mut tally);
-            // Notices for this connection follow what its rooms published before them (a ban's
-            // `Banned` comes after the messages sent before the ban, and after its `Kicked`).
-            out.append(&mut notices);
             if !self.window.is_zero() && (!out.is_empty() || tally.datagram.iter().any(|&n| n > 0))
             {
                 last_write = Some(tokio::time::Instant::now());
@@ -214,8 +212,10 @@ impl Delivery {
         self.conn.close(CloseCode::TooSlow.into(), b"too_slow");
     }
 
-    /// Applies a command; notices for the client go to `notices`.
-    fn apply(&self, cmd: DeliveryCmd, subs: &mut Vec<Sub>, notices: &mut Vec<Bytes>) {
+    /// Applies a command; notices for the client go to `out`, ahead of the next drain (a
+    /// `Resumed` must precede the messages it introduces), except those that must follow the end
+    /// of a membership of their room.
+    fn apply(&self, cmd: DeliveryCmd, subs: &mut Vec<Sub>, out: &mut Vec<Bytes>) {
         match cmd {
             DeliveryCmd::Subscribe { room, at } => {
                 if subs
@@ -248,15 +248,30 @@ impl Delivery {
                     .iter_mut()
                     .find(|s| s.leaving.is_none() && s.room.id == room)
                 {
-                    Some(sub) => sub.leaving = Some(Leaving { until, kicked }),
+                    Some(sub) => {
+                        sub.leaving = Some(Leaving {
+                            until,
+                            kicked,
+                            then: Vec::new(),
+                        })
+                    }
                     None => {
                         if let Some(reason) = kicked {
-                            notices.push(kick_frame(&room, reason));
+                            out.push(kick_frame(&room, reason));
                         }
                     }
                 }
             }
-            DeliveryCmd::Event(frame) => notices.push(frame),
+            DeliveryCmd::Event { room, frame } => {
+                let ending = subs
+                    .iter_mut()
+                    .rev()
+                    .find_map(|s| s.leaving.as_mut().filter(|_| s.room.id == room));
+                match ending {
+                    Some(l) => l.then.push(frame),
+                    None => out.push(frame),
+                }
+            }
         }
     }
 
@@ -279,12 +294,22 @@ impl Delivery {
                     result = Drained::More;
                     break;
                 }
-                if let Some(l) = sub.leaving.as_ref().filter(|l| sub.cursor >= l.until) {
-                    let kicked = l.kicked;
+                if let Some(mut l) = sub.leaving.take_if(|l| sub.cursor >= l.until.pos) {
+                    // An overrun may have carried the cursor past the end: what was lost up to
+                    // the end is counted like any other overrun.
+                    for k in 0..3 {
+                        let lost = l.until.cum[k].saturating_sub(sub.cum[k]);
+                        sub.missed[k] += lost;
+                        tally.shed_overrun[k] += lost;
+                    }
+                    if sub.missed[class_index(Class::Protected)] > 0 {
+                        return Drained::TooSlow;
+                    }
                     flush_gap(sub, out);
-                    if let Some(reason) = kicked {
+                    if let Some(reason) = l.kicked {
                         out.push(kick_frame(&sub.room.id, reason));
                     }
+                    out.append(&mut l.then);
                     gone.push(i);
                     break;
                 }

@@ -33,19 +33,26 @@ pub enum DeliveryCmd {
         /// Where to start.
         at: JoinPoint,
     },
-    /// Stop reading a room once everything published before ring position `until` (the ring's
-    /// tail when the membership ended) is delivered; then tell the client with `Kicked` when
-    /// `kicked` is set.
+    /// Stop reading a room once everything published before `until` (the ring's join point when
+    /// the membership ended) is delivered or accounted for in a `Gap`; then tell the client with
+    /// `Kicked` when `kicked` is set.
     Unsubscribe {
         /// Room id.
         room: String,
         /// Why, when the client did not ask for it.
         kicked: Option<KickReason>,
-        /// The first ring position published after the membership ended.
-        until: u64,
+        /// Where the membership ended: the first position after it, and the class counts before.
+        until: JoinPoint,
     },
-    /// Write this encoded event frame (a notice for this connection only).
-    Event(Bytes),
+    /// Write this encoded event frame (a notice for this connection only) about `room` (empty
+    /// for notices about no room). It follows the `Kicked` of a membership of `room` that is
+    /// still ending.
+    Event {
+        /// Room id, or empty.
+        room: String,
+        /// The encoded event.
+        frame: Bytes,
+    },
 }
 
 /// The sending side of a connection's delivery queue: each command also wakes the delivery task
@@ -134,9 +141,6 @@ pub struct AdminMessage {
     /// Low-priority class.
     pub low: bool,
 }
-
-/// A room to read and where to start: what a join hands to the connection's delivery task.
-pub type Subscription = (Arc<Room>, JoinPoint);
 
 /// A message's `(seq, ts)`.
 pub type Stamped = (u64, u64);
@@ -364,7 +368,10 @@ impl Relay {
             });
             // A fresh queue of 256 holds these (at most rooms_per_user of each).
             let _ = tx.try_send(DeliveryCmd::Subscribe { room, at });
-            let _ = tx.try_send(DeliveryCmd::Event(resumed));
+            let _ = tx.try_send(DeliveryCmd::Event {
+                room: room_id.clone(),
+                frame: resumed,
+            });
             tracing::debug!(room = %room_id, user = %user, missed, "membership resumed");
         }
         id
@@ -438,7 +445,13 @@ impl Relay {
                     at,
                 },
             );
-            self.tell(*c, DeliveryCmd::Event(frame.clone()));
+            self.tell(
+                *c,
+                DeliveryCmd::Event {
+                    room: room.id.clone(),
+                    frame: frame.clone(),
+                },
+            );
         }
     }
 
@@ -480,7 +493,7 @@ impl Relay {
             metrics::counter!(m::MEMBERS_REMOVED, "reason" => k.as_str()).increment(1);
         }
         self.forget_membership(user, &room.id);
-        let until = room.ring.tail();
+        let until = room.ring.join_point();
         for c in member.conns {
             self.tell(
                 c,
@@ -534,8 +547,15 @@ impl Relay {
             return;
         }
         let frame = encode_frame(event);
+        let room = event.room().unwrap_or_default();
         for c in conns {
-            self.tell(c, DeliveryCmd::Event(frame.clone()));
+            self.tell(
+                c,
+                DeliveryCmd::Event {
+                    room: room.to_owned(),
+                    frame: frame.clone(),
+                },
+            );
         }
     }
 
@@ -706,15 +726,15 @@ impl Relay {
 
     // ---- membership ----
 
-    /// Joins `conn` of `user` to a room. Returns the reply and, when the connection was not
-    /// subscribed yet, the room and join point for its delivery task.
+    /// Joins `conn` of `user` to a room; a connection not subscribed yet is subscribed (under the
+    /// room's lock, so a kick that follows the join cannot overtake the subscription).
     pub fn join(
         &self,
         conn: u64,
         user: &str,
         room_id: &str,
         history: i32,
-    ) -> Result<(JoinInfo, Option<Subscription>), WireError> {
+    ) -> Result<JoinInfo, WireError> {
         validate_id("room id", room_id)?;
         let limits = &self.config.limits;
         let wanted = match history {
@@ -797,6 +817,15 @@ impl Relay {
         let attributes = attributes_of(&st);
         let attr_version = st.attr_version;
         let recalls = st.recent_recalls.clone();
+        if !already {
+            self.tell(
+                conn,
+                DeliveryCmd::Subscribe {
+                    room: room.clone(),
+                    at,
+                },
+            );
+        }
         drop(st);
         let history = if wanted == 0 {
             Vec::new()
@@ -804,18 +833,14 @@ impl Relay {
             self.history_of(&room, Some(at.last_seq + 1), wanted, &recalls)?
         };
         tracing::debug!(room = %room_id, user, conn, "joined");
-        let sub = (!already).then(|| (room.clone(), at));
-        Ok((
-            JoinInfo {
-                room: info,
-                last_seq: at.last_seq,
-                muted,
-                history,
-                attributes,
-                attr_version,
-            },
-            sub,
-        ))
+        Ok(JoinInfo {
+            room: info,
+            last_seq: at.last_seq,
+            muted,
+            history,
+            attributes,
+            attr_version,
+        })
     }
 
     fn check_joinable(room: &Room, st: &RoomState, user: &str, now: u64) -> Result<(), WireError> {
@@ -864,7 +889,7 @@ impl Relay {
             })?;
         // The leaving connection is told nothing; the user's other devices get Kicked. All get
         // what was published before the leave, and nothing after (not even the leave's events).
-        let until = room.ring.tail();
+        let until = room.ring.join_point();
         if let Some(m) = st.member_mut(user) {
             m.conns.retain(|c| *c != conn);
         }

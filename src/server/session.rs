@@ -90,10 +90,10 @@ async fn run(
     let (tx, rx, signal) = DeliveryTx::bounded(DELIVERY_QUEUE);
     let conn_id = relay.register_conn(ConnHandle {
         user: user.clone(),
-        tx: tx.clone(),
+        tx,
         conn: conn.clone(),
     });
-    let queue = (tx, rx, signal);
+    let queue = (rx, signal);
     let result = serve_registered(relay, &conn, send, reader, &user, conn_id, queue).await;
     relay.unregister_conn(conn_id);
     result
@@ -195,7 +195,7 @@ async fn serve_registered(
     reader: FrameReader<quinn::RecvStream>,
     user: &str,
     conn_id: u64,
-    (tx, rx, signal): (DeliveryTx, flume::Receiver<DeliveryCmd>, Arc<Signal>),
+    (rx, signal): (flume::Receiver<DeliveryCmd>, Arc<Signal>),
 ) -> Result<&'static str, SessionError> {
     let cfg = &relay.config;
     let stream = conn.open_uni().await?;
@@ -289,7 +289,7 @@ async fn serve_registered(
                     );
                     Box::pin(std::future::ready((id, Err(e))))
                 } else {
-                    let pending = handle(relay, conn, user, conn_id, &tx, request);
+                    let pending = handle(relay, user, conn_id, request);
                     Box::pin(async move { (id, pending.await) })
                 };
                 replies.push_back(reply);
@@ -332,27 +332,13 @@ fn durable<T: Send + 'static>(
 
 /// Does a request's work now (so requests take effect in order) and returns what to wait for
 /// before replying (the store, for changes that must be durable).
-fn handle(
-    relay: &Relay,
-    conn: &quinn::Connection,
-    user: &str,
-    conn_id: u64,
-    tx: &DeliveryTx,
-    request: Request,
-) -> Pending {
+fn handle(relay: &Relay, user: &str, conn_id: u64, request: Request) -> Pending {
     match request {
-        Request::Join { room, history } => match relay.join(conn_id, user, &room, history) {
-            Ok((info, sub)) => {
-                if let Some((room, at)) = sub
-                    && tx.try_send(DeliveryCmd::Subscribe { room, at }).is_err()
-                {
-                    // Our own delivery queue is full only when the client stopped reading.
-                    conn.close(CloseCode::TooSlow.into(), b"delivery queue full");
-                }
-                ready(Ok(Response::Joined(info)))
-            }
-            Err(e) => ready(Err(e)),
-        },
+        Request::Join { room, history } => ready(
+            relay
+                .join(conn_id, user, &room, history)
+                .map(Response::Joined),
+        ),
         Request::Leave { room } => ready(relay.leave(conn_id, user, &room).map(|_| Response::Left)),
         Request::Send {
             room,
