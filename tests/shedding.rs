@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use reqwest::Method;
-use roomcast::client::ClientEvent;
+use roomcast::client::{Client, ClientEvent};
 use roomcast::protocol::{Class, CloseCode, KickReason};
 use serde_json::json;
 
@@ -46,20 +46,18 @@ async fn flood(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lagging_member_sheds_low_before_normal_never_protected_with_exact_gaps() {
-    const N: u64 = 900;
+/// A server with a `ring`-entry ring and room `room`, with two members: `fast` and `slow`.
+async fn fast_and_slow(ring: usize, room: &str) -> (TestServer, Client, Client) {
     let server = TestServer::start(|c| {
-        // Larger than the flood, so nothing is overrun: what the member misses is shed by lag.
-        c.limits.ring_capacity = 1024;
+        c.limits.ring_capacity = ring;
         c.transport.slow_close_ms = 120_000;
-        // The flood waits for each delivery before the next send: nothing for the write window
+        // The floods wait for each delivery before the next send: nothing for the write window
         // (50 ms by default) to batch, so it is off here.
         c.transport.delivery_window_us = 0;
         c.store.durability = roomcast::store::Durability::Batched;
     })
     .await;
-    server.create_room("mix").await;
+    server.create_room(room).await;
     let fast = server.client("fast").await;
     // The slow member takes no datagrams (low messages come on its stream too) and buffers one
     // event, so its connection's flow control stalls the server's writes to it.
@@ -69,8 +67,16 @@ async fn a_lagging_member_sheds_low_before_normal_never_protected_with_exact_gap
             c.datagrams = false;
         })
         .await;
-    fast.join("mix", -1).await.expect("joins");
-    slow.join("mix", -1).await.expect("joins");
+    fast.join(room, -1).await.expect("joins");
+    slow.join(room, -1).await.expect("joins");
+    (server, fast, slow)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_member_sheds_low_before_normal_never_protected_with_exact_gaps() {
+    const N: u64 = 900;
+    // Larger than the flood, so nothing is overrun: what the member misses is shed by lag.
+    let (server, fast, slow) = fast_and_slow(1024, "mix").await;
     flood(&server, &fast, "mix", N, &"x".repeat(8 * 1024)).await;
 
     let mut seen = [Seen::default(); 3];
@@ -213,23 +219,7 @@ async fn a_member_that_stops_reading_protected_traffic_is_closed_as_too_slow() {
 async fn a_member_banned_while_overrun_gets_a_gap_for_what_it_lost_then_kicked() {
     const BEFORE: u64 = 100;
     const AFTER: u64 = 40;
-    let server = TestServer::start(|c| {
-        c.limits.ring_capacity = 16;
-        c.transport.slow_close_ms = 120_000;
-        c.transport.delivery_window_us = 0;
-        c.store.durability = roomcast::store::Durability::Batched;
-    })
-    .await;
-    server.create_room("r").await;
-    let fast = server.client("fast").await;
-    let slow = server
-        .client_with("slow", |c| {
-            c.event_buffer = 1;
-            c.datagrams = false;
-        })
-        .await;
-    fast.join("r", -1).await.expect("joins");
-    slow.join("r", -1).await.expect("joins");
+    let (server, fast, slow) = fast_and_slow(16, "r").await;
     let body = "n".repeat(8 * 1024);
     let send_normal = |seq: u64| {
         let server = &server;
