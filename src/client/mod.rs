@@ -169,7 +169,8 @@ fn close_info(err: &quinn::ConnectionError) -> (Option<CloseCode>, String) {
     }
 }
 
-type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Result<Response, WireError>>>>>;
+/// Requests waiting for their reply, by id; `None` once replies can no longer arrive.
+type Pending = Arc<Mutex<Option<HashMap<u32, oneshot::Sender<Result<Response, WireError>>>>>>;
 
 /// A connected, authenticated client.
 pub struct Client {
@@ -299,7 +300,7 @@ impl Client {
             Err(e) => return Err(ClientError::Protocol(e.to_string())),
         };
 
-        let pending: Pending = Arc::default();
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let (tx, events) = flume::bounded(cfg.event_buffer.max(1));
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(read_replies(conn.clone(), reader, pending.clone()));
@@ -337,10 +338,22 @@ impl Client {
     async fn request(&self, request: Request) -> Result<Response, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.pending
+        let waiting = match self
+            .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, tx);
+            .as_mut()
+        {
+            Some(pending) => {
+                pending.insert(id, tx);
+                true
+            }
+            None => false,
+        };
+        if !waiting {
+            // The reply stream has ended: no reply could arrive.
+            return Err(closed_now(&self.conn).await);
+        }
         let frame = encode_frame(&ClientFrame::Request { id, request });
         let written = self.send.lock().await.write_all(&frame).await;
         if written.is_err() {
@@ -577,14 +590,16 @@ async fn read_replies(
             let tx = pending
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
+                .as_mut()
+                .and_then(|p| p.remove(&id));
             if let Some(tx) = tx {
                 let _ = tx.send(result);
             }
         }
     }
-    // Dropping the senders fails every outstanding request with "closed".
-    pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    // Dropping the senders fails every outstanding request with "closed", and later requests
+    // fail at once.
+    pending.lock().unwrap_or_else(|p| p.into_inner()).take();
 }
 
 fn to_client_event(event: Event, datagram: bool) -> Option<ClientEvent> {
