@@ -217,7 +217,7 @@ impl Delivery {
     /// of a membership of their room.
     fn apply(&self, cmd: DeliveryCmd, subs: &mut Vec<Sub>, out: &mut Vec<Bytes>) {
         match cmd {
-            DeliveryCmd::Subscribe { room, at } => {
+            DeliveryCmd::Subscribe { room, at, first } => {
                 if subs
                     .iter()
                     .any(|s| s.leaving.is_none() && Arc::ptr_eq(&s.room, &room))
@@ -227,6 +227,9 @@ impl Delivery {
                 // A membership that is ending keeps its place (before this one) until it is read
                 // to its end, so its messages and its Kicked come before the new membership's.
                 subs.retain(|s| s.leaving.is_some() || s.room.id != room.id);
+                if let Some(frame) = first {
+                    notice(subs, out, &room.id, frame);
+                }
                 room.watchers.add(self.conn_id, self.signal.clone());
                 subs.push(Sub {
                     room,
@@ -262,16 +265,7 @@ impl Delivery {
                     }
                 }
             }
-            DeliveryCmd::Event { room, frame } => {
-                let ending = subs
-                    .iter_mut()
-                    .rev()
-                    .find_map(|s| s.leaving.as_mut().filter(|_| s.room.id == room));
-                match ending {
-                    Some(l) => l.then.push(frame),
-                    None => out.push(frame),
-                }
-            }
+            DeliveryCmd::Event { room, frame } => notice(subs, out, &room, frame),
         }
     }
 
@@ -432,6 +426,19 @@ fn backlog(subs: &[Sub]) -> u64 {
     subs.iter()
         .map(|s| s.room.ring.tail().saturating_sub(s.cursor))
         .sum()
+}
+
+/// Queues a notice about `room`: next, ahead of the coming drain, unless a membership of `room`
+/// is still ending; then right after that membership's `Kicked`.
+fn notice(subs: &mut [Sub], out: &mut Vec<Bytes>, room: &str, frame: Bytes) {
+    let ending = subs
+        .iter_mut()
+        .rev()
+        .find_map(|s| s.leaving.as_mut().filter(|_| s.room.id == room));
+    match ending {
+        Some(l) => l.then.push(frame),
+        None => out.push(frame),
+    }
 }
 
 /// Writes `Gap{low, normal}` for what the member skipped since its last delivered message.

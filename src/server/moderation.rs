@@ -478,11 +478,14 @@ impl Relay {
 
     /// Tells the room (when `notify`) and always the affected users who would not hear it there.
     fn notify(&self, room: &Room, users: &[String], event: &Event, notify: bool) {
+        // Published and checked under one lock: a target that leaves or joins meanwhile gets the
+        // notice once, from the room or directly.
+        let st = room.state();
         if notify {
             room.publish_event(event, now_ms());
         }
         for u in users {
-            let in_room = notify && room.state().member(u).is_some();
+            let in_room = notify && st.member(u).is_some();
             if !in_room {
                 self.tell_user(u, event);
             }

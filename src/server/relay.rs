@@ -32,6 +32,8 @@ pub enum DeliveryCmd {
         room: Arc<Room>,
         /// Where to start.
         at: JoinPoint,
+        /// Written before anything read from the room (a `Resumed` that introduces it).
+        first: Option<Bytes>,
     },
     /// Stop reading a room once everything published before `until` (the ring's join point when
     /// the membership ended) is delivered or accounted for in a `Gap`; then tell the client with
@@ -334,13 +336,15 @@ impl Relay {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let user = handle.user.clone();
         let tx = handle.tx.clone();
+        // In `conns` before `users`: a connection another one hands a room over to (found in
+        // `users`, see `unregister_conn`) must already be reachable by `tell`.
+        lock(&self.conns).insert(id, handle);
         let rooms: Vec<String> = {
             let mut users = lock(&self.users);
             let u = users.entry(user.clone()).or_default();
             u.conns.insert(id);
             u.rooms.iter().cloned().collect()
         };
-        lock(&self.conns).insert(id, handle);
         metrics::gauge!(m::CONNECTIONS).increment(1.0);
         for room_id in rooms {
             let Ok(room) = self.room(&room_id) else {
@@ -351,6 +355,10 @@ impl Relay {
             let Some(member) = st.member_mut(&user) else {
                 continue;
             };
+            if member.conns.contains(&id) {
+                // Handed over to this connection already, by another one that closed meanwhile.
+                continue;
+            }
             if member.offline_since.take().is_none() {
                 // Still served by another connection, maybe one that died unnoticed: should that
                 // one go, this connection takes over from here (see `unregister_conn`).
@@ -360,18 +368,20 @@ impl Relay {
             member.conns.insert(id);
             let at = room.ring.join_point();
             let missed = at.last_seq.saturating_sub(member.offline_seq);
-            drop(st);
             let resumed = encode_frame(&Event::Resumed {
                 room: room_id.clone(),
                 missed,
                 last_seq: at.last_seq,
             });
-            // A fresh queue of 256 holds these (at most rooms_per_user of each).
-            let _ = tx.try_send(DeliveryCmd::Subscribe { room, at });
-            let _ = tx.try_send(DeliveryCmd::Event {
-                room: room_id.clone(),
-                frame: resumed,
+            // Queued under the room's lock, so a kick or ban of this membership that follows
+            // cannot reach the delivery task first. A fresh queue of 256 holds these (at most
+            // rooms_per_user).
+            let _ = tx.try_send(DeliveryCmd::Subscribe {
+                room: room.clone(),
+                at,
+                first: Some(resumed),
             });
+            drop(st);
             tracing::debug!(room = %room_id, user = %user, missed, "membership resumed");
         }
         id
@@ -384,16 +394,13 @@ impl Relay {
             return;
         };
         metrics::gauge!(m::CONNECTIONS).decrement(1.0);
-        let (rooms, live): (Vec<String>, Vec<u64>) = {
+        let rooms: Vec<String> = {
             let mut users = lock(&self.users);
             let Some(u) = users.get_mut(&handle.user) else {
                 return;
             };
             u.conns.remove(&id);
-            (
-                u.rooms.iter().cloned().collect(),
-                u.conns.iter().copied().collect(),
-            )
+            u.rooms.iter().cloned().collect()
         };
         let now = now_ms();
         let grace = self.config.rooms.offline_grace_ms;
@@ -405,6 +412,13 @@ impl Relay {
             if !st.remove_conn(&handle.user, id) {
                 continue;
             }
+            // The user's live connections, read under the room's lock: one that closes
+            // meanwhile either is gone from `users` already or finds itself handed over here
+            // when its own pass reaches this room.
+            let live: Vec<u64> = lock(&self.users)
+                .get(&handle.user)
+                .map(|u| u.conns.iter().copied().collect())
+                .unwrap_or_default();
             if !live.is_empty() {
                 // The user is still connected (a reconnect that came before this connection was
                 // noticed gone): its live connections take the membership over.
@@ -443,13 +457,7 @@ impl Relay {
                 DeliveryCmd::Subscribe {
                     room: room.clone(),
                     at,
-                },
-            );
-            self.tell(
-                *c,
-                DeliveryCmd::Event {
-                    room: room.id.clone(),
-                    frame: frame.clone(),
+                    first: Some(frame.clone()),
                 },
             );
         }
@@ -823,6 +831,7 @@ impl Relay {
                 DeliveryCmd::Subscribe {
                     room: room.clone(),
                     at,
+                    first: None,
                 },
             );
         }
