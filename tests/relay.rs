@@ -742,6 +742,50 @@ async fn a_third_room_is_too_many_with_rooms_per_user_2() {
     assert_eq!(code(alice.join("r1", -1).await), ErrorCode::TooManyRooms);
 }
 
+/// The per-user room limit holds when several devices join different rooms at once: the user
+/// ends in exactly `rooms_per_user` rooms, and every other join is refused with TOO_MANY_ROOMS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_joins_from_several_devices_respect_rooms_per_user() {
+    const ROOMS: usize = 8;
+    const DEVICES: usize = 4;
+    let server = TestServer::start(|c| c.limits.rooms_per_user = 2).await;
+    for r in 0..ROOMS {
+        server.create_room(&format!("r{r}")).await;
+    }
+    let mut devices = Vec::new();
+    for _ in 0..DEVICES {
+        devices.push(Arc::new(server.client("alice").await));
+    }
+    let mut joins = JoinSet::new();
+    for (d, device) in devices.iter().enumerate() {
+        for r in 0..ROOMS {
+            let device = device.clone();
+            // Each device starts at a different room, so joins of different rooms overlap.
+            let room = format!("r{}", (r + d * 2) % ROOMS);
+            joins.spawn(async move { (room.clone(), device.join(&room, -1).await) });
+        }
+    }
+    let mut joined = std::collections::BTreeSet::new();
+    while let Some(done) = joins.join_next().await {
+        let (room, result) = done.expect("join task");
+        match result {
+            Ok(_) => {
+                joined.insert(room);
+            }
+            Err(e) => assert_eq!(e.code(), Some(ErrorCode::TooManyRooms), "{e}"),
+        }
+    }
+    assert_eq!(joined.len(), 2, "rooms joined: {joined:?}");
+    let member_of: Vec<String> = (0..ROOMS)
+        .map(|r| format!("r{r}"))
+        .filter(|id| {
+            let info = server.relay().room_info(id, 10).expect("room");
+            info.members.iter().any(|m| m == "alice")
+        })
+        .collect();
+    assert_eq!(member_of.len(), 2, "{member_of:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_history_returns_the_newest_messages_oldest_first() {
     let server = TestServer::start(|_| {}).await;

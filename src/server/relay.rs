@@ -635,11 +635,44 @@ impl Relay {
 
     /// Destroys a room: every member is told why and removed.
     pub fn destroy_room(&self, id: &str, reason: DestroyReason) -> Result<Durable<()>, WireError> {
-        let (room, ack) = {
+        self.destroy_where(id, |_, _| Some(reason))
+            .map(|(_, durable)| durable)
+    }
+
+    /// Destroys `room` if it is still the room registered under its id and `due` still gives a
+    /// reason, checked under the registry's and the room's locks: a join or send that came after
+    /// a timer decided keeps the room, and a room re-created under the same id is not touched.
+    pub(crate) fn destroy_if_due(
+        &self,
+        room: &Arc<Room>,
+        due: impl FnOnce(&mut RoomState) -> Option<DestroyReason>,
+    ) -> Option<DestroyReason> {
+        self.destroy_where(&room.id, |registered, st| {
+            Arc::ptr_eq(registered, room).then(|| due(st)).flatten()
+        })
+        .ok()
+        .map(|(reason, _)| reason)
+    }
+
+    /// Removes room `id` from the registry when `decide` (given the registered room and its
+    /// state, both locked) gives a reason, then closes it and tells its members.
+    fn destroy_where(
+        &self,
+        id: &str,
+        decide: impl FnOnce(&Arc<Room>, &mut RoomState) -> Option<DestroyReason>,
+    ) -> Result<(DestroyReason, Durable<()>), WireError> {
+        let (room, reason, ack) = {
             let mut rooms = self.rooms.write().unwrap_or_else(|p| p.into_inner());
-            let room = rooms.remove(id).ok_or_else(|| room_not_found(id))?;
+            let room = rooms.get(id).ok_or_else(|| room_not_found(id))?.clone();
+            let reason = decide(&room, &mut room.state())
+                .ok_or_else(|| err(ErrorCode::BadRequest, format!("room {id:?} stays")))?;
+            rooms.remove(id);
             // Under the registry lock, so a re-creation of the id is stored after this delete.
-            (room, self.persist(vec![Op::DeleteRoom(id.to_owned())]))
+            (
+                room,
+                reason,
+                self.persist(vec![Op::DeleteRoom(id.to_owned())]),
+            )
         };
         room.close(reason);
         let users: Vec<String> = {
@@ -660,7 +693,7 @@ impl Relay {
         metrics::gauge!(m::ROOMS).decrement(1.0);
         metrics::counter!(m::ROOMS_DESTROYED, "reason" => reason.as_str()).increment(1);
         tracing::info!(room = %id, reason = reason.as_str(), members = users.len(), "room destroyed");
-        Ok(Durable { value: (), ack })
+        Ok((reason, Durable { value: (), ack }))
     }
 
     /// Room info with up to `members` members.
@@ -784,10 +817,13 @@ impl Relay {
         let mut st = room.state();
         Self::check_joinable(&room, &st, user, now)?;
         let already = st.has_conn(user, conn);
-        if st.member(user).is_none() {
-            let users = lock(&self.users);
-            let n = users.get(user).map_or(0, |u| u.rooms.len());
-            if n >= limits.rooms_per_user {
+        {
+            // Counted and recorded under one lock: two devices joining two rooms at once cannot
+            // both pass the limit.
+            let mut users = lock(&self.users);
+            let u = users.entry(user.to_owned()).or_default();
+            let n = u.rooms.len();
+            if st.member(user).is_none() && n >= limits.rooms_per_user {
                 return Err(err(
                     ErrorCode::TooManyRooms,
                     format!(
@@ -795,6 +831,7 @@ impl Relay {
                     ),
                 ));
             }
+            u.rooms.insert(room_id.to_owned());
         }
         let new_member = st.add(user, conn, now);
         if let Some(m) = st.member_mut(user) {
@@ -814,11 +851,6 @@ impl Relay {
                 st.count_announced = None;
             }
         }
-        lock(&self.users)
-            .entry(user.to_owned())
-            .or_default()
-            .rooms
-            .insert(room_id.to_owned());
         let at = room.ring.join_point();
         let info = info_from(&room, &st, limits.room_info_members);
         let muted = policy::check_send(user, &st.moderation, &self.global(), now).is_err();

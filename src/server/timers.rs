@@ -5,6 +5,7 @@
 use super::relay::Relay;
 use crate::policy::{self, Lifecycle};
 use crate::protocol::{DestroyReason, Event, KickReason};
+use crate::room::RoomState;
 
 /// Last-activity times are persisted when they moved at least this much (ms): after a restart
 /// an idle room is destroyed at most this much later than it would have been.
@@ -29,8 +30,7 @@ impl Relay {
         let global_idle = u64::from(rooms_cfg.idle_destroy_minutes) * 60_000;
         let keepalive = self.global().keepalive.clone();
         for room in self.all_rooms() {
-            let due = {
-                let mut st = room.state();
+            let due = |st: &mut RoomState| {
                 st.moderation.expire(now);
                 let life = Lifecycle {
                     policy: st.policy,
@@ -41,10 +41,12 @@ impl Relay {
                 };
                 policy::destroy_due(&life, global_idle, now)
             };
-            if let Some(reason) = due {
-                if self.destroy_room(&room.id, reason).is_ok() {
-                    report.destroyed.push((room.id.clone(), reason));
-                }
+            // Decided under the room's lock alone; if due, decided again with the registry
+            // locked too, so activity in between keeps the room.
+            if due(&mut room.state()).is_some()
+                && let Some(reason) = self.destroy_if_due(&room, due)
+            {
+                report.destroyed.push((room.id.clone(), reason));
                 continue;
             }
             let mut st = room.state();
