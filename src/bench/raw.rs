@@ -333,14 +333,12 @@ async fn write_loop(
                 Err(_) => return,
             },
         };
-        // The same write window as the relay's delivery task: a wake-up soon after the last
-        // write waits for the window's end.
-        if let Some(at) = last_write {
-            let due = at + window;
-            // As in the relay: a backlog already fills packets, so it does not wait.
-            if due > tokio::time::Instant::now() && rx.len() < 16 {
-                tokio::time::sleep_until(due).await;
-            }
+        // The relay's write window rule: a wake-up soon after the last write waits for the
+        // window's end, unless a backlog (here: what is queued behind this message) fills
+        // packets already.
+        let now = tokio::time::Instant::now();
+        if let Some(due) = crate::server::window_wait(last_write, window, now, || rx.len() as u64) {
+            tokio::time::sleep_until(due).await;
         }
         let mut bytes = 0;
         let dgram_max = conn.max_datagram_size();

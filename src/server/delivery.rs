@@ -408,7 +408,7 @@ const WINDOW_BACKLOG: u64 = 16;
 /// Until when a wake-up at `now` waits before draining, if at all: only within `window` of the
 /// last write, and only while fewer than [`WINDOW_BACKLOG`] entries wait (`backlog` is asked
 /// only then, so a connection without a window never counts its rooms' entries).
-fn window_wait<I>(
+pub(crate) fn window_wait<I>(
     last_write: Option<I>,
     window: Duration,
     now: I,

@@ -9,6 +9,7 @@
 mod bootstrap;
 pub mod data;
 mod delivery;
+pub(crate) use delivery::window_wait;
 pub mod moderation;
 pub mod relay;
 mod session;
