@@ -144,6 +144,19 @@ pub struct AdminMessage {
     pub low: bool,
 }
 
+/// A subscription to `room` from `at` that first tells the client `Resumed{missed}`.
+fn resume(room: &Arc<Room>, at: JoinPoint, missed: u64) -> DeliveryCmd {
+    DeliveryCmd::Subscribe {
+        room: room.clone(),
+        at,
+        first: Some(encode_frame(&Event::Resumed {
+            room: room.id.clone(),
+            missed,
+            last_seq: at.last_seq,
+        })),
+    }
+}
+
 /// A message's `(seq, ts)`.
 pub type Stamped = (u64, u64);
 
@@ -368,19 +381,10 @@ impl Relay {
             member.conns.insert(id);
             let at = room.ring.join_point();
             let missed = at.last_seq.saturating_sub(member.offline_seq);
-            let resumed = encode_frame(&Event::Resumed {
-                room: room_id.clone(),
-                missed,
-                last_seq: at.last_seq,
-            });
             // Queued under the room's lock, so a kick or ban of this membership that follows
             // cannot reach the delivery task first. A fresh queue of 256 holds these (at most
             // rooms_per_user).
-            let _ = tx.try_send(DeliveryCmd::Subscribe {
-                room: room.clone(),
-                at,
-                first: Some(resumed),
-            });
+            let _ = tx.try_send(resume(&room, at, missed));
             drop(st);
             tracing::debug!(room = %room_id, user = %user, missed, "membership resumed");
         }
@@ -446,20 +450,9 @@ impl Relay {
             .last_seq
             .saturating_sub(member.reconnect_seq.take().unwrap_or(at.last_seq));
         member.conns.extend(conns.iter().copied());
-        let frame = encode_frame(&Event::Resumed {
-            room: room.id.clone(),
-            missed,
-            last_seq: at.last_seq,
-        });
+        let cmd = resume(room, at, missed);
         for c in conns {
-            self.tell(
-                *c,
-                DeliveryCmd::Subscribe {
-                    room: room.clone(),
-                    at,
-                    first: Some(frame.clone()),
-                },
-            );
+            self.tell(*c, cmd.clone());
         }
     }
 
@@ -637,6 +630,7 @@ impl Relay {
     pub fn destroy_room(&self, id: &str, reason: DestroyReason) -> Result<Durable<()>, WireError> {
         self.destroy_where(id, |_, _| Some(reason))
             .map(|(_, durable)| durable)
+            .ok_or_else(|| room_not_found(id))
     }
 
     /// Destroys `room` if it is still the room registered under its id and `due` still gives a
@@ -650,22 +644,21 @@ impl Relay {
         self.destroy_where(&room.id, |registered, st| {
             Arc::ptr_eq(registered, room).then(|| due(st)).flatten()
         })
-        .ok()
         .map(|(reason, _)| reason)
     }
 
     /// Removes room `id` from the registry when `decide` (given the registered room and its
-    /// state, both locked) gives a reason, then closes it and tells its members.
+    /// state, both locked) gives a reason, then closes it and tells its members. `None`: no room
+    /// `id`, or `decide` kept it.
     fn destroy_where(
         &self,
         id: &str,
         decide: impl FnOnce(&Arc<Room>, &mut RoomState) -> Option<DestroyReason>,
-    ) -> Result<(DestroyReason, Durable<()>), WireError> {
+    ) -> Option<(DestroyReason, Durable<()>)> {
         let (room, reason, ack) = {
             let mut rooms = self.rooms.write().unwrap_or_else(|p| p.into_inner());
-            let room = rooms.get(id).ok_or_else(|| room_not_found(id))?.clone();
-            let reason = decide(&room, &mut room.state())
-                .ok_or_else(|| err(ErrorCode::BadRequest, format!("room {id:?} stays")))?;
+            let room = rooms.get(id)?.clone();
+            let reason = decide(&room, &mut room.state())?;
             rooms.remove(id);
             // Under the registry lock, so a re-creation of the id is stored after this delete.
             (
@@ -693,7 +686,7 @@ impl Relay {
         metrics::gauge!(m::ROOMS).decrement(1.0);
         metrics::counter!(m::ROOMS_DESTROYED, "reason" => reason.as_str()).increment(1);
         tracing::info!(room = %id, reason = reason.as_str(), members = users.len(), "room destroyed");
-        Ok((reason, Durable { value: (), ack }))
+        Some((reason, Durable { value: (), ack }))
     }
 
     /// Room info with up to `members` members.
