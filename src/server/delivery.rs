@@ -260,7 +260,7 @@ impl Delivery {
                     }
                     None => {
                         if let Some(reason) = kicked {
-                            out.push(kick_frame(&room, reason));
+                            notice(subs, out, &room, kick_frame(&room, reason));
                         }
                     }
                 }
