@@ -412,6 +412,7 @@ fn target_name(t: TargetKind) -> &'static str {
 
 /// The parts of the report every scenario fills the same way.
 fn base_report(a: &BenchArgs, target: &Target) -> Report {
+    let transport = transport_of(a);
     Report {
         scenario: scenario_name(a.scenario).into(),
         target: target_name(target.kind).into(),
@@ -427,8 +428,8 @@ fn base_report(a: &BenchArgs, target: &Target) -> Report {
                 DurabilityArg::Batched => "batched".into(),
             },
         },
-        window_ms: Some(transport_of(a).delivery_window_us / 1000),
-        ack_every: Some(transport_of(a).ack_every_packets),
+        window_ms: Some(transport.delivery_window_us / 1000),
+        ack_every: Some(transport.ack_every_packets),
         client_endpoints: a.client_endpoints,
         gso: !a.no_gso,
         limits_raised: target.raised.clone(),

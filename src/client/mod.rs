@@ -338,18 +338,13 @@ impl Client {
     async fn request(&self, request: Request) -> Result<Response, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        let waiting = match self
+        let waiting = self
             .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_mut()
-        {
-            Some(pending) => {
-                pending.insert(id, tx);
-                true
-            }
-            None => false,
-        };
+            .map(|pending| pending.insert(id, tx))
+            .is_some();
         if !waiting {
             // The reply stream has ended: no reply could arrive.
             return Err(closed_now(&self.conn).await);

@@ -187,7 +187,6 @@ const PIPELINE: usize = 64;
 
 type ReplyFuture = Pin<Box<dyn Future<Output = (u32, Result<Response, WireError>)> + Send>>;
 
-#[allow(clippy::too_many_arguments)]
 async fn serve_registered(
     relay: &Arc<Relay>,
     conn: &quinn::Connection,
