@@ -52,7 +52,10 @@ mod codec;
 mod error;
 mod frames;
 
-pub use codec::{DecodeError, FrameReader, decode_body, encode_datagram, encode_frame};
+pub use codec::{
+    DecodeError, FrameReader, REQUEST_VARIANTS, decode_body, decode_client_frame, encode_datagram,
+    encode_frame,
+};
 pub use error::{CloseCode, ErrorCode, WireError};
 pub use frames::*;
 
