@@ -11,10 +11,24 @@
 //!   connection with application close code [`CloseCode::Unauthorized`].
 //! - After the welcome the client sends [`ClientFrame::Request`]s. Each carries a client-chosen `id`
 //!   (any `u32`; a counter is fine) and the server answers each with exactly one
-//!   [`ServerFrame::Reply`] carrying the same id, in request order.
-//! - The server opens **one unidirectional stream**, the *delivery stream*, right after the welcome and
-//!   writes [`Event`]s on it: room messages of the normal and protected classes, gaps, kicks and room
-//!   destruction. Its first event is always [`Event::Ready`]; it lives as long as the connection.
+//!   [`ServerFrame::Reply`] carrying the same id, in request order. A request of a variant the
+//!   server does not know (from a newer client) is answered with `BAD_REQUEST` and its id, and
+//!   the connection goes on, so a client can probe for features.
+//! - The server opens **one unidirectional stream**, the *delivery stream*, and writes [`Event`]s
+//!   on it: room messages of the normal and protected classes, gaps, kicks and room destruction.
+//!   Its first event is always [`Event::Ready`]; it lives as long as the connection. The client
+//!   must grant the server one unidirectional stream (transport parameter
+//!   `initial_max_streams_uni` ≥ 1); a client that does not is closed with
+//!   [`CloseCode::Protocol`] within the hello timeout, without a welcome. The server writes the
+//!   welcome before the first byte of the delivery stream, but QUIC does not order streams
+//!   against each other: a client must accept the delivery stream at any time after its hello,
+//!   and may see `Ready` before the welcome.
+//! - Stopping either of the server's streams (STOP_SENDING) or resetting the control stream
+//!   (RESET_STREAM) breaks the protocol: the server closes with [`CloseCode::Protocol`] and a
+//!   reason naming the stream. To end a session cleanly, finish the control stream: the server
+//!   answers every request still outstanding, finishes its side, and closes with
+//!   [`CloseCode::Normal`] and the reason `control stream finished` once the client has
+//!   acknowledged the replies.
 //! - **Low-priority** messages ([`Class::Low`]) are sent as QUIC DATAGRAM frames (RFC 9221) when the
 //!   client advertised datagram support and the encoded event fits the path's datagram size;
 //!   otherwise they go on the delivery stream like any other event. A datagram holds exactly one

@@ -6,8 +6,8 @@ use super::delivery::Delivery;
 use super::relay::{ConnHandle, DeliveryCmd, DeliveryTx, Durable, Relay};
 use crate::metrics as m;
 use crate::protocol::{
-    ClientFrame, CloseCode, DecodeError, ErrorCode, FrameReader, PROTOCOL_VERSION, Request,
-    Response, ServerFrame, WireError, encode_frame,
+    ClientFrame, CloseCode, DecodeError, ErrorCode, FrameReader, PROTOCOL_VERSION,
+    REQUEST_VARIANTS, Request, Response, ServerFrame, WireError, decode_client_frame, encode_frame,
 };
 use crate::room::Signal;
 use futures_util::StreamExt;
@@ -36,7 +36,9 @@ pub(crate) fn serve(
     metrics::counter!(m::CONNECTIONS_ACCEPTED).increment(1);
     let remote = incoming.remote_address();
     let span = tracing::info_span!("conn", %remote, user = tracing::field::Empty);
-    let opening = Box::pin(open(relay.clone(), incoming));
+    // Counted as handshaking until the opening ends, welcomed or not.
+    let handshaking = Handshaking::start();
+    let opening = Box::pin(open(relay.clone(), incoming, handshaking));
     async move {
         let reason = match run(&relay, opening).await {
             Ok(reason) => reason,
@@ -50,22 +52,39 @@ pub(crate) fn serve(
     .instrument(span)
 }
 
+/// A connection in its opening (QUIC handshake, hello, token check, delivery stream), counted in
+/// the [`m::CONNECTIONS_HANDSHAKING`] gauge while it lives: such a connection is not yet in
+/// [`m::CONNECTIONS`].
+struct Handshaking;
+
+impl Handshaking {
+    fn start() -> Self {
+        metrics::gauge!(m::CONNECTIONS_HANDSHAKING).increment(1.0);
+        Handshaking
+    }
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        metrics::gauge!(m::CONNECTIONS_HANDSHAKING).decrement(1.0);
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
     #[error("handshake: {0}")]
     Connection(#[from] quinn::ConnectionError),
     #[error("write: {0}")]
     Write(#[from] quinn::WriteError),
-    #[error("timed out waiting for the hello")]
-    HelloTimeout,
 }
 
-/// A connection past its handshake, hello and token check.
+/// A connection past its handshake, hello and token check, with its delivery stream open.
 struct Opened {
     conn: quinn::Connection,
     send: quinn::SendStream,
     reader: FrameReader<quinn::RecvStream>,
     user: String,
+    delivery: quinn::SendStream,
 }
 
 /// How the opening ended: a session to serve, or a refusal already sent (with its reason).
@@ -83,6 +102,7 @@ async fn run(
         send,
         reader,
         user,
+        delivery,
     } = match opening.await? {
         Opening::Open(opened) => opened,
         Opening::Refused(reason) => return Ok(reason),
@@ -94,35 +114,56 @@ async fn run(
         conn: conn.clone(),
     });
     let queue = (rx, signal);
-    let result = serve_registered(relay, &conn, send, reader, &user, conn_id, queue).await;
+    let streams = (send, reader, delivery);
+    let result = serve_registered(relay, &conn, streams, &user, conn_id, queue).await;
     relay.unregister_conn(conn_id);
     result
 }
 
-/// The handshake, the control stream and the hello (under one deadline), and the token check.
-async fn open(relay: Arc<Relay>, incoming: quinn::Incoming) -> Result<Opening, SessionError> {
+/// The handshake, the control stream and the hello, the token check and the delivery stream, all
+/// under one deadline (`transport.hello_timeout_ms`).
+async fn open(
+    relay: Arc<Relay>,
+    incoming: quinn::Incoming,
+    _handshaking: Handshaking,
+) -> Result<Opening, SessionError> {
     let cfg = &relay.config;
     let hello_timeout = Duration::from_millis(cfg.transport.hello_timeout_ms);
+    let deadline = tokio::time::Instant::now() + hello_timeout;
     let max_frame = cfg.limits.max_frame;
 
     // Handshake, control stream and hello share one deadline.
     let conn_slot: std::sync::Mutex<Option<quinn::Connection>> = std::sync::Mutex::new(None);
-    let opened = tokio::time::timeout(hello_timeout, async {
-        let conn = incoming.await?;
+    let opened = tokio::time::timeout_at(deadline, async {
+        let conn = match incoming.await {
+            Ok(conn) => conn,
+            Err(e) => return Ok(Err(e)),
+        };
         *conn_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
         let (send, recv) = conn.accept_bi().await?;
         let mut reader = FrameReader::new(recv, max_frame);
-        let hello = reader.read::<ClientFrame>().await;
-        Ok::<_, quinn::ConnectionError>((conn, send, reader, hello))
+        let hello = reader.read_with(decode_client_frame).await;
+        Ok::<_, quinn::ConnectionError>(Ok((conn, send, reader, hello)))
     })
     .await;
     let opened = match opened {
-        Ok(r) => r?,
+        Ok(Ok(Ok(opened))) => opened,
+        Ok(Ok(Err(e))) => {
+            tracing::debug!(error = %e, "handshake failed");
+            return Ok(Opening::Refused("handshake_failed"));
+        }
+        Ok(Err(e)) => return Err(e.into()),
         Err(_) => {
-            if let Some(conn) = conn_slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                protocol_close(&conn, "no hello within the hello timeout");
-            }
-            return Err(SessionError::HelloTimeout);
+            let Some(conn) = conn_slot.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+                // Dropping the unfinished handshake abandons it.
+                return Ok(Opening::Refused("handshake_timeout"));
+            };
+            let why = format!(
+                "no hello within the hello timeout ({} ms)",
+                hello_timeout.as_millis()
+            );
+            protocol_close(&conn, &why);
+            return Ok(Opening::Refused("hello_timeout"));
         }
     };
     let (conn, mut send, reader, hello) = opened;
@@ -143,7 +184,7 @@ async fn open(relay: Arc<Relay>, incoming: quinn::Incoming) -> Result<Opening, S
             .await;
             return Ok(Opening::Refused("protocol"));
         }
-        Ok(Some(_)) => {
+        Ok(Some(_)) | Err(DecodeError::UnknownRequest { .. }) => {
             protocol_close(&conn, "the first frame must be a hello");
             return Ok(Opening::Refused("protocol"));
         }
@@ -172,12 +213,27 @@ async fn open(relay: Arc<Relay>, incoming: quinn::Incoming) -> Result<Opening, S
             return Ok(Opening::Refused("unauthorized"));
         }
     };
+    // The delivery stream is opened (which sends nothing yet) before the welcome, so a client
+    // that grants the server no unidirectional stream is refused instead of welcomed and then
+    // left waiting; quinn's open waits for the client's stream credit, under the same deadline.
+    let delivery = match tokio::time::timeout_at(deadline, conn.open_uni()).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(e.into()),
+        Err(_) => {
+            protocol_close(
+                &conn,
+                "the client must allow the server one unidirectional stream (the delivery stream)",
+            );
+            return Ok(Opening::Refused("protocol"));
+        }
+    };
     tracing::Span::current().record("user", user.as_str());
     Ok(Opening::Open(Opened {
         conn,
         send,
         reader,
         user,
+        delivery,
     }))
 }
 
@@ -190,14 +246,29 @@ type ReplyFuture = Pin<Box<dyn Future<Output = (u32, Result<Response, WireError>
 async fn serve_registered(
     relay: &Arc<Relay>,
     conn: &quinn::Connection,
-    mut send: quinn::SendStream,
-    reader: FrameReader<quinn::RecvStream>,
+    (mut send, reader, stream): (
+        quinn::SendStream,
+        FrameReader<quinn::RecvStream>,
+        quinn::SendStream,
+    ),
     user: &str,
     conn_id: u64,
     (rx, signal): (flume::Receiver<DeliveryCmd>, Arc<Signal>),
 ) -> Result<&'static str, SessionError> {
     let cfg = &relay.config;
-    let stream = conn.open_uni().await?;
+    // Frames are encoded before the write rather than inside its expression, so the frame value
+    // (a temporary alive until the end of the statement) is not kept in this long-lived future.
+    let welcome = encode_frame(&ServerFrame::Welcome {
+        user: user.to_owned(),
+        conn_id,
+        max_frame: cfg.limits.max_frame,
+        max_event: cfg.max_event_frame(),
+    });
+    // The welcome is written before the delivery task writes `Ready` on its stream; QUIC does
+    // not order streams against each other, so a client may still see the delivery stream first.
+    if let Err(e) = send.write_all(&welcome).await {
+        return write_failed(conn, e);
+    }
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(
         Delivery {
@@ -219,15 +290,6 @@ async fn serve_registered(
     let (frames_tx, frames) = flume::bounded(PIPELINE);
     let mut reader_task = tokio::task::JoinSet::new();
     reader_task.spawn(read_frames(reader, frames_tx));
-    // Frames are encoded before the write rather than inside its expression, so the frame value
-    // (a temporary alive until the end of the statement) is not kept in this long-lived future.
-    let welcome = encode_frame(&ServerFrame::Welcome {
-        user: user.to_owned(),
-        conn_id,
-        max_frame: cfg.limits.max_frame,
-        max_event: cfg.max_event_frame(),
-    });
-    send.write_all(&welcome).await?;
     // Debug, not info: at thousands of connections a second one line each is its own load.
     tracing::debug!(conn_id, "connected");
 
@@ -241,14 +303,23 @@ async fn serve_registered(
     loop {
         tokio::select! {
             biased;
-            // The delivery task only ends early when the connection is gone.
-            _ = tasks.join_next() => return Ok(closed_reason(conn)),
+            // The delivery task ends early when the connection is gone, or when its stream was
+            // stopped by the client (STOP_SENDING), which breaks the protocol.
+            _ = tasks.join_next() => {
+                if conn.close_reason().is_some() {
+                    return Ok(closed_reason(conn));
+                }
+                protocol_close(conn, "the client stopped the delivery stream (STOP_SENDING)");
+                return Ok("protocol");
+            }
             Some((id, result)) = replies.next(), if !replies.is_empty() => {
                 if let Err(e) = &result {
                     metrics::counter!(m::REQUEST_ERRORS, "error" => e.code.as_str()).increment(1);
                 }
                 let reply = encode_frame(&ServerFrame::Reply { id, result });
-                send.write_all(&reply).await?;
+                if let Err(e) = send.write_all(&reply).await {
+                    return write_failed(conn, e);
+                }
             }
             frame = frames.recv_async(), if replies.len() < PIPELINE => {
                 let (id, request) = match frame {
@@ -258,17 +329,45 @@ async fn serve_registered(
                         return Ok("protocol");
                     }
                     Ok(Ok(None)) | Err(_) => {
-                        // Finish the outstanding replies, then close.
-                        while let Some((id, result)) = replies.next().await {
-                            let reply = encode_frame(&ServerFrame::Reply { id, result });
-                            send.write_all(&reply).await?;
+                        // The client is done: answer what it asked, finish the stream, and close
+                        // once the client has acknowledged every reply (closing at once would
+                        // discard replies still unsent or unacknowledged), within slow_close_ms.
+                        let drain = async {
+                            while let Some((id, result)) = replies.next().await {
+                                let reply = encode_frame(&ServerFrame::Reply { id, result });
+                                send.write_all(&reply).await?;
+                            }
+                            let _ = send.finish();
+                            let _ = send.stopped().await;
+                            Ok::<_, quinn::WriteError>(())
+                        };
+                        let slow = Duration::from_millis(cfg.transport.slow_close_ms);
+                        if let Ok(Err(e)) = tokio::time::timeout(slow, drain).await {
+                            return write_failed(conn, e);
                         }
                         conn.close(CloseCode::Normal.into(), b"control stream finished");
                         return Ok("normal");
                     }
+                    Ok(Err(DecodeError::UnknownRequest { id, variant })) => {
+                        // A newer client probing for a feature: refuse the request, keep going.
+                        let e = WireError::new(
+                            ErrorCode::BadRequest,
+                            format!(
+                                "unknown request variant {variant}: this server knows variants 0 to {} of protocol {PROTOCOL_VERSION}",
+                                REQUEST_VARIANTS - 1
+                            ),
+                        );
+                        replies.push_back(Box::pin(std::future::ready((id, Err(e)))));
+                        continue;
+                    }
                     Ok(Err(DecodeError::Io(e))) => {
                         tracing::debug!(error = %e, "control stream failed");
-                        return Ok(closed_reason(conn));
+                        if conn.close_reason().is_some() {
+                            return Ok(closed_reason(conn));
+                        }
+                        // The connection lives, so the client reset the stream (RESET_STREAM).
+                        protocol_close(conn, "the client reset its control stream (RESET_STREAM)");
+                        return Ok("protocol");
                     }
                     Ok(Err(e)) => {
                         tracing::info!(error = %e, "protocol error");
@@ -305,8 +404,8 @@ async fn read_frames(
     out: flume::Sender<Result<Option<ClientFrame>, DecodeError>>,
 ) -> FrameReader<quinn::RecvStream> {
     loop {
-        let frame = reader.read::<ClientFrame>().await;
-        let last = !matches!(frame, Ok(Some(_)));
+        let frame = reader.read_with(decode_client_frame).await;
+        let last = !matches!(frame, Ok(Some(_)) | Err(DecodeError::UnknownRequest { .. }));
         if out.send_async(frame).await.is_err() || last {
             return reader;
         }
@@ -416,6 +515,24 @@ async fn refuse(
         let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
     }
     conn.close(close.into(), message.as_bytes());
+}
+
+/// A failed write on the control stream: a client that stopped the stream (STOP_SENDING) broke
+/// the protocol and is closed with a reason; any other failure means the connection is gone.
+fn write_failed(
+    conn: &quinn::Connection,
+    e: quinn::WriteError,
+) -> Result<&'static str, SessionError> {
+    match e {
+        quinn::WriteError::Stopped(_) => {
+            protocol_close(
+                conn,
+                "the client stopped reading its control stream (STOP_SENDING)",
+            );
+            Ok("protocol")
+        }
+        other => Err(other.into()),
+    }
 }
 
 fn protocol_close(conn: &quinn::Connection, why: &str) {
