@@ -79,5 +79,33 @@ pub const ALPN: &[u8] = b"roomcast/1";
 /// The protocol version sent in [`ClientFrame::Hello`].
 pub const PROTOCOL_VERSION: u16 = 1;
 
+/// A wire time (ms since the Unix epoch, as in `until_ms` or `ts`) for people: RFC 3339 in
+/// UTC to the second, e.g. `2026-12-02T07:05:00Z`. A time past year 9999 prints as its number.
+pub fn utc_text(ms: u64) -> String {
+    let secs = i64::try_from(ms / 1000).unwrap_or(i64::MAX);
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{ms} ms after the Unix epoch"))
+}
+
 /// Default largest frame body, in bytes, on either stream.
 pub const DEFAULT_MAX_FRAME: u32 = 64 * 1024;
+
+#[cfg(test)]
+mod time_text_tests {
+    use super::utc_text;
+
+    #[test]
+    fn wire_times_read_as_rfc3339_utc() {
+        assert_eq!(utc_text(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_text(1_795_671_510_989), "2026-11-26T05:38:30Z");
+        assert_eq!(
+            utc_text(u64::MAX),
+            "18446744073709551615 ms after the Unix epoch"
+        );
+    }
+}
