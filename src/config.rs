@@ -570,6 +570,18 @@ const KEY_DOCS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Every environment variable `serve` reads: the stand-ins for its flags and the secrets. A
+/// program that starts a relay with settings of its own removes these from the child's
+/// environment.
+pub const ENV_VARS: [&str; 6] = [
+    "ROOMCAST_CONFIG",
+    "ROOMCAST_QUIC",
+    "ROOMCAST_ADMIN",
+    "ROOMCAST_DATA",
+    "ROOMCAST_ADMIN_KEY",
+    "ROOMCAST_TOKEN_SECRET",
+];
+
 /// The keys that hold secrets, with the environment variable that sets each. A printed
 /// configuration never shows their values.
 pub const SECRET_KEYS: [(&str, &str); 2] = [

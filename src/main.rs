@@ -9,7 +9,7 @@ use roomcast::protocol::{ErrorCode, Message, utc_text};
 use roomcast::server::{DataFolder, SERVER_FILE, Server, ServerError, ServerFile};
 use serde_json::json;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -284,7 +284,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
 fn explain_serve(e: ServerError, data: &DataFolder) -> anyhow::Error {
     if let ServerError::Store(_) = &e
         && let Some(pid) = data.server_file().and_then(|f| f.pid)
-        && std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && Path::new(&format!("/proc/{pid}")).exists()
     {
         return anyhow!(
             "{e}\n  another relay (pid {pid}) is serving the data folder {}: stop it first, or \
@@ -415,9 +415,16 @@ impl Target {
         let server_json = self.data.path.join(SERVER_FILE);
         if c.server.is_some() {
             "(the address given with --server)".into()
-        } else if self.file.is_some() {
+        } else if let Some(f) = &self.file {
+            // A relay killed without its cleanup (SIGKILL, a crash) leaves its file behind.
+            let gone = f
+                .pid
+                .filter(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+                .filter(|_| Path::new("/proc/self").exists())
+                .map(|pid| format!(", left by a relay (pid {pid}) that is no longer running"))
+                .unwrap_or_default();
             format!(
-                "(the address in {}; pass --server ADDR for another relay)",
+                "(the address in {}{gone}; pass --server ADDR for another relay)",
                 server_json.display()
             )
         } else {

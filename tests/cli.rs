@@ -3,7 +3,7 @@
 //! status) and what is true on the relay afterwards (members, files).
 
 use roomcast::client::{Client, ClientConfig};
-use roomcast::config::Config;
+use roomcast::config::{Config, ENV_VARS};
 use roomcast::server::DataFolder;
 use serde_json::{Value, json};
 use std::io::{Read, Write};
@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_roomcast");
 
@@ -31,16 +33,7 @@ fn eventually(what: &str, mut done: impl FnMut() -> bool) {
 fn roomcast(args: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args(args);
-    for var in [
-        "ROOMCAST_CONFIG",
-        "ROOMCAST_QUIC",
-        "ROOMCAST_ADMIN",
-        "ROOMCAST_DATA",
-        "ROOMCAST_ADMIN_KEY",
-        "ROOMCAST_TOKEN_SECRET",
-        "ROOMCAST_TOKEN",
-        "RUST_BACKTRACE",
-    ] {
+    for var in ENV_VARS.iter().chain(&["ROOMCAST_TOKEN", "RUST_BACKTRACE"]) {
         cmd.env_remove(var);
     }
     cmd.env("RUST_LOG", "warn");
@@ -258,18 +251,15 @@ impl Relay {
     fn admin_call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
         let key = std::fs::read_to_string(self.data.join("admin.key")).expect("admin.key");
         let url = format!("http://{}{path}", self.admin);
-        self.rt.block_on(async {
-            let mut req = reqwest::Client::new()
-                .request(method, url)
-                .bearer_auth(key.trim());
-            if let Some(b) = body {
-                req = req.json(&b);
-            }
-            let resp = req.send().await.expect("admin call");
-            let status = resp.status().as_u16();
-            let text = resp.text().await.expect("body");
-            (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-        })
+        let body = body.map(|b| b.to_string().into_bytes());
+        let reply = self.rt.block_on(common::admin_call(
+            &reqwest::Client::new(),
+            &url,
+            Some(key.trim()),
+            method,
+            body,
+        ));
+        (reply.status, reply.json)
     }
 
     fn create_room(&self, id: &str) {
@@ -653,17 +643,20 @@ fn chat_leaves_at_end_of_input_and_ends_when_the_relay_stops() {
     );
 }
 
+/// `roomcast serve ARGS --print-config`.
+fn print_config(args: &[&str]) -> Command {
+    let mut cmd = roomcast(&["serve"]);
+    cmd.args(args).arg("--print-config");
+    cmd
+}
+
 #[test]
 fn print_config_validates_redacts_secrets_and_binds_loopback() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("with-secret.toml");
     std::fs::write(&file, "[auth]\ntoken_secret = \"file-secret-81b2\"\n").expect("written");
-    let mut cmd = roomcast(&[
-        "serve",
-        "--config",
-        &file.display().to_string(),
-        "--print-config",
-    ]);
+    let config = file.display().to_string();
+    let mut cmd = print_config(&["--config", &config]);
     cmd.env("ROOMCAST_ADMIN_KEY", "env-admin-key-77c4");
     let (status, stdout, stderr) = run(cmd, "print-config");
     assert!(status.success(), "{stderr}");
@@ -676,12 +669,7 @@ fn print_config_validates_redacts_secrets_and_binds_loopback() {
 
     std::fs::write(&file, "[transport]\nack_every_packets = 0\n").expect("written");
     let (status, stdout, stderr) = run(
-        roomcast(&[
-            "serve",
-            "--config",
-            &file.display().to_string(),
-            "--print-config",
-        ]),
+        print_config(&["--config", &config]),
         "print-config of an invalid file",
     );
     assert!(!status.success());
@@ -707,10 +695,7 @@ fn dev_mode_is_a_bare_flag_that_the_file_cannot_outvote() {
         (vec!["--config", on.as_str()], true),
         (vec!["--config", on.as_str(), "--dev-mode=false"], false),
     ] {
-        let mut all = vec!["serve"];
-        all.extend(args.iter().copied());
-        all.push("--print-config");
-        let (status, stdout, stderr) = run(roomcast(&all), "print-config");
+        let (status, stdout, stderr) = run(print_config(&args), "print-config");
         assert!(status.success(), "{args:?}: {stderr}");
         let c = Config::from_toml(&stdout).expect("parses");
         assert_eq!(c.auth.dev_mode, expected, "{args:?}");
@@ -720,14 +705,7 @@ fn dev_mode_is_a_bare_flag_that_the_file_cannot_outvote() {
 #[test]
 fn the_example_config_is_the_printed_one() {
     let (status, stdout, stderr) = run(
-        roomcast(&[
-            "serve",
-            "--quic",
-            "0.0.0.0:7700",
-            "--data",
-            "/var/lib/roomcast",
-            "--print-config",
-        ]),
+        print_config(&["--quic", "0.0.0.0:7700", "--data", "/var/lib/roomcast"]),
         "print-config",
     );
     assert!(status.success(), "{stderr}");
