@@ -184,6 +184,8 @@ pub struct Client {
     events: flume::Receiver<ClientEvent>,
     user: String,
     conn_id: u64,
+    /// The largest control frame body the server accepts (from the welcome).
+    max_frame: u32,
     _tasks: tokio::task::JoinSet<()>,
 }
 
@@ -283,13 +285,13 @@ impl Client {
         }
         // Control-stream replies are small; attribute and history replies are the largest.
         let mut reader = FrameReader::new(recv, 16 << 20);
-        let (user, conn_id, max_event) = match reader.read::<ServerFrame>().await {
+        let (user, conn_id, max_frame, max_event) = match reader.read::<ServerFrame>().await {
             Ok(Some(ServerFrame::Welcome {
                 user,
                 conn_id,
+                max_frame,
                 max_event,
-                ..
-            })) => (user, conn_id, max_event),
+            })) => (user, conn_id, max_frame, max_event),
             Ok(Some(ServerFrame::Refused(e))) => return Err(ClientError::Refused(e)),
             Ok(Some(other)) => {
                 return Err(ClientError::Protocol(format!(
@@ -316,6 +318,7 @@ impl Client {
             events,
             user,
             conn_id,
+            max_frame,
             _tasks: tasks,
         })
     }
@@ -328,6 +331,13 @@ impl Client {
     /// This connection's id on the server.
     pub fn conn_id(&self) -> u64 {
         self.conn_id
+    }
+
+    /// The largest request frame body the server accepts (its welcome's `max_frame`): it
+    /// closes the connection on a larger one, so callers that take bodies from elsewhere check
+    /// against it first.
+    pub fn max_frame(&self) -> u32 {
+        self.max_frame
     }
 
     /// The underlying QUIC connection (for statistics).
