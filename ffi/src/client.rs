@@ -401,10 +401,12 @@ impl Drop for Handle {
                 });
             }
         }
+        // Tasks are dropped at once; only a blocking name lookup could still be running, and
+        // it is not waited for long.
         if tokio::runtime::Handle::try_current().is_ok() {
             runtime.shutdown_background();
         } else {
-            runtime.shutdown_timeout(Duration::from_secs(1));
+            runtime.shutdown_timeout(Duration::from_millis(100));
         }
     }
 }
