@@ -119,6 +119,28 @@ static class FlowTest
                 if (e.Kind == EventKind.Kicked) Check(e.Room == "cs-lobby" && e.Reason == (uint)KickReason.Banned, "kicked");
                 else Check(e.Kind == EventKind.Banned && e.Users[0] == "alice", "told of the ban: " + e);
             }
+            // The other requests, through the binding's array marshaling.
+            Helper("room cs-attrs");
+            Reply(c, c.Join("cs-attrs"), Status.Ok);
+            var info = Reply(c, c.RoomInfo("cs-attrs"), Status.Ok).Info;
+            Check(info.Id == "cs-attrs" && info.MemberCount == 1 && info.Members.Length == 1 && info.Members[0] == "alice", "room info");
+            var set = Reply(c, c.SetAttributes("cs-attrs", new Dictionary<string, string> { { "score", "3:1" } }), Status.Ok);
+            Check(set.Results.Length == 1 && set.Results[0].Key == "score" && set.Results[0].Status == Status.Ok, "set");
+            var changed = Expect(c, EventKind.AttributeChanged).Attribute;
+            Check(changed.Key == "score" && changed.Value == "3:1" && changed.Owner == "alice", "changed");
+            var all = Reply(c, c.GetAttributes("cs-attrs"), Status.Ok);
+            Check(all.Attributes.Length == 1 && all.Attributes[0].Value == "3:1", "get all");
+            var del = Reply(c, c.DeleteAttributes("cs-attrs", new[] { "score", "missing" }), Status.Ok);
+            Check(del.Results.Length == 2 && del.Results[0].Status == Status.Ok && del.Results[1].Status == Status.AttrNotFound, "delete, per key");
+            Check(Expect(c, EventKind.AttributeRemoved).Attribute.Key == "score", "removed");
+            ulong oops = Reply(c, c.Send("cs-attrs", "chat", "oops"), Status.Ok).Seq;
+            ExpectMessage(c, "cs-attrs", "alice", "oops");
+            Reply(c, c.Recall("cs-attrs", oops), Status.Ok);
+            Check(Expect(c, EventKind.Recalled).Seq == oops, "recalled");
+            var page = Reply(c, c.History("cs-attrs", 0, 10), Status.Ok);
+            Check(page.Messages.Length == 1 && page.Messages[0].Recalled && page.Messages[0].Seq == oops, "history");
+            Reply(c, c.Leave("cs-attrs"), Status.Ok);
+            Reply(c, c.Send("cs-attrs", "chat", "x"), Status.NotInRoom);
             // 1 MiB: refused before it is sent; the connection lives on.
             Reply(c, c.Send("cs-other", "chat", new byte[1 << 20]), Status.TooLarge);
             Reply(c, c.Ping(), Status.Ok);

@@ -158,6 +158,96 @@ static void expect_message(rc_client *c, const char *room, const char *from, con
         (int)ev->message.body.len, ev->message.body.ptr);
 }
 
+/* The other requests: room info, attributes (and their events), recall, history, leave. */
+static void other_requests(rc_client *c) {
+  rc_event ev;
+  uint64_t id, version, seq;
+  rc_key_value kv;
+  const char *keys[1] = {"score"};
+  run("room c-attrs");
+  CHECK(rc_client_join(c, "c-attrs", -1, &id) == RC_OK, "join c-attrs");
+  expect_reply(c, id, RC_OK, &ev);
+  free_event(&ev);
+
+  CHECK(rc_client_room_info(c, "c-attrs", &id) == RC_OK, "room info");
+  expect_reply(c, id, RC_OK, &ev);
+  CHECK(ev.request_kind == RC_REQUEST_ROOM_INFO && str_is(ev.info.id, "c-attrs") &&
+            ev.info.member_count == 1 && ev.info.members_len == 1 &&
+            str_is(ev.info.members[0], "alice") && !ev.info.mute_all,
+        "info of %s: %llu members", ev.info.id.ptr, (unsigned long long)ev.info.member_count);
+  free_event(&ev);
+
+  kv.key = "score";
+  kv.value = "3:1";
+  CHECK(rc_client_set_attributes(c, "c-attrs", &kv, 1, false, false, &id) == RC_OK, "set");
+  expect_reply(c, id, RC_OK, &ev);
+  CHECK(ev.results_len == 1 && str_is(ev.results[0].key, "score") &&
+            ev.results[0].status == RC_OK && ev.version > 0,
+        "set results: %zu", ev.results_len);
+  version = ev.version;
+  free_event(&ev);
+  expect_event(c, &ev, RC_EVENT_ATTRIBUTE_CHANGED);
+  CHECK(str_is(ev.room, "c-attrs") && str_is(ev.attribute.key, "score") &&
+            str_is(ev.attribute.value, "3:1") && str_is(ev.attribute.owner, "alice") &&
+            ev.version == version,
+        "changed %s=%s v%llu", ev.attribute.key.ptr, ev.attribute.value.ptr,
+        (unsigned long long)ev.version);
+  free_event(&ev);
+
+  CHECK(rc_client_get_attributes(c, "c-attrs", keys, 1, &id) == RC_OK, "get");
+  expect_reply(c, id, RC_OK, &ev);
+  CHECK(ev.attributes_len == 1 && str_is(ev.attributes[0].value, "3:1") &&
+            str_is(ev.attributes[0].owner, "alice") && ev.attributes[0].set_ms > 0,
+        "get: %zu attributes", ev.attributes_len);
+  free_event(&ev);
+
+  CHECK(rc_client_delete_attributes(c, "c-attrs", keys, 1, false, &id) == RC_OK, "delete");
+  expect_reply(c, id, RC_OK, &ev);
+  CHECK(ev.results_len == 1 && ev.results[0].status == RC_OK, "deleted");
+  free_event(&ev);
+  expect_event(c, &ev, RC_EVENT_ATTRIBUTE_REMOVED);
+  CHECK(str_is(ev.attribute.key, "score") && !ev.attribute.auto_delete, "removed %s",
+        ev.attribute.key.ptr);
+  free_event(&ev);
+  CHECK(rc_client_delete_attributes(c, "c-attrs", keys, 1, false, &id) == RC_OK, "delete again");
+  expect_reply(c, id, RC_OK, &ev);
+  CHECK(ev.results_len == 1 && ev.results[0].status == RC_ATTR_NOT_FOUND &&
+            ev.results[0].text.len > 0,
+        "per-key refusal: %s", rc_status_name(ev.results[0].status));
+  free_event(&ev);
+
+  CHECK(rc_client_send(c, "c-attrs", "chat", (const uint8_t *)"oops", 4, false, &id) == RC_OK,
+        "send");
+  expect_reply(c, id, RC_OK, &ev);
+  seq = ev.seq;
+  free_event(&ev);
+  expect_message(c, "c-attrs", "alice", "oops", &ev);
+  free_event(&ev);
+  CHECK(rc_client_recall(c, "c-attrs", seq, &id) == RC_OK, "recall");
+  expect_reply(c, id, RC_OK, &ev);
+  free_event(&ev);
+  expect_event(c, &ev, RC_EVENT_RECALLED);
+  CHECK(str_is(ev.room, "c-attrs") && ev.seq == seq, "recalled %llu",
+        (unsigned long long)ev.seq);
+  free_event(&ev);
+  CHECK(rc_client_history(c, "c-attrs", 0, 10, &id) == RC_OK, "history");
+  expect_reply(c, id, RC_OK, &ev);
+  CHECK(ev.request_kind == RC_REQUEST_HISTORY && ev.messages_len == 1 &&
+            ev.messages[0].seq == seq && ev.messages[0].recalled && ev.messages[0].body.len == 0,
+        "history: %zu messages", ev.messages_len);
+  free_event(&ev);
+
+  CHECK(rc_client_leave(c, "c-attrs", &id) == RC_OK, "leave");
+  expect_reply(c, id, RC_OK, &ev);
+  CHECK(ev.request_kind == RC_REQUEST_LEAVE, "a leave reply");
+  free_event(&ev);
+  CHECK(rc_client_send(c, "c-attrs", "chat", (const uint8_t *)"x", 1, false, &id) == RC_OK,
+        "send after leave");
+  expect_reply(c, id, RC_NOT_IN_ROOM, &ev);
+  free_event(&ev);
+  printf("other requests: ok\n");
+}
+
 static void flow(void) {
   char alice[1024];
   rc_client *c;
@@ -274,6 +364,8 @@ static void flow(void) {
   CHECK(rc_client_join(c, "c-lobby", -1, &id) == RC_OK, "rejoin");
   expect_reply(c, id, RC_BANNED, &ev);
   free_event(&ev);
+
+  other_requests(c);
 
   /* a 1 MiB body: refused before it is sent, and the connection lives on */
   {
