@@ -190,6 +190,7 @@ struct Welcomed {
     reader: FrameReader<quinn::RecvStream>,
     user: String,
     conn_id: u64,
+    max_frame: u32,
     max_event: u32,
 }
 
@@ -239,6 +240,8 @@ pub struct Client {
     events: flume::Receiver<ClientEvent>,
     user: String,
     conn_id: u64,
+    /// The largest control frame body the server accepts (from the welcome).
+    max_frame: u32,
     _tasks: tokio::task::JoinSet<()>,
 }
 
@@ -370,6 +373,7 @@ impl Client {
             Ok(Some(ServerFrame::Welcome {
                 user,
                 conn_id,
+                max_frame,
                 max_event,
                 ..
             })) => Ok(Welcomed {
@@ -377,6 +381,7 @@ impl Client {
                 reader,
                 user,
                 conn_id,
+                max_frame,
                 max_event,
             }),
             Ok(Some(ServerFrame::Refused(e))) => Err(ClientError::Refused(e)),
@@ -401,6 +406,7 @@ impl Client {
             reader,
             user,
             conn_id,
+            max_frame,
             max_event,
         } = welcomed;
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
@@ -419,6 +425,7 @@ impl Client {
             events,
             user,
             conn_id,
+            max_frame,
             _tasks: tasks,
         }
     }
@@ -431,6 +438,13 @@ impl Client {
     /// This connection's id on the server.
     pub fn conn_id(&self) -> u64 {
         self.conn_id
+    }
+
+    /// The largest request frame body the server accepts (its welcome's `max_frame`): it
+    /// closes the connection on a larger one, so callers that take bodies from elsewhere check
+    /// against it first.
+    pub fn max_frame(&self) -> u32 {
+        self.max_frame
     }
 
     /// The underlying QUIC connection (for statistics).
