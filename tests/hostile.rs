@@ -513,3 +513,88 @@ async fn handshaking_connections_are_visible_and_a_hello_timeout_is_not_lost() {
         Some(1.0)
     );
 }
+
+// ---------------- tokens ----------------
+
+/// A token signed with the test server's secret carrying `claims` as they are.
+fn signed(claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(common::TOKEN_SECRET.as_bytes()),
+    )
+    .expect("signs")
+}
+
+/// A 1 MiB token is refused with `UNAUTHORIZED` in words, on the control stream and in the close,
+/// like any bad token, not with a frame-size protocol close; a 60 KB one (within the frame limit)
+/// the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_token_is_unauthorized_not_a_frame_size_close() {
+    let server = TestServer::start(|_| {}).await;
+    for len in [1usize << 20, 60_000] {
+        let peer = Peer::connect(&server, |_| {}).await;
+        let mut control = peer.hello(&"x".repeat(len)).await;
+        let want = format!("token is {len} bytes; at most 8192 are accepted");
+        match control.next().await {
+            Some(ServerFrame::Refused(e)) => {
+                assert_eq!(
+                    (e.code, e.message.as_str()),
+                    (ErrorCode::Unauthorized, &*want)
+                );
+            }
+            other => panic!("{len}: expected Refused, got {other:?}"),
+        }
+        assert_eq!(
+            peer.closed().await,
+            (u64::from(CloseCode::Unauthorized.code()), want)
+        );
+    }
+    // The library client gets the refusal too.
+    let err = server
+        .connect("y".repeat(1 << 20))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
+}
+
+/// Tokens the server refuses say why in words: not yet valid (`nbf`), another algorithm, not a
+/// JWT at all, a user id of 5000 bytes (not echoed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_tokens_say_why_in_words() {
+    let server = TestServer::start(|c| c.auth.leeway_secs = 30).await;
+    let now = roomcast::auth::unix_secs();
+    let cases = [
+        (
+            signed(serde_json::json!({"sub": "alice", "exp": now + 600, "nbf": now + 3600})),
+            "token is not valid yet (its nbf is in the future)".to_owned(),
+        ),
+        (
+            "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSJ9.".to_owned(),
+            "token header is not a JSON JWT header naming HS256 as its algorithm".to_owned(),
+        ),
+        (
+            "not a token".to_owned(),
+            "token is not a JWT: expected three base64url parts separated by dots".to_owned(),
+        ),
+        (
+            signed(serde_json::json!({"sub": "u".repeat(5000), "exp": now + 600})),
+            "token sub (user id) must be 1-64 characters from [A-Za-z0-9_.:@-], got 5000 bytes"
+                .to_owned(),
+        ),
+    ];
+    for (token, want) in cases {
+        match server.connect(token).await {
+            Err(roomcast::client::ClientError::Refused(e)) => {
+                assert_eq!((e.code, e.message), (ErrorCode::Unauthorized, want));
+            }
+            Err(other) => panic!("expected a refusal, got {other}"),
+            Ok(_) => panic!("connected with a bad token"),
+        }
+    }
+    // A token whose nbf has come is accepted.
+    let ready = signed(serde_json::json!({"sub": "alice", "exp": now + 600, "nbf": now - 5}));
+    let alice = server.connect(ready).await.expect("connects");
+    alice.ping().await.expect("ping");
+}

@@ -67,8 +67,8 @@ mod error;
 mod frames;
 
 pub use codec::{
-    DecodeError, FrameReader, REQUEST_VARIANTS, decode_body, decode_client_frame, encode_datagram,
-    encode_frame,
+    DecodeError, FrameReader, HelloFrame, REQUEST_VARIANTS, decode_body, decode_client_frame,
+    encode_datagram, encode_frame,
 };
 pub use error::{CloseCode, ErrorCode, WireError};
 pub use frames::*;
@@ -78,6 +78,14 @@ pub const ALPN: &[u8] = b"roomcast/1";
 
 /// The protocol version sent in [`ClientFrame::Hello`].
 pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Longest client token, in bytes: a longer one is refused with `UNAUTHORIZED`, even in a hello
+/// frame over the frame limit (see the module doc).
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+/// Largest hello the server reads (and discards) to refuse an over-long token in words; a larger
+/// first frame closes the connection with [`CloseCode::Protocol`].
+pub const HELLO_SKIP_MAX: u32 = 2 << 20;
 
 /// Default largest frame body, in bytes, on either stream.
 pub const DEFAULT_MAX_FRAME: u32 = 64 * 1024;

@@ -6,8 +6,9 @@ use super::delivery::Delivery;
 use super::relay::{ConnHandle, DeliveryCmd, DeliveryTx, Durable, Relay};
 use crate::metrics as m;
 use crate::protocol::{
-    ClientFrame, CloseCode, DecodeError, ErrorCode, FrameReader, PROTOCOL_VERSION,
-    REQUEST_VARIANTS, Request, Response, ServerFrame, WireError, decode_client_frame, encode_frame,
+    ClientFrame, CloseCode, DecodeError, ErrorCode, FrameReader, HELLO_SKIP_MAX, HelloFrame,
+    PROTOCOL_VERSION, REQUEST_VARIANTS, Request, Response, ServerFrame, WireError,
+    decode_client_frame, encode_frame,
 };
 use crate::room::Signal;
 use futures_util::StreamExt;
@@ -142,7 +143,7 @@ async fn open(
         *conn_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
         let (send, recv) = conn.accept_bi().await?;
         let mut reader = FrameReader::new(recv, max_frame);
-        let hello = reader.read_with(decode_client_frame).await;
+        let hello = reader.read_hello(HELLO_SKIP_MAX).await;
         Ok::<_, quinn::ConnectionError>(Ok((conn, send, reader, hello)))
     })
     .await;
@@ -169,8 +170,16 @@ async fn open(
     let (conn, mut send, reader, hello) = opened;
 
     let token = match hello {
-        Ok(Some(ClientFrame::Hello { version, token })) if version == PROTOCOL_VERSION => token,
-        Ok(Some(ClientFrame::Hello { version, .. })) => {
+        Ok(Some(HelloFrame::Frame(ClientFrame::Hello { version, token })))
+            if version == PROTOCOL_VERSION =>
+        {
+            Ok(token)
+        }
+        // A token too long to read: refused like any bad token (the version does not matter).
+        Ok(Some(HelloFrame::Oversized { token_len })) => {
+            Err(crate::auth::token_too_long(token_len))
+        }
+        Ok(Some(HelloFrame::Frame(ClientFrame::Hello { version, .. }))) => {
             let msg = format!(
                 "protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}"
             );
@@ -184,7 +193,7 @@ async fn open(
             .await;
             return Ok(Opening::Refused("protocol"));
         }
-        Ok(Some(_)) | Err(DecodeError::UnknownRequest { .. }) => {
+        Ok(Some(HelloFrame::Frame(_))) | Err(DecodeError::UnknownRequest { .. }) => {
             protocol_close(&conn, "the first frame must be a hello");
             return Ok(Opening::Refused("protocol"));
         }
@@ -197,7 +206,7 @@ async fn open(
             return Ok(Opening::Refused("protocol"));
         }
     };
-    let user = match relay.auth.verify(&token) {
+    let user = match token.and_then(|token| relay.auth.verify(&token)) {
         Ok(user) => user,
         Err(e) => {
             metrics::counter!(m::AUTH_FAILURES).increment(1);
