@@ -269,6 +269,16 @@ pub struct Transport {
     pub idle_timeout_ms: u64,
     /// Time a client has to finish the handshake and send its hello, in milliseconds.
     pub hello_timeout_ms: u64,
+    // ---- handshake admission ----
+    /// Time a client has to finish the QUIC handshake, in milliseconds (`hello_timeout_ms` bounds
+    /// it too).
+    pub handshake_timeout_ms: u64,
+    /// Handshakes in progress from which clients must validate their address with a QUIC Retry
+    /// first (0: always; `max_handshakes` or more: never).
+    pub retry_threshold: usize,
+    /// Handshakes in progress from which new connections are refused.
+    pub max_handshakes: usize,
+    // ---- end handshake admission ----
     /// Receive window of the control stream, in bytes.
     pub stream_window: u32,
     /// Receive window of a whole connection, in bytes.
@@ -301,6 +311,9 @@ impl Default for Transport {
             keep_alive_ms: 10_000,
             idle_timeout_ms: 30_000,
             hello_timeout_ms: 10_000,
+            handshake_timeout_ms: 5_000,
+            retry_threshold: 128,
+            max_handshakes: 1024,
             stream_window: 64 * 1024,
             conn_window: 128 * 1024,
             send_window: 256 * 1024,
@@ -542,6 +555,20 @@ const KEY_DOCS: &[(&str, &str)] = &[
         "transport.hello_timeout_ms",
         "Time a client has to finish the handshake and send its hello, ms.",
     ),
+    // ---- handshake admission ----
+    (
+        "transport.handshake_timeout_ms",
+        "Time a client has to finish the QUIC handshake, ms; an unfinished handshake is dropped. The hello timeout bounds it too.",
+    ),
+    (
+        "transport.retry_threshold",
+        "Handshakes in progress from which a new client must first prove its address with a QUIC Retry (one round trip more, no server state until it does); 0 = always, max_handshakes or more = never.",
+    ),
+    (
+        "transport.max_handshakes",
+        "Handshakes in progress (QUIC handshake, hello, token check) from which new connections are refused.",
+    ),
+    // ---- end handshake admission ----
     (
         "transport.stream_window",
         "Receive window of the control stream, bytes.",
@@ -660,6 +687,15 @@ impl Config {
         }
         if self.store.history_max == 0 || self.store.flush_ms == 0 {
             return bad("store.history_max and store.flush_ms must be above 0");
+        }
+        let t = &self.transport;
+        if t.handshake_timeout_ms == 0 || t.hello_timeout_ms == 0 {
+            return bad(
+                "transport.handshake_timeout_ms and transport.hello_timeout_ms must be above 0",
+            );
+        }
+        if t.max_handshakes == 0 {
+            return bad("transport.max_handshakes must be above 0");
         }
         if self.transport.keep_alive_ms >= self.transport.idle_timeout_ms {
             return bad("transport.keep_alive_ms must be below transport.idle_timeout_ms");

@@ -13,6 +13,10 @@ pub const CONNECTIONS: &str = "roomcast_connections";
 /// Gauge: connections in their opening (QUIC handshake, hello, token check), not yet counted in
 /// [`CONNECTIONS`].
 pub const CONNECTIONS_HANDSHAKING: &str = "roomcast_connections_handshaking";
+/// Counter: connection attempts answered with a QUIC Retry (address validation under load).
+pub const HANDSHAKES_RETRIED: &str = "roomcast_handshakes_retried_total";
+/// Counter: connection attempts refused because `transport.max_handshakes` were in progress.
+pub const HANDSHAKES_REFUSED: &str = "roomcast_handshakes_refused_total";
 // ---- end connection opening ----
 /// Counter: connections accepted (before authentication).
 pub const CONNECTIONS_ACCEPTED: &str = "roomcast_connections_accepted_total";
@@ -64,6 +68,14 @@ pub fn describe() {
     describe_gauge!(
         CONNECTIONS_HANDSHAKING,
         "Connections in their QUIC handshake or before their hello is accepted; not in roomcast_connections."
+    );
+    describe_counter!(
+        HANDSHAKES_RETRIED,
+        "Connection attempts answered with a QUIC Retry (transport.retry_threshold handshakes in progress)."
+    );
+    describe_counter!(
+        HANDSHAKES_REFUSED,
+        "Connection attempts refused (transport.max_handshakes handshakes in progress)."
     );
     // ---- end connection opening ----
     describe_gauge!(ROOMS, "Live rooms.");

@@ -429,6 +429,15 @@ impl Served {
             .expect("token mints")
     }
 
+    /// A connected library client for `user`.
+    async fn client(&self, user: &str) -> roomcast::client::Client {
+        let cfg =
+            roomcast::client::ClientConfig::new(self.quic, self.ca_pem.clone(), self.token(user));
+        within("a connect", roomcast::client::Client::connect(cfg))
+            .await
+            .unwrap_or_else(|e| panic!("{user} connects: {e}"))
+    }
+
     async fn metrics(&self) -> String {
         let url = format!("http://{}/metrics", self.admin);
         let r = common::admin_call(&self.http, &url, None, common::Method::GET, None).await;
@@ -597,4 +606,123 @@ async fn refused_tokens_say_why_in_words() {
     let ready = signed(serde_json::json!({"sub": "alice", "exp": now + 600, "nbf": now - 5}));
     let alice = server.connect(ready).await.expect("connects");
     alice.ping().await.expect("ping");
+}
+
+// ---------------- bounded handshakes ----------------
+
+/// The resident set size of process `pid`, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// 10,000 real ClientHellos from 100 source ports, never answered, against a real `roomcast
+/// serve`: its RSS stays within the bound the README states, and a real client connects and
+/// joins during the flood.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_hello_flood_keeps_memory_bounded_and_real_clients_connect() {
+    const HELLOS: usize = 10_000;
+    /// The README's bound on what a flood adds to the relay's resident memory.
+    const BOUND_MIB: u64 = 64;
+    let served = Served::start("").await;
+    let pid = served.child.id();
+    let url = format!("http://{}/v1/rooms", served.admin);
+    let body = serde_json::to_vec(&serde_json::json!({"id": "lobby"})).expect("JSON");
+    let r = common::admin_call(
+        &served.http,
+        &url,
+        Some(ADMIN_KEY),
+        common::Method::POST,
+        Some(body),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    // One real client first, so the idle figure includes what any first connection allocates.
+    let warm = served.client("warm").await;
+    warm.join("lobby", -1).await.expect("joins");
+    warm.close().await;
+    let idle = rss_kib(pid);
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spec = roomcast::bench::flood::FloodSpec {
+        target: served.quic,
+        count: HELLOS,
+        rate: 4000.0,
+        sources: 100,
+        max_time: std::time::Duration::from_secs(30),
+    };
+    let flood = {
+        let stop = stop.clone();
+        tokio::task::spawn_blocking(move || {
+            roomcast::bench::flood::client_hello_flood(&spec, &stop)
+        })
+    };
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(idle));
+    let sampler = {
+        let peak = peak.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak.fetch_max(rss_kib(pid), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+    };
+    // A real client in the middle of the flood.
+    poll("the flood to start", || async {
+        let text = served.metrics().await;
+        let retried = common::metric(&text, "roomcast_handshakes_retried_total", &[]);
+        let accepted = common::metric(&text, "roomcast_connections_accepted_total", &[]);
+        (retried.unwrap_or(0.0) + accepted.unwrap_or(0.0) > 1000.0).then_some(())
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let alice = served.client("alice").await;
+    alice
+        .join("lobby", -1)
+        .await
+        .expect("alice joins during the flood");
+    let connect_join = started.elapsed();
+    // The flood ends by itself within its max_time.
+    let tally = tokio::time::timeout(std::time::Duration::from_secs(40), flood)
+        .await
+        .expect("the flood ends")
+        .expect("flood task")
+        .expect("flood runs");
+    // Then until every handshake the flood started has ended.
+    served
+        .wait_metric("roomcast_connections_handshaking", &[], 0.0)
+        .await;
+    let after = rss_kib(pid);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sampler.await.expect("sampler");
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    let text = served.metrics().await;
+    eprintln!(
+        "flood: {} hellos in {:.2} s ({} send errors); RSS idle {idle} KiB, peak {peak} KiB \
+         (+{} KiB), after {after} KiB; connect+join during the flood {connect_join:?}; \
+         accepted {:?}, retried {:?}, refused {:?}",
+        tally.sent,
+        tally.secs,
+        tally.send_errors,
+        peak - idle,
+        common::metric(&text, "roomcast_connections_accepted_total", &[]),
+        common::metric(&text, "roomcast_handshakes_retried_total", &[]),
+        common::metric(&text, "roomcast_handshakes_refused_total", &[]),
+    );
+    assert!(
+        tally.sent >= HELLOS as u64 * 9 / 10,
+        "the flood sent {} hellos",
+        tally.sent
+    );
+    assert!(
+        peak - idle <= BOUND_MIB * 1024,
+        "a flood raised RSS by {} KiB (idle {idle} KiB, peak {peak} KiB)",
+        peak - idle
+    );
+    alice.ping().await.expect("alice is still served");
 }

@@ -27,6 +27,7 @@
 //! [`admin`] a tiny HTTP client for the admin API, [`report`] the output.
 
 pub mod admin;
+pub mod flood;
 pub mod launch;
 pub mod load;
 pub mod raw;
@@ -56,6 +57,9 @@ pub enum Scenario {
     Overload,
     /// Connect → join → leave → close cycles at `--rate` a second.
     Churn,
+    /// A ClientHello flood (`--hellos` from `--sources` ports at `--rate` a second) while a real
+    /// client connects and joins every 250 ms; reports the server's RSS and the connect times.
+    Flood,
 }
 
 /// What to measure.
@@ -184,6 +188,14 @@ pub struct BenchArgs {
     /// so that they do not cap throughput; the report lists what was raised).
     #[arg(long)]
     pub stock_limits: bool,
+    // ---- flood scenario ----
+    /// ClientHellos the flood scenario sends (at most 1000000).
+    #[arg(long, default_value_t = 10_000)]
+    pub hellos: usize,
+    /// UDP source ports the flood scenario sends from (1..=1024).
+    #[arg(long, default_value_t = 100)]
+    pub sources: usize,
+    // ---- end flood scenario ----
     /// Keep the temporary folder (configuration, data, server log) and print its path.
     #[arg(long)]
     pub keep: bool,
@@ -265,6 +277,9 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
         return raw::serve(addr, &dir, transport_of(&args));
     }
     validate(&args)?;
+    if args.scenario == Scenario::Flood {
+        return flood::run(&args);
+    }
     let rt = runtime()?;
     let (target, result) = rt.block_on(async {
         let mut target = match Target::open(&args).await {
@@ -356,7 +371,7 @@ fn validate(a: &BenchArgs) -> Result<(), BenchError> {
     if low + protected > 1.0 {
         return bad("--low-share plus --protected-share must be at most 1".into());
     }
-    if a.scenario != Scenario::Churn {
+    if !matches!(a.scenario, Scenario::Churn | Scenario::Flood) {
         let rooms = room_count(a);
         if a.members == 0 || rooms == 0 || a.senders == 0 || a.senders > a.members {
             return bad(format!(
@@ -400,6 +415,7 @@ fn scenario_name(s: Scenario) -> &'static str {
         Scenario::Rooms => "rooms",
         Scenario::Overload => "overload",
         Scenario::Churn => "churn",
+        Scenario::Flood => "flood",
     }
 }
 

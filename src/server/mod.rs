@@ -6,6 +6,7 @@
 //! every client with [`CloseCode::Shutdown`] and the reason `server shutting down`, waits up to
 //! `shutdown_grace_ms` for the closes to be sent, and returns once every task it owns has ended.
 
+mod admission;
 mod bootstrap;
 pub mod data;
 mod delivery;
@@ -187,15 +188,27 @@ impl Server {
             })
         };
         tracing::info!(quic = %quic_addr, endpoints = endpoints.len(), "serving");
-        // One accept task per endpoint feeds one queue, so sessions are owned in one place.
-        let (incoming_tx, incoming_rx) = flume::bounded::<quinn::Incoming>(1024);
+        // One accept task per endpoint feeds one queue, so sessions are owned in one place. Each
+        // attempt is admitted, asked for a Retry or refused at once (see `admission`); admitted
+        // ones are counted as handshaking from here on.
+        let (incoming_tx, incoming_rx) =
+            flume::bounded::<(quinn::Incoming, admission::Handshaking)>(1024);
         let mut acceptors = tokio::task::JoinSet::new();
+        let handshakes = Arc::new(admission::Handshakes::default());
+        let limits = admission::Limits {
+            retry_threshold: relay.config.transport.retry_threshold,
+            max_handshakes: relay.config.transport.max_handshakes,
+        };
         for ep in &endpoints {
             let ep = ep.clone();
             let tx = incoming_tx.clone();
+            let handshakes = handshakes.clone();
             acceptors.spawn(async move {
                 while let Some(incoming) = ep.accept().await {
-                    if tx.send_async(incoming).await.is_err() {
+                    let Some(admitted) = handshakes.admit(incoming, limits) else {
+                        continue;
+                    };
+                    if tx.send_async(admitted).await.is_err() {
                         break;
                     }
                 }
@@ -208,8 +221,8 @@ impl Server {
                 biased;
                 _ = &mut shutdown => break,
                 incoming = incoming_rx.recv_async() => match incoming {
-                    Ok(incoming) => {
-                        sessions.spawn(session::serve(relay.clone(), incoming));
+                    Ok((incoming, handshaking)) => {
+                        sessions.spawn(session::serve(relay.clone(), incoming, handshaking));
                     }
                     Err(_) => break,
                 },
@@ -312,6 +325,13 @@ pub fn endpoint(
     let crypto = identity.quic_server_crypto()?;
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server_config.transport_config(Arc::new(transport));
+    // Attempts the accept loop has not decided on yet, and what quinn buffers for them, are
+    // bounded like the handshakes themselves (quinn's defaults: 65536 attempts, 10 MiB each,
+    // 100 MiB in all), so a flood faster than the accept loop cannot pile up there instead.
+    server_config
+        .max_incoming(t.max_handshakes.max(1))
+        .incoming_buffer_size(64 * 1024)
+        .incoming_buffer_size_total(t.max_handshakes as u64 * 16 * 1024);
 
     let bind_err = |source| ServerError::Bind {
         what: "QUIC",
