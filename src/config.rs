@@ -50,7 +50,34 @@ pub struct Config {
     pub store: StoreSection,
     /// QUIC transport tuning.
     pub transport: Transport,
+    /// The admin HTTP listener.
+    pub admin: AdminSection,
 }
+
+// ---- [admin] ----
+/// `[admin]`: the admin HTTP listener's timeouts and connection cap.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminSection {
+    /// A complete request head must arrive within this of the connection's start or of the end
+    /// of its previous response (so also the keep-alive idle timeout), ms.
+    pub header_timeout_ms: u64,
+    /// A request body must arrive within this of its head, ms.
+    pub body_timeout_ms: u64,
+    /// Admin connections open at once; past it new ones are refused at once.
+    pub max_connections: usize,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            max_connections: 4096,
+        }
+    }
+}
+// ---- end [admin] ----
 
 /// `[server]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -538,6 +565,24 @@ const KEY_DOCS: &[(&str, &str)] = &[
         "transport",
         "QUIC transport tuning for many small connections.",
     ),
+    // ---- [admin] ----
+    (
+        "admin",
+        "The admin HTTP listener (server.admin): timeouts and a connection cap.",
+    ),
+    (
+        "admin.header_timeout_ms",
+        "A connection must send a complete request head within this of its start or of the end of its previous response, ms; otherwise it is closed (also the keep-alive idle timeout, and the end of a slowloris client).",
+    ),
+    (
+        "admin.body_timeout_ms",
+        "A request body must arrive within this of its head, ms; otherwise 408 and the connection is closed (the call takes no effect).",
+    ),
+    (
+        "admin.max_connections",
+        "Admin connections open at once; past it a new one gets 429 and is closed at once.",
+    ),
+    // ---- end [admin] ----
     (
         "transport.udp_recv_buffer",
         "UDP receive buffer asked of the kernel, bytes (the 208 KiB default loses packets at a few hundred connections).",
@@ -696,6 +741,12 @@ impl Config {
         }
         if t.max_handshakes == 0 {
             return bad("transport.max_handshakes must be above 0");
+        }
+        let a = &self.admin;
+        if a.header_timeout_ms == 0 || a.body_timeout_ms == 0 || a.max_connections == 0 {
+            return bad(
+                "admin.header_timeout_ms, admin.body_timeout_ms and admin.max_connections must be above 0",
+            );
         }
         if self.transport.keep_alive_ms >= self.transport.idle_timeout_ms {
             return bad("transport.keep_alive_ms must be below transport.idle_timeout_ms");

@@ -205,6 +205,20 @@ async fn serve(a: ServeArgs) -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let _ = roomcast::metrics::prometheus();
+    // ---- open-file limit ----
+    // Every admin connection and client socket is a file descriptor: take what the system allows.
+    match roomcast::server::raise_open_file_limit() {
+        Ok((before, after)) if after > before => {
+            tracing::info!(
+                before,
+                after,
+                "raised the open-file limit to its hard limit"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
+    // ---- end open-file limit ----
 
     let data = DataFolder::new(&config.server.data);
     let prepared = data.prepare(&config)?;

@@ -418,7 +418,11 @@ impl Served {
             admin: addr("admin"),
             ca_pem: std::fs::read(data.path().join("ca.pem")).expect("ca.pem"),
             child,
-            http: reqwest::Client::new(),
+            // No pooled connections: each call is a connection of its own, counted and closed.
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("HTTP client"),
             _data: data,
         }
     }
@@ -725,4 +729,163 @@ async fn a_client_hello_flood_keeps_memory_bounded_and_real_clients_connect() {
         peak - idle
     );
     alice.ping().await.expect("alice is still served");
+}
+
+// ---------------- the admin listener ----------------
+
+/// Reads `stream` until the server closes it (or resets it); what it sent before.
+async fn read_until_closed(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// `GET /healthz` on a connection of its own, answered 200.
+async fn healthz(served: &Served) -> std::time::Duration {
+    let url = format!("http://{}/healthz", served.admin);
+    let started = std::time::Instant::now();
+    let r = common::admin_call(&served.http, &url, None, common::Method::GET, None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    started.elapsed()
+}
+
+/// 2000 idle connections and 200 slowloris ones (a request head trickled a byte every 100 ms)
+/// do not keep `/healthz` from answering, and every one of them is closed by the header timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slowloris_admin_connections_time_out_and_healthz_answers() {
+    use tokio::io::AsyncWriteExt;
+    // This process holds 2200 sockets too.
+    roomcast::server::raise_open_file_limit().expect("the open-file limit");
+    let served = Served::start("[admin]\nheader_timeout_ms = 5000\n").await;
+    let mut idle = Vec::with_capacity(2000);
+    for _ in 0..2000 {
+        let s = tokio::net::TcpStream::connect(served.admin).await;
+        idle.push(s.expect("idle connection"));
+    }
+    let (mut slow_reads, mut slow_writes) = (Vec::new(), Vec::new());
+    for _ in 0..200 {
+        let s = tokio::net::TcpStream::connect(served.admin).await;
+        let (r, mut w) = s.expect("slow connection").into_split();
+        w.write_all(b"GET /healthz HTTP/1.1\r\nHost: relay\r\nX-Slow: ")
+            .await
+            .expect("head start");
+        slow_reads.push(r);
+        slow_writes.push(w);
+    }
+    // One byte every 100 ms on each, for at most 20 s (the server closes them long before).
+    let trickle = tokio::spawn(async move {
+        for _ in 0..200 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let mut open = 0;
+            for w in &mut slow_writes {
+                if w.write_all(b"a").await.is_ok() {
+                    open += 1;
+                }
+            }
+            if open == 0 {
+                break;
+            }
+        }
+    });
+    let took = healthz(&served).await;
+    eprintln!("/healthz answered in {took:?} beside 2000 idle and 200 slowloris connections");
+
+    within("the idle connections to be closed", async {
+        for s in &mut idle {
+            assert!(read_until_closed(s).await.is_empty());
+        }
+    })
+    .await;
+    within("the slowloris connections to be closed", async {
+        for r in &mut slow_reads {
+            read_until_closed(r).await;
+        }
+    })
+    .await;
+    trickle.abort();
+    // The relay holds none of them any more (this scrape's own connection aside).
+    served
+        .wait_metric("roomcast_admin_connections", &[], 1.0)
+        .await;
+    healthz(&served).await;
+}
+
+/// Past `admin.max_connections` a new connection is answered 429 with the JSON error body and
+/// closed at once; once the idle ones time out, the listener serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_connections_past_the_cap_are_refused_at_once() {
+    let served = Served::start("[admin]\nmax_connections = 50\nheader_timeout_ms = 3000\n").await;
+    let mut idle = Vec::new();
+    for _ in 0..50 {
+        let s = tokio::net::TcpStream::connect(served.admin).await;
+        idle.push(s.expect("idle connection"));
+    }
+    // Accepted in order, so the 51st finds the 50 permits taken.
+    let mut extra = tokio::net::TcpStream::connect(served.admin)
+        .await
+        .expect("connects");
+    let answer = within("the refusal", read_until_closed(&mut extra)).await;
+    let answer = String::from_utf8(answer).expect("text");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a response");
+    assert!(head.starts_with("HTTP/1.1 429 "), "{head}");
+    let json: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+    assert_eq!(json["error"], "RATE_LIMITED");
+    assert_eq!(
+        json["message"],
+        "the admin listener has its maximum of 50 connections open (admin.max_connections); retry later"
+    );
+    within("the idle connections to be closed", async {
+        for s in &mut idle {
+            read_until_closed(s).await;
+        }
+    })
+    .await;
+    healthz(&served).await;
+    let text = served.metrics().await;
+    assert_eq!(
+        common::metric(&text, "roomcast_admin_connections_refused_total", &[]),
+        Some(1.0)
+    );
+}
+
+/// A request whose body does not arrive within `admin.body_timeout_ms` is answered 408 with the
+/// JSON error body, and takes no effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_that_does_not_arrive_in_time_is_refused() {
+    use tokio::io::AsyncWriteExt;
+    let served = Served::start("[admin]\nbody_timeout_ms = 500\n").await;
+    let mut s = tokio::net::TcpStream::connect(served.admin)
+        .await
+        .expect("connects");
+    let head = format!(
+        "POST /v1/rooms HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer {ADMIN_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: 40\r\n\r\n{{\"id\":\"slow\""
+    );
+    s.write_all(head.as_bytes()).await.expect("written");
+    let answer = within("the 408", read_until_closed(&mut s)).await;
+    let answer = String::from_utf8(answer).expect("text");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a response");
+    assert!(head.starts_with("HTTP/1.1 408 "), "{head}");
+    let json: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+    assert_eq!(json["error"], "BAD_REQUEST");
+    assert_eq!(
+        json["message"],
+        "the request body did not arrive within 500 ms (admin.body_timeout_ms)"
+    );
+    let url = format!("http://{}/v1/rooms/slow", served.admin);
+    let r = common::admin_call(
+        &served.http,
+        &url,
+        Some(ADMIN_KEY),
+        common::Method::GET,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 404, "{}", r.text);
 }

@@ -156,16 +156,12 @@ impl Server {
         let mut sessions = tokio::task::JoinSet::new();
         let router = crate::admin::router(relay.clone(), crate::metrics::prometheus());
         let mut admin_rx = stop_rx.clone();
+        let admin_limits = crate::admin::serve::ServeLimits::of(&relay.config);
         let admin_task = tokio::spawn(async move {
             let stop = async move {
                 let _ = admin_rx.wait_for(|s| *s).await;
             };
-            if let Err(e) = axum::serve(admin, router)
-                .with_graceful_shutdown(stop)
-                .await
-            {
-                tracing::error!(error = %e, "admin listener failed");
-            }
+            crate::admin::serve::serve(admin, router, admin_limits, stop).await;
         });
         let ticker = {
             let relay = relay.clone();
@@ -463,3 +459,37 @@ fn force_buffer(socket: &socket2::Socket, opt: i32, want: usize) {
 
 #[cfg(not(target_os = "linux"))]
 fn force_buffer(_: &socket2::Socket, _: i32, _: usize) {}
+
+/// Raises this process's open-file limit (`RLIMIT_NOFILE`) to its hard limit; returns the soft
+/// limit before and after. Every admin connection and client socket takes a descriptor, and the
+/// usual soft limit (1024) is far below what a relay holds.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+// `rlim_t` is `u64` on Linux but not on every Unix.
+#[allow(clippy::unnecessary_cast)]
+pub fn raise_open_file_limit() -> std::io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit with a pointer to a live rlimit of the right type.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let before = lim.rlim_cur as u64;
+    if lim.rlim_cur >= lim.rlim_max {
+        return Ok((before, before));
+    }
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((before, lim.rlim_cur as u64))
+}
+
+/// Raises this process's open-file limit: nothing to do off Unix.
+#[cfg(not(unix))]
+pub fn raise_open_file_limit() -> std::io::Result<(u64, u64)> {
+    Ok((0, 0))
+}
