@@ -100,6 +100,11 @@ impl Peer {
         }
     }
 
+    /// Waits for the server to close the connection with [`CloseCode::Protocol`] and `reason`.
+    async fn assert_protocol_close(&self, reason: &str) {
+        assert_eq!(self.closed().await, (protocol_code(), reason.to_owned()));
+    }
+
     /// Waits for the server to close the connection; its application close code and reason.
     async fn closed(&self) -> (u64, String) {
         match within("the server to close the connection", self.conn.closed()).await {
@@ -137,6 +142,24 @@ impl Control {
     }
 }
 
+/// A join of `room` asking for no history.
+fn join(room: &str) -> Request {
+    Request::Join {
+        room: room.into(),
+        history: -1,
+    }
+}
+
+/// A normal-class `chat` message to `room`.
+fn send(room: &str, body: impl Into<bytes::Bytes>) -> Request {
+    Request::Send {
+        room: room.into(),
+        msg_type: "chat".into(),
+        body: body.into(),
+        low: false,
+    }
+}
+
 async fn write(send: &mut quinn::SendStream, frame: &ClientFrame) {
     send.write_all(&encode_frame(frame))
         .await
@@ -162,25 +185,10 @@ async fn finishing_the_control_stream_with_requests_outstanding_loses_no_reply()
     // Pipelined and never waited for: a join, sends (each reply waits for its fsync), pages of
     // history of about 30 KiB each (some 1.2 MiB of replies in all), a ping, then the end.
     let mut expected = Vec::new();
-    control
-        .request(
-            1,
-            Request::Join {
-                room: "lobby".into(),
-                history: -1,
-            },
-        )
-        .await;
+    control.request(1, join("lobby")).await;
     expected.push((1, "joined"));
     for id in 2..=31 {
-        let body = bytes::Bytes::from(vec![b'x'; 1000]);
-        let request = Request::Send {
-            room: "lobby".into(),
-            msg_type: "chat".into(),
-            body,
-            low: false,
-        };
-        control.request(id, request).await;
+        control.request(id, send("lobby", vec![b'x'; 1000])).await;
         expected.push((id, "sent"));
     }
     for id in 32..=71 {
@@ -284,13 +292,8 @@ async fn resetting_the_control_stream_closes_with_the_protocol_code_and_a_reason
     let peer = Peer::connect(&server, |_| {}).await;
     let (mut control, _) = peer.welcomed(&server.token("alice")).await;
     control.send.reset(7u32.into()).expect("reset");
-    assert_eq!(
-        peer.closed().await,
-        (
-            protocol_code(),
-            "the client reset its control stream (RESET_STREAM)".to_owned()
-        )
-    );
+    peer.assert_protocol_close("the client reset its control stream (RESET_STREAM)")
+        .await;
 }
 
 /// A client that stops reading its control stream (STOP_SENDING) is closed with a reason as soon
@@ -315,13 +318,8 @@ async fn stopping_the_control_stream_closes_with_the_protocol_code_and_a_reason(
             written = control.send.write_all(&ping) => if written.is_err() { break },
         }
     }
-    assert_eq!(
-        peer.closed().await,
-        (
-            protocol_code(),
-            "the client stopped reading its control stream (STOP_SENDING)".to_owned()
-        )
-    );
+    peer.assert_protocol_close("the client stopped reading its control stream (STOP_SENDING)")
+        .await;
 }
 
 /// A client that stops the delivery stream (STOP_SENDING) is closed with a reason when the
@@ -336,30 +334,13 @@ async fn stopping_the_delivery_stream_closes_with_the_protocol_code_and_a_reason
         .await
         .expect("delivery stream");
     delivery.stop(7u32.into()).expect("stopped");
-    control
-        .request(
-            1,
-            Request::Join {
-                room: "lobby".into(),
-                history: -1,
-            },
-        )
-        .await;
+    control.request(1, join("lobby")).await;
     assert!(matches!(control.reply(1).await, Ok(Response::Joined(_))));
-    let request = Request::Send {
-        room: "lobby".into(),
-        msg_type: "chat".into(),
-        body: bytes::Bytes::from_static(b"to a stopped stream"),
-        low: false,
-    };
-    control.request(2, request).await;
-    assert_eq!(
-        peer.closed().await,
-        (
-            protocol_code(),
-            "the client stopped the delivery stream (STOP_SENDING)".to_owned()
-        )
-    );
+    control
+        .request(2, send("lobby", &b"to a stopped stream"[..]))
+        .await;
+    peer.assert_protocol_close("the client stopped the delivery stream (STOP_SENDING)")
+        .await;
 }
 
 // ---------------- a `roomcast serve` process ----------------

@@ -312,37 +312,3 @@ pub(crate) async fn scenario(
     }
     Ok(report)
 }
-
-/// Runs the flood scenario on its own runtime against the target `a` names (or starts), prints
-/// its report and writes `--json`.
-pub(crate) fn run(a: &super::BenchArgs) -> Result<(), BenchError> {
-    if a.target != super::TargetKind::Roomcast {
-        return Err(BenchError::Args(
-            "the flood scenario measures the roomcast relay only".into(),
-        ));
-    }
-    let rt = super::runtime()?;
-    let (target, result) = rt.block_on(async {
-        match super::launch::Target::open(a).await {
-            Ok(t) => {
-                let r = scenario(a, &t).await;
-                (Some(t), r)
-            }
-            Err(e) => (None, Err(e)),
-        }
-    });
-    if let Some(mut t) = target {
-        t.stop();
-    }
-    rt.shutdown_timeout(Duration::from_secs(2));
-    let report = result?;
-    print!("{}", report.table());
-    if let Some(path) = &a.json {
-        let text = serde_json::to_string_pretty(&report).unwrap_or_default();
-        std::fs::write(path, text + "\n").map_err(|source| BenchError::Io {
-            what: format!("writing {}", path.display()),
-            source,
-        })?;
-    }
-    Ok(())
-}

@@ -277,9 +277,6 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
         return raw::serve(addr, &dir, transport_of(&args));
     }
     validate(&args)?;
-    if args.scenario == Scenario::Flood {
-        return flood::run(&args);
-    }
     let rt = runtime()?;
     let (target, result) = rt.block_on(async {
         let mut target = match Target::open(&args).await {
@@ -287,8 +284,9 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
             Err(e) => return (None, Err(e)),
         };
         let result = match args.scenario {
-            Scenario::Churn => churn(&args, &mut target).await,
-            _ => rooms(&args, &mut target).await,
+            Scenario::Churn => churn(&args, &mut target).await.map(Output::load),
+            Scenario::Flood => flood::scenario(&args, &target).await.map(Output::Flood),
+            _ => rooms(&args, &mut target).await.map(Output::load),
         };
         (Some(target), result)
     });
@@ -307,6 +305,29 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
         })?;
     }
     Ok(())
+}
+
+/// What a run produced: printed as a table, written as JSON.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum Output {
+    /// The load scenarios' report.
+    Load(Box<Report>),
+    /// The flood scenario's report.
+    Flood(flood::FloodReport),
+}
+
+impl Output {
+    fn load(r: Report) -> Self {
+        Output::Load(Box::new(r))
+    }
+
+    fn table(&self) -> String {
+        match self {
+            Output::Load(r) => r.table(),
+            Output::Flood(r) => r.table(),
+        }
+    }
 }
 
 /// A multi-threaded runtime with one worker per core.
@@ -335,6 +356,9 @@ fn validate(a: &BenchArgs) -> Result<(), BenchError> {
     let bad = |m: String| Err(BenchError::Args(m));
     if let Some(s) = a.server {
         require_loopback("--server", s)?;
+    }
+    if a.scenario == Scenario::Flood && a.target != TargetKind::Roomcast {
+        return bad("the flood scenario measures the roomcast relay only".into());
     }
     if a.duration.is_nan() || a.duration <= 0.0 || a.duration > 3600.0 {
         return bad(format!(
