@@ -74,6 +74,9 @@ pub async fn serve(
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
+            // Reaped before accepting more, so a stream of connections cannot pile up finished
+            // tasks in the set.
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
                     let Ok(permit) = permits.clone().try_acquire_owned() else {
@@ -95,7 +98,6 @@ pub async fn serve(
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                 }
             },
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
     drop(listener);

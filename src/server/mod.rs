@@ -216,13 +216,15 @@ impl Server {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
+                // Reaped before taking more, so a stream of connections cannot pile up ended
+                // sessions in the set.
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
                 incoming = incoming_rx.recv_async() => match incoming {
                     Ok((incoming, handshaking)) => {
                         sessions.spawn(session::serve(relay.clone(), incoming, handshaking));
                     }
                     Err(_) => break,
                 },
-                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
             }
         }
         acceptors.abort_all();
