@@ -1,14 +1,24 @@
-//! Client tokens (HS256 JWT, `sub` = user id, `exp` required) and the admin key.
+//! Client tokens (HS256 JWT, `sub` = user id, `exp` required, `nbf` checked when present) and
+//! the admin key.
+//!
+//! A refused token is told in words ("token expired", "token is not a JWT: ..."), never with the
+//! decoder's internal error, and never echoes the token or a long user id back.
 
-use crate::protocol::{ErrorCode, WireError};
+use crate::protocol::{ErrorCode, MAX_TOKEN_LEN, WireError};
 use crate::room::validate_id;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
+    // Defaults, so a token without them is refused by the validation, which names the claim.
+    #[serde(default)]
     sub: String,
+    #[serde(default)]
     exp: u64,
+    /// Not before (seconds since the epoch): refused until then, within the leeway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<u64>,
 }
 
 /// Mints and checks client tokens.
@@ -36,6 +46,7 @@ impl TokenAuth {
         validation.leeway = leeway_secs;
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.validate_exp = true;
+        validation.validate_nbf = true;
         TokenAuth {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
@@ -52,6 +63,7 @@ impl TokenAuth {
             &Claims {
                 sub: user.to_owned(),
                 exp,
+                nbf: None,
             },
             &self.encoding,
         )
@@ -69,21 +81,65 @@ impl TokenAuth {
         if token.is_empty() {
             return Err(WireError::new(ErrorCode::Unauthorized, "no token given"));
         }
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(token_too_long(token.len() as u64));
+        }
+        // The header first, so a token of another kind is named as such rather than as a
+        // signature or claims problem.
+        use jsonwebtoken::errors::ErrorKind;
+        let header = jsonwebtoken::decode_header(token).map_err(|e| {
+            let why = match e.kind() {
+                ErrorKind::InvalidToken => NOT_A_JWT,
+                ErrorKind::Base64(_) => "token header is not base64url",
+                ErrorKind::Utf8(_) => "token header is not UTF-8",
+                _ => "token header is not a JSON JWT header naming HS256 as its algorithm",
+            };
+            unauthorized_because(why)
+        })?;
+        if header.alg != Algorithm::HS256 {
+            return Err(unauthorized_because(format!(
+                "token is signed with {:?}; only HS256 tokens are accepted",
+                header.alg
+            )));
+        }
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| {
-                use jsonwebtoken::errors::ErrorKind;
                 let why = match e.kind() {
                     ErrorKind::ExpiredSignature => "token expired".to_owned(),
+                    ErrorKind::ImmatureSignature => {
+                        "token is not valid yet (its nbf is in the future)".to_owned()
+                    }
                     ErrorKind::InvalidSignature => "token signature is invalid".to_owned(),
                     ErrorKind::InvalidAlgorithm => "token must be signed with HS256".to_owned(),
                     ErrorKind::MissingRequiredClaim(c) => format!("token lacks the {c} claim"),
-                    other => format!("token is invalid: {other:?}"),
+                    ErrorKind::InvalidToken => NOT_A_JWT.to_owned(),
+                    ErrorKind::Base64(_) => "token claims or signature are not base64url".into(),
+                    ErrorKind::Utf8(_) => "token claims are not UTF-8".to_owned(),
+                    ErrorKind::Json(_) => {
+                        "token claims must be a JSON object with sub (a string), \
+                                           exp and optionally nbf (whole seconds since the epoch)"
+                            .to_owned()
+                    }
+                    _ => "token is invalid".to_owned(),
                 };
-                WireError::new(ErrorCode::Unauthorized, why)
+                unauthorized_because(why)
             })?;
         validate_id("token sub (user id)", &data.claims.sub).map_err(unauthorized)?;
         Ok(data.claims.sub)
     }
+}
+
+const NOT_A_JWT: &str = "token is not a JWT: expected three base64url parts separated by dots";
+
+/// The refusal of a token of `len` bytes, longer than [`MAX_TOKEN_LEN`].
+pub fn token_too_long(len: u64) -> WireError {
+    unauthorized_because(format!(
+        "token is {len} bytes; at most {MAX_TOKEN_LEN} are accepted"
+    ))
+}
+
+fn unauthorized_because(why: impl Into<String>) -> WireError {
+    WireError::new(ErrorCode::Unauthorized, why)
 }
 
 fn unauthorized(e: WireError) -> WireError {
@@ -142,6 +198,110 @@ mod tests {
             auth.verify("a.b.c").unwrap_err().code,
             ErrorCode::Unauthorized
         );
+    }
+
+    fn signed(claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"secret"),
+        )
+        .expect("signs")
+    }
+
+    fn refusal(auth: &TokenAuth, token: &str) -> String {
+        let e = auth.verify(token).expect_err("refused");
+        assert_eq!(e.code, ErrorCode::Unauthorized, "{}", e.message);
+        for internal in ["Json(", "Base64(", "Error(", "Utf8(", "{", "\\"] {
+            assert!(!e.message.contains(internal), "{}", e.message);
+        }
+        e.message
+    }
+
+    #[test]
+    fn nbf_in_the_future_is_refused_past_the_leeway() {
+        let auth = TokenAuth::new(b"secret", 30, false);
+        let now = unix_secs();
+        let later =
+            signed(serde_json::json!({"sub": "alice", "exp": now + 600, "nbf": now + 3600}));
+        assert_eq!(
+            refusal(&auth, &later),
+            "token is not valid yet (its nbf is in the future)"
+        );
+        // Within the leeway, and in the past, it is fine.
+        for nbf in [now + 10, now - 10] {
+            let t = signed(serde_json::json!({"sub": "alice", "exp": now + 600, "nbf": nbf}));
+            assert_eq!(auth.verify(&t).expect("valid"), "alice");
+        }
+    }
+
+    #[test]
+    fn malformed_tokens_are_refused_in_words() {
+        use base64::Engine;
+        let auth = TokenAuth::new(b"secret", 0, false);
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let exp = unix_secs() + 600;
+        let claims = b64(&format!(r#"{{"sub":"alice","exp":{exp}}}"#));
+        let none = format!("{}.{claims}.", b64(r#"{"alg":"none","typ":"JWT"}"#));
+        assert_eq!(
+            refusal(&auth, &none),
+            "token header is not a JSON JWT header naming HS256 as its algorithm"
+        );
+        let rs256 = format!("{}.{claims}.c2ln", b64(r#"{"alg":"RS256","typ":"JWT"}"#));
+        assert_eq!(
+            refusal(&auth, &rs256),
+            "token is signed with RS256; only HS256 tokens are accepted"
+        );
+        assert_eq!(refusal(&auth, "not-a-jwt"), NOT_A_JWT);
+        assert_eq!(
+            refusal(&auth, "!!!.@@@.###"),
+            "token header is not base64url"
+        );
+        let header = b64(r#"{"alg":"HS256","typ":"JWT"}"#);
+        assert_eq!(
+            refusal(&auth, &format!("{header}.{claims}.@@@")),
+            "token signature is invalid"
+        );
+        // Correctly signed, but the claims part is not base64url.
+        let message = format!("{header}.@@@");
+        let key = EncodingKey::from_secret(b"secret");
+        let sig =
+            jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256).expect("signs");
+        assert_eq!(
+            refusal(&auth, &format!("{message}.{sig}")),
+            "token claims or signature are not base64url"
+        );
+        let string_exp = signed(serde_json::json!({"sub": "alice", "exp": "tomorrow"}));
+        assert!(
+            refusal(&auth, &string_exp).starts_with("token claims must be a JSON object"),
+            "{string_exp}"
+        );
+        let no_sub = signed(serde_json::json!({"exp": exp}));
+        assert_eq!(refusal(&auth, &no_sub), "token lacks the sub claim");
+        let no_exp = signed(serde_json::json!({"sub": "alice"}));
+        assert_eq!(refusal(&auth, &no_exp), "token lacks the exp claim");
+    }
+
+    #[test]
+    fn a_long_user_id_or_token_is_not_echoed() {
+        let auth = TokenAuth::new(b"secret", 0, false);
+        let long = "a".repeat(5000);
+        let t = signed(serde_json::json!({"sub": long, "exp": unix_secs() + 600}));
+        assert!(t.len() <= MAX_TOKEN_LEN);
+        let why = refusal(&auth, &t);
+        assert!(why.len() < 200 && !why.contains("aaaa"), "{why}");
+        assert!(why.contains("5000 bytes"), "{why}");
+        let huge = "x".repeat(MAX_TOKEN_LEN + 1);
+        assert_eq!(
+            refusal(&auth, &huge),
+            format!(
+                "token is {} bytes; at most 8192 are accepted",
+                MAX_TOKEN_LEN + 1
+            )
+        );
+        let dev = TokenAuth::new(b"secret", 0, true);
+        let why = refusal(&dev, &format!("dev:{long}"));
+        assert!(why.len() < 200, "{why}");
     }
 
     #[test]

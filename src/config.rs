@@ -50,7 +50,34 @@ pub struct Config {
     pub store: StoreSection,
     /// QUIC transport tuning.
     pub transport: Transport,
+    /// The admin HTTP listener.
+    pub admin: AdminSection,
 }
+
+// ---- [admin] ----
+/// `[admin]`: the admin HTTP listener's timeouts and connection cap.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminSection {
+    /// A complete request head must arrive within this of the connection's start or of the end
+    /// of its previous response (so also the keep-alive idle timeout), ms.
+    pub header_timeout_ms: u64,
+    /// A request body must arrive within this of its head, ms.
+    pub body_timeout_ms: u64,
+    /// Admin connections open at once; past it new ones are refused at once.
+    pub max_connections: usize,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            max_connections: 4096,
+        }
+    }
+}
+// ---- end [admin] ----
 
 /// `[server]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -271,6 +298,16 @@ pub struct Transport {
     pub idle_timeout_ms: u64,
     /// Time a client has to finish the handshake and send its hello, in milliseconds.
     pub hello_timeout_ms: u64,
+    // ---- handshake admission ----
+    /// Time a client has to finish the QUIC handshake, in milliseconds (`hello_timeout_ms` bounds
+    /// it too).
+    pub handshake_timeout_ms: u64,
+    /// Handshakes in progress from which clients must validate their address with a QUIC Retry
+    /// first (0: always; `max_handshakes` or more: never).
+    pub retry_threshold: usize,
+    /// Handshakes in progress from which new connections are refused.
+    pub max_handshakes: usize,
+    // ---- end handshake admission ----
     /// Receive window of the control stream, in bytes.
     pub stream_window: u32,
     /// Receive window of a whole connection, in bytes.
@@ -303,6 +340,9 @@ impl Default for Transport {
             keep_alive_ms: 10_000,
             idle_timeout_ms: 30_000,
             hello_timeout_ms: 10_000,
+            handshake_timeout_ms: 5_000,
+            retry_threshold: 128,
+            max_handshakes: 1024,
             stream_window: 64 * 1024,
             conn_window: 128 * 1024,
             send_window: 256 * 1024,
@@ -527,6 +567,24 @@ const KEY_DOCS: &[(&str, &str)] = &[
         "transport",
         "QUIC transport tuning for many small connections.",
     ),
+    // ---- [admin] ----
+    (
+        "admin",
+        "The admin HTTP listener (server.admin): timeouts and a connection cap.",
+    ),
+    (
+        "admin.header_timeout_ms",
+        "A connection must send a complete request head within this of its start or of the end of its previous response, ms; otherwise it is closed (also the keep-alive idle timeout, and the end of a slowloris client).",
+    ),
+    (
+        "admin.body_timeout_ms",
+        "A request body must arrive within this of its head, ms; otherwise 408 and the connection is closed (the call takes no effect).",
+    ),
+    (
+        "admin.max_connections",
+        "Admin connections open at once; past it a new one gets 429 and is closed at once.",
+    ),
+    // ---- end [admin] ----
     (
         "transport.udp_recv_buffer",
         "UDP receive buffer asked of the kernel, bytes (the 208 KiB default loses packets at a few hundred connections).",
@@ -544,6 +602,20 @@ const KEY_DOCS: &[(&str, &str)] = &[
         "transport.hello_timeout_ms",
         "Time a client has to finish the handshake and send its hello, ms.",
     ),
+    // ---- handshake admission ----
+    (
+        "transport.handshake_timeout_ms",
+        "Time a client has to finish the QUIC handshake, ms; an unfinished handshake is dropped. The hello timeout bounds it too.",
+    ),
+    (
+        "transport.retry_threshold",
+        "Handshakes in progress from which a new client must first prove its address with a QUIC Retry (one round trip more, no server state until it does); 0 = always, max_handshakes or more = never.",
+    ),
+    (
+        "transport.max_handshakes",
+        "Handshakes in progress (QUIC handshake, hello, token check) from which new connections are refused.",
+    ),
+    // ---- end handshake admission ----
     (
         "transport.stream_window",
         "Receive window of the control stream, bytes.",
@@ -739,6 +811,21 @@ impl Config {
         }
         if self.store.history_max == 0 || self.store.flush_ms == 0 {
             return bad("store.history_max and store.flush_ms must be above 0");
+        }
+        let t = &self.transport;
+        if t.handshake_timeout_ms == 0 || t.hello_timeout_ms == 0 {
+            return bad(
+                "transport.handshake_timeout_ms and transport.hello_timeout_ms must be above 0",
+            );
+        }
+        if t.max_handshakes == 0 {
+            return bad("transport.max_handshakes must be above 0");
+        }
+        let a = &self.admin;
+        if a.header_timeout_ms == 0 || a.body_timeout_ms == 0 || a.max_connections == 0 {
+            return bad(
+                "admin.header_timeout_ms, admin.body_timeout_ms and admin.max_connections must be above 0",
+            );
         }
         if self.transport.keep_alive_ms >= self.transport.idle_timeout_ms {
             return bad("transport.keep_alive_ms must be below transport.idle_timeout_ms");

@@ -253,6 +253,20 @@ async fn serve(a: ServeArgs) -> Result<()> {
     for warning in config.warnings() {
         eprintln!("roomcast: warning: {warning}");
     }
+    // ---- open-file limit ----
+    // Every admin connection and client socket is a file descriptor: take what the system allows.
+    match roomcast::server::raise_open_file_limit() {
+        Ok((before, after)) if after > before => {
+            tracing::info!(
+                before,
+                after,
+                "raised the open-file limit to its hard limit"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
+    // ---- end open-file limit ----
 
     let shutdown = shutdown_signal()?;
     let data = DataFolder::new(&config.server.data);

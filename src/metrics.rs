@@ -13,6 +13,14 @@ pub const CONNECTIONS: &str = "roomcast_connections";
 /// Gauge: connections in their opening (QUIC handshake, hello, token check), not yet counted in
 /// [`CONNECTIONS`].
 pub const CONNECTIONS_HANDSHAKING: &str = "roomcast_connections_handshaking";
+/// Counter: connection attempts answered with a QUIC Retry (address validation under load).
+pub const HANDSHAKES_RETRIED: &str = "roomcast_handshakes_retried_total";
+/// Counter: connection attempts refused because `transport.max_handshakes` were in progress.
+pub const HANDSHAKES_REFUSED: &str = "roomcast_handshakes_refused_total";
+/// Gauge: open admin HTTP connections.
+pub const ADMIN_CONNECTIONS: &str = "roomcast_admin_connections";
+/// Counter: admin HTTP connections refused because `admin.max_connections` were open.
+pub const ADMIN_CONNECTIONS_REFUSED: &str = "roomcast_admin_connections_refused_total";
 // ---- end connection opening ----
 /// Counter: connections accepted (before authentication).
 pub const CONNECTIONS_ACCEPTED: &str = "roomcast_connections_accepted_total";
@@ -64,6 +72,19 @@ pub fn describe() {
     describe_gauge!(
         CONNECTIONS_HANDSHAKING,
         "Connections in their QUIC handshake or before their hello is accepted; not in roomcast_connections."
+    );
+    describe_counter!(
+        HANDSHAKES_RETRIED,
+        "Connection attempts answered with a QUIC Retry (transport.retry_threshold handshakes in progress)."
+    );
+    describe_counter!(
+        HANDSHAKES_REFUSED,
+        "Connection attempts refused (transport.max_handshakes handshakes in progress)."
+    );
+    describe_gauge!(ADMIN_CONNECTIONS, "Open admin HTTP connections.");
+    describe_counter!(
+        ADMIN_CONNECTIONS_REFUSED,
+        "Admin HTTP connections refused at once because admin.max_connections were open."
     );
     // ---- end connection opening ----
     describe_gauge!(ROOMS, "Live rooms.");

@@ -100,6 +100,11 @@ impl Peer {
         }
     }
 
+    /// Waits for the server to close the connection with [`CloseCode::Protocol`] and `reason`.
+    async fn assert_protocol_close(&self, reason: &str) {
+        assert_eq!(self.closed().await, (protocol_code(), reason.to_owned()));
+    }
+
     /// Waits for the server to close the connection; its application close code and reason.
     async fn closed(&self) -> (u64, String) {
         match within("the server to close the connection", self.conn.closed()).await {
@@ -137,6 +142,24 @@ impl Control {
     }
 }
 
+/// A join of `room` asking for no history.
+fn join(room: &str) -> Request {
+    Request::Join {
+        room: room.into(),
+        history: -1,
+    }
+}
+
+/// A normal-class `chat` message to `room`.
+fn send(room: &str, body: impl Into<bytes::Bytes>) -> Request {
+    Request::Send {
+        room: room.into(),
+        msg_type: "chat".into(),
+        body: body.into(),
+        low: false,
+    }
+}
+
 async fn write(send: &mut quinn::SendStream, frame: &ClientFrame) {
     send.write_all(&encode_frame(frame))
         .await
@@ -162,25 +185,10 @@ async fn finishing_the_control_stream_with_requests_outstanding_loses_no_reply()
     // Pipelined and never waited for: a join, sends (each reply waits for its fsync), pages of
     // history of about 30 KiB each (some 1.2 MiB of replies in all), a ping, then the end.
     let mut expected = Vec::new();
-    control
-        .request(
-            1,
-            Request::Join {
-                room: "lobby".into(),
-                history: -1,
-            },
-        )
-        .await;
+    control.request(1, join("lobby")).await;
     expected.push((1, "joined"));
     for id in 2..=31 {
-        let body = bytes::Bytes::from(vec![b'x'; 1000]);
-        let request = Request::Send {
-            room: "lobby".into(),
-            msg_type: "chat".into(),
-            body,
-            low: false,
-        };
-        control.request(id, request).await;
+        control.request(id, send("lobby", vec![b'x'; 1000])).await;
         expected.push((id, "sent"));
     }
     for id in 32..=71 {
@@ -284,13 +292,8 @@ async fn resetting_the_control_stream_closes_with_the_protocol_code_and_a_reason
     let peer = Peer::connect(&server, |_| {}).await;
     let (mut control, _) = peer.welcomed(&server.token("alice")).await;
     control.send.reset(7u32.into()).expect("reset");
-    assert_eq!(
-        peer.closed().await,
-        (
-            protocol_code(),
-            "the client reset its control stream (RESET_STREAM)".to_owned()
-        )
-    );
+    peer.assert_protocol_close("the client reset its control stream (RESET_STREAM)")
+        .await;
 }
 
 /// A client that stops reading its control stream (STOP_SENDING) is closed with a reason as soon
@@ -315,13 +318,8 @@ async fn stopping_the_control_stream_closes_with_the_protocol_code_and_a_reason(
             written = control.send.write_all(&ping) => if written.is_err() { break },
         }
     }
-    assert_eq!(
-        peer.closed().await,
-        (
-            protocol_code(),
-            "the client stopped reading its control stream (STOP_SENDING)".to_owned()
-        )
-    );
+    peer.assert_protocol_close("the client stopped reading its control stream (STOP_SENDING)")
+        .await;
 }
 
 /// A client that stops the delivery stream (STOP_SENDING) is closed with a reason when the
@@ -336,30 +334,13 @@ async fn stopping_the_delivery_stream_closes_with_the_protocol_code_and_a_reason
         .await
         .expect("delivery stream");
     delivery.stop(7u32.into()).expect("stopped");
-    control
-        .request(
-            1,
-            Request::Join {
-                room: "lobby".into(),
-                history: -1,
-            },
-        )
-        .await;
+    control.request(1, join("lobby")).await;
     assert!(matches!(control.reply(1).await, Ok(Response::Joined(_))));
-    let request = Request::Send {
-        room: "lobby".into(),
-        msg_type: "chat".into(),
-        body: bytes::Bytes::from_static(b"to a stopped stream"),
-        low: false,
-    };
-    control.request(2, request).await;
-    assert_eq!(
-        peer.closed().await,
-        (
-            protocol_code(),
-            "the client stopped the delivery stream (STOP_SENDING)".to_owned()
-        )
-    );
+    control
+        .request(2, send("lobby", &b"to a stopped stream"[..]))
+        .await;
+    peer.assert_protocol_close("the client stopped the delivery stream (STOP_SENDING)")
+        .await;
 }
 
 // ---------------- a `roomcast serve` process ----------------
@@ -418,7 +399,11 @@ impl Served {
             admin: addr("admin"),
             ca_pem: std::fs::read(data.path().join("ca.pem")).expect("ca.pem"),
             child,
-            http: reqwest::Client::new(),
+            // No pooled connections: each call is a connection of its own, counted and closed.
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("HTTP client"),
             _data: data,
         }
     }
@@ -427,6 +412,15 @@ impl Served {
         roomcast::auth::TokenAuth::new(SECRET.as_bytes(), 0, false)
             .mint(user, roomcast::auth::unix_secs() + 600)
             .expect("token mints")
+    }
+
+    /// A connected library client for `user`.
+    async fn client(&self, user: &str) -> roomcast::client::Client {
+        let cfg =
+            roomcast::client::ClientConfig::new(self.quic, self.ca_pem.clone(), self.token(user));
+        within("a connect", roomcast::client::Client::connect(cfg))
+            .await
+            .unwrap_or_else(|e| panic!("{user} connects: {e}"))
     }
 
     async fn metrics(&self) -> String {
@@ -512,4 +506,367 @@ async fn handshaking_connections_are_visible_and_a_hello_timeout_is_not_lost() {
         common::metric(&text, "roomcast_connections", &[]),
         Some(1.0)
     );
+}
+
+// ---------------- tokens ----------------
+
+/// A token signed with the test server's secret carrying `claims` as they are.
+fn signed(claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(common::TOKEN_SECRET.as_bytes()),
+    )
+    .expect("signs")
+}
+
+/// A 1 MiB token is refused with `UNAUTHORIZED` in words, on the control stream and in the close,
+/// like any bad token, not with a frame-size protocol close; a 60 KB one (within the frame limit)
+/// the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_token_is_unauthorized_not_a_frame_size_close() {
+    let server = TestServer::start(|_| {}).await;
+    for len in [1usize << 20, 60_000] {
+        let peer = Peer::connect(&server, |_| {}).await;
+        let mut control = peer.hello(&"x".repeat(len)).await;
+        let want = format!("token is {len} bytes; at most 8192 are accepted");
+        match control.next().await {
+            Some(ServerFrame::Refused(e)) => {
+                assert_eq!(
+                    (e.code, e.message.as_str()),
+                    (ErrorCode::Unauthorized, &*want)
+                );
+            }
+            other => panic!("{len}: expected Refused, got {other:?}"),
+        }
+        assert_eq!(
+            peer.closed().await,
+            (u64::from(CloseCode::Unauthorized.code()), want)
+        );
+    }
+    // The library client gets the refusal too.
+    let err = server
+        .connect("y".repeat(1 << 20))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
+}
+
+/// Tokens the server refuses say why in words: not yet valid (`nbf`), another algorithm, not a
+/// JWT at all, a user id of 5000 bytes (not echoed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_tokens_say_why_in_words() {
+    let server = TestServer::start(|c| c.auth.leeway_secs = 30).await;
+    let now = roomcast::auth::unix_secs();
+    let cases = [
+        (
+            signed(serde_json::json!({"sub": "alice", "exp": now + 600, "nbf": now + 3600})),
+            "token is not valid yet (its nbf is in the future)".to_owned(),
+        ),
+        (
+            "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSJ9.".to_owned(),
+            "token header is not a JSON JWT header naming HS256 as its algorithm".to_owned(),
+        ),
+        (
+            "not a token".to_owned(),
+            "token is not a JWT: expected three base64url parts separated by dots".to_owned(),
+        ),
+        (
+            signed(serde_json::json!({"sub": "u".repeat(5000), "exp": now + 600})),
+            "token sub (user id) must be 1-64 characters from [A-Za-z0-9_.:@-], got 5000 bytes"
+                .to_owned(),
+        ),
+    ];
+    for (token, want) in cases {
+        match server.connect(token).await {
+            Err(roomcast::client::ClientError::Refused(e)) => {
+                assert_eq!((e.code, e.message), (ErrorCode::Unauthorized, want));
+            }
+            Err(other) => panic!("expected a refusal, got {other}"),
+            Ok(_) => panic!("connected with a bad token"),
+        }
+    }
+    // A token whose nbf has come is accepted.
+    let ready = signed(serde_json::json!({"sub": "alice", "exp": now + 600, "nbf": now - 5}));
+    let alice = server.connect(ready).await.expect("connects");
+    alice.ping().await.expect("ping");
+}
+
+// ---------------- bounded handshakes ----------------
+
+/// The resident set size of process `pid`, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// 10,000 real ClientHellos from 100 source ports, never answered, against a real `roomcast
+/// serve`: its RSS stays within the bound the README states, and a real client connects and
+/// joins during the flood.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_hello_flood_keeps_memory_bounded_and_real_clients_connect() {
+    const HELLOS: usize = 10_000;
+    /// The README's bound on what a flood adds to the relay's resident memory.
+    const BOUND_MIB: u64 = 64;
+    let served = Served::start("").await;
+    let pid = served.child.id();
+    let url = format!("http://{}/v1/rooms", served.admin);
+    let body = serde_json::to_vec(&serde_json::json!({"id": "lobby"})).expect("JSON");
+    let r = common::admin_call(
+        &served.http,
+        &url,
+        Some(ADMIN_KEY),
+        common::Method::POST,
+        Some(body),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    // One real client first, so the idle figure includes what any first connection allocates.
+    let warm = served.client("warm").await;
+    warm.join("lobby", -1).await.expect("joins");
+    warm.close().await;
+    let idle = rss_kib(pid);
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spec = roomcast::bench::flood::FloodSpec {
+        target: served.quic,
+        count: HELLOS,
+        rate: 4000.0,
+        sources: 100,
+        max_time: std::time::Duration::from_secs(30),
+    };
+    let flood = {
+        let stop = stop.clone();
+        tokio::task::spawn_blocking(move || {
+            roomcast::bench::flood::client_hello_flood(&spec, &stop)
+        })
+    };
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(idle));
+    let sampler = {
+        let peak = peak.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak.fetch_max(rss_kib(pid), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+    };
+    // A real client in the middle of the flood.
+    poll("the flood to start", || async {
+        let text = served.metrics().await;
+        let retried = common::metric(&text, "roomcast_handshakes_retried_total", &[]);
+        let accepted = common::metric(&text, "roomcast_connections_accepted_total", &[]);
+        (retried.unwrap_or(0.0) + accepted.unwrap_or(0.0) > 1000.0).then_some(())
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let alice = served.client("alice").await;
+    alice
+        .join("lobby", -1)
+        .await
+        .expect("alice joins during the flood");
+    let connect_join = started.elapsed();
+    // The flood ends by itself within its max_time.
+    let tally = tokio::time::timeout(std::time::Duration::from_secs(40), flood)
+        .await
+        .expect("the flood ends")
+        .expect("flood task")
+        .expect("flood runs");
+    // Then until every handshake the flood started has ended.
+    served
+        .wait_metric("roomcast_connections_handshaking", &[], 0.0)
+        .await;
+    let after = rss_kib(pid);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sampler.await.expect("sampler");
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    let text = served.metrics().await;
+    eprintln!(
+        "flood: {} hellos in {:.2} s ({} send errors); RSS idle {idle} KiB, peak {peak} KiB \
+         (+{} KiB), after {after} KiB; connect+join during the flood {connect_join:?}; \
+         accepted {:?}, retried {:?}, refused {:?}",
+        tally.sent,
+        tally.secs,
+        tally.send_errors,
+        peak - idle,
+        common::metric(&text, "roomcast_connections_accepted_total", &[]),
+        common::metric(&text, "roomcast_handshakes_retried_total", &[]),
+        common::metric(&text, "roomcast_handshakes_refused_total", &[]),
+    );
+    assert!(
+        tally.sent >= HELLOS as u64 * 9 / 10,
+        "the flood sent {} hellos",
+        tally.sent
+    );
+    assert!(
+        peak - idle <= BOUND_MIB * 1024,
+        "a flood raised RSS by {} KiB (idle {idle} KiB, peak {peak} KiB)",
+        peak - idle
+    );
+    alice.ping().await.expect("alice is still served");
+}
+
+// ---------------- the admin listener ----------------
+
+/// Reads `stream` until the server closes it (or resets it); what it sent before.
+async fn read_until_closed(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// `GET /healthz` on a connection of its own, answered 200.
+async fn healthz(served: &Served) -> std::time::Duration {
+    let url = format!("http://{}/healthz", served.admin);
+    let started = std::time::Instant::now();
+    let r = common::admin_call(&served.http, &url, None, common::Method::GET, None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    started.elapsed()
+}
+
+/// 2000 idle connections and 200 slowloris ones (a request head trickled a byte every 100 ms)
+/// do not keep `/healthz` from answering, and every one of them is closed by the header timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slowloris_admin_connections_time_out_and_healthz_answers() {
+    use tokio::io::AsyncWriteExt;
+    // This process holds 2200 sockets too.
+    roomcast::server::raise_open_file_limit().expect("the open-file limit");
+    let served = Served::start("[admin]\nheader_timeout_ms = 5000\n").await;
+    let mut idle = Vec::with_capacity(2000);
+    for _ in 0..2000 {
+        let s = tokio::net::TcpStream::connect(served.admin).await;
+        idle.push(s.expect("idle connection"));
+    }
+    let (mut slow_reads, mut slow_writes) = (Vec::new(), Vec::new());
+    for _ in 0..200 {
+        let s = tokio::net::TcpStream::connect(served.admin).await;
+        let (r, mut w) = s.expect("slow connection").into_split();
+        w.write_all(b"GET /healthz HTTP/1.1\r\nHost: relay\r\nX-Slow: ")
+            .await
+            .expect("head start");
+        slow_reads.push(r);
+        slow_writes.push(w);
+    }
+    // One byte every 100 ms on each, for at most 20 s (the server closes them long before).
+    let trickle = tokio::spawn(async move {
+        for _ in 0..200 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let mut open = 0;
+            for w in &mut slow_writes {
+                if w.write_all(b"a").await.is_ok() {
+                    open += 1;
+                }
+            }
+            if open == 0 {
+                break;
+            }
+        }
+    });
+    let took = healthz(&served).await;
+    eprintln!("/healthz answered in {took:?} beside 2000 idle and 200 slowloris connections");
+
+    within("the idle connections to be closed", async {
+        for s in &mut idle {
+            assert!(read_until_closed(s).await.is_empty());
+        }
+    })
+    .await;
+    within("the slowloris connections to be closed", async {
+        for r in &mut slow_reads {
+            read_until_closed(r).await;
+        }
+    })
+    .await;
+    trickle.abort();
+    // The relay holds none of them any more (this scrape's own connection aside).
+    served
+        .wait_metric("roomcast_admin_connections", &[], 1.0)
+        .await;
+    healthz(&served).await;
+}
+
+/// Past `admin.max_connections` a new connection is answered 429 with the JSON error body and
+/// closed at once; once the idle ones time out, the listener serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_connections_past_the_cap_are_refused_at_once() {
+    let served = Served::start("[admin]\nmax_connections = 50\nheader_timeout_ms = 3000\n").await;
+    let mut idle = Vec::new();
+    for _ in 0..50 {
+        let s = tokio::net::TcpStream::connect(served.admin).await;
+        idle.push(s.expect("idle connection"));
+    }
+    // Accepted in order, so the 51st finds the 50 permits taken.
+    let mut extra = tokio::net::TcpStream::connect(served.admin)
+        .await
+        .expect("connects");
+    let answer = within("the refusal", read_until_closed(&mut extra)).await;
+    let answer = String::from_utf8(answer).expect("text");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a response");
+    assert!(head.starts_with("HTTP/1.1 429 "), "{head}");
+    let json: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+    assert_eq!(json["error"], "RATE_LIMITED");
+    assert_eq!(
+        json["message"],
+        "the admin listener has its maximum of 50 connections open (admin.max_connections); retry later"
+    );
+    within("the idle connections to be closed", async {
+        for s in &mut idle {
+            read_until_closed(s).await;
+        }
+    })
+    .await;
+    healthz(&served).await;
+    let text = served.metrics().await;
+    assert_eq!(
+        common::metric(&text, "roomcast_admin_connections_refused_total", &[]),
+        Some(1.0)
+    );
+}
+
+/// A request whose body does not arrive within `admin.body_timeout_ms` is answered 408 with the
+/// JSON error body, and takes no effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_that_does_not_arrive_in_time_is_refused() {
+    use tokio::io::AsyncWriteExt;
+    let served = Served::start("[admin]\nbody_timeout_ms = 500\n").await;
+    let mut s = tokio::net::TcpStream::connect(served.admin)
+        .await
+        .expect("connects");
+    let head = format!(
+        "POST /v1/rooms HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer {ADMIN_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: 40\r\n\r\n{{\"id\":\"slow\""
+    );
+    s.write_all(head.as_bytes()).await.expect("written");
+    let answer = within("the 408", read_until_closed(&mut s)).await;
+    let answer = String::from_utf8(answer).expect("text");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a response");
+    assert!(head.starts_with("HTTP/1.1 408 "), "{head}");
+    let json: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+    assert_eq!(json["error"], "BAD_REQUEST");
+    assert_eq!(
+        json["message"],
+        "the request body did not arrive within 500 ms (admin.body_timeout_ms)"
+    );
+    let url = format!("http://{}/v1/rooms/slow", served.admin);
+    let r = common::admin_call(
+        &served.http,
+        &url,
+        Some(ADMIN_KEY),
+        common::Method::GET,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 404, "{}", r.text);
 }

@@ -20,6 +20,7 @@
 mod data_routes;
 mod policy_routes;
 mod routes;
+pub mod serve;
 
 use crate::auth::admin_key_matches;
 use crate::metrics as m;

@@ -27,6 +27,7 @@
 //! [`admin`] a tiny HTTP client for the admin API, [`report`] the output.
 
 pub mod admin;
+pub mod flood;
 pub mod launch;
 pub mod load;
 pub mod raw;
@@ -56,6 +57,9 @@ pub enum Scenario {
     Overload,
     /// Connect → join → leave → close cycles at `--rate` a second.
     Churn,
+    /// A ClientHello flood (`--hellos` from `--sources` ports at `--rate` a second) while a real
+    /// client connects and joins every 250 ms; reports the server's RSS and the connect times.
+    Flood,
 }
 
 /// What to measure.
@@ -184,6 +188,14 @@ pub struct BenchArgs {
     /// so that they do not cap throughput; the report lists what was raised).
     #[arg(long)]
     pub stock_limits: bool,
+    // ---- flood scenario ----
+    /// ClientHellos the flood scenario sends (at most 1000000).
+    #[arg(long, default_value_t = 10_000)]
+    pub hellos: usize,
+    /// UDP source ports the flood scenario sends from (1..=1024).
+    #[arg(long, default_value_t = 100)]
+    pub sources: usize,
+    // ---- end flood scenario ----
     /// Keep the temporary folder (configuration, data, server log) and print its path.
     #[arg(long)]
     pub keep: bool,
@@ -272,8 +284,9 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
             Err(e) => return (None, Err(e)),
         };
         let result = match args.scenario {
-            Scenario::Churn => churn(&args, &mut target).await,
-            _ => rooms(&args, &mut target).await,
+            Scenario::Churn => churn(&args, &mut target).await.map(Output::load),
+            Scenario::Flood => flood::scenario(&args, &target).await.map(Output::Flood),
+            _ => rooms(&args, &mut target).await.map(Output::load),
         };
         (Some(target), result)
     });
@@ -292,6 +305,29 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
         })?;
     }
     Ok(())
+}
+
+/// What a run produced: printed as a table, written as JSON.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum Output {
+    /// The load scenarios' report.
+    Load(Box<Report>),
+    /// The flood scenario's report.
+    Flood(flood::FloodReport),
+}
+
+impl Output {
+    fn load(r: Report) -> Self {
+        Output::Load(Box::new(r))
+    }
+
+    fn table(&self) -> String {
+        match self {
+            Output::Load(r) => r.table(),
+            Output::Flood(r) => r.table(),
+        }
+    }
 }
 
 /// A multi-threaded runtime with one worker per core.
@@ -320,6 +356,9 @@ fn validate(a: &BenchArgs) -> Result<(), BenchError> {
     let bad = |m: String| Err(BenchError::Args(m));
     if let Some(s) = a.server {
         require_loopback("--server", s)?;
+    }
+    if a.scenario == Scenario::Flood && a.target != TargetKind::Roomcast {
+        return bad("the flood scenario measures the roomcast relay only".into());
     }
     if a.duration.is_nan() || a.duration <= 0.0 || a.duration > 3600.0 {
         return bad(format!(
@@ -356,7 +395,7 @@ fn validate(a: &BenchArgs) -> Result<(), BenchError> {
     if low + protected > 1.0 {
         return bad("--low-share plus --protected-share must be at most 1".into());
     }
-    if a.scenario != Scenario::Churn {
+    if !matches!(a.scenario, Scenario::Churn | Scenario::Flood) {
         let rooms = room_count(a);
         if a.members == 0 || rooms == 0 || a.senders == 0 || a.senders > a.members {
             return bad(format!(
@@ -400,6 +439,7 @@ fn scenario_name(s: Scenario) -> &'static str {
         Scenario::Rooms => "rooms",
         Scenario::Overload => "overload",
         Scenario::Churn => "churn",
+        Scenario::Flood => "flood",
     }
 }
 

@@ -98,6 +98,31 @@ fn request_head(body: &[u8]) -> Option<(u32, u32)> {
     Some((id, variant))
 }
 
+/// The first frame of a control stream, read under the hello's own size rule
+/// ([`FrameReader::read_hello`]).
+#[derive(Debug, PartialEq)]
+pub enum HelloFrame {
+    /// A frame within the frame limit (a hello, or whatever the client sent first).
+    Frame(ClientFrame),
+    /// A hello over the frame limit, read and discarded: the length its token announced.
+    Oversized {
+        /// The token's length in bytes.
+        token_len: u64,
+    },
+}
+
+/// The token length of an encoded `ClientFrame::Hello`, from its first bytes: variant 0, the
+/// version (a varint) and the token's length (a varint).
+fn hello_token_len(head: &[u8]) -> Option<u64> {
+    let (frame, rest) = postcard::take_from_bytes::<u32>(head).ok()?;
+    if frame != 0 {
+        return None;
+    }
+    let (_version, rest) = postcard::take_from_bytes::<u16>(rest).ok()?;
+    let (token_len, _) = postcard::take_from_bytes::<u64>(rest).ok()?;
+    Some(token_len)
+}
+
 /// A frame buffer larger than this is freed after its frame instead of kept for the next one.
 const KEEP_BUFFER: usize = 16 * 1024;
 
@@ -132,12 +157,64 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.read_with(decode_body).await
     }
 
+    /// The first frame of a control stream, with the hello's own size rule: a frame over the
+    /// limit of at most `skip_max` bytes that starts like a hello is read and discarded, never
+    /// buffered, and reported as [`HelloFrame::Oversized`] with its token's length, so the server
+    /// can refuse the token in words instead of closing on the frame size. Anything else over the
+    /// limit is [`DecodeError::TooLarge`].
+    pub async fn read_hello(&mut self, skip_max: u32) -> Result<Option<HelloFrame>, DecodeError> {
+        let Some(len) = self.read_header().await? else {
+            return Ok(None);
+        };
+        if len <= self.max {
+            return self
+                .read_body(len, decode_client_frame)
+                .await
+                .map(|f| Some(HelloFrame::Frame(f)));
+        }
+        let too_large = DecodeError::TooLarge { len, max: self.max };
+        if len > skip_max {
+            return Err(too_large);
+        }
+        // Variant, version and the token's length fit in 1 + 3 + 10 bytes.
+        let mut head = [0u8; 14];
+        let head = &mut head[..(len as usize).min(14)];
+        self.inner
+            .read_exact(head)
+            .await
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => DecodeError::Truncated,
+                _ => DecodeError::Io(e),
+            })?;
+        let Some(token_len) = hello_token_len(head) else {
+            return Err(too_large);
+        };
+        let rest = u64::from(len) - head.len() as u64;
+        let skipped =
+            tokio::io::copy(&mut (&mut self.inner).take(rest), &mut tokio::io::sink()).await?;
+        if skipped < rest {
+            return Err(DecodeError::Truncated);
+        }
+        Ok(Some(HelloFrame::Oversized { token_len }))
+    }
+
     /// The next frame, its body decoded by `decode` (e.g. [`decode_client_frame`]); otherwise
     /// as [`FrameReader::read`].
     pub async fn read_with<T>(
         &mut self,
         decode: impl FnOnce(&[u8]) -> Result<T, DecodeError>,
     ) -> Result<Option<T>, DecodeError> {
+        let Some(len) = self.read_header().await? else {
+            return Ok(None);
+        };
+        if len > self.max {
+            return Err(DecodeError::TooLarge { len, max: self.max });
+        }
+        self.read_body(len, decode).await.map(Some)
+    }
+
+    /// A frame's length prefix (not zero); `None` at a clean end of stream.
+    async fn read_header(&mut self) -> Result<Option<u32>, DecodeError> {
         let mut header = [0u8; 4];
         let mut got = 0;
         while got < 4 {
@@ -155,9 +232,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if len == 0 {
             return Err(DecodeError::Empty);
         }
-        if len > self.max {
-            return Err(DecodeError::TooLarge { len, max: self.max });
-        }
+        Ok(Some(len))
+    }
+
+    /// A body of `len` bytes, decoded by `decode`.
+    async fn read_body<T>(
+        &mut self,
+        len: u32,
+        decode: impl FnOnce(&[u8]) -> Result<T, DecodeError>,
+    ) -> Result<T, DecodeError> {
         // Grow the buffer as bytes arrive rather than by the announced length, so a peer that
         // sends only a header holds no memory for the body it promised.
         self.buf.clear();
@@ -168,7 +251,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if got < len as usize {
             return Err(DecodeError::Truncated);
         }
-        let decoded = decode(&self.buf).map(Some);
+        let decoded = decode(&self.buf);
         if self.buf.capacity() > KEEP_BUFFER {
             self.buf = Vec::new();
         }
@@ -293,6 +376,53 @@ mod tests {
                 request: Request::Ping
             }
         );
+    }
+
+    #[tokio::test]
+    async fn an_oversized_hello_is_skipped_and_reports_its_token_length() {
+        let hello = |token: String| encode_frame(&ClientFrame::Hello { version: 1, token });
+        let ping = encode_frame(&ClientFrame::Request {
+            id: 1,
+            request: Request::Ping,
+        });
+        // Over the limit: skipped whole, and the stream is still in step after it.
+        let mut wire = hello("t".repeat(5000)).to_vec();
+        wire.extend_from_slice(&ping);
+        let mut r = FrameReader::new(&wire[..], 1024);
+        assert_eq!(
+            r.read_hello(1 << 20).await.expect("reads"),
+            Some(HelloFrame::Oversized { token_len: 5000 })
+        );
+        assert!(matches!(
+            r.read::<ClientFrame>().await,
+            Ok(Some(ClientFrame::Request { id: 1, .. }))
+        ));
+        // Within the limit: decoded as usual.
+        let small = hello("t".into());
+        let mut r = FrameReader::new(&small[..], 1024);
+        assert!(matches!(
+            r.read_hello(1 << 20).await,
+            Ok(Some(HelloFrame::Frame(ClientFrame::Hello { .. })))
+        ));
+        // Over the skip limit, or not a hello, or cut short: errors.
+        let big = hello("t".repeat(5000));
+        let mut r = FrameReader::new(&big[..], 1024);
+        assert!(matches!(
+            r.read_hello(4096).await,
+            Err(DecodeError::TooLarge { max: 1024, .. })
+        ));
+        let mut not_hello = 2000u32.to_be_bytes().to_vec();
+        not_hello.extend_from_slice(&[1; 2000]);
+        let mut r = FrameReader::new(&not_hello[..], 1024);
+        assert!(matches!(
+            r.read_hello(1 << 20).await,
+            Err(DecodeError::TooLarge { len: 2000, .. })
+        ));
+        let mut r = FrameReader::new(&big[..big.len() - 1], 1024);
+        assert!(matches!(
+            r.read_hello(1 << 20).await,
+            Err(DecodeError::Truncated)
+        ));
     }
 
     #[test]

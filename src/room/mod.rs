@@ -24,9 +24,15 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 /// Checks a room or user id: 1–64 characters from `[A-Za-z0-9_.:@-]`.
 pub fn validate_id(what: &str, id: &str) -> Result<(), WireError> {
     if id.is_empty() || id.len() > 64 || !id.bytes().all(is_id_byte) {
+        // A long id is not echoed back (it may be kilobytes): its length says enough.
+        let got = if id.len() > 64 {
+            format!("{} bytes", id.len())
+        } else {
+            format!("{id:?}")
+        };
         return Err(WireError::new(
             ErrorCode::BadRequest,
-            format!("{what} must be 1-64 characters from [A-Za-z0-9_.:@-], got {id:?}"),
+            format!("{what} must be 1-64 characters from [A-Za-z0-9_.:@-], got {got}"),
         ));
     }
     Ok(())

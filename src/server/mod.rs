@@ -6,6 +6,7 @@
 //! every client with [`CloseCode::Shutdown`] and the reason `server shutting down`, waits up to
 //! `shutdown_grace_ms` for the closes to be sent, and returns once every task it owns has ended.
 
+mod admission;
 mod bootstrap;
 pub mod data;
 mod delivery;
@@ -155,16 +156,12 @@ impl Server {
         let mut sessions = tokio::task::JoinSet::new();
         let router = crate::admin::router(relay.clone(), crate::metrics::prometheus());
         let mut admin_rx = stop_rx.clone();
+        let admin_limits = crate::admin::serve::ServeLimits::of(&relay.config);
         let admin_task = tokio::spawn(async move {
             let stop = async move {
                 let _ = admin_rx.wait_for(|s| *s).await;
             };
-            if let Err(e) = axum::serve(admin, router)
-                .with_graceful_shutdown(stop)
-                .await
-            {
-                tracing::error!(error = %e, "admin listener failed");
-            }
+            crate::admin::serve::serve(admin, router, admin_limits, stop).await;
         });
         let ticker = {
             let relay = relay.clone();
@@ -187,15 +184,27 @@ impl Server {
             })
         };
         tracing::info!(quic = %quic_addr, endpoints = endpoints.len(), "serving");
-        // One accept task per endpoint feeds one queue, so sessions are owned in one place.
-        let (incoming_tx, incoming_rx) = flume::bounded::<quinn::Incoming>(1024);
+        // One accept task per endpoint feeds one queue, so sessions are owned in one place. Each
+        // attempt is admitted, asked for a Retry or refused at once (see `admission`); admitted
+        // ones are counted as handshaking from here on.
+        let (incoming_tx, incoming_rx) =
+            flume::bounded::<(quinn::Incoming, admission::Handshaking)>(1024);
         let mut acceptors = tokio::task::JoinSet::new();
+        let handshakes = Arc::new(admission::Handshakes::default());
+        let limits = admission::Limits {
+            retry_threshold: relay.config.transport.retry_threshold,
+            max_handshakes: relay.config.transport.max_handshakes,
+        };
         for ep in &endpoints {
             let ep = ep.clone();
             let tx = incoming_tx.clone();
+            let handshakes = handshakes.clone();
             acceptors.spawn(async move {
                 while let Some(incoming) = ep.accept().await {
-                    if tx.send_async(incoming).await.is_err() {
+                    let Some(admitted) = handshakes.admit(incoming, limits) else {
+                        continue;
+                    };
+                    if tx.send_async(admitted).await.is_err() {
                         break;
                     }
                 }
@@ -207,13 +216,15 @@ impl Server {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
+                // Reaped before taking more, so a stream of connections cannot pile up ended
+                // sessions in the set.
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
                 incoming = incoming_rx.recv_async() => match incoming {
-                    Ok(incoming) => {
-                        sessions.spawn(session::serve(relay.clone(), incoming));
+                    Ok((incoming, handshaking)) => {
+                        sessions.spawn(session::serve(relay.clone(), incoming, handshaking));
                     }
                     Err(_) => break,
                 },
-                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
             }
         }
         acceptors.abort_all();
@@ -312,6 +323,13 @@ pub fn endpoint(
     let crypto = identity.quic_server_crypto()?;
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server_config.transport_config(Arc::new(transport));
+    // Attempts the accept loop has not decided on yet, and what quinn buffers for them, are
+    // bounded like the handshakes themselves (quinn's defaults: 65536 attempts, 10 MiB each,
+    // 100 MiB in all), so a flood faster than the accept loop cannot pile up there instead.
+    server_config
+        .max_incoming(t.max_handshakes.max(1))
+        .incoming_buffer_size(64 * 1024)
+        .incoming_buffer_size_total(t.max_handshakes as u64 * 16 * 1024);
 
     let bind_err = |source| ServerError::Bind {
         what: "QUIC",
@@ -443,3 +461,37 @@ fn force_buffer(socket: &socket2::Socket, opt: i32, want: usize) {
 
 #[cfg(not(target_os = "linux"))]
 fn force_buffer(_: &socket2::Socket, _: i32, _: usize) {}
+
+/// Raises this process's open-file limit (`RLIMIT_NOFILE`) to its hard limit; returns the soft
+/// limit before and after. Every admin connection and client socket takes a descriptor, and the
+/// usual soft limit (1024) is far below what a relay holds.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+// `rlim_t` is `u64` on Linux but not on every Unix.
+#[allow(clippy::unnecessary_cast)]
+pub fn raise_open_file_limit() -> std::io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit with a pointer to a live rlimit of the right type.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let before = lim.rlim_cur as u64;
+    if lim.rlim_cur >= lim.rlim_max {
+        return Ok((before, before));
+    }
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((before, lim.rlim_cur as u64))
+}
+
+/// Raises this process's open-file limit: nothing to do off Unix.
+#[cfg(not(unix))]
+pub fn raise_open_file_limit() -> std::io::Result<(u64, u64)> {
+    Ok((0, 0))
+}

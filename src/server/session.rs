@@ -1,13 +1,15 @@
 //! One client connection: handshake, hello and token check, the request loop on the control stream,
 //! and the delivery task it owns.
 
+use super::admission::Handshaking;
 use super::data::Actor;
 use super::delivery::Delivery;
 use super::relay::{ConnHandle, DeliveryCmd, DeliveryTx, Durable, Relay};
 use crate::metrics as m;
 use crate::protocol::{
-    ClientFrame, CloseCode, DecodeError, ErrorCode, FrameReader, PROTOCOL_VERSION,
-    REQUEST_VARIANTS, Request, Response, ServerFrame, WireError, decode_client_frame, encode_frame,
+    ClientFrame, CloseCode, DecodeError, ErrorCode, FrameReader, HELLO_SKIP_MAX, HelloFrame,
+    PROTOCOL_VERSION, REQUEST_VARIANTS, Request, Response, ServerFrame, WireError,
+    decode_client_frame, encode_frame,
 };
 use crate::room::Signal;
 use futures_util::StreamExt;
@@ -32,12 +34,12 @@ const DELIVERY_QUEUE: usize = 256;
 pub(crate) fn serve(
     relay: Arc<Relay>,
     incoming: quinn::Incoming,
+    handshaking: Handshaking,
 ) -> impl Future<Output = ()> + Send + 'static {
     metrics::counter!(m::CONNECTIONS_ACCEPTED).increment(1);
     let remote = incoming.remote_address();
     let span = tracing::info_span!("conn", %remote, user = tracing::field::Empty);
     // Counted as handshaking until the opening ends, welcomed or not.
-    let handshaking = Handshaking::start();
     let opening = Box::pin(open(relay.clone(), incoming, handshaking));
     async move {
         let reason = match run(&relay, opening).await {
@@ -50,24 +52,6 @@ pub(crate) fn serve(
         metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => reason).increment(1);
     }
     .instrument(span)
-}
-
-/// A connection in its opening (QUIC handshake, hello, token check, delivery stream), counted in
-/// the [`m::CONNECTIONS_HANDSHAKING`] gauge while it lives: such a connection is not yet in
-/// [`m::CONNECTIONS`].
-struct Handshaking;
-
-impl Handshaking {
-    fn start() -> Self {
-        metrics::gauge!(m::CONNECTIONS_HANDSHAKING).increment(1.0);
-        Handshaking
-    }
-}
-
-impl Drop for Handshaking {
-    fn drop(&mut self) {
-        metrics::gauge!(m::CONNECTIONS_HANDSHAKING).decrement(1.0);
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,29 +113,34 @@ async fn open(
 ) -> Result<Opening, SessionError> {
     let cfg = &relay.config;
     let hello_timeout = Duration::from_millis(cfg.transport.hello_timeout_ms);
-    let deadline = tokio::time::Instant::now() + hello_timeout;
+    let start = tokio::time::Instant::now();
+    let deadline = start + hello_timeout;
+    let handshake_deadline = start + Duration::from_millis(cfg.transport.handshake_timeout_ms);
     let max_frame = cfg.limits.max_frame;
 
     // Handshake, control stream and hello share one deadline.
     let conn_slot: std::sync::Mutex<Option<quinn::Connection>> = std::sync::Mutex::new(None);
     let opened = tokio::time::timeout_at(deadline, async {
-        let conn = match incoming.await {
-            Ok(conn) => conn,
-            Err(e) => return Ok(Err(e)),
+        let conn = match tokio::time::timeout_at(handshake_deadline, incoming).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Ok(Err(Some(e))),
+            // Dropping the unfinished handshake abandons it.
+            Err(_) => return Ok(Err(None)),
         };
         *conn_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
         let (send, recv) = conn.accept_bi().await?;
         let mut reader = FrameReader::new(recv, max_frame);
-        let hello = reader.read_with(decode_client_frame).await;
+        let hello = reader.read_hello(HELLO_SKIP_MAX).await;
         Ok::<_, quinn::ConnectionError>(Ok((conn, send, reader, hello)))
     })
     .await;
     let opened = match opened {
         Ok(Ok(Ok(opened))) => opened,
-        Ok(Ok(Err(e))) => {
+        Ok(Ok(Err(Some(e)))) => {
             tracing::debug!(error = %e, "handshake failed");
             return Ok(Opening::Refused("handshake_failed"));
         }
+        Ok(Ok(Err(None))) => return Ok(Opening::Refused("handshake_timeout")),
         Ok(Err(e)) => return Err(e.into()),
         Err(_) => {
             let Some(conn) = conn_slot.lock().unwrap_or_else(|p| p.into_inner()).take() else {
@@ -169,8 +158,16 @@ async fn open(
     let (conn, mut send, reader, hello) = opened;
 
     let token = match hello {
-        Ok(Some(ClientFrame::Hello { version, token })) if version == PROTOCOL_VERSION => token,
-        Ok(Some(ClientFrame::Hello { version, .. })) => {
+        Ok(Some(HelloFrame::Frame(ClientFrame::Hello { version, token })))
+            if version == PROTOCOL_VERSION =>
+        {
+            Ok(token)
+        }
+        // A token too long to read: refused like any bad token (the version does not matter).
+        Ok(Some(HelloFrame::Oversized { token_len })) => {
+            Err(crate::auth::token_too_long(token_len))
+        }
+        Ok(Some(HelloFrame::Frame(ClientFrame::Hello { version, .. }))) => {
             let msg = format!(
                 "protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}"
             );
@@ -184,7 +181,7 @@ async fn open(
             .await;
             return Ok(Opening::Refused("protocol"));
         }
-        Ok(Some(_)) | Err(DecodeError::UnknownRequest { .. }) => {
+        Ok(Some(HelloFrame::Frame(_))) | Err(DecodeError::UnknownRequest { .. }) => {
             protocol_close(&conn, "the first frame must be a hello");
             return Ok(Opening::Refused("protocol"));
         }
@@ -197,7 +194,7 @@ async fn open(
             return Ok(Opening::Refused("protocol"));
         }
     };
-    let user = match relay.auth.verify(&token) {
+    let user = match token.and_then(|token| relay.auth.verify(&token)) {
         Ok(user) => user,
         Err(e) => {
             metrics::counter!(m::AUTH_FAILURES).increment(1);
