@@ -4,6 +4,7 @@
 //! ```text
 //! roomcast-data/
 //!   ca.pem          development CA (clients trust it)      server.pem, server.key   its server certificate
+//!   ca.key          the development CA's key (0600): re-issues the 13-day server certificate
 //!   admin.key       admin bearer key (0600)                token.secret             HS256 secret (0600)
 //!   server.json     {"quic": "...", "admin": "..."} of the running server
 //! ```
