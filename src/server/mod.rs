@@ -10,6 +10,7 @@ mod bootstrap;
 pub mod data;
 mod delivery;
 pub(crate) use delivery::window_wait;
+pub mod link;
 pub mod moderation;
 pub mod relay;
 mod session;

@@ -3,13 +3,13 @@
 
 use super::data::Actor;
 use super::delivery::Delivery;
-use super::relay::{ConnHandle, DeliveryCmd, DeliveryTx, Durable, Relay};
+use super::link::{Closer, EventSink, Gone, Link, ReplySink, TransportKind};
+use super::relay::{ConnHandle, DeliveryTx, Durable, Relay};
 use crate::metrics as m;
 use crate::protocol::{
     ClientFrame, CloseCode, DecodeError, ErrorCode, FrameReader, PROTOCOL_VERSION, Request,
     Response, ServerFrame, WireError, encode_frame,
 };
-use crate::room::Signal;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use std::future::Future;
@@ -38,24 +38,24 @@ pub(crate) fn serve(
     let span = tracing::info_span!("conn", %remote, user = tracing::field::Empty);
     let opening = Box::pin(open(relay.clone(), incoming));
     async move {
-        let reason = match run(&relay, opening).await {
-            Ok(reason) => reason,
+        let (reason, transport) = match run(&relay, opening).await {
+            Ok(ended) => ended,
             Err(e) => {
                 tracing::debug!(error = %e, "connection ended");
-                "lost"
+                ("lost", TransportKind::Quic)
             }
         };
-        metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => reason).increment(1);
+        closed_metric(reason, transport);
     }
     .instrument(span)
 }
 
 #[derive(Debug, thiserror::Error)]
-enum SessionError {
+pub(crate) enum SessionError {
     #[error("handshake: {0}")]
     Connection(#[from] quinn::ConnectionError),
     #[error("write: {0}")]
-    Write(#[from] quinn::WriteError),
+    Write(#[from] Gone),
     #[error("timed out waiting for the hello")]
     HelloTimeout,
 }
@@ -68,16 +68,23 @@ struct Opened {
     user: String,
 }
 
-/// How the opening ended: a session to serve, or a refusal already sent (with its reason).
+/// How the opening ended: a native session to serve, or a connection already over (refused,
+/// or a WebTransport session served to its end) with its reason.
 enum Opening {
     Open(Opened),
-    Refused(&'static str),
+    Ended(&'static str, TransportKind),
+}
+
+/// Counts a closed connection by reason and transport.
+pub(crate) fn closed_metric(reason: &'static str, transport: TransportKind) {
+    metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => reason, "transport" => transport.as_str())
+        .increment(1);
 }
 
 async fn run(
     relay: &Arc<Relay>,
     opening: impl Future<Output = Result<Opening, SessionError>>,
-) -> Result<&'static str, SessionError> {
+) -> Result<(&'static str, TransportKind), SessionError> {
     let Opened {
         conn,
         send,
@@ -85,16 +92,87 @@ async fn run(
         user,
     } = match opening.await? {
         Opening::Open(opened) => opened,
-        Opening::Refused(reason) => return Ok(reason),
+        Opening::Ended(reason, transport) => return Ok((reason, transport)),
     };
+    // Frames are read by their own task: a frame read is not cancel-safe, and the session's
+    // loop must also wait for replies.
+    let (frames_tx, frames) = flume::bounded(PIPELINE);
+    let events = {
+        let conn = conn.clone();
+        async move { conn.open_uni().await.map_err(SessionError::from) }
+    };
+    serve_session(
+        relay,
+        TransportKind::Quic,
+        conn,
+        send,
+        events,
+        read_frames(reader, frames_tx),
+        frames,
+        user,
+    )
+    .await
+    .map(|reason| (reason, TransportKind::Quic))
+}
+
+/// A frame read from the control stream, as the session's loop receives it.
+pub(crate) type FrameResult = Result<Option<ClientFrame>, DecodeError>;
+
+/// Serves an opened connection on any transport: registers it, opens its delivery stream
+/// (`events`), runs the delivery task and the request loop (`frames`, fed by `reader`, which
+/// this session owns), and unregisters it at the end. Returns how it ended.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn serve_session<L: Link, R: ReplySink, E: EventSink>(
+    relay: &Arc<Relay>,
+    transport: TransportKind,
+    link: L,
+    mut replies: R,
+    events: impl Future<Output = Result<E, SessionError>> + Send,
+    reader: impl Future<Output: Send + 'static> + Send + 'static,
+    frames: flume::Receiver<FrameResult>,
+    user: String,
+) -> Result<&'static str, SessionError> {
     let (tx, rx, signal) = DeliveryTx::bounded(DELIVERY_QUEUE);
     let conn_id = relay.register_conn(ConnHandle {
         user: user.clone(),
         tx,
-        conn: conn.clone(),
+        conn: Arc::new(link.clone()),
+        transport,
     });
-    let queue = (rx, signal);
-    let result = serve_registered(relay, &conn, send, reader, &user, conn_id, queue).await;
+    let result = async {
+        let cfg = &relay.config;
+        let stream = events.await?;
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(
+            Delivery {
+                conn: link.clone(),
+                stream,
+                transport,
+                rx,
+                signal,
+                conn_id,
+                batch_bytes: cfg.transport.delivery_batch_bytes,
+                slow_close: Duration::from_millis(cfg.transport.slow_close_ms),
+                window: Duration::from_micros(cfg.transport.delivery_window_us),
+            }
+            // No span on the delivery task: it is polled for every batch, and entering a span
+            // per poll cost ~3% of server CPU in paced fan-out; it logs the connection id itself.
+            .run(),
+        );
+        let mut reader_task = tokio::task::JoinSet::new();
+        reader_task.spawn(reader);
+        serve_registered(
+            relay,
+            &link,
+            &mut replies,
+            &mut tasks,
+            &frames,
+            &user,
+            conn_id,
+        )
+        .await
+    }
+    .await;
     relay.unregister_conn(conn_id);
     result
 }
@@ -113,7 +191,7 @@ async fn open(relay: Arc<Relay>, incoming: quinn::Incoming) -> Result<Opening, S
         let (send, recv) = conn.accept_bi().await?;
         let mut reader = FrameReader::new(recv, max_frame);
         let hello = reader.read::<ClientFrame>().await;
-        Ok::<_, quinn::ConnectionError>((conn, send, reader, hello))
+        Ok::<_, quinn::ConnectionError>(Handshake::Native(conn, send, reader, hello))
     })
     .await;
     let opened = match opened {
@@ -125,51 +203,23 @@ async fn open(relay: Arc<Relay>, incoming: quinn::Incoming) -> Result<Opening, S
             return Err(SessionError::HelloTimeout);
         }
     };
-    let (conn, mut send, reader, hello) = opened;
-
-    let token = match hello {
-        Ok(Some(ClientFrame::Hello { version, token })) if version == PROTOCOL_VERSION => token,
-        Ok(Some(ClientFrame::Hello { version, .. })) => {
-            let msg = format!(
-                "protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}"
-            );
-            refuse(
-                &conn,
-                &mut send,
-                ErrorCode::BadRequest,
-                &msg,
-                CloseCode::Protocol,
-            )
-            .await;
-            return Ok(Opening::Refused("protocol"));
-        }
-        Ok(Some(_)) => {
-            protocol_close(&conn, "the first frame must be a hello");
-            return Ok(Opening::Refused("protocol"));
-        }
-        Ok(None) => {
-            protocol_close(&conn, "control stream ended before the hello");
-            return Ok(Opening::Refused("protocol"));
-        }
-        Err(e) => {
-            protocol_close(&conn, &format!("bad hello: {e}"));
-            return Ok(Opening::Refused("protocol"));
-        }
+    let (conn, mut send, reader, hello) = match opened {
+        Handshake::Native(conn, send, reader, hello) => (conn, send, reader, hello),
     };
-    let user = match relay.auth.verify(&token) {
+    let user = match check_hello(&relay, hello) {
         Ok(user) => user,
-        Err(e) => {
-            metrics::counter!(m::AUTH_FAILURES).increment(1);
-            tracing::info!(reason = %e.message, "token refused");
-            refuse(
-                &conn,
-                &mut send,
-                ErrorCode::Unauthorized,
-                &e.message,
-                CloseCode::Unauthorized,
-            )
-            .await;
-            return Ok(Opening::Refused("unauthorized"));
+        Err(Refusal::Refuse {
+            code,
+            message,
+            close,
+            reason,
+        }) => {
+            refuse(&conn, &mut send, code, &message, close).await;
+            return Ok(Opening::Ended(reason, TransportKind::Quic));
+        }
+        Err(Refusal::Close(why)) => {
+            protocol_close(&conn, &why);
+            return Ok(Opening::Ended("protocol", TransportKind::Quic));
         }
     };
     tracing::Span::current().record("user", user.as_str());
@@ -181,44 +231,84 @@ async fn open(relay: Arc<Relay>, incoming: quinn::Incoming) -> Result<Opening, S
     }))
 }
 
+/// A QUIC connection past its handshake, with its control stream and hello.
+enum Handshake {
+    Native(
+        quinn::Connection,
+        quinn::SendStream,
+        FrameReader<quinn::RecvStream>,
+        FrameResult,
+    ),
+}
+
+/// Why a hello was not accepted.
+pub(crate) enum Refusal {
+    /// Answer with `Refused(code, message)`, then close with `close`; `reason` is the metrics
+    /// label.
+    Refuse {
+        code: ErrorCode,
+        message: String,
+        close: CloseCode,
+        reason: &'static str,
+    },
+    /// Close with [`CloseCode::Protocol`] and this reason.
+    Close(String),
+}
+
+/// Checks the first frame of a control stream: a hello of our version with a valid token.
+/// Returns the authenticated user.
+pub(crate) fn check_hello(relay: &Relay, hello: FrameResult) -> Result<String, Refusal> {
+    let token = match hello {
+        Ok(Some(ClientFrame::Hello { version, token })) if version == PROTOCOL_VERSION => token,
+        Ok(Some(ClientFrame::Hello { version, .. })) => {
+            return Err(Refusal::Refuse {
+                code: ErrorCode::BadRequest,
+                message: format!(
+                    "protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}"
+                ),
+                close: CloseCode::Protocol,
+                reason: "protocol",
+            });
+        }
+        Ok(Some(_)) => return Err(Refusal::Close("the first frame must be a hello".into())),
+        Ok(None) => {
+            return Err(Refusal::Close(
+                "control stream ended before the hello".into(),
+            ));
+        }
+        Err(e) => return Err(Refusal::Close(format!("bad hello: {e}"))),
+    };
+    match relay.auth.verify(&token) {
+        Ok(user) => Ok(user),
+        Err(e) => {
+            metrics::counter!(m::AUTH_FAILURES).increment(1);
+            tracing::info!(reason = %e.message, "token refused");
+            Err(Refusal::Refuse {
+                code: ErrorCode::Unauthorized,
+                message: e.message,
+                close: CloseCode::Unauthorized,
+                reason: "unauthorized",
+            })
+        }
+    }
+}
+
 /// Requests whose replies may be outstanding at once on one connection. Replies still go out in
 /// request order; pipelining lets a client keep sending while earlier sends wait for the store.
-const PIPELINE: usize = 64;
+pub(crate) const PIPELINE: usize = 64;
 
 type ReplyFuture = Pin<Box<dyn Future<Output = (u32, Result<Response, WireError>)> + Send>>;
 
-async fn serve_registered(
+async fn serve_registered<L: Link, R: ReplySink>(
     relay: &Arc<Relay>,
-    conn: &quinn::Connection,
-    mut send: quinn::SendStream,
-    reader: FrameReader<quinn::RecvStream>,
+    conn: &L,
+    send: &mut R,
+    tasks: &mut tokio::task::JoinSet<()>,
+    frames: &flume::Receiver<FrameResult>,
     user: &str,
     conn_id: u64,
-    (rx, signal): (flume::Receiver<DeliveryCmd>, Arc<Signal>),
 ) -> Result<&'static str, SessionError> {
     let cfg = &relay.config;
-    let stream = conn.open_uni().await?;
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(
-        Delivery {
-            conn: conn.clone(),
-            stream,
-            rx,
-            signal,
-            conn_id,
-            batch_bytes: cfg.transport.delivery_batch_bytes,
-            slow_close: Duration::from_millis(cfg.transport.slow_close_ms),
-            window: Duration::from_micros(cfg.transport.delivery_window_us),
-        }
-        // No span on the delivery task: it is polled for every batch, and entering a span per
-        // poll cost ~3% of server CPU in paced fan-out; it logs the connection id itself.
-        .run(),
-    );
-    // Frames are read by their own task: a frame read is not cancel-safe, and the loop below
-    // must also wait for replies.
-    let (frames_tx, frames) = flume::bounded(PIPELINE);
-    let mut reader_task = tokio::task::JoinSet::new();
-    reader_task.spawn(read_frames(reader, frames_tx));
     // Frames are encoded before the write rather than inside its expression, so the frame value
     // (a temporary alive until the end of the statement) is not kept in this long-lived future.
     let welcome = encode_frame(&ServerFrame::Welcome {
@@ -227,7 +317,7 @@ async fn serve_registered(
         max_frame: cfg.limits.max_frame,
         max_event: cfg.max_event_frame(),
     });
-    send.write_all(&welcome).await?;
+    send.write(welcome).await?;
     // Debug, not info: at thousands of connections a second one line each is its own load.
     tracing::debug!(conn_id, "connected");
 
@@ -242,13 +332,13 @@ async fn serve_registered(
         tokio::select! {
             biased;
             // The delivery task only ends early when the connection is gone.
-            _ = tasks.join_next() => return Ok(closed_reason(conn)),
+            _ = tasks.join_next() => return Ok(conn.closed_reason()),
             Some((id, result)) = replies.next(), if !replies.is_empty() => {
                 if let Err(e) = &result {
                     metrics::counter!(m::REQUEST_ERRORS, "error" => e.code.as_str()).increment(1);
                 }
                 let reply = encode_frame(&ServerFrame::Reply { id, result });
-                send.write_all(&reply).await?;
+                send.write(reply).await?;
             }
             frame = frames.recv_async(), if replies.len() < PIPELINE => {
                 let (id, request) = match frame {
@@ -261,14 +351,14 @@ async fn serve_registered(
                         // Finish the outstanding replies, then close.
                         while let Some((id, result)) = replies.next().await {
                             let reply = encode_frame(&ServerFrame::Reply { id, result });
-                            send.write_all(&reply).await?;
+                            send.write(reply).await?;
                         }
-                        conn.close(CloseCode::Normal.into(), b"control stream finished");
+                        conn.close(CloseCode::Normal, "control stream finished");
                         return Ok("normal");
                     }
                     Ok(Err(DecodeError::Io(e))) => {
                         tracing::debug!(error = %e, "control stream failed");
-                        return Ok(closed_reason(conn));
+                        return Ok(conn.closed_reason());
                     }
                     Ok(Err(e)) => {
                         tracing::info!(error = %e, "protocol error");
@@ -300,10 +390,10 @@ async fn serve_registered(
 /// Reads frames until the stream ends or fails, then hands the stream back: dropping it here
 /// would tell the client to stop sending (STOP_SENDING) before the session has closed the
 /// connection with its reason, so the client could see its write refused without the reason.
-async fn read_frames(
-    mut reader: FrameReader<quinn::RecvStream>,
-    out: flume::Sender<Result<Option<ClientFrame>, DecodeError>>,
-) -> FrameReader<quinn::RecvStream> {
+pub(crate) async fn read_frames<S: tokio::io::AsyncRead + Unpin>(
+    mut reader: FrameReader<S>,
+    out: flume::Sender<FrameResult>,
+) -> FrameReader<S> {
     loop {
         let frame = reader.read::<ClientFrame>().await;
         let last = !matches!(frame, Ok(Some(_)));
@@ -415,21 +505,9 @@ async fn refuse(
     if send.write_all(&frame).await.is_ok() && send.finish().is_ok() {
         let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
     }
-    conn.close(close.into(), message.as_bytes());
+    quinn::Connection::close(conn, close.into(), message.as_bytes());
 }
 
-fn protocol_close(conn: &quinn::Connection, why: &str) {
-    conn.close(CloseCode::Protocol.into(), why.as_bytes());
-}
-
-fn closed_reason(conn: &quinn::Connection) -> &'static str {
-    match conn.close_reason() {
-        Some(quinn::ConnectionError::ApplicationClosed(c))
-            if c.error_code == quinn::VarInt::from_u32(CloseCode::Normal.code()) =>
-        {
-            "normal"
-        }
-        Some(quinn::ConnectionError::LocallyClosed) => "shutdown",
-        _ => "lost",
-    }
+pub(crate) fn protocol_close(conn: &impl Closer, why: &str) {
+    conn.close(CloseCode::Protocol, why);
 }

@@ -356,26 +356,29 @@ pub async fn next_closed(client: &Client) -> (Option<CloseCode>, String) {
 
 // ---------------- metrics ----------------
 
-/// The value of the sample `name` whose labels are exactly `labels` (in any order), in Prometheus
-/// text `text`; `None` when there is no such sample.
+/// The sum of the samples `name` that carry all of `labels` (in any order), in Prometheus text
+/// `text`; `None` when there is no such sample.
 pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    want.sort();
-    text.lines()
+    // Series with at least these labels, summed: a query that leaves out a label (such as
+    // `transport`) counts every value of it.
+    let want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    let values: Vec<f64> = text
+        .lines()
         .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
+        .filter_map(|line| {
             let (series, value) = line.rsplit_once(' ')?;
             let (n, got) = match series.split_once('{') {
                 Some((n, rest)) => {
                     let inner = rest.strip_suffix('}')?;
-                    let mut got: Vec<String> = inner.split(',').map(str::to_owned).collect();
-                    got.sort();
-                    (n, got)
+                    (n, inner.split(',').map(str::to_owned).collect::<Vec<_>>())
                 }
                 None => (series, Vec::new()),
             };
-            (n == name && got == want).then(|| value.parse::<f64>().ok())?
+            (n == name && want.iter().all(|w| got.contains(w)))
+                .then(|| value.parse::<f64>().ok())?
         })
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 /// Whether `text` has a `# TYPE name kind` line and at least one sample of `name`.
