@@ -434,6 +434,13 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 pub fn quic_client_crypto(
     ca_pem: &[u8],
 ) -> Result<quinn::crypto::rustls::QuicClientConfig, TlsError> {
+    let tls = tls_client_config(ca_pem, &[ALPN])?;
+    quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| TlsError::Pem(format!("QUIC client crypto: {e}")))
+}
+
+/// A TLS 1.3 client configuration trusting the CA certificates in `ca_pem`, offering `alpn`.
+pub fn tls_client_config(ca_pem: &[u8], alpn: &[&[u8]]) -> Result<rustls::ClientConfig, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut &*ca_pem) {
         let cert = cert.map_err(|e| TlsError::Pem(format!("CA file: {e}")))?;
@@ -446,9 +453,8 @@ pub fn quic_client_crypto(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .map_err(|e| TlsError::Pem(format!("QUIC client crypto: {e}")))
+    tls.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    Ok(tls)
 }
 
 fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {

@@ -14,6 +14,9 @@
 //! # Ok(()) }
 //! ```
 
+/// The WebSocket transport's client.
+pub mod ws;
+
 use crate::protocol::{
     Attribute, ClientFrame, CloseCode, DecodeError, DestroyReason, Event, FrameReader,
     HistoryEntry, JoinInfo, KickReason, Message, PROTOCOL_VERSION, Request, Response, RoomInfo,

@@ -6,7 +6,7 @@
 //!   ca.pem          development CA (clients trust it)      server.pem, server.key   its server certificate
 //!   ca.key          the development CA's key (0600): re-issues the 13-day server certificate
 //!   admin.key       admin bearer key (0600)                token.secret             HS256 secret (0600)
-//!   server.json     {"quic": "...", "admin": "..."} of the running server
+//!   server.json     {"quic": "...", "admin": "...", "web": "..."} of the running server
 //! ```
 
 use super::{Secrets, ServerError};
@@ -28,6 +28,9 @@ pub struct ServerFile {
     pub quic: SocketAddr,
     /// Admin API address.
     pub admin: SocketAddr,
+    /// Public web listener address (WebSocket, SDK, demo page), when it is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web: Option<SocketAddr>,
 }
 
 /// A data folder and what is in it.

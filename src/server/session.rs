@@ -58,6 +58,8 @@ pub(crate) enum SessionError {
     Write(#[from] Gone),
     #[error("timed out waiting for the hello")]
     HelloTimeout,
+    #[error("WebTransport: {0}")]
+    WebTransport(String),
 }
 
 /// A connection past its handshake, hello and token check.
@@ -188,6 +190,13 @@ async fn open(relay: Arc<Relay>, incoming: quinn::Incoming) -> Result<Opening, S
     let opened = tokio::time::timeout(hello_timeout, async {
         let conn = incoming.await?;
         *conn_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+        if super::webtransport::is_h3(&conn) {
+            return Ok(Handshake::WebTransport(conn));
+        }
+        // A native client opens one control stream and nothing else (the handshake granted
+        // what an HTTP/3 client needs; granted credit stays, but is never renewed).
+        conn.set_max_concurrent_bi_streams(1u32.into());
+        conn.set_max_concurrent_uni_streams(0u32.into());
         let (send, recv) = conn.accept_bi().await?;
         let mut reader = FrameReader::new(recv, max_frame);
         let hello = reader.read::<ClientFrame>().await;
@@ -205,6 +214,10 @@ async fn open(relay: Arc<Relay>, incoming: quinn::Incoming) -> Result<Opening, S
     };
     let (conn, mut send, reader, hello) = match opened {
         Handshake::Native(conn, send, reader, hello) => (conn, send, reader, hello),
+        Handshake::WebTransport(conn) => {
+            let reason = super::webtransport::serve(relay.clone(), conn).await;
+            return Ok(Opening::Ended(reason, TransportKind::WebTransport));
+        }
     };
     let user = match check_hello(&relay, hello) {
         Ok(user) => user,
@@ -231,7 +244,8 @@ async fn open(relay: Arc<Relay>, incoming: quinn::Incoming) -> Result<Opening, S
     }))
 }
 
-/// A QUIC connection past its handshake, with its control stream and hello.
+/// A QUIC connection past its handshake: a native one with its control stream and hello, or a
+/// WebTransport one (ALPN `h3`).
 enum Handshake {
     Native(
         quinn::Connection,
@@ -239,6 +253,7 @@ enum Handshake {
         FrameReader<quinn::RecvStream>,
         FrameResult,
     ),
+    WebTransport(quinn::Connection),
 }
 
 /// Why a hello was not accepted.
