@@ -48,6 +48,8 @@ pub struct TestServer {
     pub quic_addr: SocketAddr,
     /// The bound admin address.
     pub admin_addr: SocketAddr,
+    /// The bound public web listener (WebSocket, SDK, demo page).
+    pub web_addr: SocketAddr,
     /// PEM of the CA that signed this server's certificate.
     pub ca_pem: Vec<u8>,
     /// The configuration it runs with.
@@ -102,6 +104,9 @@ impl TestServer {
             .expect("server binds");
         let quic_addr = server.quic_addr();
         let admin_addr = server.admin_addr();
+        let web_addr = server
+            .web_addr()
+            .expect("the web listener is on by default");
         // Kept before `run` consumes the server, so tests can drive its timer pass.
         let relay = server.relay().clone();
         assert_ne!(quic_addr.port(), 0);
@@ -113,6 +118,7 @@ impl TestServer {
         TestServer {
             quic_addr,
             admin_addr,
+            web_addr,
             ca_pem,
             config,
             relay,
