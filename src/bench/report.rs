@@ -13,6 +13,8 @@ pub struct Report {
     pub scenario: String,
     /// roomcast or raw-quic.
     pub target: String,
+    /// How the clients connected: quic or websocket.
+    pub transport: String,
     /// Whether the harness started the server (false: `--server`).
     pub server_started: bool,
     /// Rooms.
@@ -255,9 +257,10 @@ impl Report {
         row(
             "scenario",
             format!(
-                "{} against {}{}",
+                "{} against {} over {}{}",
                 self.scenario,
                 self.target,
+                self.transport,
                 if self.server_started {
                     " (started by the harness)"
                 } else {
