@@ -68,7 +68,16 @@ pub(crate) struct Gone(pub String);
 pub(crate) trait ReplySink: Send + 'static {
     /// Writes one length-delimited [`crate::protocol::ServerFrame`].
     fn write(&mut self, frame: Bytes) -> impl Future<Output = Result<(), Gone>> + Send;
+
+    /// After a refusal: ends the stream and waits briefly for the client to have read it, so
+    /// the close that follows cannot overtake it.
+    fn end_after_refusal(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
+
+/// How long a refusal waits for the client to have read it before the connection closes.
+pub(crate) const REFUSAL_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The delivery stream: length-delimited [`crate::protocol::Event`] frames, in order.
 pub(crate) trait EventSink: Send + 'static {
@@ -123,6 +132,12 @@ impl ReplySink for quinn::SendStream {
         self.write_all(&frame)
             .await
             .map_err(|e| Gone(e.to_string()))
+    }
+
+    async fn end_after_refusal(&mut self) {
+        if self.finish().is_ok() {
+            let _ = tokio::time::timeout(REFUSAL_WAIT, self.stopped()).await;
+        }
     }
 }
 

@@ -103,37 +103,60 @@ async fn run(
         let conn = conn.clone();
         async move { conn.open_uni().await.map_err(SessionError::from) }
     };
-    serve_session(
-        relay,
-        TransportKind::Quic,
-        conn,
-        send,
+    let session = Session {
+        transport: TransportKind::Quic,
+        link: conn,
+        replies: send,
         events,
-        read_frames(reader, frames_tx),
+        reader: read_frames(reader, frames_tx),
         frames,
         user,
-    )
-    .await
-    .map(|reason| (reason, TransportKind::Quic))
+    };
+    serve_session(relay, session)
+        .await
+        .map(|reason| (reason, TransportKind::Quic))
 }
 
 /// A frame read from the control stream, as the session's loop receives it.
 pub(crate) type FrameResult = Result<Option<ClientFrame>, DecodeError>;
 
-/// Serves an opened connection on any transport: registers it, opens its delivery stream
-/// (`events`), runs the delivery task and the request loop (`frames`, fed by `reader`, which
-/// this session owns), and unregisters it at the end. Returns how it ended.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn serve_session<L: Link, R: ReplySink, E: EventSink>(
+/// An authenticated connection on any transport, ready to be served.
+pub(crate) struct Session<L, R, D, F> {
+    pub transport: TransportKind,
+    pub link: L,
+    /// The control stream's write side.
+    pub replies: R,
+    /// Opens the delivery stream.
+    pub events: D,
+    /// Reads the control stream into `frames`; the session owns it.
+    pub reader: F,
+    pub frames: flume::Receiver<FrameResult>,
+    pub user: String,
+}
+
+/// Serves an authenticated connection on any transport: registers it, opens its delivery
+/// stream, runs the delivery task and the request loop, and unregisters it at the end.
+/// Returns how it ended.
+pub(crate) async fn serve_session<L, R, E, D, F>(
     relay: &Arc<Relay>,
-    transport: TransportKind,
-    link: L,
-    mut replies: R,
-    events: impl Future<Output = Result<E, SessionError>> + Send,
-    reader: impl Future<Output: Send + 'static> + Send + 'static,
-    frames: flume::Receiver<FrameResult>,
-    user: String,
-) -> Result<&'static str, SessionError> {
+    session: Session<L, R, D, F>,
+) -> Result<&'static str, SessionError>
+where
+    L: Link,
+    R: ReplySink,
+    E: EventSink,
+    D: Future<Output = Result<E, SessionError>> + Send,
+    F: Future<Output: Send + 'static> + Send + 'static,
+{
+    let Session {
+        transport,
+        link,
+        mut replies,
+        events,
+        reader,
+        frames,
+        user,
+    } = session;
     let (tx, rx, signal) = DeliveryTx::bounded(DELIVERY_QUEUE);
     let conn_id = relay.register_conn(ConnHandle {
         user: user.clone(),
@@ -221,18 +244,9 @@ async fn open(relay: Arc<Relay>, incoming: quinn::Incoming) -> Result<Opening, S
     };
     let user = match check_hello(&relay, hello) {
         Ok(user) => user,
-        Err(Refusal::Refuse {
-            code,
-            message,
-            close,
-            reason,
-        }) => {
-            refuse(&conn, &mut send, code, &message, close).await;
+        Err(refusal) => {
+            let reason = refuse_hello(&conn, &mut send, refusal).await;
             return Ok(Opening::Ended(reason, TransportKind::Quic));
-        }
-        Err(Refusal::Close(why)) => {
-            protocol_close(&conn, &why);
-            return Ok(Opening::Ended("protocol", TransportKind::Quic));
         }
     };
     tracing::Span::current().record("user", user.as_str());
@@ -508,19 +522,32 @@ fn handle(relay: &Relay, user: &str, conn_id: u64, request: Request) -> Pending 
     }
 }
 
-/// Sends a refusal on the control stream, waits briefly for it to arrive, then closes.
-async fn refuse(
-    conn: &quinn::Connection,
-    send: &mut quinn::SendStream,
-    code: ErrorCode,
-    message: &str,
-    close: CloseCode,
-) {
-    let frame = encode_frame(&ServerFrame::Refused(WireError::new(code, message)));
-    if send.write_all(&frame).await.is_ok() && send.finish().is_ok() {
-        let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+/// Answers a refused hello on any transport: the `Refused` frame then the close, or only the
+/// close; returns the metrics reason.
+pub(crate) async fn refuse_hello<L: Link, R: ReplySink>(
+    link: &L,
+    replies: &mut R,
+    refusal: Refusal,
+) -> &'static str {
+    match refusal {
+        Refusal::Refuse {
+            code,
+            message,
+            close,
+            reason,
+        } => {
+            let frame = encode_frame(&ServerFrame::Refused(WireError::new(code, &message)));
+            if replies.write(frame).await.is_ok() {
+                replies.end_after_refusal().await;
+            }
+            link.close(close, &message);
+            reason
+        }
+        Refusal::Close(why) => {
+            protocol_close(link, &why);
+            "protocol"
+        }
     }
-    quinn::Connection::close(conn, close.into(), message.as_bytes());
 }
 
 pub(crate) fn protocol_close(conn: &impl Closer, why: &str) {

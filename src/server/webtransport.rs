@@ -10,10 +10,10 @@
 //! `403`. Close codes are roomcast's [`CloseCode`]s, carried in the session's close capsule, so
 //! a page sees them in `WebTransport.closed`.
 
-use super::link::{Closer, EventSink, Gone, Link, ReplySink, TransportKind};
+use super::link::{Closer, EventSink, Gone, Link, REFUSAL_WAIT, ReplySink, TransportKind};
 use super::relay::Relay;
-use super::session::{self, Refusal, SessionError};
-use crate::protocol::{ClientFrame, CloseCode, FrameReader, ServerFrame, WireError, encode_frame};
+use super::session::{self, SessionError};
+use crate::protocol::{ClientFrame, CloseCode, FrameReader};
 use bytes::Bytes;
 use std::future::Future;
 use std::sync::Arc;
@@ -86,6 +86,12 @@ impl ReplySink for web_transport_quinn::SendStream {
         web_transport_quinn::SendStream::write_all(self, &frame)
             .await
             .map_err(|e| Gone(e.to_string()))
+    }
+
+    async fn end_after_refusal(&mut self) {
+        if self.finish().is_ok() {
+            let _ = tokio::time::timeout(REFUSAL_WAIT, self.stopped()).await;
+        }
     }
 }
 
@@ -174,23 +180,7 @@ async fn open_and_serve(
     };
     let user = match session::check_hello(relay, hello) {
         Ok(user) => user,
-        Err(Refusal::Refuse {
-            code,
-            message,
-            close,
-            reason,
-        }) => {
-            let frame = encode_frame(&ServerFrame::Refused(WireError::new(code, &message)));
-            if ReplySink::write(&mut send, frame).await.is_ok() && send.finish().is_ok() {
-                let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
-            }
-            link.close(close, &message);
-            return Ok(reason);
-        }
-        Err(Refusal::Close(why)) => {
-            session::protocol_close(&link, &why);
-            return Ok("protocol");
-        }
+        Err(refusal) => return Ok(session::refuse_hello(&link, &mut send, refusal).await),
     };
     tracing::Span::current().record("user", user.as_str());
     let (frames_tx, frames) = flume::bounded(session::PIPELINE);
@@ -203,15 +193,14 @@ async fn open_and_serve(
                 .map_err(|e| SessionError::WebTransport(e.to_string()))
         }
     };
-    session::serve_session(
-        relay,
-        TransportKind::WebTransport,
+    let served = session::Session {
+        transport: TransportKind::WebTransport,
         link,
-        send,
+        replies: send,
         events,
-        session::read_frames(reader, frames_tx),
+        reader: session::read_frames(reader, frames_tx),
         frames,
         user,
-    )
-    .await
+    };
+    session::serve_session(relay, served).await
 }

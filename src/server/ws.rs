@@ -24,14 +24,11 @@
 
 use super::link::{Closer, EventSink, Gone, Link, ReplySink, TransportKind};
 use super::relay::Relay;
-use super::session::{self, FrameResult, Refusal};
+use super::session::{self, FrameResult};
 use super::web::text;
 use crate::config::Config;
 use crate::metrics as m;
-use crate::protocol::{
-    ClientFrame, CloseCode, DecodeError, ServerFrame, WS_CONTROL, WS_EVENTS, WireError,
-    decode_body, encode_frame,
-};
+use crate::protocol::{ClientFrame, CloseCode, DecodeError, WS_CONTROL, WS_EVENTS, decode_body};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -358,9 +355,12 @@ where
 {
     let cfg = &relay.config;
     let max_frame = cfg.limits.max_frame as usize;
+    // Small buffers: clients send small requests, and tungstenite's 128 KiB defaults would cost
+    // that much per idle socket (a larger message grows the read buffer while it is read).
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(max_frame))
         .max_frame_size(Some(max_frame))
+        .read_buffer_size(4 * 1024)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(cfg.transport.delivery_batch_bytes + max_frame + 64 * 1024);
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
@@ -424,20 +424,9 @@ async fn serve_opened(
     }
     let user = match session::check_hello(relay, hello) {
         Ok(user) => user,
-        Err(Refusal::Refuse {
-            code,
-            message,
-            close,
-            reason,
-        }) => {
-            let frame = encode_frame(&ServerFrame::Refused(WireError::new(code, &message)));
-            let _ = link.push_frames(WS_CONTROL, &[frame]).await;
-            link.close(close, &message);
-            return reason;
-        }
-        Err(Refusal::Close(why)) => {
-            session::protocol_close(&link, &why);
-            return "protocol";
+        // The writer sends what is queued (the refusal) before the close frame.
+        Err(refusal) => {
+            return session::refuse_hello(&link, &mut WsReplies(link.clone()), refusal).await;
         }
     };
     tracing::Span::current().record("user", user.as_str());
@@ -445,19 +434,17 @@ async fn serve_opened(
         let link = link.clone();
         async move { Ok(WsEvents(link)) }
     };
-    match session::serve_session(
-        relay,
-        TransportKind::WebSocket,
-        link.clone(),
-        WsReplies(link),
+    let served = session::Session {
+        transport: TransportKind::WebSocket,
+        link: link.clone(),
+        replies: WsReplies(link),
         events,
         // The reader runs already: it read the hello.
-        std::future::ready(()),
+        reader: std::future::ready(()),
         frames,
         user,
-    )
-    .await
-    {
+    };
+    match session::serve_session(relay, served).await {
         Ok(reason) => reason,
         Err(e) => {
             tracing::debug!(error = %e, "WebSocket session ended");
