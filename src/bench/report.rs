@@ -382,15 +382,18 @@ impl Report {
                 ),
             );
             let delivered = self.deliveries_stream + self.deliveries_datagram;
-            row(
-                "packets",
-                format!(
-                    "{} to members ({:.2} messages per packet) · {} from members",
-                    self.packets_to_members,
-                    delivered as f64 / self.packets_to_members.max(1) as f64,
-                    self.packets_from_members
-                ),
-            );
+            // Packets are QUIC connection statistics; a WebSocket member has none to read.
+            if self.transport != "websocket" {
+                row(
+                    "packets",
+                    format!(
+                        "{} to members ({:.2} messages per packet) · {} from members",
+                        self.packets_to_members,
+                        delivered as f64 / self.packets_to_members.max(1) as f64,
+                        self.packets_from_members
+                    ),
+                );
+            }
             row(
                 "gaps (client)",
                 format!("low {} · normal {}", self.gap_low, self.gap_normal),
