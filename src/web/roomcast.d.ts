@@ -5,8 +5,9 @@ export type Transport = "auto" | "webtransport" | "websocket";
 export interface ConnectOptions {
   /** The relay's public web address; default: the page's origin. */
   url?: string;
-  /** A client token (`roomcast token --user U`), or `dev:<user>` on a relay in dev_mode. */
-  token: string;
+  /** A client token (`roomcast token --user U`), or `dev:<user>` on a relay in dev_mode; or a
+   *  function giving one, called for every (re)connect, so an expiring token can be renewed. */
+  token: string | (() => string | Promise<string>);
   /** Default "auto": WebTransport where the browser has it, else WebSocket. */
   transport?: Transport;
   /** Over WebTransport, take low-priority messages as datagrams (default true). */

@@ -557,7 +557,8 @@ export class Client {
       new Promise((_, reject) => (timer = setTimeout(() => reject(new Error(`${kind}: no connection within ${timeout} ms`)), timeout))),
     ]).finally(() => clearTimeout(timer));
     link.closed.then((c) => welcome.reject(new RoomcastError(c.code === 2 ? "UNAUTHORIZED" : "CLOSED", c.reason)));
-    await link.send(encode(ClientFrame, { Hello: { version: PROTOCOL_VERSION, token: this.opts.token } }));
+    const token = typeof this.opts.token === "function" ? await this.opts.token() : this.opts.token;
+    await link.send(encode(ClientFrame, { Hello: { version: PROTOCOL_VERSION, token } }));
     const w = await welcomed;
     this.link = link;
     this.transport = kind;
@@ -671,7 +672,7 @@ export class Client {
 export async function connect(opts) {
   const o = { url: globalThis.location ? location.origin : undefined, transport: "auto", ...opts };
   if (!o.url) throw new Error("connect: url is required outside a page");
-  if (typeof o.token !== "string") throw new Error("connect: token is required");
+  if (typeof o.token !== "string" && typeof o.token !== "function") throw new Error("connect: token is required");
   const client = new Client(o);
   await client.open();
   return client;

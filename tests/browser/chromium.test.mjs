@@ -81,8 +81,6 @@ before(async () => {
 quic = "127.0.0.1:0"
 admin = "127.0.0.1:0"
 data = "${join(dir, "data")}"
-[rooms]
-offline_grace_ms = 500
 `);
   serve = start(["serve", "--config", join(dir, "config.toml")]);
   const file = join(dir, "data", "server.json");
@@ -187,6 +185,46 @@ for (const transport of ["webtransport", "websocket"]) {
     await until("the destruction", async () => (await events(p)).some((e) => e.event === "room_destroyed" && e.room === room2 && e.reason === "manual"));
     await p.evaluate(() => window.client.close());
     await until("the close", async () => (await events(p)).some((e) => e.event === "closed"));
+    await p.close();
+  });
+}
+
+for (const transport of ["webtransport", "websocket"]) {
+  test(`a page over ${transport} reconnects after a drop and resumes with the missed count`, async () => {
+    const room = `resume-${transport}`;
+    const user = `resumer-${transport}`;
+    await admin("POST", "/v1/rooms", { id: room });
+    const token = run(["token", "--user", user]).trim();
+    const p = await browser.newPage();
+    await p.goto(`http://127.0.0.1:${info.web.split(":").pop()}/`);
+    await p.evaluate(async ({ token, transport, room }) => {
+      const sdk = await import("/roomcast.js");
+      window.states = [];
+      let calls = 0;
+      // The second connect waits for the test: messages go out while the user is offline.
+      window.gate = new Promise((r) => (window.release = r));
+      const client = await sdk.connect({
+        transport,
+        token: async () => (calls++ === 0 ? token : window.gate.then(() => token)),
+        onstate: (s) => window.states.push(s),
+      });
+      window.client = client;
+      window.events = [];
+      (async () => { for await (const ev of client.events()) window.events.push(ev); })();
+      await client.join(room);
+    }, { token, transport, room });
+    // Drop the connection under the SDK (as a network loss would; code 1 is not final).
+    await p.evaluate(() => window.client.link.close(1, "dropped"));
+    await until("the SDK to reconnect", () => p.evaluate(() => window.states.includes("reconnecting")));
+    const missed = [pub(room, "native-pub", "while away 1"), pub(room, "native-pub", "while away 2")];
+    await p.evaluate(() => window.release());
+    const resumed = await until("resumed", async () => (await events(p)).find((e) => e.event === "resumed"));
+    assert.deepEqual(resumed, { event: "resumed", room, missed: 2, last_seq: missed[1].seq });
+    assert.equal(await p.evaluate(() => window.client.transport), transport);
+    // The resumed membership delivers again.
+    const after = pub(room, "native-pub", "back");
+    await until("a message after the resume", async () => (await events(p)).some((e) => e.seq === after.seq));
+    await p.evaluate(() => window.client.close());
     await p.close();
   });
 }
