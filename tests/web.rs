@@ -11,7 +11,6 @@ use common::*;
 use roomcast::client::ClientEvent;
 use roomcast::client::ws::{WsClient, WsClientConfig};
 use roomcast::protocol::{Class, CloseCode, ErrorCode};
-use serde_json::json;
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -402,29 +401,6 @@ fn body_of(s: &str) -> bytes::Bytes {
     body(s)
 }
 
-/// Sends `n` messages cycling protected, normal and low through the admin API, each only after
-/// `fast` (a QUIC member) received the one before: the room is paced by a reader that keeps up.
-async fn flood(server: &TestServer, fast: &roomcast::client::Client, room: &str, n: u64) {
-    let body = "x".repeat(8 * 1024);
-    for i in 0..n {
-        let msg = match i % 3 {
-            0 => json!({"type": "notice", "body": body}),
-            1 => json!({"from": "u", "type": "chat", "body": body}),
-            _ => json!({"from": "u", "type": "chat", "body": body, "low": true}),
-        };
-        let r = server
-            .api(
-                Method::POST,
-                &format!("/v1/rooms/{room}/messages"),
-                Some(msg),
-            )
-            .await;
-        assert_eq!(r.status, 200, "{}", r.text);
-        let m = next_message(fast).await;
-        assert_eq!(m.seq, i + 1, "the fast member gets every message in order");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_member_that_stops_reading_is_shed_with_exact_gaps_and_slows_nobody() {
     const N: u64 = 900;
@@ -448,7 +424,7 @@ async fn a_websocket_member_that_stops_reading_is_shed_with_exact_gaps_and_slows
         .await
         .expect("connects");
     slow.join("mix", -1).await.expect("joins");
-    flood(&server, &fast, "mix", N).await;
+    flood(&server, &fast, "mix", N, &"x".repeat(8 * 1024)).await;
 
     let mut delivered = [0u64; 3];
     let mut gap_low = 0;
@@ -488,4 +464,30 @@ async fn a_websocket_member_that_stops_reading_is_shed_with_exact_gaps_and_slows
     assert_eq!(shed as u64, gap_low, "{metrics}");
     slow.close().await;
     server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_websockets_with_the_shutdown_code_and_ends_every_task() {
+    let server = TestServer::start(|_| {}).await;
+    server.create_room("r").await;
+    let ws = ws_client(&server, "w").await;
+    ws.join("r", -1).await.expect("joins");
+    // A connection that never sends a byte, and one that sent half a request.
+    let _silent = TcpStream::connect(server.web_addr).await.expect("connects");
+    let mut half = TcpStream::connect(server.web_addr).await.expect("connects");
+    half.write_all(b"GET / HTTP/1.1\r\nHo")
+        .await
+        .expect("writes");
+    server.shutdown().await;
+    loop {
+        match within("the close", ws.next_event()).await {
+            Some(ClientEvent::Closed { code, reason }) => {
+                assert_eq!(code, Some(CloseCode::Shutdown), "{reason}");
+                assert_eq!(reason, "server shutting down");
+                break;
+            }
+            Some(_) => continue,
+            None => panic!("the event stream ended without a close"),
+        }
+    }
 }

@@ -451,3 +451,28 @@ pub fn code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> roomcast::protocol
         Ok(v) => panic!("expected a refusal, got {v:?}"),
     }
 }
+
+// ---------------- floods ----------------
+
+/// Sends `n` messages cycling protected (system), normal and low through the admin API, waiting
+/// for `fast` to receive each before sending the next (so the flood is paced by a reader that
+/// keeps up, and the stalled member's lag is the only variable).
+pub async fn flood(server: &TestServer, fast: &Client, room: &str, n: u64, body: &str) {
+    for i in 0..n {
+        let msg = match i % 3 {
+            0 => serde_json::json!({"type": "notice", "body": body}),
+            1 => serde_json::json!({"from": "u", "type": "chat", "body": body}),
+            _ => serde_json::json!({"from": "u", "type": "chat", "body": body, "low": true}),
+        };
+        let r = server
+            .api(
+                Method::POST,
+                &format!("/v1/rooms/{room}/messages"),
+                Some(msg),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let m = next_message(fast).await;
+        assert_eq!(m.seq, i + 1, "the fast member gets every message in order");
+    }
+}
