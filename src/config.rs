@@ -72,7 +72,9 @@ pub struct ServerSection {
 impl Default for ServerSection {
     fn default() -> Self {
         ServerSection {
-            quic: SocketAddr::from(([0, 0, 0, 0], 7700)),
+            // Loopback: a relay started with no configuration is reachable from this machine
+            // only, since its development certificate is for local names. See `warnings`.
+            quic: SocketAddr::from(([127, 0, 0, 1], 7700)),
             admin: SocketAddr::from(([127, 0, 0, 1], 7780)),
             data: PathBuf::from("roomcast-data"),
             web: "quic".into(),
@@ -396,7 +398,7 @@ const KEY_DOCS: &[(&str, &str)] = &[
     ("server", "Listeners and the data folder."),
     (
         "server.quic",
-        "UDP address of the QUIC listener: ALPN roomcast/1 for native clients, h3 for WebTransport.",
+        "UDP address of the QUIC listener: ALPN roomcast/1 for native clients, h3 for WebTransport. The default is loopback only; \"0.0.0.0:7700\" or \"[::]:7700\" listens on every interface (then set tls.cert and tls.key, or tls.dev_names).",
     ),
     (
         "server.admin",
@@ -675,7 +677,84 @@ const KEY_DOCS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Every environment variable `serve` reads: the stand-ins for its flags and the secrets. A
+/// program that starts a relay with settings of its own removes these from the child's
+/// environment.
+pub const ENV_VARS: [&str; 6] = [
+    "ROOMCAST_CONFIG",
+    "ROOMCAST_QUIC",
+    "ROOMCAST_ADMIN",
+    "ROOMCAST_DATA",
+    "ROOMCAST_ADMIN_KEY",
+    "ROOMCAST_TOKEN_SECRET",
+];
+
+/// The keys that hold secrets, with the environment variable that sets each. A printed
+/// configuration never shows their values.
+pub const SECRET_KEYS: [(&str, &str); 2] = [
+    ("auth.admin_key", "ROOMCAST_ADMIN_KEY"),
+    ("auth.token_secret", "ROOMCAST_TOKEN_SECRET"),
+];
+
 impl Config {
+    /// The value of the secret `key` (one of [`SECRET_KEYS`]), to set it from the environment.
+    pub fn secret_mut(&mut self, key: &str) -> Option<&mut String> {
+        match key {
+            "auth.admin_key" => Some(&mut self.auth.admin_key),
+            "auth.token_secret" => Some(&mut self.auth.token_secret),
+            _ => None,
+        }
+    }
+
+    /// The configuration for people to read (`serve --print-config`): [`Config::to_commented_toml`]
+    /// with every secret value replaced by `""` and a comment saying where it was set:
+    /// `from_env` lists the secret keys that came from the environment. Saved as a file, the
+    /// output keeps working: an empty secret is read from the environment or the data folder.
+    pub fn to_redacted_toml(&self, from_env: &[&str]) -> String {
+        let mut shown = self.clone();
+        let mut notes = Vec::new();
+        for (key, var) in SECRET_KEYS {
+            if let Some(value) = shown.secret_mut(key)
+                && !value.is_empty()
+            {
+                value.clear();
+                let origin = if from_env.contains(&key) {
+                    format!("the environment ({var})")
+                } else {
+                    "the configuration file".to_owned()
+                };
+                notes.push((key, format!("Set (value not shown) in {origin}.")));
+            }
+        }
+        shown.commented_toml(|key| {
+            notes
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, note)| note.clone())
+        })
+    }
+
+    /// Things about a valid configuration that an operator should know before it serves: a QUIC
+    /// listener on other interfaces than loopback with only the development certificate.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let quic = self.server.quic;
+        if !quic.ip().is_loopback() && self.tls.cert.is_empty() {
+            let reach = if quic.ip().is_unspecified() {
+                "every interface"
+            } else {
+                "a non-loopback address"
+            };
+            out.push(format!(
+                "QUIC listens on {quic} ({reach}) with the development certificate of the data \
+                 folder: remote clients must trust its ca.pem and connect by a name in it \
+                 (localhost, 127.0.0.1, ::1 and tls.dev_names); for production set tls.cert \
+                 and tls.key"
+            ));
+        }
+        out
+    }
+
     /// The largest event frame the delivery stream carries: a message with the largest admin
     /// body plus room for its envelope (ids, type, sequence number).
     pub fn max_event_frame(&self) -> u32 {
@@ -788,6 +867,11 @@ impl Config {
 
     /// The full configuration as TOML, each key with its comment.
     pub fn to_commented_toml(&self) -> String {
+        self.commented_toml(|_| None)
+    }
+
+    /// [`Config::to_commented_toml`] with `note(key)`, when there is one, as a second comment line.
+    fn commented_toml(&self, note: impl Fn(&str) -> Option<String>) -> String {
         let value = toml::Value::try_from(self).unwrap_or(toml::Value::Table(Default::default()));
         let mut out = String::from(
             "# roomcast configuration. Every key is optional; shown are the defaults.\n",
@@ -801,7 +885,11 @@ impl Config {
             out.push_str(&format!("[{section}]\n"));
             if let Some(body) = body.as_table() {
                 for (key, v) in body {
-                    push_doc(&mut out, &format!("{section}.{key}"));
+                    let name = format!("{section}.{key}");
+                    push_doc(&mut out, &name);
+                    if let Some(note) = note(&name) {
+                        out.push_str(&format!("# {note}\n"));
+                    }
                     out.push_str(&format!("{key} = {v}\n"));
                 }
             }
@@ -857,6 +945,50 @@ mod tests {
     }
 
     #[test]
+    fn printed_secrets_are_redacted_and_the_printout_still_parses() {
+        let mut c = Config::default();
+        c.auth.admin_key = "admin-from-env-5f3a".into();
+        c.auth.token_secret = "secret-from-file-9c1e".into();
+        let printed = c.to_redacted_toml(&["auth.admin_key"]);
+        assert!(!printed.contains("admin-from-env-5f3a"), "{printed}");
+        assert!(!printed.contains("secret-from-file-9c1e"), "{printed}");
+        assert!(
+            printed.contains("# Set (value not shown) in the environment (ROOMCAST_ADMIN_KEY).\nadmin_key = \"\"\n"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains(
+                "# Set (value not shown) in the configuration file.\ntoken_secret = \"\"\n"
+            ),
+            "{printed}"
+        );
+        let parsed = Config::from_toml(&printed).expect("parses");
+        assert!(parsed.auth.admin_key.is_empty() && parsed.auth.token_secret.is_empty());
+        assert_eq!(parsed.limits, c.limits);
+        // Nothing to hide: no note, and the same text as the faithful printout.
+        let plain = Config::default();
+        assert_eq!(plain.to_redacted_toml(&[]), plain.to_commented_toml());
+    }
+
+    #[test]
+    fn quic_binds_loopback_by_default_and_warns_elsewhere_with_dev_certificates() {
+        let mut c = Config::default();
+        assert_eq!(c.server.quic, SocketAddr::from(([127, 0, 0, 1], 7700)));
+        assert!(c.warnings().is_empty());
+        c.server.quic = SocketAddr::from(([0, 0, 0, 0], 7700));
+        let w = c.warnings();
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("0.0.0.0:7700 (every interface)"), "{w:?}");
+        assert!(w[0].contains("tls.cert"), "{w:?}");
+        c.tls.cert = "/etc/roomcast/cert.pem".into();
+        c.tls.key = "/etc/roomcast/key.pem".into();
+        assert!(
+            c.warnings().is_empty(),
+            "a real certificate: nothing to warn about"
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_refused_and_partial_files_keep_defaults() {
         let err = Config::from_toml("[server]\nquick = \"1.2.3.4:1\"\n").unwrap_err();
         assert!(err.to_string().contains("quick"), "{err}");
@@ -867,8 +999,8 @@ mod tests {
 
     #[test]
     fn the_web_listener_follows_the_quic_address_unless_set() {
-        let bound: SocketAddr = "0.0.0.0:7700".parse().expect("addr");
         let c = Config::default();
+        let bound = c.server.quic;
         assert_eq!(c.server.web_addr(bound).expect("valid"), Some(bound));
         let mut c = Config::default();
         c.server.quic = "127.0.0.1:0".parse().expect("addr");

@@ -1,16 +1,19 @@
 //! The `roomcast` command: `serve`, `token`, `sub`, `pub`, `chat`.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
-use roomcast::client::{Client, ClientConfig, ClientEvent};
-use roomcast::config::Config;
-use roomcast::protocol::Message;
-use roomcast::server::{DataFolder, Server, ServerFile};
+use roomcast::client::{Client, ClientConfig, ClientError, ClientEvent};
+use roomcast::config::{Config, SECRET_KEYS};
+use roomcast::protocol::{ErrorCode, Message, utc_text};
+use roomcast::server::{DataFolder, SERVER_FILE, Server, ServerError, ServerFile};
 use serde_json::json;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
+
+mod chat;
 
 #[derive(Parser)]
 #[command(name = "roomcast", version, about = "A chatroom relay over QUIC.")]
@@ -21,8 +24,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the relay. With no flags: QUIC on 0.0.0.0:7700, admin API on 127.0.0.1:7780, data in
-    /// ./roomcast-data (development certificate and secrets generated there on first start).
+    /// Run the relay. With no flags: QUIC on 127.0.0.1:7700 and the admin API on 127.0.0.1:7780
+    /// (this machine only), data in ./roomcast-data (development certificate and secrets
+    /// generated there on first start). For clients on other machines: --quic 0.0.0.0:7700 with
+    /// a real certificate (tls.cert, tls.key in the config file).
+    ///
+    /// Stops cleanly on SIGTERM or Ctrl-C. Log levels: RUST_LOG (default info), e.g.
+    /// RUST_LOG=debug or RUST_LOG=roomcast=debug,quinn=warn.
     Serve(ServeArgs),
     /// Mint a client token with the token secret of the data folder (or ROOMCAST_TOKEN_SECRET).
     Token(TokenArgs),
@@ -30,7 +38,9 @@ enum Cmd {
     Sub(SubArgs),
     /// Join a room, send one message, print the reply as JSON.
     Pub(PubArgs),
-    /// Interactive chat in a room: lines you type are sent, messages are printed.
+    /// Interactive chat in a room: lines you type are sent, the room's messages and events are
+    /// printed. Ends with /quit, Ctrl-D or Ctrl-C (leaving the room), or when the relay ends the
+    /// membership or the connection (exit status 1; chat does not reconnect).
     Chat(ChatArgs),
     /// Load harness: starts a relay (or a raw-QUIC baseline) as a child process and measures it.
     Bench(roomcast::bench::BenchArgs),
@@ -41,19 +51,27 @@ struct ServeArgs {
     /// TOML configuration file (see --print-config); unknown keys are an error.
     #[arg(long, env = "ROOMCAST_CONFIG")]
     config: Option<PathBuf>,
-    /// UDP address for QUIC.
+    /// UDP address for QUIC [default: 127.0.0.1:7700, or server.quic of the config file].
     #[arg(long, env = "ROOMCAST_QUIC")]
     quic: Option<SocketAddr>,
-    /// TCP address for the admin API and metrics.
+    /// TCP address for the admin API and metrics [default: 127.0.0.1:7780].
     #[arg(long, env = "ROOMCAST_ADMIN")]
     admin: Option<SocketAddr>,
-    /// Data folder.
+    /// Data folder [default: roomcast-data].
     #[arg(long, env = "ROOMCAST_DATA")]
     data: Option<PathBuf>,
-    /// Accept the token "dev:<user id>" without a signature (development only).
-    #[arg(long)]
+    /// Accept the token "dev:<user id>" without a signature (development only). A bare
+    /// --dev-mode turns it on; --dev-mode=false turns off a dev_mode the config file turns on.
+    #[arg(
+        long,
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
     dev_mode: Option<bool>,
-    /// Print the full configuration (defaults merged with --config and flags) and exit.
+    /// Print the full configuration (defaults merged with --config, environment and flags)
+    /// after validating it, and exit. Secret values are not shown.
     #[arg(long)]
     print_config: bool,
 }
@@ -75,6 +93,9 @@ struct Conn {
     /// Client token; by default one is minted for --user from the data folder's token secret.
     #[arg(long, env = "ROOMCAST_TOKEN")]
     token: Option<String>,
+    /// Seconds to wait for the relay to answer before giving up.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    connect_timeout: f64,
 }
 
 #[derive(Args)]
@@ -143,8 +164,32 @@ struct ChatArgs {
     user: String,
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", report(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes in one text, each cause once: a cause whose text its parent
+/// already shows (as thiserror's `{source}` does) is not repeated.
+fn report(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+fn run(cli: Cli) -> Result<()> {
     if let Cmd::Bench(a) = cli.cmd {
         return roomcast::bench::run(a).map_err(anyhow::Error::from);
     }
@@ -158,7 +203,7 @@ fn main() -> Result<()> {
             Cmd::Token(a) => token(a),
             Cmd::Sub(a) => sub(a).await,
             Cmd::Pub(a) => publish(a).await,
-            Cmd::Chat(a) => chat(a).await,
+            Cmd::Chat(a) => chat::chat(a).await,
             Cmd::Bench(_) => Ok(()),
         }
     })
@@ -181,21 +226,21 @@ async fn serve(a: ServeArgs) -> Result<()> {
     if let Some(v) = a.dev_mode {
         config.auth.dev_mode = v;
     }
-    if let Ok(v) = std::env::var("ROOMCAST_ADMIN_KEY")
-        && !v.is_empty()
-    {
-        config.auth.admin_key = v;
-    }
-    if let Ok(v) = std::env::var("ROOMCAST_TOKEN_SECRET")
-        && !v.is_empty()
-    {
-        config.auth.token_secret = v;
-    }
-    if a.print_config {
-        print!("{}", config.to_commented_toml());
-        return Ok(());
+    let mut from_env = Vec::new();
+    for (key, var) in SECRET_KEYS {
+        if let Ok(v) = std::env::var(var)
+            && !v.is_empty()
+            && let Some(secret) = config.secret_mut(key)
+        {
+            *secret = v;
+            from_env.push(key);
+        }
     }
     config.validate()?;
+    if a.print_config {
+        print!("{}", config.to_redacted_toml(&from_env));
+        return Ok(());
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -205,17 +250,25 @@ async fn serve(a: ServeArgs) -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let _ = roomcast::metrics::prometheus();
+    for warning in config.warnings() {
+        eprintln!("roomcast: warning: {warning}");
+    }
 
+    let shutdown = shutdown_signal()?;
     let data = DataFolder::new(&config.server.data);
     let prepared = data.prepare(&config)?;
     for note in &prepared.generated {
         eprintln!("roomcast: generated {note}");
     }
-    let server = Server::bind(config, prepared.secrets, &prepared.identity).await?;
-    data.write_server_file(&ServerFile {
+    let server = Server::bind(config, prepared.secrets, &prepared.identity)
+        .await
+        .map_err(|e| explain_serve(e, &data))?;
+    // Removed when this function returns, on a clean stop and on any error after this point.
+    let _server_file = data.write_server_file(&ServerFile {
         quic: server.quic_addr(),
         admin: server.admin_addr(),
         web: server.web_addr(),
+        pid: Some(std::process::id()),
     })?;
     eprintln!(
         "roomcast: QUIC on {}, admin API on http://{} (data in {})",
@@ -233,28 +286,68 @@ async fn serve(a: ServeArgs) -> Result<()> {
             "roomcast: demo page and browser SDK on http://{local}/ (https:// from other hosts)"
         );
     }
-    server.run(shutdown_signal()).await;
+    server.run(shutdown).await;
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// A start that failed, with what to do: a listener that cannot bind is told with the flag,
+/// key and variable that move it; a store another live relay holds, with that relay's pid.
+fn explain_serve(e: ServerError, data: &DataFolder) -> anyhow::Error {
+    if let ServerError::Store(_) = &e
+        && let Some(pid) = data.server_file().and_then(|f| f.pid)
+        && Path::new(&format!("/proc/{pid}")).exists()
+    {
+        return anyhow!(
+            "{e}\n  another relay (pid {pid}) is serving the data folder {}: stop it first, or \
+             give this one its own with --data DIR",
+            data.path.display()
+        );
+    }
+    let ServerError::Bind { what, addr, source } = &e else {
+        return e.into();
+    };
+    let (flag, key, var) = match *what {
+        "QUIC" => ("--quic", "server.quic", "ROOMCAST_QUIC"),
+        "admin" => ("--admin", "server.admin", "ROOMCAST_ADMIN"),
+        _ => return e.into(),
+    };
+    let problem = match source.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            format!("{addr} is already in use (another `roomcast serve`?)")
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            format!("listening on {addr} is not permitted (ports below 1024 need privileges)")
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            format!("{addr} is not an address of this machine")
+        }
+        _ => return e.into(),
+    };
+    anyhow!(
+        "{what} listener: {problem}; choose another address with {flag} ADDR (config key {key}, environment {var})"
+    )
+}
+
+/// Listens for SIGTERM and SIGINT (Ctrl-C) from now on, before `server.json` tells anyone the
+/// relay is up (until then a signal would end the process without its cleanup), and returns the
+/// future that completes on the first of them.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        })
     }
     #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 fn token_secret(data: &DataFolder) -> Result<String> {
@@ -265,57 +358,175 @@ fn token_secret(data: &DataFolder) -> Result<String> {
     }
     data.token_secret().with_context(|| {
         format!(
-            "no token secret: set ROOMCAST_TOKEN_SECRET or start `roomcast serve` with data folder {}",
+            "no token secret in {}: start `roomcast serve` with that data folder first, pass \
+             --data DIR of a relay's data folder, or set ROOMCAST_TOKEN_SECRET (or pass --token T)",
             data.path.display()
         )
     })
 }
 
-fn mint(data: &DataFolder, user: &str, ttl: u64) -> Result<String> {
+fn mint(data: &DataFolder, user: &str, ttl: u64) -> Result<(String, u64)> {
     let auth = roomcast::auth::TokenAuth::new(token_secret(data)?.as_bytes(), 0, false);
-    Ok(auth.mint(user, roomcast::auth::unix_secs() + ttl)?)
+    let expires = roomcast::auth::unix_secs() + ttl;
+    Ok((auth.mint(user, expires)?, expires))
 }
 
 fn token(a: TokenArgs) -> Result<()> {
-    println!("{}", mint(&DataFolder::new(&a.data), &a.user, a.ttl)?);
+    let (token, expires) = mint(&DataFolder::new(&a.data), &a.user, a.ttl)?;
+    println!("{token}");
+    eprintln!(
+        "roomcast: token for {:?}, expires {} ({expires} s since the epoch)",
+        a.user,
+        utc_text(expires.saturating_mul(1000))
+    );
     Ok(())
 }
 
-async fn connect(c: &Conn, user: &str) -> Result<Client> {
-    let data = DataFolder::new(&c.data);
-    let server = match c.server {
-        Some(s) => s,
-        None => match data.server_file() {
-            Some(f) if f.quic.ip().is_unspecified() => SocketAddr::new(
-                if f.quic.is_ipv6() {
-                    std::net::Ipv6Addr::LOCALHOST.into()
-                } else {
-                    std::net::Ipv4Addr::LOCALHOST.into()
-                },
-                f.quic.port(),
-            ),
-            Some(f) => f.quic,
-            None => SocketAddr::from(([127, 0, 0, 1], 7700)),
-        },
+/// The relay a client command talks to, and where its address came from (for error hints).
+struct Target {
+    data: DataFolder,
+    server: SocketAddr,
+    /// The running relay's `server.json`, when there is one.
+    file: Option<ServerFile>,
+    /// Whether `--ca` named the CA (else the data folder's).
+    ca_flag: bool,
+}
+
+/// An address a relay wrote that listens on every interface, made reachable: its loopback.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    if !addr.ip().is_unspecified() {
+        return addr;
+    }
+    let ip: std::net::IpAddr = if addr.is_ipv6() {
+        std::net::Ipv6Addr::LOCALHOST.into()
+    } else {
+        std::net::Ipv4Addr::LOCALHOST.into()
     };
+    SocketAddr::new(ip, addr.port())
+}
+
+impl Target {
+    fn new(c: &Conn) -> Self {
+        let data = DataFolder::new(&c.data);
+        let file = data.server_file();
+        let server = c
+            .server
+            .or_else(|| file.as_ref().map(|f| reachable(f.quic)))
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7700)));
+        Target {
+            data,
+            server,
+            file,
+            ca_flag: c.ca.is_some(),
+        }
+    }
+
+    /// Where the server address came from, as a hint line.
+    fn origin(&self, c: &Conn) -> String {
+        let server_json = self.data.path.join(SERVER_FILE);
+        if c.server.is_some() {
+            "(the address given with --server)".into()
+        } else if let Some(f) = &self.file {
+            // A relay killed without its cleanup (SIGKILL, a crash) leaves its file behind.
+            let gone = f
+                .pid
+                .filter(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+                .filter(|_| Path::new("/proc/self").exists())
+                .map(|pid| format!(", left by a relay (pid {pid}) that is no longer running"))
+                .unwrap_or_default();
+            format!(
+                "(the address in {}{gone}; pass --server ADDR for another relay)",
+                server_json.display()
+            )
+        } else {
+            format!(
+                "(the default address: no running relay has written {}; pass --server ADDR)",
+                server_json.display()
+            )
+        }
+    }
+
+    /// The curl line that creates `room` on this relay.
+    fn create_room_hint(&self, room: &str) -> String {
+        let admin = self
+            .file
+            .as_ref()
+            .map(|f| reachable(f.admin))
+            .unwrap_or_else(|| Config::default().server.admin);
+        let key = if self.data.admin_key().is_some() {
+            format!("$(cat {})", self.data.path.join("admin.key").display())
+        } else {
+            "$ROOMCAST_ADMIN_KEY".to_owned()
+        };
+        format!(
+            "  create it through the admin API:\n    curl -X POST -H \"Authorization: Bearer {key}\" \
+             http://{admin}/v1/rooms -d '{{\"id\":\"{room}\"}}'\n  or let joins create rooms: \
+             rooms.join_creates = true in the relay's config file"
+        )
+    }
+
+    /// A client error, with what to do about it where the CLI can tell.
+    fn explain(&self, c: &Conn, e: ClientError) -> anyhow::Error {
+        let data = self.data.path.display();
+        match &e {
+            ClientError::NoAnswer { server, .. } => anyhow!(
+                "no relay answers at {server} — is `roomcast serve` running?\n  {}",
+                self.origin(c)
+            ),
+            ClientError::Certificate { server, reason } if self.ca_flag => anyhow!(
+                "the relay at {server} presented a certificate that the CA given with --ca does \
+                 not accept ({reason})\n  pass the CA of that relay with --ca FILE (and \
+                 --server-name NAME if its certificate is for another name)"
+            ),
+            ClientError::Certificate { server, reason } => anyhow!(
+                "the relay at {server} presented a certificate that {data}/ca.pem does not accept \
+                 ({reason})\n  {data} may belong to another relay, or that relay's certificate \
+                 was regenerated: pass --data DIR of the relay you mean, or --ca FILE with its CA"
+            ),
+            ClientError::Refused(w) if w.code == ErrorCode::RoomNotFound => {
+                let room = room_of(&w.message).unwrap_or("ROOM");
+                anyhow!("{w}\n{}", self.create_room_hint(room))
+            }
+            ClientError::Refused(w) if w.code == ErrorCode::Unauthorized && c.token.is_none() => {
+                anyhow!(
+                    "{w}\n  the token was minted with the token secret of {data}: that folder may \
+                     belong to another relay (pass --data DIR of the relay you mean, or --token T)"
+                )
+            }
+            _ => e.into(),
+        }
+    }
+}
+
+/// The room id in a `ROOM_NOT_FOUND` message (`room "lobby" does not exist`).
+fn room_of(message: &str) -> Option<&str> {
+    message.split('"').nth(1)
+}
+
+async fn connect(c: &Conn, target: &Target, user: &str) -> Result<Client> {
+    let data = &target.data;
     let ca_pem = match &c.ca {
         Some(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
         None => data.ca_pem().with_context(|| {
             format!(
-                "no CA: pass --ca FILE or run beside `roomcast serve` (looked in {})",
+                "no relay data in {0} ({0}/ca.pem is missing): start `roomcast serve` in this \
+                 folder first (it creates {0}), pass --data DIR of a relay's data folder, or \
+                 --ca FILE --token T",
                 data.path.display()
             )
         })?,
     };
     let token = match &c.token {
         Some(t) => t.clone(),
-        None => mint(&data, user, 3600)?,
+        None => mint(data, user, 3600)?.0,
     };
-    let mut cfg = ClientConfig::new(server, ca_pem, token);
+    let mut cfg = ClientConfig::new(target.server, ca_pem, token);
     cfg.server_name = c.server_name.clone();
-    Client::connect(cfg)
-        .await
-        .with_context(|| format!("connecting to {server}"))
+    cfg.connect_timeout = Duration::try_from_secs_f64(c.connect_timeout)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .context("--connect-timeout must be a positive number of seconds")?;
+    Client::connect(cfg).await.map_err(|e| target.explain(c, e))
 }
 
 fn body_json(body: &Bytes) -> (&'static str, serde_json::Value) {
@@ -369,8 +580,15 @@ fn event_json(ev: &ClientEvent) -> serde_json::Value {
 }
 
 async fn sub(a: SubArgs) -> Result<()> {
-    let client = connect(&a.conn, &a.user).await?;
-    let info = client.join(&a.room, a.history).await?;
+    let target = Target::new(&a.conn);
+    let client = connect(&a.conn, &target, &a.user).await?;
+    let info = match client.join(&a.room, a.history).await {
+        Ok(info) => info,
+        Err(e) => {
+            client.close().await;
+            return Err(target.explain(&a.conn, e));
+        }
+    };
     println!(
         "{}",
         json!({"event": "joined", "room": info.room.id, "epoch": info.room.epoch,
@@ -408,7 +626,7 @@ async fn sub(a: SubArgs) -> Result<()> {
         println!("{}", event_json(&ev));
         match ev {
             ClientEvent::Message { .. } => got += 1,
-            ClientEvent::Closed { .. } => bail!("connection closed"),
+            ClientEvent::Closed { reason, .. } => bail!("connection closed: {reason}"),
             ClientEvent::RoomDestroyed { .. } | ClientEvent::Kicked { .. } => break,
             ClientEvent::Gap { .. } | ClientEvent::Resumed { .. } | ClientEvent::Notice(_) => {}
         }
@@ -417,15 +635,30 @@ async fn sub(a: SubArgs) -> Result<()> {
     Ok(())
 }
 
-async fn publish(a: PubArgs) -> Result<()> {
-    let client = connect(&a.conn, &a.user).await?;
-    let result = async {
-        client.join(&a.room, -1).await?;
-        client
-            .send(&a.room, &a.msg_type, Bytes::from(a.body.clone()), a.low)
-            .await
+/// Sends `body` as a member of `room`. A user who is not a member yet joins for the send and
+/// leaves after it, so no member is left behind for the offline grace; a user who is already a
+/// member (another device of it is in the room) stays one.
+async fn send_once(client: &Client, a: &PubArgs) -> Result<(u64, u64), ClientError> {
+    let body = Bytes::from(a.body.clone());
+    match client.send(&a.room, &a.msg_type, body.clone(), a.low).await {
+        Err(e) if e.code() == Some(ErrorCode::NotInRoom) => {}
+        done => return done,
     }
-    .await;
+    client.join(&a.room, -1).await?;
+    let sent = client.send(&a.room, &a.msg_type, body, a.low).await;
+    if let Err(e) = client.leave(&a.room).await {
+        eprintln!(
+            "roomcast: warning: could not leave {}: {e} (the relay removes the member after rooms.offline_grace_ms)",
+            a.room
+        );
+    }
+    sent
+}
+
+async fn publish(a: PubArgs) -> Result<()> {
+    let target = Target::new(&a.conn);
+    let client = connect(&a.conn, &target, &a.user).await?;
+    let result = send_once(&client, &a).await;
     client.close().await;
     match result {
         Ok((seq, ts)) => {
@@ -434,70 +667,11 @@ async fn publish(a: PubArgs) -> Result<()> {
         }
         Err(e) => {
             let (name, message) = match &e {
-                roomcast::client::ClientError::Refused(w) => (w.code.as_str(), w.message.clone()),
+                ClientError::Refused(w) => (w.code.as_str(), w.message.clone()),
                 other => ("CLOSED", other.to_string()),
             };
             println!("{}", json!({"error": name, "message": message}));
-            bail!("{e}")
+            Err(target.explain(&a.conn, e))
         }
     }
-}
-
-async fn chat(a: ChatArgs) -> Result<()> {
-    use tokio::io::AsyncBufReadExt;
-    let client = std::sync::Arc::new(connect(&a.conn, &a.user).await?);
-    let info = client.join(&a.room, 10).await?;
-    println!(
-        "joined {} ({} members). Type a message and press Enter; /quit to leave.",
-        info.room.id, info.room.member_count
-    );
-    for h in &info.history {
-        if h.recalled {
-            println!("[{}] (recalled)", h.message.seq);
-        } else {
-            print_chat(&h.message);
-        }
-    }
-    let events = client.clone();
-    let printer = tokio::spawn(async move {
-        while let Some(ev) = events.next_event().await {
-            match ev {
-                ClientEvent::Message { message, .. } => print_chat(&message),
-                ClientEvent::Closed { reason, .. } => {
-                    println!("* connection closed: {reason}");
-                    break;
-                }
-                other => println!("* {}", event_json(&other)),
-            }
-        }
-    });
-    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    while let Some(line) = lines.next_line().await? {
-        let line = line.trim_end();
-        if line == "/quit" {
-            break;
-        }
-        if line.is_empty() {
-            continue;
-        }
-        if let Err(e) = client
-            .send(&a.room, "chat", Bytes::from(line.to_owned()), false)
-            .await
-        {
-            println!("* not sent: {e}");
-        }
-    }
-    let _ = client.leave(&a.room).await;
-    client.close().await;
-    printer.abort();
-    Ok(())
-}
-
-fn print_chat(m: &Message) {
-    println!(
-        "[{}] {}: {}",
-        m.seq,
-        if m.from.is_empty() { "system" } else { &m.from },
-        String::from_utf8_lossy(&m.body)
-    );
 }

@@ -9,6 +9,11 @@ use std::sync::OnceLock;
 
 /// Gauge: open client connections (authenticated), by `transport`.
 pub const CONNECTIONS: &str = "roomcast_connections";
+// ---- connection opening ----
+/// Gauge: connections in their opening (QUIC handshake, hello, token check), not yet counted in
+/// [`CONNECTIONS`].
+pub const CONNECTIONS_HANDSHAKING: &str = "roomcast_connections_handshaking";
+// ---- end connection opening ----
 /// Counter: connections accepted (before authentication).
 pub const CONNECTIONS_ACCEPTED: &str = "roomcast_connections_accepted_total";
 /// Counter: connections closed, by `reason` and `transport`.
@@ -57,8 +62,14 @@ pub fn describe() {
     );
     describe_counter!(
         CONNECTIONS_CLOSED,
-        "Client connections closed, by reason (normal, shutdown, unauthorized, protocol, lost) and transport."
+        "Client connections closed, by reason (normal, shutdown, unauthorized, protocol, lost, handshake_failed, handshake_timeout, hello_timeout) and transport."
     );
+    // ---- connection opening ----
+    describe_gauge!(
+        CONNECTIONS_HANDSHAKING,
+        "Connections in their QUIC handshake or before their hello is accepted; not in roomcast_connections."
+    );
+    // ---- end connection opening ----
     describe_gauge!(ROOMS, "Live rooms.");
     describe_gauge!(
         MEMBERS,

@@ -206,14 +206,7 @@ impl Target {
             .arg("--data")
             .arg(&data_dir);
         // The environment may not point the child elsewhere: flags and the file say it all.
-        for var in [
-            "ROOMCAST_CONFIG",
-            "ROOMCAST_QUIC",
-            "ROOMCAST_ADMIN",
-            "ROOMCAST_DATA",
-            "ROOMCAST_ADMIN_KEY",
-            "ROOMCAST_TOKEN_SECRET",
-        ] {
+        for var in crate::config::ENV_VARS {
             cmd.env_remove(var);
         }
         let mut child = spawn(cmd, &tmp.path.join("server.log"))?;

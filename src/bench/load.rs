@@ -188,7 +188,8 @@ pub fn error_name(e: &ClientError) -> String {
                 "CLOSED".into()
             }
         }
-        ClientError::Tls(_) => "TLS".into(),
+        ClientError::NoAnswer { .. } => "TIMED_OUT".into(),
+        ClientError::Tls(_) | ClientError::Certificate { .. } => "TLS".into(),
         ClientError::Endpoint(_) => "ENDPOINT".into(),
         ClientError::Connect(_) => "CONNECT".into(),
         ClientError::Protocol(_) => "PROTOCOL".into(),

@@ -47,7 +47,16 @@ pub struct ClientConfig {
     /// starts skipping messages for this connection); low-priority datagrams that find it full
     /// are dropped and reported with a `Gap`.
     pub event_buffer: usize,
+    /// How long [`Client::connect`] waits for the QUIC handshake and the server's welcome
+    /// together (default [`DEFAULT_CONNECT_TIMEOUT`], 10 s: long enough for a few lost handshake
+    /// packets on a poor network). When no handshake completes in that time the connect fails
+    /// with [`ClientError::NoAnswer`]: nothing answers at that address.
+    pub connect_timeout: Duration,
 }
+
+/// The default of [`ClientConfig::connect_timeout`]. QUIC retransmits a lost first flight after
+/// about 1 s, then doubling: 10 s leaves room for three or four losses.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl ClientConfig {
     /// A config for `server` trusting `ca_pem`, checking the name `localhost`.
@@ -59,6 +68,7 @@ impl ClientConfig {
             token,
             datagrams: true,
             event_buffer: 8192,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         }
     }
 }
@@ -131,6 +141,26 @@ pub enum ClientError {
     /// The connection could not be started.
     #[error("connect: {0}")]
     Connect(#[from] quinn::ConnectError),
+    /// No QUIC handshake with `server` completed within [`ClientConfig::connect_timeout`]: no
+    /// relay listens at that address, or something on the path drops its UDP packets.
+    #[error("no relay answers at {server} (no QUIC handshake within {} ms)", waited.as_millis())]
+    NoAnswer {
+        /// The address tried.
+        server: SocketAddr,
+        /// How long the client waited.
+        waited: Duration,
+    },
+    /// The server's certificate was refused: it is not signed by the CA the client trusts, has
+    /// expired, or is not valid for [`ClientConfig::server_name`].
+    #[error(
+        "the relay at {server} presented a certificate the trusted CA does not accept ({reason})"
+    )]
+    Certificate {
+        /// The server's address.
+        server: SocketAddr,
+        /// What the TLS layer found wrong with it.
+        reason: String,
+    },
     /// The server refused the request (or the hello).
     #[error("{0}")]
     Refused(WireError),
@@ -155,6 +185,32 @@ impl ClientError {
             _ => None,
         }
     }
+}
+
+/// A connection the server welcomed: its control stream and what the welcome told.
+struct Welcomed {
+    send: quinn::SendStream,
+    reader: FrameReader<quinn::RecvStream>,
+    user: String,
+    conn_id: u64,
+    max_frame: u32,
+    max_event: u32,
+}
+
+/// The error for a handshake that failed: a refused certificate is told apart from other closes.
+fn handshake_failed(server: SocketAddr, err: &quinn::ConnectionError) -> ClientError {
+    if let quinn::ConnectionError::TransportError(e) = err {
+        // rustls reports a certificate it refused with a TLS alert (a crypto error code) and a
+        // reason of the form "invalid peer certificate: <what>".
+        let crypto = (0x100..0x200).contains(&u64::from(e.code));
+        if crypto && e.reason.starts_with("invalid peer certificate") {
+            return ClientError::Certificate {
+                server,
+                reason: e.reason.clone(),
+            };
+        }
+    }
+    closed(err)
 }
 
 fn closed(err: &quinn::ConnectionError) -> ClientError {
@@ -187,6 +243,8 @@ pub struct Client {
     events: flume::Receiver<ClientEvent>,
     user: String,
     conn_id: u64,
+    /// The largest control frame body the server accepts (from the welcome).
+    max_frame: u32,
     _tasks: tokio::task::JoinSet<()>,
 }
 
@@ -272,44 +330,95 @@ impl Client {
         own_endpoint: bool,
     ) -> Result<Client, ClientError> {
         let endpoint = shared.endpoint.clone();
-        let conn = endpoint
-            .connect_with(shared.config.clone(), cfg.server, &cfg.server_name)?
-            .await
-            .map_err(|e| closed(&e))?;
+        let server = cfg.server;
+        let waited = cfg.connect_timeout;
+        let deadline = tokio::time::Instant::now() + waited;
+        let connecting = endpoint.connect_with(shared.config.clone(), server, &cfg.server_name)?;
+        let conn = match tokio::time::timeout_at(deadline, connecting).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(handshake_failed(server, &e)),
+            // Dropping the handshake abandons the connection.
+            Err(_) => return Err(ClientError::NoAnswer { server, waited }),
+        };
+        match tokio::time::timeout_at(deadline, Self::hello(&conn, &cfg)).await {
+            Ok(Ok(welcomed)) => Ok(Self::start(
+                endpoint,
+                own_endpoint,
+                conn,
+                welcomed,
+                cfg.event_buffer,
+            )),
+            Ok(Err(e)) => Err(e),
+            Err(_) => {
+                let reason = format!(
+                    "the relay at {server} did not welcome the hello within {} ms",
+                    waited.as_millis()
+                );
+                conn.close(CloseCode::Normal.into(), reason.as_bytes());
+                Err(ClientError::Closed { code: None, reason })
+            }
+        }
+    }
+
+    /// Sends the hello on a new control stream and reads the welcome.
+    async fn hello(conn: &quinn::Connection, cfg: &ClientConfig) -> Result<Welcomed, ClientError> {
         let (mut send, recv) = conn.open_bi().await.map_err(|e| closed(&e))?;
         let hello = encode_frame(&ClientFrame::Hello {
             version: PROTOCOL_VERSION,
             token: cfg.token.clone(),
         });
         if send.write_all(&hello).await.is_err() {
-            return Err(closed_now(&conn).await);
+            return Err(closed_now(conn).await);
         }
         // Control-stream replies are small; attribute and history replies are the largest.
         let mut reader = FrameReader::new(recv, 16 << 20);
-        let (user, conn_id, max_event) = match reader.read::<ServerFrame>().await {
+        match reader.read::<ServerFrame>().await {
             Ok(Some(ServerFrame::Welcome {
                 user,
                 conn_id,
+                max_frame,
                 max_event,
                 ..
-            })) => (user, conn_id, max_event),
-            Ok(Some(ServerFrame::Refused(e))) => return Err(ClientError::Refused(e)),
-            Ok(Some(other)) => {
-                return Err(ClientError::Protocol(format!(
-                    "expected a welcome, got {other:?}"
-                )));
-            }
-            Ok(None) | Err(DecodeError::Io(_)) => return Err(closed_now(&conn).await),
-            Err(e) => return Err(ClientError::Protocol(e.to_string())),
-        };
+            })) => Ok(Welcomed {
+                send,
+                reader,
+                user,
+                conn_id,
+                max_frame,
+                max_event,
+            }),
+            Ok(Some(ServerFrame::Refused(e))) => Err(ClientError::Refused(e)),
+            Ok(Some(other)) => Err(ClientError::Protocol(format!(
+                "expected a welcome, got {other:?}"
+            ))),
+            Ok(None) | Err(DecodeError::Io(_)) => Err(closed_now(conn).await),
+            Err(e) => Err(ClientError::Protocol(e.to_string())),
+        }
+    }
 
+    /// The client of a welcomed connection, with its reader tasks running.
+    fn start(
+        endpoint: quinn::Endpoint,
+        own_endpoint: bool,
+        conn: quinn::Connection,
+        welcomed: Welcomed,
+        event_buffer: usize,
+    ) -> Client {
+        let Welcomed {
+            send,
+            reader,
+            user,
+            conn_id,
+            max_frame,
+            max_event,
+        } = welcomed;
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
-        let (tx, events) = flume::bounded(cfg.event_buffer.max(1));
+        let (tx, events) = flume::bounded(event_buffer.max(1));
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(read_replies(conn.clone(), reader, pending.clone()));
         tasks.spawn(read_events(conn.clone(), tx.clone(), max_event));
         tasks.spawn(read_datagrams(conn.clone(), tx));
-        Ok(Client {
+        Client {
             endpoint,
             own_endpoint,
             conn,
@@ -319,8 +428,9 @@ impl Client {
             events,
             user,
             conn_id,
+            max_frame,
             _tasks: tasks,
-        })
+        }
     }
 
     /// The authenticated user id.
@@ -331,6 +441,13 @@ impl Client {
     /// This connection's id on the server.
     pub fn conn_id(&self) -> u64 {
         self.conn_id
+    }
+
+    /// The largest request frame body the server accepts (its welcome's `max_frame`): it
+    /// closes the connection on a larger one, so callers that take bodies from elsewhere check
+    /// against it first.
+    pub fn max_frame(&self) -> u32 {
+        self.max_frame
     }
 
     /// The underlying QUIC connection (for statistics).

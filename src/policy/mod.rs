@@ -223,7 +223,10 @@ pub fn check_send(
     if let Some(until) = global.globally_muted_until(user, now) {
         return Err(WireError::new(
             ErrorCode::Muted,
-            format!("user {user:?} is globally muted until {until} (ms since epoch)"),
+            format!(
+                "user {user:?} is globally muted until {} ({until} ms since the epoch)",
+                crate::protocol::utc_text(until)
+            ),
         ));
     }
     if room.mute_all_whitelist.contains(user) {
@@ -238,7 +241,10 @@ pub fn check_send(
     if let Some(until) = room.muted_until(user, now) {
         return Err(WireError::new(
             ErrorCode::Muted,
-            format!("user {user:?} is muted in this room until {until} (ms since epoch)"),
+            format!(
+                "user {user:?} is muted in this room until {} ({until} ms since the epoch)",
+                crate::protocol::utc_text(until)
+            ),
         ));
     }
     Ok(())

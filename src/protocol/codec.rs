@@ -1,5 +1,6 @@
 //! Length-delimited postcard framing: `u32` big-endian length, then the body.
 
+use super::ClientFrame;
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -25,6 +26,15 @@ pub enum DecodeError {
     /// The body is not a valid encoding of the expected type.
     #[error("malformed frame: {0}")]
     Malformed(#[from] postcard::Error),
+    /// A well-formed request whose variant this server does not know (a newer client's): the
+    /// frame was read whole, so the stream is still in step and the request can be refused by id.
+    #[error("unknown request variant {variant} (request id {id})")]
+    UnknownRequest {
+        /// The request's id.
+        id: u32,
+        /// Its variant index.
+        variant: u32,
+    },
     /// The stream failed.
     #[error("stream error: {0}")]
     Io(#[from] std::io::Error),
@@ -58,6 +68,36 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
     }
 }
 
+/// How many variants [`Request`](super::Request) has: a request whose variant index is at least this is unknown
+/// to this server. Raise it with every variant appended to [`Request`](super::Request).
+pub const REQUEST_VARIANTS: u32 = 10;
+
+/// Decodes a control-stream frame from a client.
+///
+/// A request of a variant this server does not know is [`DecodeError::UnknownRequest`] with its
+/// id, so the server can refuse just that request and a newer client can probe for features: in
+/// postcard, `ClientFrame::Request` is its variant index (1), the request id and then the
+/// request's variant index, each a varint, so the id is known before the unknown part.
+pub fn decode_client_frame(body: &[u8]) -> Result<ClientFrame, DecodeError> {
+    decode_body(body).map_err(|e| match request_head(body) {
+        Some((id, variant)) if variant >= REQUEST_VARIANTS => {
+            DecodeError::UnknownRequest { id, variant }
+        }
+        _ => e,
+    })
+}
+
+/// The id and variant index at the head of an encoded `ClientFrame::Request`.
+fn request_head(body: &[u8]) -> Option<(u32, u32)> {
+    let (frame, rest) = postcard::take_from_bytes::<u32>(body).ok()?;
+    if frame != 1 {
+        return None;
+    }
+    let (id, rest) = postcard::take_from_bytes::<u32>(rest).ok()?;
+    let (variant, _) = postcard::take_from_bytes::<u32>(rest).ok()?;
+    Some((id, variant))
+}
+
 /// A frame buffer larger than this is freed after its frame instead of kept for the next one.
 const KEEP_BUFFER: usize = 16 * 1024;
 
@@ -89,6 +129,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// out of step. Read from a task of its own (as the server and client do) rather than in a
     /// `select!` branch that may lose.
     pub async fn read<T: DeserializeOwned>(&mut self) -> Result<Option<T>, DecodeError> {
+        self.read_with(decode_body).await
+    }
+
+    /// The next frame, its body decoded by `decode` (e.g. [`decode_client_frame`]); otherwise
+    /// as [`FrameReader::read`].
+    pub async fn read_with<T>(
+        &mut self,
+        decode: impl FnOnce(&[u8]) -> Result<T, DecodeError>,
+    ) -> Result<Option<T>, DecodeError> {
         let mut header = [0u8; 4];
         let mut got = 0;
         while got < 4 {
@@ -119,7 +168,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if got < len as usize {
             return Err(DecodeError::Truncated);
         }
-        let decoded = decode_body(&self.buf).map(Some);
+        let decoded = decode(&self.buf).map(Some);
         if self.buf.capacity() > KEEP_BUFFER {
             self.buf = Vec::new();
         }
@@ -199,6 +248,51 @@ mod tests {
         let garbage = [0, 0, 0, 3, 0xff, 0xff, 0xff];
         let err = read_all::<ClientFrame>(&garbage, 1024).await.unwrap_err();
         assert!(matches!(err, DecodeError::Malformed(_)), "{err}");
+    }
+
+    #[test]
+    fn request_variants_counts_every_request() {
+        // The last variant's index is one below the count.
+        let last = postcard::to_allocvec(&Request::History {
+            room: "r".into(),
+            before_seq: 0,
+            limit: 1,
+        })
+        .expect("encodes");
+        assert_eq!(u32::from(last[0]) + 1, REQUEST_VARIANTS);
+    }
+
+    #[test]
+    fn an_unknown_request_variant_is_reported_with_its_id() {
+        // Request frame (1), id 300 (varint ac 02), variant 10, then fields of a future request.
+        let body = [1, 0xac, 0x02, 10, 3, b'a', b'b', b'c'];
+        let err = decode_client_frame(&body).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DecodeError::UnknownRequest {
+                    id: 300,
+                    variant: 10
+                }
+            ),
+            "{err}"
+        );
+        // A known variant with broken fields, or a broken frame tag, stays malformed.
+        for bad in [&[1, 5, 0, 0xff][..], &[2, 5, 10][..], &[1, 0xff, 0xff][..]] {
+            let err = decode_client_frame(bad).unwrap_err();
+            assert!(matches!(err, DecodeError::Malformed(_)), "{bad:?}: {err}");
+        }
+        let ping = encode_frame(&ClientFrame::Request {
+            id: 300,
+            request: Request::Ping,
+        });
+        assert_eq!(
+            decode_client_frame(&ping[4..]).expect("decodes"),
+            ClientFrame::Request {
+                id: 300,
+                request: Request::Ping
+            }
+        );
     }
 
     #[test]

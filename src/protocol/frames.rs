@@ -23,7 +23,7 @@ pub enum ClientFrame {
     },
 }
 
-/// What a client may ask for.
+/// What a client may ask for. Appending a variant raises [`super::REQUEST_VARIANTS`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Request {
     /// 0: join a room. `history`: -1 none, 0 the default count (10), 1..=50 that many.

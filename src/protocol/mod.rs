@@ -11,10 +11,24 @@
 //!   connection with application close code [`CloseCode::Unauthorized`].
 //! - After the welcome the client sends [`ClientFrame::Request`]s. Each carries a client-chosen `id`
 //!   (any `u32`; a counter is fine) and the server answers each with exactly one
-//!   [`ServerFrame::Reply`] carrying the same id, in request order.
-//! - The server opens **one unidirectional stream**, the *delivery stream*, right after the welcome and
-//!   writes [`Event`]s on it: room messages of the normal and protected classes, gaps, kicks and room
-//!   destruction. Its first event is always [`Event::Ready`]; it lives as long as the connection.
+//!   [`ServerFrame::Reply`] carrying the same id, in request order. A request of a variant the
+//!   server does not know (from a newer client) is answered with `BAD_REQUEST` and its id, and
+//!   the connection goes on, so a client can probe for features.
+//! - The server opens **one unidirectional stream**, the *delivery stream*, and writes [`Event`]s
+//!   on it: room messages of the normal and protected classes, gaps, kicks and room destruction.
+//!   Its first event is always [`Event::Ready`]; it lives as long as the connection. The client
+//!   must grant the server one unidirectional stream (transport parameter
+//!   `initial_max_streams_uni` ≥ 1); a client that does not is closed with
+//!   [`CloseCode::Protocol`] within the hello timeout, without a welcome. The server writes the
+//!   welcome before the first byte of the delivery stream, but QUIC does not order streams
+//!   against each other: a client must accept the delivery stream at any time after its hello,
+//!   and may see `Ready` before the welcome.
+//! - Stopping either of the server's streams (STOP_SENDING) or resetting the control stream
+//!   (RESET_STREAM) breaks the protocol: the server closes with [`CloseCode::Protocol`] and a
+//!   reason naming the stream. To end a session cleanly, finish the control stream: the server
+//!   answers every request still outstanding, finishes its side, and closes with
+//!   [`CloseCode::Normal`] and the reason `control stream finished` once the client has
+//!   acknowledged the replies.
 //! - **Low-priority** messages ([`Class::Low`]) are sent as QUIC DATAGRAM frames (RFC 9221) when the
 //!   client advertised datagram support and the encoded event fits the path's datagram size;
 //!   otherwise they go on the delivery stream like any other event. A datagram holds exactly one
@@ -70,7 +84,10 @@ mod codec;
 mod error;
 mod frames;
 
-pub use codec::{DecodeError, FrameReader, decode_body, encode_datagram, encode_frame};
+pub use codec::{
+    DecodeError, FrameReader, REQUEST_VARIANTS, decode_body, decode_client_frame, encode_datagram,
+    encode_frame,
+};
 pub use error::{CloseCode, ErrorCode, WireError};
 pub use frames::*;
 
@@ -88,5 +105,33 @@ pub const ALPN: &[u8] = b"roomcast/1";
 /// The protocol version sent in [`ClientFrame::Hello`].
 pub const PROTOCOL_VERSION: u16 = 1;
 
+/// A wire time (ms since the Unix epoch, as in `until_ms` or `ts`) for people: RFC 3339 in
+/// UTC to the second, e.g. `2026-12-02T07:05:00Z`. A time past year 9999 prints as its number.
+pub fn utc_text(ms: u64) -> String {
+    let secs = i64::try_from(ms / 1000).unwrap_or(i64::MAX);
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{ms} ms after the Unix epoch"))
+}
+
 /// Default largest frame body, in bytes, on either stream.
 pub const DEFAULT_MAX_FRAME: u32 = 64 * 1024;
+
+#[cfg(test)]
+mod time_text_tests {
+    use super::utc_text;
+
+    #[test]
+    fn wire_times_read_as_rfc3339_utc() {
+        assert_eq!(utc_text(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_text(1_795_671_510_989), "2026-11-26T05:38:30Z");
+        assert_eq!(
+            utc_text(u64::MAX),
+            "18446744073709551615 ms after the Unix epoch"
+        );
+    }
+}

@@ -6,8 +6,13 @@
 //!   ca.pem          development CA (clients trust it)      server.pem, server.key   its server certificate
 //!   ca.key          the development CA's key (0600): re-issues the 13-day server certificate
 //!   admin.key       admin bearer key (0600)                token.secret             HS256 secret (0600)
-//!   server.json     {"quic": "...", "admin": "...", "web": "..."} of the running server
+//!   server.json     {"quic": "...", "admin": "...", "web": "...", "pid": N} of the running server
 //! ```
+//!
+//! `server.json` lives as long as the server that wrote it: [`DataFolder::write_server_file`]
+//! returns a [`ServerFileGuard`] that removes the file when the server stops (or fails after
+//! writing it), unless another server has written its own since. A server killed with SIGKILL
+//! leaves its file behind; clients that read it then find nothing answering at its address.
 
 use super::{Secrets, ServerError};
 use crate::config::Config;
@@ -31,6 +36,27 @@ pub struct ServerFile {
     /// Public web listener address (WebSocket, SDK, demo page), when it is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub web: Option<SocketAddr>,
+    /// Process id of the server (absent in files written by older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+}
+
+/// The `server.json` of a running server: dropping the guard removes the file, unless its
+/// content is no longer what this guard wrote (another server has written its own since).
+#[must_use = "dropping the guard removes server.json at once"]
+#[derive(Debug)]
+pub struct ServerFileGuard {
+    path: PathBuf,
+    written: String,
+}
+
+impl Drop for ServerFileGuard {
+    fn drop(&mut self) {
+        let ours = std::fs::read_to_string(&self.path).is_ok_and(|text| text == self.written);
+        if ours && let Err(e) = std::fs::remove_file(&self.path) {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot remove server.json");
+        }
+    }
 }
 
 /// A data folder and what is in it.
@@ -81,11 +107,21 @@ impl DataFolder {
         serde_json::from_str(&text).ok()
     }
 
-    /// Records the bound addresses for local clients.
-    pub fn write_server_file(&self, f: &ServerFile) -> Result<(), ServerError> {
+    /// Records the bound addresses for local clients, atomically (a reader never sees half a
+    /// file); the file is removed when the returned guard is dropped.
+    pub fn write_server_file(&self, f: &ServerFile) -> Result<ServerFileGuard, ServerError> {
         let text = serde_json::to_string_pretty(f).map_err(|e| ServerError::Data(e.to_string()))?;
-        write_file(&self.file(SERVER_FILE), &text, false)
-            .map_err(|e| ServerError::Data(e.to_string()))
+        let path = self.file(SERVER_FILE);
+        let partial = self.file(&format!("{SERVER_FILE}.{}.tmp", std::process::id()));
+        write_file(&partial, &text, false).map_err(|e| ServerError::Data(e.to_string()))?;
+        std::fs::rename(&partial, &path).map_err(|e| {
+            let _ = std::fs::remove_file(&partial);
+            ServerError::Data(format!("{}: {e}", path.display()))
+        })?;
+        Ok(ServerFileGuard {
+            path,
+            written: text,
+        })
     }
 
     /// Resolves secrets and the certificate for `config`: configured values win (the caller has
@@ -186,5 +222,35 @@ mod tests {
         let third = data.prepare(&config).expect("prepares");
         assert_eq!(third.secrets.admin_key, "from-env");
         assert_eq!(third.secrets.token_secret, first.secrets.token_secret);
+    }
+
+    fn server_file(port: u16) -> ServerFile {
+        ServerFile {
+            quic: SocketAddr::from(([127, 0, 0, 1], port)),
+            admin: SocketAddr::from(([127, 0, 0, 1], port + 1)),
+            web: None,
+            pid: Some(std::process::id()),
+        }
+    }
+
+    #[test]
+    fn the_server_file_goes_with_its_guard_but_not_another_servers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = DataFolder::new(dir.path());
+        let guard = data.write_server_file(&server_file(7000)).expect("written");
+        assert_eq!(data.server_file().expect("readable").quic.port(), 7000);
+        drop(guard);
+        assert!(data.server_file().is_none(), "removed with its guard");
+        assert!(!dir.path().join(SERVER_FILE).exists());
+
+        // A server whose file another server has replaced leaves that file alone.
+        let first = data.write_server_file(&server_file(7000)).expect("written");
+        let second = data.write_server_file(&server_file(7100)).expect("written");
+        drop(first);
+        assert_eq!(data.server_file().expect("still there").quic.port(), 7100);
+        drop(second);
+        assert!(data.server_file().is_none());
+        let left: Vec<_> = std::fs::read_dir(dir.path()).expect("lists").collect();
+        assert!(left.is_empty(), "no temporary file left: {left:?}");
     }
 }

@@ -45,6 +45,9 @@ pub(crate) trait Link: Closer + Clone + 'static {
     /// How the connection ended, for `roomcast_connections_closed_total`: `normal` (the client
     /// closed it cleanly), `shutdown` (closed here) or `lost`.
     fn closed_reason(&self) -> &'static str;
+    /// Whether the connection is closed (or closing): a stream that failed while it is not was
+    /// stopped or reset by the client.
+    fn is_closed(&self) -> bool;
     /// The largest datagram the client takes now, `None` when it takes none.
     fn max_datagram_size(&self) -> Option<usize> {
         None
@@ -59,19 +62,34 @@ pub(crate) trait Link: Closer + Clone + 'static {
     }
 }
 
-/// The connection is gone: a write could not be made.
+/// A write could not be made: the client stopped the stream (STOP_SENDING), or the connection
+/// is gone.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub(crate) struct Gone(pub String);
+#[error("{why}")]
+pub(crate) struct Gone {
+    /// The client stopped the stream while the connection lives.
+    pub stopped: bool,
+    pub why: String,
+}
+
+impl Gone {
+    /// The connection is gone.
+    pub fn lost(why: impl Into<String>) -> Self {
+        Gone {
+            stopped: false,
+            why: why.into(),
+        }
+    }
+}
 
 /// The write side of the control stream: replies, in order.
 pub(crate) trait ReplySink: Send + 'static {
     /// Writes one length-delimited [`crate::protocol::ServerFrame`].
     fn write(&mut self, frame: Bytes) -> impl Future<Output = Result<(), Gone>> + Send;
 
-    /// After a refusal: ends the stream and waits briefly for the client to have read it, so
-    /// the close that follows cannot overtake it.
-    fn end_after_refusal(&mut self) -> impl Future<Output = ()> + Send {
+    /// Ends the stream and waits until the client has everything written on it, so a close
+    /// that follows cannot overtake it (callers bound the wait).
+    fn finish(&mut self) -> impl Future<Output = ()> + Send {
         async {}
     }
 }
@@ -114,6 +132,10 @@ impl Link for quinn::Connection {
         }
     }
 
+    fn is_closed(&self) -> bool {
+        self.close_reason().is_some()
+    }
+
     fn max_datagram_size(&self) -> Option<usize> {
         quinn::Connection::max_datagram_size(self)
     }
@@ -129,22 +151,25 @@ impl Link for quinn::Connection {
 
 impl ReplySink for quinn::SendStream {
     async fn write(&mut self, frame: Bytes) -> Result<(), Gone> {
-        self.write_all(&frame)
-            .await
-            .map_err(|e| Gone(e.to_string()))
+        self.write_all(&frame).await.map_err(quic_write)
     }
 
-    async fn end_after_refusal(&mut self) {
-        if self.finish().is_ok() {
-            let _ = tokio::time::timeout(REFUSAL_WAIT, self.stopped()).await;
+    async fn finish(&mut self) {
+        if quinn::SendStream::finish(self).is_ok() {
+            let _ = self.stopped().await;
         }
+    }
+}
+
+fn quic_write(e: quinn::WriteError) -> Gone {
+    Gone {
+        stopped: matches!(e, quinn::WriteError::Stopped(_)),
+        why: e.to_string(),
     }
 }
 
 impl EventSink for quinn::SendStream {
     async fn write_all(&mut self, frames: &mut [Bytes]) -> Result<(), Gone> {
-        self.write_all_chunks(frames)
-            .await
-            .map_err(|e| Gone(e.to_string()))
+        self.write_all_chunks(frames).await.map_err(quic_write)
     }
 }

@@ -886,8 +886,9 @@ impl Relay {
             return Err(err(
                 ErrorCode::Banned,
                 format!(
-                    "user {user:?} is banned from room {:?} until {until} (ms since epoch)",
-                    room.id
+                    "user {user:?} is banned from room {:?} until {} ({until} ms since the epoch)",
+                    room.id,
+                    crate::protocol::utc_text(until)
                 ),
             ));
         }

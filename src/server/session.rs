@@ -1,14 +1,16 @@
 //! One client connection: handshake, hello and token check, the request loop on the control stream,
-//! and the delivery task it owns.
+//! and the delivery task it owns. The request loop and the delivery task are the same for every
+//! transport ([`serve_session`] over a [`Link`]); this module also opens native QUIC connections
+//! and hands `h3` ones to [`super::webtransport`].
 
 use super::data::Actor;
 use super::delivery::Delivery;
-use super::link::{Closer, EventSink, Gone, Link, ReplySink, TransportKind};
+use super::link::{Closer, EventSink, Gone, Link, REFUSAL_WAIT, ReplySink, TransportKind};
 use super::relay::{ConnHandle, DeliveryTx, Durable, Relay};
 use crate::metrics as m;
 use crate::protocol::{
-    ClientFrame, CloseCode, DecodeError, ErrorCode, FrameReader, PROTOCOL_VERSION, Request,
-    Response, ServerFrame, WireError, encode_frame,
+    ClientFrame, CloseCode, DecodeError, ErrorCode, FrameReader, PROTOCOL_VERSION,
+    REQUEST_VARIANTS, Request, Response, ServerFrame, WireError, decode_client_frame, encode_frame,
 };
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
@@ -36,7 +38,9 @@ pub(crate) fn serve(
     metrics::counter!(m::CONNECTIONS_ACCEPTED).increment(1);
     let remote = incoming.remote_address();
     let span = tracing::info_span!("conn", %remote, user = tracing::field::Empty);
-    let opening = Box::pin(open(relay.clone(), incoming));
+    // Counted as handshaking until the opening ends, welcomed or not.
+    let handshaking = Handshaking::start();
+    let opening = Box::pin(open(relay.clone(), incoming, handshaking));
     async move {
         let (reason, transport) = match run(&relay, opening).await {
             Ok(ended) => ended,
@@ -50,37 +54,55 @@ pub(crate) fn serve(
     .instrument(span)
 }
 
+/// Counts a closed connection by reason and transport.
+pub(crate) fn closed_metric(reason: &'static str, transport: TransportKind) {
+    metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => reason, "transport" => transport.as_str())
+        .increment(1);
+}
+
+/// A connection in its opening (handshake, hello, token check, delivery stream), counted in
+/// the [`m::CONNECTIONS_HANDSHAKING`] gauge while it lives: such a connection is not yet in
+/// [`m::CONNECTIONS`].
+pub(crate) struct Handshaking;
+
+impl Handshaking {
+    pub(crate) fn start() -> Self {
+        metrics::gauge!(m::CONNECTIONS_HANDSHAKING).increment(1.0);
+        Handshaking
+    }
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        metrics::gauge!(m::CONNECTIONS_HANDSHAKING).decrement(1.0);
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SessionError {
     #[error("handshake: {0}")]
     Connection(#[from] quinn::ConnectionError),
     #[error("write: {0}")]
     Write(#[from] Gone),
-    #[error("timed out waiting for the hello")]
-    HelloTimeout,
     #[error("WebTransport: {0}")]
     WebTransport(String),
 }
 
-/// A connection past its handshake, hello and token check.
+/// A connection past its handshake, hello and token check, with its delivery stream open.
 struct Opened {
     conn: quinn::Connection,
     send: quinn::SendStream,
     reader: FrameReader<quinn::RecvStream>,
     user: String,
+    delivery: quinn::SendStream,
 }
 
-/// How the opening ended: a native session to serve, or a connection already over (refused,
-/// or a WebTransport session served to its end) with its reason.
+/// How the opening ended: a native session to serve, a WebTransport connection to hand over, or
+/// a connection already over (refused) with its reason.
 enum Opening {
     Open(Opened),
-    Ended(&'static str, TransportKind),
-}
-
-/// Counts a closed connection by reason and transport.
-pub(crate) fn closed_metric(reason: &'static str, transport: TransportKind) {
-    metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => reason, "transport" => transport.as_str())
-        .increment(1);
+    WebTransport(quinn::Connection, Handshaking),
+    Refused(&'static str),
 }
 
 async fn run(
@@ -92,22 +114,23 @@ async fn run(
         send,
         reader,
         user,
+        delivery,
     } = match opening.await? {
         Opening::Open(opened) => opened,
-        Opening::Ended(reason, transport) => return Ok((reason, transport)),
+        Opening::WebTransport(conn, handshaking) => {
+            let reason = super::webtransport::serve(relay.clone(), conn, handshaking).await;
+            return Ok((reason, TransportKind::WebTransport));
+        }
+        Opening::Refused(reason) => return Ok((reason, TransportKind::Quic)),
     };
     // Frames are read by their own task: a frame read is not cancel-safe, and the session's
     // loop must also wait for replies.
     let (frames_tx, frames) = flume::bounded(PIPELINE);
-    let events = {
-        let conn = conn.clone();
-        async move { conn.open_uni().await.map_err(SessionError::from) }
-    };
     let session = Session {
         transport: TransportKind::Quic,
         link: conn,
         replies: send,
-        events,
+        events: std::future::ready(Ok(delivery)),
         reader: read_frames(reader, frames_tx),
         frames,
         user,
@@ -135,8 +158,8 @@ pub(crate) struct Session<L, R, D, F> {
 }
 
 /// Serves an authenticated connection on any transport: registers it, opens its delivery
-/// stream, runs the delivery task and the request loop, and unregisters it at the end.
-/// Returns how it ended.
+/// stream, writes the welcome, runs the delivery task and the request loop, and unregisters it
+/// at the end. Returns how it ended.
 pub(crate) async fn serve_session<L, R, E, D, F>(
     relay: &Arc<Relay>,
     session: Session<L, R, D, F>,
@@ -167,6 +190,21 @@ where
     let result = async {
         let cfg = &relay.config;
         let stream = events.await?;
+        // Frames are encoded before the write rather than inside its expression, so the frame
+        // value (a temporary alive until the end of the statement) is not kept in this
+        // long-lived future.
+        let welcome = encode_frame(&ServerFrame::Welcome {
+            user: user.clone(),
+            conn_id,
+            max_frame: cfg.limits.max_frame,
+            max_event: cfg.max_event_frame(),
+        });
+        // The welcome is written before the delivery task writes `Ready` on its stream; QUIC
+        // does not order streams against each other, so a client may still see the delivery
+        // stream first (a WebSocket carries both in order).
+        if let Err(e) = replies.write(welcome).await {
+            return write_failed(&link, e);
+        }
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(
             Delivery {
@@ -186,6 +224,8 @@ where
         );
         let mut reader_task = tokio::task::JoinSet::new();
         reader_task.spawn(reader);
+        // Debug, not info: at thousands of connections a second one line each is its own load.
+        tracing::debug!(conn_id, "connected");
         serve_registered(
             relay,
             &link,
@@ -201,20 +241,28 @@ where
     relay.unregister_conn(conn_id);
     result
 }
-
-/// The handshake, the control stream and the hello (under one deadline), and the token check.
-async fn open(relay: Arc<Relay>, incoming: quinn::Incoming) -> Result<Opening, SessionError> {
+/// The handshake, the control stream and the hello, the token check and the delivery stream, all
+/// under one deadline (`transport.hello_timeout_ms`).
+async fn open(
+    relay: Arc<Relay>,
+    incoming: quinn::Incoming,
+    handshaking: Handshaking,
+) -> Result<Opening, SessionError> {
     let cfg = &relay.config;
     let hello_timeout = Duration::from_millis(cfg.transport.hello_timeout_ms);
+    let deadline = tokio::time::Instant::now() + hello_timeout;
     let max_frame = cfg.limits.max_frame;
 
     // Handshake, control stream and hello share one deadline.
     let conn_slot: std::sync::Mutex<Option<quinn::Connection>> = std::sync::Mutex::new(None);
-    let opened = tokio::time::timeout(hello_timeout, async {
-        let conn = incoming.await?;
+    let opened = tokio::time::timeout_at(deadline, async {
+        let conn = match incoming.await {
+            Ok(conn) => conn,
+            Err(e) => return Ok(Err(e)),
+        };
         *conn_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
         if super::webtransport::is_h3(&conn) {
-            return Ok(Handshake::WebTransport(conn));
+            return Ok(Ok(Handshake::WebTransport(conn)));
         }
         // A native client opens one control stream and nothing else (the handshake granted
         // what an HTTP/3 client needs; granted credit stays, but is never renewed).
@@ -222,31 +270,52 @@ async fn open(relay: Arc<Relay>, incoming: quinn::Incoming) -> Result<Opening, S
         conn.set_max_concurrent_uni_streams(0u32.into());
         let (send, recv) = conn.accept_bi().await?;
         let mut reader = FrameReader::new(recv, max_frame);
-        let hello = reader.read::<ClientFrame>().await;
-        Ok::<_, quinn::ConnectionError>(Handshake::Native(conn, send, reader, hello))
+        let hello = reader.read_with(decode_client_frame).await;
+        Ok::<_, quinn::ConnectionError>(Ok(Handshake::Native(conn, send, reader, hello)))
     })
     .await;
     let opened = match opened {
-        Ok(r) => r?,
+        Ok(Ok(Ok(opened))) => opened,
+        Ok(Ok(Err(e))) => {
+            tracing::debug!(error = %e, "handshake failed");
+            return Ok(Opening::Refused("handshake_failed"));
+        }
+        Ok(Err(e)) => return Err(e.into()),
         Err(_) => {
-            if let Some(conn) = conn_slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                protocol_close(&conn, "no hello within the hello timeout");
-            }
-            return Err(SessionError::HelloTimeout);
+            let Some(conn) = conn_slot.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+                // Dropping the unfinished handshake abandons it.
+                return Ok(Opening::Refused("handshake_timeout"));
+            };
+            protocol_close(&conn, &hello_timeout_reason(hello_timeout));
+            return Ok(Opening::Refused("hello_timeout"));
         }
     };
     let (conn, mut send, reader, hello) = match opened {
         Handshake::Native(conn, send, reader, hello) => (conn, send, reader, hello),
-        Handshake::WebTransport(conn) => {
-            let reason = super::webtransport::serve(relay.clone(), conn).await;
-            return Ok(Opening::Ended(reason, TransportKind::WebTransport));
-        }
+        // The WebTransport session counts as handshaking until its own hello is checked.
+        Handshake::WebTransport(conn) => return Ok(Opening::WebTransport(conn, handshaking)),
     };
+
     let user = match check_hello(&relay, hello) {
         Ok(user) => user,
         Err(refusal) => {
-            let reason = refuse_hello(&conn, &mut send, refusal).await;
-            return Ok(Opening::Ended(reason, TransportKind::Quic));
+            return Ok(Opening::Refused(
+                refuse_hello(&conn, &mut send, refusal).await,
+            ));
+        }
+    };
+    // The delivery stream is opened (which sends nothing yet) before the welcome, so a client
+    // that grants the server no unidirectional stream is refused instead of welcomed and then
+    // left waiting; quinn's open waits for the client's stream credit, under the same deadline.
+    let delivery = match tokio::time::timeout_at(deadline, conn.open_uni()).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(e.into()),
+        Err(_) => {
+            protocol_close(
+                &conn,
+                "the client must allow the server one unidirectional stream (the delivery stream)",
+            );
+            return Ok(Opening::Refused("protocol"));
         }
     };
     tracing::Span::current().record("user", user.as_str());
@@ -255,6 +324,7 @@ async fn open(relay: Arc<Relay>, incoming: quinn::Incoming) -> Result<Opening, S
         send,
         reader,
         user,
+        delivery,
     }))
 }
 
@@ -299,7 +369,9 @@ pub(crate) fn check_hello(relay: &Relay, hello: FrameResult) -> Result<String, R
                 reason: "protocol",
             });
         }
-        Ok(Some(_)) => return Err(Refusal::Close("the first frame must be a hello".into())),
+        Ok(Some(_)) | Err(DecodeError::UnknownRequest { .. }) => {
+            return Err(Refusal::Close("the first frame must be a hello".into()));
+        }
         Ok(None) => {
             return Err(Refusal::Close(
                 "control stream ended before the hello".into(),
@@ -322,6 +394,42 @@ pub(crate) fn check_hello(relay: &Relay, hello: FrameResult) -> Result<String, R
     }
 }
 
+/// Answers a refused hello on any transport: the `Refused` frame then the close, or only the
+/// close; returns the metrics reason.
+pub(crate) async fn refuse_hello<L: Closer, R: ReplySink>(
+    link: &L,
+    replies: &mut R,
+    refusal: Refusal,
+) -> &'static str {
+    match refusal {
+        Refusal::Refuse {
+            code,
+            message,
+            close,
+            reason,
+        } => {
+            let frame = encode_frame(&ServerFrame::Refused(WireError::new(code, &message)));
+            if replies.write(frame).await.is_ok() {
+                let _ = tokio::time::timeout(REFUSAL_WAIT, replies.finish()).await;
+            }
+            link.close(close, &message);
+            reason
+        }
+        Refusal::Close(why) => {
+            protocol_close(link, &why);
+            "protocol"
+        }
+    }
+}
+
+/// The close reason of a hello that did not come in time.
+pub(crate) fn hello_timeout_reason(timeout: Duration) -> String {
+    format!(
+        "no hello within the hello timeout ({} ms)",
+        timeout.as_millis()
+    )
+}
+
 /// Requests whose replies may be outstanding at once on one connection. Replies still go out in
 /// request order; pipelining lets a client keep sending while earlier sends wait for the store.
 pub(crate) const PIPELINE: usize = 64;
@@ -338,18 +446,6 @@ async fn serve_registered<L: Link, R: ReplySink>(
     conn_id: u64,
 ) -> Result<&'static str, SessionError> {
     let cfg = &relay.config;
-    // Frames are encoded before the write rather than inside its expression, so the frame value
-    // (a temporary alive until the end of the statement) is not kept in this long-lived future.
-    let welcome = encode_frame(&ServerFrame::Welcome {
-        user: user.to_owned(),
-        conn_id,
-        max_frame: cfg.limits.max_frame,
-        max_event: cfg.max_event_frame(),
-    });
-    send.write(welcome).await?;
-    // Debug, not info: at thousands of connections a second one line each is its own load.
-    tracing::debug!(conn_id, "connected");
-
     let limits = &cfg.limits;
     let mut bucket = crate::policy::TokenBucket::new(
         limits.send_rate_per_sec,
@@ -360,14 +456,23 @@ async fn serve_registered<L: Link, R: ReplySink>(
     loop {
         tokio::select! {
             biased;
-            // The delivery task only ends early when the connection is gone.
-            _ = tasks.join_next() => return Ok(conn.closed_reason()),
+            // The delivery task ends early when the connection is gone, or when its stream was
+            // stopped by the client (STOP_SENDING), which breaks the protocol.
+            _ = tasks.join_next() => {
+                if conn.is_closed() {
+                    return Ok(conn.closed_reason());
+                }
+                protocol_close(conn, "the client stopped the delivery stream (STOP_SENDING)");
+                return Ok("protocol");
+            }
             Some((id, result)) = replies.next(), if !replies.is_empty() => {
                 if let Err(e) = &result {
                     metrics::counter!(m::REQUEST_ERRORS, "error" => e.code.as_str()).increment(1);
                 }
                 let reply = encode_frame(&ServerFrame::Reply { id, result });
-                send.write(reply).await?;
+                if let Err(e) = send.write(reply).await {
+                    return write_failed(conn, e);
+                }
             }
             frame = frames.recv_async(), if replies.len() < PIPELINE => {
                 let (id, request) = match frame {
@@ -377,17 +482,44 @@ async fn serve_registered<L: Link, R: ReplySink>(
                         return Ok("protocol");
                     }
                     Ok(Ok(None)) | Err(_) => {
-                        // Finish the outstanding replies, then close.
-                        while let Some((id, result)) = replies.next().await {
-                            let reply = encode_frame(&ServerFrame::Reply { id, result });
-                            send.write(reply).await?;
+                        // The client is done: answer what it asked, finish the stream, and close
+                        // once the client has acknowledged every reply (closing at once would
+                        // discard replies still unsent or unacknowledged), within slow_close_ms.
+                        let drain = async {
+                            while let Some((id, result)) = replies.next().await {
+                                let reply = encode_frame(&ServerFrame::Reply { id, result });
+                                send.write(reply).await?;
+                            }
+                            send.finish().await;
+                            Ok::<_, Gone>(())
+                        };
+                        let slow = Duration::from_millis(cfg.transport.slow_close_ms);
+                        if let Ok(Err(e)) = tokio::time::timeout(slow, drain).await {
+                            return write_failed(conn, e);
                         }
                         conn.close(CloseCode::Normal, "control stream finished");
                         return Ok("normal");
                     }
+                    Ok(Err(DecodeError::UnknownRequest { id, variant })) => {
+                        // A newer client probing for a feature: refuse the request, keep going.
+                        let e = WireError::new(
+                            ErrorCode::BadRequest,
+                            format!(
+                                "unknown request variant {variant}: this server knows variants 0 to {} of protocol {PROTOCOL_VERSION}",
+                                REQUEST_VARIANTS - 1
+                            ),
+                        );
+                        replies.push_back(Box::pin(std::future::ready((id, Err(e)))));
+                        continue;
+                    }
                     Ok(Err(DecodeError::Io(e))) => {
                         tracing::debug!(error = %e, "control stream failed");
-                        return Ok(conn.closed_reason());
+                        if conn.is_closed() {
+                            return Ok(conn.closed_reason());
+                        }
+                        // The connection lives, so the client reset the stream (RESET_STREAM).
+                        protocol_close(conn, "the client reset its control stream (RESET_STREAM)");
+                        return Ok("protocol");
                     }
                     Ok(Err(e)) => {
                         tracing::info!(error = %e, "protocol error");
@@ -424,8 +556,8 @@ pub(crate) async fn read_frames<S: tokio::io::AsyncRead + Unpin>(
     out: flume::Sender<FrameResult>,
 ) -> FrameReader<S> {
     loop {
-        let frame = reader.read::<ClientFrame>().await;
-        let last = !matches!(frame, Ok(Some(_)));
+        let frame = reader.read_with(decode_client_frame).await;
+        let last = !matches!(frame, Ok(Some(_)) | Err(DecodeError::UnknownRequest { .. }));
         if out.send_async(frame).await.is_err() || last {
             return reader;
         }
@@ -522,32 +654,17 @@ fn handle(relay: &Relay, user: &str, conn_id: u64, request: Request) -> Pending 
     }
 }
 
-/// Answers a refused hello on any transport: the `Refused` frame then the close, or only the
-/// close; returns the metrics reason.
-pub(crate) async fn refuse_hello<L: Link, R: ReplySink>(
-    link: &L,
-    replies: &mut R,
-    refusal: Refusal,
-) -> &'static str {
-    match refusal {
-        Refusal::Refuse {
-            code,
-            message,
-            close,
-            reason,
-        } => {
-            let frame = encode_frame(&ServerFrame::Refused(WireError::new(code, &message)));
-            if replies.write(frame).await.is_ok() {
-                replies.end_after_refusal().await;
-            }
-            link.close(close, &message);
-            reason
-        }
-        Refusal::Close(why) => {
-            protocol_close(link, &why);
-            "protocol"
-        }
+/// A failed write on the control stream: a client that stopped the stream (STOP_SENDING) broke
+/// the protocol and is closed with a reason; any other failure means the connection is gone.
+fn write_failed<L: Link>(conn: &L, e: Gone) -> Result<&'static str, SessionError> {
+    if e.stopped {
+        protocol_close(
+            conn,
+            "the client stopped reading its control stream (STOP_SENDING)",
+        );
+        return Ok("protocol");
     }
+    Err(e.into())
 }
 
 pub(crate) fn protocol_close(conn: &impl Closer, why: &str) {

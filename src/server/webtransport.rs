@@ -10,10 +10,10 @@
 //! `403`. Close codes are roomcast's [`CloseCode`]s, carried in the session's close capsule, so
 //! a page sees them in `WebTransport.closed`.
 
-use super::link::{Closer, EventSink, Gone, Link, REFUSAL_WAIT, ReplySink, TransportKind};
+use super::link::{Closer, EventSink, Gone, Link, ReplySink, TransportKind};
 use super::relay::Relay;
-use super::session::{self, SessionError};
-use crate::protocol::{ClientFrame, CloseCode, FrameReader};
+use super::session::{self, Handshaking, SessionError};
+use crate::protocol::{CloseCode, FrameReader, decode_client_frame};
 use bytes::Bytes;
 use std::future::Future;
 use std::sync::Arc;
@@ -67,6 +67,10 @@ impl Link for WtLink {
         }
     }
 
+    fn is_closed(&self) -> bool {
+        self.session.close_reason().is_some()
+    }
+
     fn max_datagram_size(&self) -> Option<usize> {
         let max = self.session.max_datagram_size();
         (self.datagrams && max > 0).then_some(max)
@@ -85,27 +89,37 @@ impl ReplySink for web_transport_quinn::SendStream {
     async fn write(&mut self, frame: Bytes) -> Result<(), Gone> {
         web_transport_quinn::SendStream::write_all(self, &frame)
             .await
-            .map_err(|e| Gone(e.to_string()))
+            .map_err(wt_write)
     }
 
-    async fn end_after_refusal(&mut self) {
-        if self.finish().is_ok() {
-            let _ = tokio::time::timeout(REFUSAL_WAIT, self.stopped()).await;
+    async fn finish(&mut self) {
+        if web_transport_quinn::SendStream::finish(self).is_ok() {
+            let _ = self.stopped().await;
         }
+    }
+}
+
+fn wt_write(e: web_transport_quinn::WriteError) -> Gone {
+    Gone {
+        stopped: matches!(e, web_transport_quinn::WriteError::Stopped(_)),
+        why: e.to_string(),
     }
 }
 
 impl EventSink for web_transport_quinn::SendStream {
     async fn write_all(&mut self, frames: &mut [Bytes]) -> Result<(), Gone> {
-        self.write_all_chunks(frames)
-            .await
-            .map_err(|e| Gone(e.to_string()))
+        self.write_all_chunks(frames).await.map_err(wt_write)
     }
 }
 
-/// Serves a QUIC connection that negotiated `h3` to its end; returns how it ended.
-pub(crate) async fn serve(relay: Arc<Relay>, conn: quinn::Connection) -> &'static str {
-    match open_and_serve(&relay, conn).await {
+/// Serves a QUIC connection that negotiated `h3` to its end; returns how it ended. It counts as
+/// handshaking until its hello is checked.
+pub(crate) async fn serve(
+    relay: Arc<Relay>,
+    conn: quinn::Connection,
+    handshaking: Handshaking,
+) -> &'static str {
+    match open_and_serve(&relay, conn, handshaking).await {
         Ok(reason) => reason,
         Err(e) => {
             tracing::debug!(error = %e, "WebTransport session ended");
@@ -117,20 +131,20 @@ pub(crate) async fn serve(relay: Arc<Relay>, conn: quinn::Connection) -> &'stati
 async fn open_and_serve(
     relay: &Arc<Relay>,
     conn: quinn::Connection,
+    handshaking: Handshaking,
 ) -> Result<&'static str, SessionError> {
     let cfg = &relay.config;
     let hello_timeout = Duration::from_millis(cfg.transport.hello_timeout_ms);
     let deadline = tokio::time::Instant::now() + hello_timeout;
-    let timed_out = |conn: &quinn::Connection| {
-        session::protocol_close(conn, "no hello within the hello timeout");
-        SessionError::HelloTimeout
-    };
     let request =
         match tokio::time::timeout_at(deadline, web_transport_quinn::Request::accept(conn.clone()))
             .await
         {
             Ok(r) => r.map_err(|e| SessionError::WebTransport(e.to_string()))?,
-            Err(_) => return Err(timed_out(&conn)),
+            Err(_) => {
+                session::protocol_close(&conn, &session::hello_timeout_reason(hello_timeout));
+                return Ok("hello_timeout");
+            }
         };
     let origin = request
         .headers
@@ -167,15 +181,15 @@ async fn open_and_serve(
     let opened = tokio::time::timeout_at(deadline, async {
         let (send, recv) = session.accept_bi().await?;
         let mut reader = FrameReader::new(recv, cfg.limits.max_frame);
-        let hello = reader.read::<ClientFrame>().await;
+        let hello = reader.read_with(decode_client_frame).await;
         Ok::<_, web_transport_quinn::SessionError>((send, reader, hello))
     })
     .await;
     let (mut send, reader, hello) = match opened {
         Ok(r) => r.map_err(|e| SessionError::WebTransport(e.to_string()))?,
         Err(_) => {
-            session::protocol_close(&link, "no hello within the hello timeout");
-            return Err(SessionError::HelloTimeout);
+            session::protocol_close(&link, &session::hello_timeout_reason(hello_timeout));
+            return Ok("hello_timeout");
         }
     };
     let user = match session::check_hello(relay, hello) {
@@ -183,6 +197,7 @@ async fn open_and_serve(
         Err(refusal) => return Ok(session::refuse_hello(&link, &mut send, refusal).await),
     };
     tracing::Span::current().record("user", user.as_str());
+    drop(handshaking);
     let (frames_tx, frames) = flume::bounded(session::PIPELINE);
     let events = {
         let session = session.clone();

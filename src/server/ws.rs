@@ -24,11 +24,11 @@
 
 use super::link::{Closer, EventSink, Gone, Link, ReplySink, TransportKind};
 use super::relay::Relay;
-use super::session::{self, FrameResult};
+use super::session::{self, FrameResult, Handshaking};
 use super::web::text;
 use crate::config::Config;
 use crate::metrics as m;
-use crate::protocol::{ClientFrame, CloseCode, DecodeError, WS_CONTROL, WS_EVENTS, decode_body};
+use crate::protocol::{CloseCode, DecodeError, WS_CONTROL, WS_EVENTS, decode_client_frame};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -274,11 +274,11 @@ impl WsLink {
             .clone()
             .acquire_many_owned(n)
             .await
-            .map_err(|_| Gone("the WebSocket is closed".into()))?;
+            .map_err(|_| Gone::lost("the WebSocket is closed"))?;
         self.queue
             .send_async((message, permit))
             .await
-            .map_err(|_| Gone("the WebSocket is closed".into()))
+            .map_err(|_| Gone::lost("the WebSocket is closed"))
     }
 
     /// `envelope` then the frames, as one message.
@@ -315,6 +315,10 @@ impl Link for WsLink {
             Ended::Local => "shutdown",
             Ended::Open | Ended::Lost => "lost",
         }
+    }
+
+    fn is_closed(&self) -> bool {
+        *self.shared.closing.borrow()
     }
 }
 
@@ -395,7 +399,7 @@ where
     let mut reader_task = tokio::task::JoinSet::new();
     reader_task.spawn(reader(stream, frames_tx, shared.clone()));
 
-    let reason = serve_opened(relay, link.clone(), frames).await;
+    let reason = serve_opened(relay, link.clone(), frames, Handshaking::start()).await;
     // Let the writer send what is queued and the close frame (it gives up after a second).
     link.close(CloseCode::Normal, "closed");
     let _ = tokio::time::timeout(Duration::from_secs(3), tasks.join_next()).await;
@@ -408,6 +412,7 @@ async fn serve_opened(
     relay: &Arc<Relay>,
     link: WsLink,
     frames: flume::Receiver<FrameResult>,
+    handshaking: Handshaking,
 ) -> &'static str {
     let hello_timeout = Duration::from_millis(relay.config.transport.hello_timeout_ms);
     let hello = match tokio::time::timeout(hello_timeout, frames.recv_async()).await {
@@ -415,8 +420,8 @@ async fn serve_opened(
         // The reader ended without a word (it closed the socket with its reason).
         Ok(Err(_)) => return link.closed_reason(),
         Err(_) => {
-            session::protocol_close(&link, "no hello within the hello timeout");
-            return "protocol";
+            session::protocol_close(&link, &session::hello_timeout_reason(hello_timeout));
+            return "hello_timeout";
         }
     };
     if let Err(DecodeError::Io(_)) = &hello {
@@ -430,6 +435,7 @@ async fn serve_opened(
         }
     };
     tracing::Span::current().record("user", user.as_str());
+    drop(handshaking);
     let events = {
         let link = link.clone();
         async move { Ok(WsEvents(link)) }
@@ -567,7 +573,7 @@ async fn reader<IO>(
         let message = stream.next().await;
         shared.touch();
         let frame: FrameResult = match message {
-            Some(Ok(Message::Binary(body))) => decode_body::<ClientFrame>(&body).map(Some),
+            Some(Ok(Message::Binary(body))) => decode_client_frame(&body).map(Some),
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
             Some(Ok(Message::Text(_))) => {
                 shared.ask_close(
@@ -584,6 +590,7 @@ async fn reader<IO>(
             }
             None => {
                 shared.end(Ended::Lost);
+                shared.closing.send_replace(true);
                 Err(io("the socket ended without a close frame"))
             }
             Some(Err(e)) => {
@@ -598,11 +605,12 @@ async fn reader<IO>(
                     shared.ask_close(code, why, Ended::Local);
                 } else {
                     shared.end(Ended::Lost);
+                    shared.closing.send_replace(true);
                 }
                 Err(io(&e.to_string()))
             }
         };
-        let last = !matches!(frame, Ok(Some(_)));
+        let last = !matches!(frame, Ok(Some(_)) | Err(DecodeError::UnknownRequest { .. }));
         if frames.send_async(frame).await.is_err() || last {
             return;
         }
