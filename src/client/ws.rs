@@ -2,7 +2,7 @@
 //! the same calls and events as the QUIC [`super::Client`]. The load harness uses it to measure
 //! the WebSocket transport; applications in Rust normally use QUIC.
 
-use super::{ClientError, ClientEvent, to_client_event};
+use super::{ClientError, ClientEvent, calls, to_client_event};
 use crate::protocol::{
     ClientFrame, CloseCode, DecodeError, Event, JoinInfo, PROTOCOL_VERSION, Request, Response,
     ServerFrame, WS_CONTROL, WS_EVENTS, WireError, decode_body, encode_datagram,
@@ -214,23 +214,12 @@ impl WsClient {
 
     /// Joins a room; `history` as in [`super::Client::join`].
     pub async fn join(&self, room: &str, history: i32) -> Result<JoinInfo, ClientError> {
-        match self
-            .request(Request::Join {
-                room: room.into(),
-                history,
-            })
-            .await?
-        {
-            Response::Joined(info) => Ok(info),
-            other => Err(ClientError::Protocol(format!("unexpected reply {other:?}"))),
-        }
+        calls::joined(self.request(calls::join(room, history)).await?)
     }
 
     /// Leaves a room.
     pub async fn leave(&self, room: &str) -> Result<(), ClientError> {
-        self.request(Request::Leave { room: room.into() })
-            .await
-            .map(|_| ())
+        calls::left(self.request(calls::leave(room)).await?)
     }
 
     /// Sends a message; returns its `(seq, ts)`.
@@ -241,18 +230,7 @@ impl WsClient {
         body: Bytes,
         low: bool,
     ) -> Result<(u64, u64), ClientError> {
-        match self
-            .request(Request::Send {
-                room: room.into(),
-                msg_type: msg_type.into(),
-                body,
-                low,
-            })
-            .await?
-        {
-            Response::Sent { seq, ts } => Ok((seq, ts)),
-            other => Err(ClientError::Protocol(format!("unexpected reply {other:?}"))),
-        }
+        calls::sent(self.request(calls::send(room, msg_type, body, low)).await?)
     }
 
     /// The event stream.
