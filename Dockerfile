@@ -1,10 +1,11 @@
 # roomcast in a container: built in a Rust image, run as a non-root user in a slim Debian image.
 #
 #   docker build -t roomcast .
-#   docker run -d --name roomcast -p 7700:7700/udp -p 127.0.0.1:7780:7780 \
+#   docker run -d --name roomcast -p 7700:7700/udp -p 7700:7700/tcp -p 127.0.0.1:7780:7780 \
 #     -v roomcast-data:/data roomcast
 #
-# The relay listens on every interface of the container (QUIC 7700/udp, admin API 7780/tcp;
+# The relay listens on every interface of the container (QUIC and WebTransport 7700/udp, the
+# public web listener with the WebSocket and the browser SDK 7700/tcp, admin API 7780/tcp;
 # publish the admin port on the host's loopback only) and keeps its store, generated secrets
 # and development certificates in the /data volume. See the README's Deploy section.
 
@@ -41,7 +42,7 @@ ENV ROOMCAST_DATA=/data \
     ROOMCAST_QUIC=0.0.0.0:7700 \
     ROOMCAST_ADMIN=0.0.0.0:7780 \
     RUST_LOG=info
-EXPOSE 7700/udp 7780/tcp
+EXPOSE 7700/udp 7700/tcp 7780/tcp
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:7780/healthz"]
 STOPSIGNAL SIGTERM

@@ -52,6 +52,8 @@ pub struct Config {
     pub transport: Transport,
     /// The admin HTTP listener.
     pub admin: AdminSection,
+    /// The public web listener: WebSocket, the JavaScript SDK and the demo page.
+    pub web: Web,
 }
 
 // ---- [admin] ----
@@ -89,6 +91,9 @@ pub struct ServerSection {
     pub admin: SocketAddr,
     /// The data folder.
     pub data: PathBuf,
+    /// TCP address of the public web listener: `"quic"` (the QUIC address and port, on TCP),
+    /// `"off"`, or an address.
+    pub web: String,
 }
 
 impl Default for ServerSection {
@@ -99,6 +104,31 @@ impl Default for ServerSection {
             quic: SocketAddr::from(([127, 0, 0, 1], 7700)),
             admin: SocketAddr::from(([127, 0, 0, 1], 7780)),
             data: PathBuf::from("roomcast-data"),
+            web: "quic".into(),
+        }
+    }
+}
+
+impl ServerSection {
+    /// Where the public web listener binds, given the bound QUIC address; `None` when it is off.
+    /// `"quic"` takes the QUIC listener's IP and port (a QUIC port of 0 in the configuration
+    /// leaves the web port to the kernel too, so tests never collide).
+    pub fn web_addr(&self, quic_bound: SocketAddr) -> Result<Option<SocketAddr>, ConfigError> {
+        match self.web.as_str() {
+            "off" => Ok(None),
+            "quic" => {
+                let port = if self.quic.port() == 0 {
+                    0
+                } else {
+                    quic_bound.port()
+                };
+                Ok(Some(SocketAddr::new(self.quic.ip(), port)))
+            }
+            addr => addr.parse().map(Some).map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "server.web must be \"quic\", \"off\" or an address like 0.0.0.0:7700, not {addr:?}"
+                ))
+            }),
         }
     }
 }
@@ -358,12 +388,57 @@ impl Default for Transport {
     }
 }
 
+/// Which peers the public web listener serves plain HTTP (without TLS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlainHttp {
+    /// Peers on a loopback address only (a page on `http://127.0.0.1` is a secure context).
+    Loopback,
+    /// Every peer (behind a TLS-terminating proxy).
+    Any,
+    /// None: HTTPS only.
+    Never,
+}
+
+/// `[web]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Web {
+    /// Which peers may speak plain HTTP; everyone else must use TLS.
+    pub plain_http: PlainHttp,
+    /// Page origins allowed to open a WebSocket or WebTransport session besides the relay's own
+    /// and loopback ones (`"*"`: any).
+    pub origins: Vec<String>,
+    /// Open TCP connections on the public listener at most; more are refused at accept.
+    pub max_connections: usize,
+    /// Bytes a WebSocket's send queue holds before its delivery waits (and its room's ring
+    /// backlog is shed, low first).
+    pub send_queue_bytes: usize,
+    /// Interval of the server's WebSocket pings, ms.
+    pub ping_ms: u64,
+    /// A WebSocket with nothing received (pongs included) for this long is closed, ms.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for Web {
+    fn default() -> Self {
+        Web {
+            plain_http: PlainHttp::Loopback,
+            origins: Vec::new(),
+            max_connections: 50_000,
+            send_queue_bytes: 256 * 1024,
+            ping_ms: 10_000,
+            idle_timeout_ms: 30_000,
+        }
+    }
+}
+
 /// One comment per key, printed by `roomcast serve --print-config`.
 const KEY_DOCS: &[(&str, &str)] = &[
     ("server", "Listeners and the data folder."),
     (
         "server.quic",
-        "UDP address of the QUIC listener (ALPN roomcast/1). The default is loopback only; \"0.0.0.0:7700\" or \"[::]:7700\" listens on every interface (then set tls.cert and tls.key, or tls.dev_names).",
+        "UDP address of the QUIC listener: ALPN roomcast/1 for native clients, h3 for WebTransport. The default is loopback only; \"0.0.0.0:7700\" or \"[::]:7700\" listens on every interface (then set tls.cert and tls.key, or tls.dev_names).",
     ),
     (
         "server.admin",
@@ -372,6 +447,38 @@ const KEY_DOCS: &[(&str, &str)] = &[
     (
         "server.data",
         "Data folder: development certificates, generated secrets, server address.",
+    ),
+    (
+        "server.web",
+        "TCP address of the public web listener (WebSocket at /ws, the SDK at /roomcast.js, the demo page at /): \"quic\" = the QUIC address and port on TCP, \"off\", or an address.",
+    ),
+    (
+        "web",
+        "The public web listener. It never serves the admin API.",
+    ),
+    (
+        "web.plain_http",
+        "Peers allowed plain HTTP: \"loopback\" (a page on http://127.0.0.1 is a secure context, so WebTransport works from it), \"any\" (behind a TLS proxy) or \"never\". Everyone else must use HTTPS on the same port.",
+    ),
+    (
+        "web.origins",
+        "Page origins allowed to open WebSocket and WebTransport sessions besides the relay's own and loopback ones, e.g. [\"https://example.com\"]; \"*\" allows any. Requests without an Origin (non-browser clients) are allowed.",
+    ),
+    (
+        "web.max_connections",
+        "Open TCP connections on the public listener at most; more are closed at accept.",
+    ),
+    (
+        "web.send_queue_bytes",
+        "Bytes a WebSocket's send queue holds; when it is full, delivery waits and the room's backlog for that socket is shed (low first, then normal, with an exact Gap); protected traffic that cannot wait closes it as too_slow.",
+    ),
+    (
+        "web.ping_ms",
+        "Interval of the server's WebSocket pings, ms.",
+    ),
+    (
+        "web.idle_timeout_ms",
+        "A WebSocket with nothing received (pongs included) for this long is closed, ms.",
     ),
     (
         "tls",
@@ -830,6 +937,15 @@ impl Config {
         if self.transport.keep_alive_ms >= self.transport.idle_timeout_ms {
             return bad("transport.keep_alive_ms must be below transport.idle_timeout_ms");
         }
+        self.server.web_addr(self.server.quic)?;
+        if self.web.ping_ms == 0 || self.web.ping_ms >= self.web.idle_timeout_ms {
+            return bad("web.ping_ms must be above 0 and below web.idle_timeout_ms");
+        }
+        if self.web.send_queue_bytes < 1024 || self.web.max_connections == 0 {
+            return bad(
+                "web.send_queue_bytes must be at least 1024 and web.max_connections above 0",
+            );
+        }
         if self.tls.cert.is_empty() != self.tls.key.is_empty() {
             return bad("tls.cert and tls.key must be set together");
         }
@@ -966,6 +1082,34 @@ mod tests {
         let c = Config::from_toml("[limits]\nrooms_per_user = 3\n").expect("parses");
         assert_eq!(c.limits.rooms_per_user, 3);
         assert_eq!(c.limits.client_body, 16 * 1024);
+    }
+
+    #[test]
+    fn the_web_listener_follows_the_quic_address_unless_set() {
+        let c = Config::default();
+        let bound = c.server.quic;
+        assert_eq!(c.server.web_addr(bound).expect("valid"), Some(bound));
+        let mut c = Config::default();
+        c.server.quic = "127.0.0.1:0".parse().expect("addr");
+        let ephemeral: SocketAddr = "127.0.0.1:40001".parse().expect("addr");
+        assert_eq!(
+            c.server.web_addr(ephemeral).expect("valid"),
+            Some("127.0.0.1:0".parse().expect("addr")),
+            "a QUIC port left to the kernel leaves the web port to it too"
+        );
+        c.server.web = "off".into();
+        assert_eq!(c.server.web_addr(ephemeral).expect("valid"), None);
+        c.server.web = "127.0.0.1:8443".into();
+        assert_eq!(
+            c.server.web_addr(ephemeral).expect("valid"),
+            Some("127.0.0.1:8443".parse().expect("addr"))
+        );
+        c.server.web = "localhost".into();
+        let err = c.validate().expect_err("not an address");
+        assert!(err.to_string().contains("server.web"), "{err}");
+        let c = Config::from_toml("[web]\nplain_http = \"never\"\n").expect("parses");
+        assert_eq!(c.web.plain_http, PlainHttp::Never);
+        assert!(Config::from_toml("[web]\nplain_http = \"sometimes\"\n").is_err());
     }
 
     #[test]

@@ -281,6 +281,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
     let _server_file = data.write_server_file(&ServerFile {
         quic: server.quic_addr(),
         admin: server.admin_addr(),
+        web: server.web_addr(),
         pid: Some(std::process::id()),
     })?;
     eprintln!(
@@ -289,6 +290,16 @@ async fn serve(a: ServeArgs) -> Result<()> {
         server.admin_addr(),
         data.path.display()
     );
+    if let Some(web) = server.web_addr() {
+        let local = if web.ip().is_unspecified() {
+            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), web.port())
+        } else {
+            web
+        };
+        eprintln!(
+            "roomcast: demo page and browser SDK on http://{local}/ (https:// from other hosts)"
+        );
+    }
     server.run(shutdown).await;
     Ok(())
 }

@@ -7,7 +7,7 @@ use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 
-/// Gauge: open client connections (authenticated).
+/// Gauge: open client connections (authenticated), by `transport`.
 pub const CONNECTIONS: &str = "roomcast_connections";
 // ---- connection opening ----
 /// Gauge: connections in their opening (QUIC handshake, hello, token check), not yet counted in
@@ -24,7 +24,7 @@ pub const ADMIN_CONNECTIONS_REFUSED: &str = "roomcast_admin_connections_refused_
 // ---- end connection opening ----
 /// Counter: connections accepted (before authentication).
 pub const CONNECTIONS_ACCEPTED: &str = "roomcast_connections_accepted_total";
-/// Counter: connections closed, by `reason`.
+/// Counter: connections closed, by `reason` and `transport`.
 pub const CONNECTIONS_CLOSED: &str = "roomcast_connections_closed_total";
 /// Gauge: live rooms.
 pub const ROOMS: &str = "roomcast_rooms";
@@ -32,9 +32,10 @@ pub const ROOMS: &str = "roomcast_rooms";
 pub const MEMBERS: &str = "roomcast_members";
 /// Counter: messages accepted for fan-out, by `class` and `source` (client/admin).
 pub const MESSAGES_IN: &str = "roomcast_messages_in_total";
-/// Counter: message deliveries written to connections, by `class` and `lane` (stream/datagram).
+/// Counter: message deliveries written to connections, by `class`, `lane` (stream/datagram) and
+/// `transport` (quic/webtransport/websocket).
 pub const MESSAGES_OUT: &str = "roomcast_messages_out_total";
-/// Counter: event bytes written to connections, by `lane`.
+/// Counter: event bytes written to connections, by `lane` and `transport`.
 pub const BYTES_OUT: &str = "roomcast_bytes_out_total";
 /// Counter: messages a lagging connection skipped, by `class`.
 pub const GAP_MESSAGES: &str = "roomcast_gap_messages_total";
@@ -59,14 +60,17 @@ pub const FANOUT_LATENCY: &str = "roomcast_fanout_latency_seconds";
 
 /// Registers the help text of every metric with the installed recorder.
 pub fn describe() {
-    describe_gauge!(CONNECTIONS, "Open, authenticated client connections.");
+    describe_gauge!(
+        CONNECTIONS,
+        "Open, authenticated client connections, by transport (quic, webtransport, websocket)."
+    );
     describe_counter!(
         CONNECTIONS_ACCEPTED,
-        "QUIC connections accepted, before authentication."
+        "QUIC connections and WebSocket upgrades accepted, before authentication."
     );
     describe_counter!(
         CONNECTIONS_CLOSED,
-        "Client connections closed, by reason (normal, shutdown, unauthorized, protocol, lost, handshake_failed, handshake_timeout, hello_timeout)."
+        "Client connections closed, by reason (normal, shutdown, unauthorized, protocol, lost, handshake_failed, handshake_timeout, hello_timeout) and transport."
     );
     // ---- connection opening ----
     describe_gauge!(
@@ -98,12 +102,12 @@ pub fn describe() {
     );
     describe_counter!(
         MESSAGES_OUT,
-        "Message deliveries written to connections, by class and lane (stream, datagram)."
+        "Message deliveries written to connections, by class, lane (stream, datagram) and transport."
     );
     describe_counter!(
         BYTES_OUT,
         Unit::Bytes,
-        "Event bytes written to client connections, by lane."
+        "Event bytes written to client connections, by lane and transport."
     );
     describe_counter!(
         GAP_MESSAGES,

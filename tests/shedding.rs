@@ -17,35 +17,6 @@ struct Seen {
     gap: u64,
 }
 
-/// Sends `n` messages cycling protected (system), normal and low through the admin API, waiting
-/// for `fast` to receive each before sending the next (so the flood is paced by a reader that
-/// keeps up, and the stalled member's lag is the only variable).
-async fn flood(
-    server: &TestServer,
-    fast: &roomcast::client::Client,
-    room: &str,
-    n: u64,
-    body: &str,
-) {
-    for i in 0..n {
-        let msg = match i % 3 {
-            0 => json!({"type": "notice", "body": body}),
-            1 => json!({"from": "u", "type": "chat", "body": body}),
-            _ => json!({"from": "u", "type": "chat", "body": body, "low": true}),
-        };
-        let r = server
-            .api(
-                Method::POST,
-                &format!("/v1/rooms/{room}/messages"),
-                Some(msg),
-            )
-            .await;
-        assert_eq!(r.status, 200, "{}", r.text);
-        let m = next_message(fast).await;
-        assert_eq!(m.seq, i + 1, "the fast member gets every message in order");
-    }
-}
-
 /// A server with a `ring`-entry ring and room `room`, with two members: `fast` and `slow`.
 async fn fast_and_slow(ring: usize, room: &str) -> (TestServer, Client, Client) {
     let server = TestServer::start(|c| {

@@ -69,6 +69,8 @@ pub struct Target {
     pub kind: TargetKind,
     /// Its QUIC address.
     pub quic: SocketAddr,
+    /// Its public web listener (WebSocket), when known.
+    pub web: Option<SocketAddr>,
     /// PEM of the CA its certificate chains to.
     pub ca_pem: Vec<u8>,
     /// Client tokens.
@@ -141,9 +143,14 @@ impl Target {
             }
             _ => None,
         };
+        let web = data
+            .as_ref()
+            .and_then(|d| d.server_file())
+            .and_then(|f| f.web);
         Ok(Target {
             kind: args.target,
             quic,
+            web,
             ca_pem,
             tokens,
             admin,
@@ -220,6 +227,7 @@ impl Target {
         Ok(Target {
             kind: TargetKind::Roomcast,
             quic: file.quic,
+            web: file.web,
             ca_pem,
             tokens: Tokens::Secret(Box::new(TokenAuth::new(secret.as_bytes(), 0, false))),
             admin: Some(Admin {
@@ -268,6 +276,7 @@ impl Target {
         Ok(Target {
             kind: TargetKind::RawQuic,
             quic,
+            web: None,
             ca_pem,
             tokens: Tokens::Fixed("raw".into()),
             admin: None,

@@ -1,7 +1,7 @@
 //! The load itself: the ramp of members, their readers, the senders, and the churn storm.
 //!
-//! Every member is one [`Client`] (its own QUIC connection) that joins one room and reads its events
-//! until told to stop. Senders are members too (the first `senders` of each room), so each message is
+//! Every member is one [`Member`] (its own QUIC connection, or with `--transport websocket` its
+//! own WebSocket over TLS) that joins one room and reads its events until told to stop. Senders are members too (the first `senders` of each room), so each message is
 //! delivered to exactly the room's member count, the sender's own copy included. A payload starts
 //! with its send time (µs since the Unix epoch, 8 bytes little-endian) and the class the sender
 //! asked for (1 byte), then padding; a reader turns the time into an end-to-end latency and counts
@@ -12,8 +12,10 @@
 
 use super::launch::Tokens;
 use super::stats::{Histogram, now_us};
+use crate::client::ws::{WsClient, WsClientConfig};
 use crate::client::{Client, ClientConfig, ClientEndpoint, ClientError, ClientEvent};
 use crate::protocol::Class;
+use crate::protocol::JoinInfo;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -48,6 +50,83 @@ pub struct Reach {
     pub endpoints: Arc<Vec<ClientEndpoint>>,
     /// The next shared endpoint to use.
     pub next: Arc<AtomicUsize>,
+    /// `wss://…/ws` of the relay's public listener: members connect over WebSockets.
+    pub ws: Option<String>,
+}
+
+/// A member's connection: native QUIC or a WebSocket.
+pub enum Member {
+    /// QUIC, ALPN roomcast/1.
+    Quic(Client),
+    /// A WebSocket on the public listener.
+    Ws(WsClient),
+}
+
+impl Member {
+    /// Joins a room.
+    pub async fn join(&self, room: &str, history: i32) -> Result<JoinInfo, ClientError> {
+        match self {
+            Member::Quic(c) => c.join(room, history).await,
+            Member::Ws(c) => c.join(room, history).await,
+        }
+    }
+
+    /// Leaves a room.
+    pub async fn leave(&self, room: &str) -> Result<(), ClientError> {
+        match self {
+            Member::Quic(c) => c.leave(room).await,
+            Member::Ws(c) => c.leave(room).await,
+        }
+    }
+
+    /// Sends a message.
+    pub async fn send(
+        &self,
+        room: &str,
+        msg_type: &str,
+        body: Bytes,
+        low: bool,
+    ) -> Result<(u64, u64), ClientError> {
+        match self {
+            Member::Quic(c) => c.send(room, msg_type, body, low).await,
+            Member::Ws(c) => c.send(room, msg_type, body, low).await,
+        }
+    }
+
+    /// The event stream.
+    pub fn events(&self) -> &flume::Receiver<ClientEvent> {
+        match self {
+            Member::Quic(c) => c.events(),
+            Member::Ws(c) => c.events(),
+        }
+    }
+
+    /// Closes the connection.
+    pub async fn close(&self) {
+        match self {
+            Member::Quic(c) => c.close().await,
+            Member::Ws(c) => c.close().await,
+        }
+    }
+
+    /// UDP datagrams received and sent so far (QUIC only).
+    fn udp(&self) -> (u64, u64) {
+        match self {
+            Member::Quic(c) => {
+                let s = c.connection().stats();
+                (s.udp_rx.datagrams, s.udp_tx.datagrams)
+            }
+            Member::Ws(_) => (0, 0),
+        }
+    }
+
+    /// The QUIC connection's close reason, once it closed.
+    fn close_reason(&self) -> Option<String> {
+        match self {
+            Member::Quic(c) => c.connection().close_reason().map(|e| close_text(&e)),
+            Member::Ws(_) => None,
+        }
+    }
 }
 
 impl Reach {
@@ -57,6 +136,7 @@ impl Reach {
         ca_pem: Vec<u8>,
         tokens: Tokens,
         shared: usize,
+        ws: Option<String>,
     ) -> Result<Reach, String> {
         let endpoints = (0..shared)
             .map(|_| ClientEndpoint::new(server, &ca_pem, true).map_err(|e| e.to_string()))
@@ -67,11 +147,20 @@ impl Reach {
             tokens,
             endpoints: Arc::new(endpoints),
             next: Arc::default(),
+            ws,
         })
     }
 
-    async fn connect(&self, user: &str, event_buffer: usize) -> Result<Client, String> {
+    async fn connect(&self, user: &str, event_buffer: usize) -> Result<Member, String> {
         let token = self.tokens.mint(user).map_err(|e| e.to_string())?;
+        if let Some(url) = &self.ws {
+            let mut cfg = WsClientConfig::new(url.clone(), self.ca_pem.clone(), token);
+            cfg.event_buffer = event_buffer;
+            return WsClient::connect(cfg)
+                .await
+                .map(Member::Ws)
+                .map_err(|e| error_name(&e));
+        }
         let mut cfg = ClientConfig::new(self.server, self.ca_pem.clone(), token);
         cfg.event_buffer = event_buffer;
         let connected = if self.endpoints.is_empty() {
@@ -80,7 +169,7 @@ impl Reach {
             let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
             Client::connect_on(&self.endpoints[i], cfg).await
         };
-        connected.map_err(|e| error_name(&e))
+        connected.map(Member::Quic).map_err(|e| error_name(&e))
     }
 }
 
@@ -127,7 +216,7 @@ pub struct Joined {
     /// What it is.
     pub spec: Spec,
     /// Its connection.
-    pub client: Arc<Client>,
+    pub client: Arc<Member>,
 }
 
 /// The outcome of the ramp.
@@ -225,7 +314,7 @@ pub struct Live {
 
 /// Reads `client`'s events until `stop` flips; a slow member takes at most `slow_rate` a second.
 pub async fn read_events(
-    client: Arc<Client>,
+    client: Arc<Member>,
     slow: Option<f64>,
     live: Arc<Live>,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -235,11 +324,7 @@ pub async fn read_events(
         ..Tally::default()
     };
     let events = client.events().clone();
-    let udp = |c: &Client| {
-        let s = c.connection().stats();
-        (s.udp_rx.datagrams, s.udp_tx.datagrams)
-    };
-    let (rx0, tx0) = udp(&client);
+    let (rx0, tx0) = client.udp();
     let mut debt = 0.0f64;
     loop {
         if *stop.borrow() {
@@ -283,16 +368,16 @@ pub async fn read_events(
             }
         }
     }
-    let (rx1, tx1) = udp(&client);
+    let (rx1, tx1) = client.udp();
     t.packets_in = rx1 - rx0;
     t.packets_out = tx1 - tx0;
     // A closed connection still hands out the data it had received before the close, so a slow
     // reader may not have reached its `Closed` event yet: ask the connection itself.
     if t.closed == 0
-        && let Some(e) = client.connection().close_reason()
+        && let Some(e) = client.close_reason()
     {
         t.closed += 1;
-        *t.close_reasons.entry(close_text(&e)).or_default() += 1;
+        *t.close_reasons.entry(e).or_default() += 1;
     }
     t
 }
@@ -413,7 +498,7 @@ type SendResult = (Class, Duration, Result<(u64, u64), ClientError>);
 
 /// Sends to `room` until `deadline`, then waits (bounded) for the outstanding replies.
 pub async fn send_loop(
-    client: Arc<Client>,
+    client: Arc<Member>,
     room: String,
     room_index: usize,
     plan: SendPlan,

@@ -34,8 +34,8 @@ pub mod raw;
 pub mod report;
 pub mod stats;
 
-use crate::client::Client;
 use launch::Target;
+use load::Member;
 use load::{Live, Reach, SendPlan, Spec};
 use report::{Report, ServerUsage};
 use std::collections::BTreeMap;
@@ -69,6 +69,25 @@ pub enum TargetKind {
     Roomcast,
     /// The raw-QUIC fan-out baseline (same protocol subset, no room logic, no store).
     RawQuic,
+}
+
+/// How the harness's clients reach the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchTransport {
+    /// Native QUIC (ALPN roomcast/1).
+    Quic,
+    /// WebSockets over TLS on the relay's public web listener.
+    Websocket,
+}
+
+impl BenchTransport {
+    /// The report's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BenchTransport::Quic => "quic",
+            BenchTransport::Websocket => "websocket",
+        }
+    }
 }
 
 /// `store.durability` of a started relay.
@@ -141,6 +160,10 @@ pub struct BenchArgs {
     /// Server to measure: the roomcast relay, or the raw-QUIC fan-out baseline.
     #[arg(long, value_enum, default_value_t = TargetKind::Roomcast)]
     pub target: TargetKind,
+    /// How the clients connect: native QUIC, or WebSockets over TLS on the relay's public
+    /// listener (roomcast only).
+    #[arg(long, value_enum, default_value_t = BenchTransport::Quic)]
+    pub transport: BenchTransport,
     /// Bench a server that is already running at this QUIC address (loopback only) instead of
     /// starting one; give --data, or --ca with --token-secret (and --admin, --admin-key).
     #[arg(long, value_name = "ADDR")]
@@ -360,6 +383,12 @@ fn validate(a: &BenchArgs) -> Result<(), BenchError> {
     if a.scenario == Scenario::Flood && a.target != TargetKind::Roomcast {
         return bad("the flood scenario measures the roomcast relay only".into());
     }
+    if a.transport == BenchTransport::Websocket && a.target == TargetKind::RawQuic {
+        return bad(
+            "--transport websocket measures roomcast; the raw-QUIC baseline has no web listener"
+                .into(),
+        );
+    }
     if a.duration.is_nan() || a.duration <= 0.0 || a.duration > 3600.0 {
         return bad(format!(
             "--duration must be in (0, 3600], got {}",
@@ -456,6 +485,7 @@ fn base_report(a: &BenchArgs, target: &Target) -> Report {
     Report {
         scenario: scenario_name(a.scenario).into(),
         target: target_name(target.kind).into(),
+        transport: a.transport.as_str().into(),
         server_started: a.server.is_none(),
         rate: a.rate,
         payload_bytes: a.payload,
@@ -487,11 +517,24 @@ fn base_report(a: &BenchArgs, target: &Target) -> Report {
 }
 
 fn reach(a: &BenchArgs, target: &Target) -> Result<Reach, BenchError> {
+    let ws = match a.transport {
+        BenchTransport::Quic => None,
+        BenchTransport::Websocket => {
+            let web = target.web.ok_or_else(|| {
+                BenchError::Setup(
+                    "--transport websocket needs the relay's public web listener (server.json's web)"
+                        .into(),
+                )
+            })?;
+            Some(format!("wss://127.0.0.1:{}/ws", web.port()))
+        }
+    };
     Reach::new(
         target.quic,
         target.ca_pem.clone(),
         target.tokens.clone(),
         a.client_endpoints,
+        ws,
     )
     .map_err(|e| BenchError::Setup(format!("client endpoints: {e}")))
 }
@@ -552,7 +595,7 @@ async fn prepare(target: &Target, rooms: &[String], protected: bool) -> Result<(
 }
 
 /// Closes every client, many at once (each close waits briefly for its close to be sent).
-async fn close_all(clients: Vec<Arc<Client>>) {
+async fn close_all(clients: Vec<Arc<Member>>) {
     use futures_util::StreamExt;
     futures_util::stream::iter(clients.into_iter().map(|c| async move { c.close().await }))
         .buffer_unordered(1000)
@@ -742,7 +785,7 @@ async fn rooms(a: &BenchArgs, target: &mut Target) -> Result<Report, BenchError>
             tallies.push(t);
         }
     }
-    let clients: Vec<Arc<Client>> = ramp.joined.iter().map(|j| j.client.clone()).collect();
+    let clients: Vec<Arc<Member>> = ramp.joined.iter().map(|j| j.client.clone()).collect();
     drop(ramp);
     close_all(clients).await;
 

@@ -13,6 +13,8 @@ pub struct Report {
     pub scenario: String,
     /// roomcast or raw-quic.
     pub target: String,
+    /// How the clients connected: quic or websocket.
+    pub transport: String,
     /// Whether the harness started the server (false: `--server`).
     pub server_started: bool,
     /// Rooms.
@@ -255,9 +257,10 @@ impl Report {
         row(
             "scenario",
             format!(
-                "{} against {}{}",
+                "{} against {} over {}{}",
                 self.scenario,
                 self.target,
+                self.transport,
                 if self.server_started {
                     " (started by the harness)"
                 } else {
@@ -379,15 +382,18 @@ impl Report {
                 ),
             );
             let delivered = self.deliveries_stream + self.deliveries_datagram;
-            row(
-                "packets",
-                format!(
-                    "{} to members ({:.2} messages per packet) · {} from members",
-                    self.packets_to_members,
-                    delivered as f64 / self.packets_to_members.max(1) as f64,
-                    self.packets_from_members
-                ),
-            );
+            // Packets are QUIC connection statistics; a WebSocket member has none to read.
+            if self.transport != "websocket" {
+                row(
+                    "packets",
+                    format!(
+                        "{} to members ({:.2} messages per packet) · {} from members",
+                        self.packets_to_members,
+                        delivered as f64 / self.packets_to_members.max(1) as f64,
+                        self.packets_from_members
+                    ),
+                );
+            }
             row(
                 "gaps (client)",
                 format!("low {} · normal {}", self.gap_low, self.gap_normal),

@@ -14,6 +14,9 @@
 //! # Ok(()) }
 //! ```
 
+/// The WebSocket transport's client.
+pub mod ws;
+
 use crate::protocol::{
     Attribute, ClientFrame, CloseCode, DecodeError, DestroyReason, Event, FrameReader,
     HistoryEntry, JoinInfo, KickReason, Message, PROTOCOL_VERSION, Request, Response, RoomInfo,
@@ -480,24 +483,12 @@ impl Client {
 
     /// Joins a room; `history`: -1 none, 0 the server default, up to 50.
     pub async fn join(&self, room: &str, history: i32) -> Result<JoinInfo, ClientError> {
-        match self
-            .request(Request::Join {
-                room: room.into(),
-                history,
-            })
-            .await?
-        {
-            Response::Joined(info) => Ok(info),
-            other => Err(unexpected(other)),
-        }
+        calls::joined(self.request(calls::join(room, history)).await?)
     }
 
     /// Leaves a room.
     pub async fn leave(&self, room: &str) -> Result<(), ClientError> {
-        match self.request(Request::Leave { room: room.into() }).await? {
-            Response::Left => Ok(()),
-            other => Err(unexpected(other)),
-        }
+        calls::left(self.request(calls::leave(room)).await?)
     }
 
     /// Sends a message; returns its `(seq, ts)`.
@@ -508,18 +499,7 @@ impl Client {
         body: Bytes,
         low: bool,
     ) -> Result<(u64, u64), ClientError> {
-        match self
-            .request(Request::Send {
-                room: room.into(),
-                msg_type: msg_type.into(),
-                body,
-                low,
-            })
-            .await?
-        {
-            Response::Sent { seq, ts } => Ok((seq, ts)),
-            other => Err(unexpected(other)),
-        }
+        calls::sent(self.request(calls::send(room, msg_type, body, low)).await?)
     }
 
     /// Room info with up to 20 members.
@@ -660,6 +640,55 @@ impl Client {
         // wait for every other connection on it.
         if self.own_endpoint {
             let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        }
+    }
+}
+
+/// The requests every client of this library makes (QUIC and WebSocket alike), and what their
+/// replies hold.
+pub(crate) mod calls {
+    use super::{ClientError, unexpected};
+    use crate::protocol::{JoinInfo, Request, Response};
+    use bytes::Bytes;
+
+    pub fn join(room: &str, history: i32) -> Request {
+        Request::Join {
+            room: room.into(),
+            history,
+        }
+    }
+
+    pub fn joined(r: Response) -> Result<JoinInfo, ClientError> {
+        match r {
+            Response::Joined(info) => Ok(info),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn leave(room: &str) -> Request {
+        Request::Leave { room: room.into() }
+    }
+
+    pub fn left(r: Response) -> Result<(), ClientError> {
+        match r {
+            Response::Left => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn send(room: &str, msg_type: &str, body: Bytes, low: bool) -> Request {
+        Request::Send {
+            room: room.into(),
+            msg_type: msg_type.into(),
+            body,
+            low,
+        }
+    }
+
+    pub fn sent(r: Response) -> Result<(u64, u64), ClientError> {
+        match r {
+            Response::Sent { seq, ts } => Ok((seq, ts)),
+            other => Err(unexpected(other)),
         }
     }
 }

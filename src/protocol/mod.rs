@@ -108,6 +108,24 @@
 //!   from the room (its members see `MemberLeft` where member events are on). Members on the
 //!   room's user whitelist are never removed for being offline.
 //!
+//! # Browsers
+//! - **WebTransport** (HTTP/3, ALPN `h3`) on the same UDP port: the session is `CONNECT
+//!   https://HOST:PORT/roomcast` (append `?datagrams=0` to get low-priority events on the delivery
+//!   stream instead of as datagrams). Inside the session everything above holds as written: the
+//!   client opens the one bidirectional control stream and sends the hello, the server opens the
+//!   one unidirectional delivery stream, and low-priority events come as WebTransport datagrams
+//!   (one postcard [`Event`], no length prefix). The server closes the session with the
+//!   [`CloseCode`]s below, carried in its close capsule.
+//! - **WebSocket** at `GET /ws` on the public web listener: one socket carries both directions.
+//!   A client message (binary) is one postcard [`ClientFrame`] body with **no** length prefix, at
+//!   most `max_frame` bytes. A server message (binary) starts with a one-byte envelope:
+//!   [`WS_CONTROL`] (`0x00`), then one or more length-delimited [`ServerFrame`]s exactly as on the
+//!   control stream, or [`WS_EVENTS`] (`0x01`), then one or more length-delimited [`Event`]s exactly
+//!   as on the delivery stream. Low-priority messages share the socket. Close codes: [`CloseCode`]
+//!   `n` is WebSocket close code `4000 + n` (`Normal` is 1000); 1002 a broken WebSocket frame,
+//!   1003 a text message, 1009 a message over `max_frame`. The server pings; a socket silent for
+//!   the idle timeout (no pong) is closed with 4003.
+//!
 //! # Framing on streams
 //! Every frame on a stream is `len: u32 big-endian` followed by `len` bytes of
 //! [postcard](https://postcard.jamesmunns.com/wire-format)-encoded body. On the control stream
@@ -253,6 +271,14 @@ pub use codec::{
 };
 pub use error::{CloseCode, ErrorCode, WireError};
 pub use frames::*;
+
+/// WebSocket envelope: the rest of the message is length-delimited [`ServerFrame`]s, as on the
+/// control stream.
+pub const WS_CONTROL: u8 = 0x00;
+
+/// WebSocket envelope: the rest of the message is length-delimited [`Event`]s, as on the
+/// delivery stream.
+pub const WS_EVENTS: u8 = 0x01;
 
 /// The ALPN protocol id a client must offer.
 pub const ALPN: &[u8] = b"roomcast/1";

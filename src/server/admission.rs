@@ -103,20 +103,30 @@ impl Handshakes {
 /// One handshake in progress, counted (and in the [`m::CONNECTIONS_HANDSHAKING`] gauge, not yet
 /// in [`m::CONNECTIONS`]) until dropped.
 pub(crate) struct Handshaking {
-    of: Arc<Handshakes>,
+    /// The QUIC admission count it is part of; `None` for a WebSocket's opening, which QUIC
+    /// admission does not limit (the public listener caps its connections itself).
+    of: Option<Arc<Handshakes>>,
 }
 
 impl Handshaking {
     fn start(of: Arc<Handshakes>) -> Self {
         of.in_progress.fetch_add(1, Ordering::Relaxed);
         metrics::gauge!(m::CONNECTIONS_HANDSHAKING).increment(1.0);
-        Handshaking { of }
+        Handshaking { of: Some(of) }
+    }
+
+    /// An opening outside QUIC admission (a WebSocket's): in the gauge only.
+    pub(crate) fn gauge_only() -> Self {
+        metrics::gauge!(m::CONNECTIONS_HANDSHAKING).increment(1.0);
+        Handshaking { of: None }
     }
 }
 
 impl Drop for Handshaking {
     fn drop(&mut self) {
-        self.of.in_progress.fetch_sub(1, Ordering::Relaxed);
+        if let Some(of) = &self.of {
+            of.in_progress.fetch_sub(1, Ordering::Relaxed);
+        }
         metrics::gauge!(m::CONNECTIONS_HANDSHAKING).decrement(1.0);
     }
 }

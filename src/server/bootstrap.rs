@@ -4,8 +4,9 @@
 //! ```text
 //! roomcast-data/
 //!   ca.pem          development CA (clients trust it)      server.pem, server.key   its server certificate
+//!   ca.key          the development CA's key (0600): re-issues the 13-day server certificate
 //!   admin.key       admin bearer key (0600)                token.secret             HS256 secret (0600)
-//!   server.json     {"quic": "...", "admin": "...", "pid": N} of the running server
+//!   server.json     {"quic": "...", "admin": "...", "web": "...", "pid": N} of the running server
 //! ```
 //!
 //! `server.json` lives as long as the server that wrote it: [`DataFolder::write_server_file`]
@@ -32,6 +33,9 @@ pub struct ServerFile {
     pub quic: SocketAddr,
     /// Admin API address.
     pub admin: SocketAddr,
+    /// Public web listener address (WebSocket, SDK, demo page), when it is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web: Option<SocketAddr>,
     /// Process id of the server (absent in files written by older versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
@@ -224,6 +228,7 @@ mod tests {
         ServerFile {
             quic: SocketAddr::from(([127, 0, 0, 1], port)),
             admin: SocketAddr::from(([127, 0, 0, 1], port + 1)),
+            web: None,
             pid: Some(std::process::id()),
         }
     }

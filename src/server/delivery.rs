@@ -24,6 +24,7 @@
 //! A membership that ends (leave, kick, ban) ends at the ring position where it ended: the member
 //! still gets everything published before that, then its `Kicked`, and nothing after it.
 
+use super::link::{EventSink, Link, TransportKind};
 use super::relay::DeliveryCmd;
 use crate::metrics as m;
 use crate::policy::shed_on_egress;
@@ -70,15 +71,16 @@ struct Tally {
 const CLASSES: [Class; 3] = [Class::Protected, Class::Normal, Class::Low];
 
 impl Tally {
-    fn flush(&self) {
+    fn flush(&self, transport: TransportKind) {
+        let t = transport.as_str();
         for c in CLASSES {
             let i = class_index(c);
             if self.stream[i] > 0 {
-                metrics::counter!(m::MESSAGES_OUT, "class" => c.as_str(), "lane" => "stream")
+                metrics::counter!(m::MESSAGES_OUT, "class" => c.as_str(), "lane" => "stream", "transport" => t)
                     .increment(self.stream[i]);
             }
             if self.datagram[i] > 0 {
-                metrics::counter!(m::MESSAGES_OUT, "class" => c.as_str(), "lane" => "datagram")
+                metrics::counter!(m::MESSAGES_OUT, "class" => c.as_str(), "lane" => "datagram", "transport" => t)
                     .increment(self.datagram[i]);
             }
             if self.shed_lag[i] > 0 {
@@ -100,18 +102,21 @@ impl Tally {
             metrics::counter!(m::GAP_MESSAGES, "class" => "low").increment(self.shed_datagram);
         }
         if self.stream_bytes > 0 {
-            metrics::counter!(m::BYTES_OUT, "lane" => "stream").increment(self.stream_bytes);
+            metrics::counter!(m::BYTES_OUT, "lane" => "stream", "transport" => t)
+                .increment(self.stream_bytes);
         }
         if self.datagram_bytes > 0 {
-            metrics::counter!(m::BYTES_OUT, "lane" => "datagram").increment(self.datagram_bytes);
+            metrics::counter!(m::BYTES_OUT, "lane" => "datagram", "transport" => t)
+                .increment(self.datagram_bytes);
         }
     }
 }
 
-/// The delivery side of one connection.
-pub(crate) struct Delivery {
-    pub conn: quinn::Connection,
-    pub stream: quinn::SendStream,
+/// The delivery side of one connection, over any transport.
+pub(crate) struct Delivery<L, E> {
+    pub conn: L,
+    pub stream: E,
+    pub transport: TransportKind,
     pub rx: flume::Receiver<DeliveryCmd>,
     pub signal: Arc<Signal>,
     pub conn_id: u64,
@@ -131,7 +136,7 @@ enum Drained {
     TooSlow,
 }
 
-impl Delivery {
+impl<L: Link, E: EventSink> Delivery<L, E> {
     /// Runs until the connection closes or its stream fails.
     pub async fn run(mut self) {
         let mut subs: Vec<Sub> = Vec::new();
@@ -139,7 +144,7 @@ impl Delivery {
             conn_id: self.conn_id,
         })];
         let mut last_write: Option<tokio::time::Instant> = None;
-        let closed = self.conn.closed();
+        let closed = Link::closed(&self.conn);
         tokio::pin!(closed);
         loop {
             while let Ok(cmd) = self.rx.try_recv() {
@@ -153,9 +158,7 @@ impl Delivery {
             }
             if !out.is_empty() {
                 tally.stream_bytes += out.iter().map(|b| b.len() as u64).sum::<u64>();
-                match tokio::time::timeout(self.slow_close, self.stream.write_all_chunks(&mut out))
-                    .await
-                {
+                match tokio::time::timeout(self.slow_close, self.stream.write_all(&mut out)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => break,
                     Err(_) => {
@@ -165,7 +168,7 @@ impl Delivery {
                 }
                 out.clear();
             }
-            tally.flush();
+            tally.flush(self.transport);
             match drained {
                 Drained::Done => {}
                 Drained::More => {
@@ -209,7 +212,7 @@ impl Delivery {
             "closing a connection that is too slow"
         );
         metrics::counter!(m::TOO_SLOW).increment(1);
-        self.conn.close(CloseCode::TooSlow.into(), b"too_slow");
+        self.conn.close(CloseCode::TooSlow, "too_slow");
     }
 
     /// Applies a command; notices for the client go to `out`, ahead of the next drain (a
@@ -359,13 +362,13 @@ impl Delivery {
                             (Some(d), Some(max)) if d.len() <= max => {
                                 // A full datagram buffer would make quinn drop older datagrams
                                 // silently; shed this one instead, and count it.
-                                if self.conn.datagram_send_buffer_space() < d.len() {
+                                if self.conn.datagram_space() < d.len() {
                                     sub.missed[ci] += 1;
                                     tally.shed_datagram += 1;
                                     continue;
                                 }
                                 flush_gap(sub, out);
-                                if self.conn.send_datagram(d.clone()).is_ok() {
+                                if self.conn.send_datagram(d.clone()) {
                                     tally.datagram[ci] += 1;
                                     tally.datagram_bytes += d.len() as u64;
                                 } else {

@@ -11,10 +11,16 @@ mod bootstrap;
 pub mod data;
 mod delivery;
 pub(crate) use delivery::window_wait;
+pub mod link;
 pub mod moderation;
 pub mod relay;
 mod session;
 pub mod timers;
+// ---- browser transports ----
+mod web;
+mod webtransport;
+pub mod ws;
+// ---- end browser transports ----
 
 pub use bootstrap::{DataFolder, Prepared, SERVER_FILE, ServerFile};
 pub use relay::Relay;
@@ -22,7 +28,7 @@ pub use relay::Relay;
 use crate::auth::TokenAuth;
 use crate::config::Config;
 use crate::protocol::CloseCode;
-use crate::tls::{ServerIdentity, TlsError};
+use crate::tls::{Certs, ServerIdentity, TlsError};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -74,7 +80,14 @@ pub struct Server {
     admin: tokio::net::TcpListener,
     quic_addr: SocketAddr,
     admin_addr: SocketAddr,
+    /// The public web listener (WebSocket, SDK, demo page), unless `server.web = "off"`.
+    web: Option<tokio::net::TcpListener>,
+    web_addr: Option<SocketAddr>,
+    certs: Arc<Certs>,
 }
+
+/// How often a running relay checks whether its development certificate is due for renewal.
+const CERT_CHECK: Duration = Duration::from_secs(3600);
 
 impl Server {
     /// Binds the QUIC endpoint and the admin listener.
@@ -85,7 +98,8 @@ impl Server {
     ) -> Result<Self, ServerError> {
         config.validate()?;
         let config = Arc::new(config);
-        let endpoints = endpoints(&config, identity)?;
+        let certs = identity.certs()?;
+        let endpoints = endpoints(&config, &certs)?;
         let quic_addr = endpoints[0]
             .local_addr()
             .map_err(|source| ServerError::Bind {
@@ -105,6 +119,21 @@ impl Server {
             addr: config.server.admin,
             source,
         })?;
+        let (web, web_addr) = match config.server.web_addr(quic_addr)? {
+            Some(addr) => {
+                let bind_err = |source| ServerError::Bind {
+                    what: "web",
+                    addr,
+                    source,
+                };
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(bind_err)?;
+                let bound = listener.local_addr().map_err(bind_err)?;
+                (Some(listener), Some(bound))
+            }
+            None => (None, None),
+        };
         let auth = TokenAuth::new(
             secrets.token_secret.as_bytes(),
             config.auth.leeway_secs,
@@ -125,6 +154,9 @@ impl Server {
             admin,
             quic_addr,
             admin_addr,
+            web,
+            web_addr,
+            certs,
         })
     }
 
@@ -136,6 +168,16 @@ impl Server {
     /// The bound admin address.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// The bound public web listener address, unless it is off.
+    pub fn web_addr(&self) -> Option<SocketAddr> {
+        self.web_addr
+    }
+
+    /// The certificate the relay presents (and renews, for a development one).
+    pub fn certs(&self) -> &Arc<Certs> {
+        &self.certs
     }
 
     /// The shared core, for in-process inspection.
@@ -150,6 +192,8 @@ impl Server {
             endpoints,
             admin,
             quic_addr,
+            web,
+            certs,
             ..
         } = self;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -179,6 +223,41 @@ impl Server {
                                 tracing::debug!(?report, "timers fired");
                             }
                         }
+                    }
+                }
+            })
+        };
+        let web_task = match web {
+            Some(listener) => {
+                let tls = certs
+                    .server_config(&[b"http/1.1"])
+                    .map(Arc::new)
+                    .map_err(|e| tracing::error!(error = %e, "public listener TLS"));
+                tls.ok().map(|tls| {
+                    let ctx = Arc::new(web::Web {
+                        relay: relay.clone(),
+                        certs: certs.clone(),
+                        quic_port: quic_addr.port(),
+                    });
+                    tokio::spawn(web::run(ctx, listener, tls, stop_rx.clone()))
+                })
+            }
+            None => None,
+        };
+        let renewer = {
+            let certs = certs.clone();
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let mut interval = tokio::time::interval(CERT_CHECK);
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => break,
+                        _ = interval.tick() => match certs.renew_if_due(std::time::SystemTime::now()) {
+                            Ok(true) => tracing::info!("development certificate renewed"),
+                            Ok(false) => {}
+                            Err(e) => tracing::error!(error = %e, "renewing the development certificate"),
+                        },
                     }
                 }
             })
@@ -231,6 +310,7 @@ impl Server {
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
         let _ = ticker.await;
+        let _ = renewer.await;
         let reason = b"server shutting down";
         relay.close_all(CloseCode::Shutdown, "server shutting down");
         for ep in &endpoints {
@@ -240,6 +320,10 @@ impl Server {
         let idle = futures_util::future::join_all(endpoints.iter().map(|ep| ep.wait_idle()));
         let _ = tokio::time::timeout(grace, idle).await;
         sessions.shutdown().await;
+        if let Some(task) = web_task {
+            // It drains its own connections within the grace period.
+            let _ = task.await;
+        }
         if tokio::time::timeout(grace, admin_task).await.is_err() {
             tracing::warn!("admin listener did not stop in time");
         }
@@ -253,15 +337,16 @@ impl Server {
 /// than one, each has its own socket bound with `SO_REUSEPORT`; the kernel hashes each client's
 /// address pair to one socket, so a connection always lands on the same endpoint, and the
 /// endpoints' receive paths run on different cores.
-fn endpoints(
-    config: &Config,
-    identity: &ServerIdentity,
-) -> Result<Vec<quinn::Endpoint>, ServerError> {
+fn endpoints(config: &Config, certs: &Arc<Certs>) -> Result<Vec<quinn::Endpoint>, ServerError> {
+    // One UDP port for native clients and browsers: the connection's negotiated ALPN decides.
+    let crypto = Arc::new(
+        certs.quic_server_crypto(&[crate::protocol::ALPN, web_transport_quinn::ALPN.as_bytes()])?,
+    );
     let n = match config.transport.endpoints {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let first = endpoint(config, identity, config.server.quic, n > 1)?;
+    let first = endpoint_with(config, crypto.clone(), config.server.quic, n > 1)?;
     let addr = first.local_addr().map_err(|source| ServerError::Bind {
         what: "QUIC",
         addr: config.server.quic,
@@ -269,7 +354,7 @@ fn endpoints(
     })?;
     let mut all = vec![first];
     for _ in 1..n {
-        all.push(endpoint(config, identity, addr, true)?);
+        all.push(endpoint_with(config, crypto.clone(), addr, true)?);
     }
     Ok(all)
 }
@@ -282,13 +367,30 @@ pub fn endpoint(
     addr: SocketAddr,
     reuse_port: bool,
 ) -> Result<quinn::Endpoint, ServerError> {
+    endpoint_with(
+        config,
+        Arc::new(identity.quic_server_crypto()?),
+        addr,
+        reuse_port,
+    )
+}
+
+fn endpoint_with(
+    config: &Config,
+    crypto: Arc<quinn::crypto::rustls::QuicServerConfig>,
+    addr: SocketAddr,
+    reuse_port: bool,
+) -> Result<quinn::Endpoint, ServerError> {
     let t = &config.transport;
     let mut transport = quinn::TransportConfig::default();
-    // A client opens exactly one bidirectional stream (control) and no unidirectional one; the
-    // server opens the delivery stream. Small limits keep per-connection state small.
+    // A native client opens exactly one bidirectional stream (control) and no unidirectional
+    // one; the server opens the delivery stream. The handshake grants what an HTTP/3
+    // (WebTransport) client needs, since browsers refuse less (the ALPN is not known yet when
+    // the transport parameters are sent); a native connection's limits drop to 1 and 0 right
+    // after its handshake, so the extra credit is never renewed (see `session::open`).
     transport
-        .max_concurrent_bidi_streams(1u32.into())
-        .max_concurrent_uni_streams(0u32.into())
+        .max_concurrent_bidi_streams(webtransport::H3_BIDI_STREAMS.into())
+        .max_concurrent_uni_streams(webtransport::H3_UNI_STREAMS.into())
         // Small receive windows: clients send little (requests of at most one frame), and quinn
         // allocates receive buffers up to the window; the defaults (1.25 MB per stream) cost
         // ~37 KiB of RSS per idle connection and far more under load.
@@ -320,8 +422,7 @@ pub fn endpoint(
             quinn::IdleTimeout::try_from(Duration::from_millis(t.idle_timeout_ms))
                 .map_err(|e| ServerError::Data(format!("transport.idle_timeout_ms: {e}")))?,
         ));
-    let crypto = identity.quic_server_crypto()?;
-    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut server_config = quinn::ServerConfig::with_crypto(crypto);
     server_config.transport_config(Arc::new(transport));
     // Attempts the accept loop has not decided on yet, and what quinn buffers for them, are
     // bounded like the handshakes themselves (quinn's defaults: 65536 attempts, 10 MiB each,

@@ -91,8 +91,10 @@ pub struct ConnHandle {
     pub user: String,
     /// The delivery task's queue.
     pub tx: DeliveryTx,
-    /// The QUIC connection, to close it.
-    pub conn: quinn::Connection,
+    /// The connection, to close it.
+    pub conn: Arc<dyn super::link::Closer>,
+    /// What carries it (the `transport` label of the connection gauge).
+    pub transport: super::link::TransportKind,
 }
 
 #[derive(Default)]
@@ -349,6 +351,7 @@ impl Relay {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let user = handle.user.clone();
         let tx = handle.tx.clone();
+        let transport = handle.transport;
         // In `conns` before `users`: a connection another one hands a room over to (found in
         // `users`, see `unregister_conn`) must already be reachable by `tell`.
         lock(&self.conns).insert(id, handle);
@@ -358,7 +361,7 @@ impl Relay {
             u.conns.insert(id);
             u.rooms.iter().cloned().collect()
         };
-        metrics::gauge!(m::CONNECTIONS).increment(1.0);
+        metrics::gauge!(m::CONNECTIONS, "transport" => transport.as_str()).increment(1.0);
         for room_id in rooms {
             let Ok(room) = self.room(&room_id) else {
                 continue;
@@ -397,7 +400,7 @@ impl Relay {
         let Some(handle) = lock(&self.conns).remove(&id) else {
             return;
         };
-        metrics::gauge!(m::CONNECTIONS).decrement(1.0);
+        metrics::gauge!(m::CONNECTIONS, "transport" => handle.transport.as_str()).decrement(1.0);
         let rooms: Vec<String> = {
             let mut users = lock(&self.users);
             let Some(u) = users.get_mut(&handle.user) else {
@@ -531,10 +534,8 @@ impl Relay {
             && h.tx.try_send(cmd).is_err()
         {
             // The delivery queue only overflows when the connection stopped reading entirely.
-            h.conn.close(
-                crate::protocol::CloseCode::TooSlow.into(),
-                b"delivery queue full",
-            );
+            h.conn
+                .close(crate::protocol::CloseCode::TooSlow, "delivery queue full");
         }
     }
 
@@ -563,7 +564,7 @@ impl Relay {
     /// Closes every connection with `code` and `reason`.
     pub fn close_all(&self, code: crate::protocol::CloseCode, reason: &str) {
         for h in lock(&self.conns).values() {
-            h.conn.close(code.into(), reason.as_bytes());
+            h.conn.close(code, reason);
         }
     }
 

@@ -1,17 +1,19 @@
 //! One client connection: handshake, hello and token check, the request loop on the control stream,
-//! and the delivery task it owns.
+//! and the delivery task it owns. The request loop and the delivery task are the same for every
+//! transport ([`serve_session`] over a [`Link`]); this module also opens native QUIC connections
+//! and hands `h3` ones to [`super::webtransport`].
 
 use super::admission::Handshaking;
 use super::data::Actor;
 use super::delivery::Delivery;
-use super::relay::{ConnHandle, DeliveryCmd, DeliveryTx, Durable, Relay};
+use super::link::{Closer, EventSink, Gone, Link, REFUSAL_WAIT, ReplySink, TransportKind};
+use super::relay::{ConnHandle, DeliveryTx, Durable, Relay};
 use crate::metrics as m;
 use crate::protocol::{
     ClientFrame, CloseCode, DecodeError, ErrorCode, FrameReader, HELLO_SKIP_MAX, HelloFrame,
     PROTOCOL_VERSION, REQUEST_VARIANTS, Request, Response, ServerFrame, WireError,
     decode_client_frame, encode_frame,
 };
-use crate::room::Signal;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use std::future::Future;
@@ -42,24 +44,32 @@ pub(crate) fn serve(
     // Counted as handshaking until the opening ends, welcomed or not.
     let opening = Box::pin(open(relay.clone(), incoming, handshaking));
     async move {
-        let reason = match run(&relay, opening).await {
-            Ok(reason) => reason,
+        let (reason, transport) = match run(&relay, opening).await {
+            Ok(ended) => ended,
             Err(e) => {
                 tracing::debug!(error = %e, "connection ended");
-                "lost"
+                ("lost", TransportKind::Quic)
             }
         };
-        metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => reason).increment(1);
+        closed_metric(reason, transport);
     }
     .instrument(span)
 }
 
+/// Counts a closed connection by reason and transport.
+pub(crate) fn closed_metric(reason: &'static str, transport: TransportKind) {
+    metrics::counter!(m::CONNECTIONS_CLOSED, "reason" => reason, "transport" => transport.as_str())
+        .increment(1);
+}
+
 #[derive(Debug, thiserror::Error)]
-enum SessionError {
+pub(crate) enum SessionError {
     #[error("handshake: {0}")]
     Connection(#[from] quinn::ConnectionError),
     #[error("write: {0}")]
-    Write(#[from] quinn::WriteError),
+    Write(#[from] Gone),
+    #[error("WebTransport: {0}")]
+    WebTransport(String),
 }
 
 /// A connection past its handshake, hello and token check, with its delivery stream open.
@@ -71,16 +81,18 @@ struct Opened {
     delivery: quinn::SendStream,
 }
 
-/// How the opening ended: a session to serve, or a refusal already sent (with its reason).
+/// How the opening ended: a native session to serve, a WebTransport connection to hand over, or
+/// a connection already over (refused) with its reason.
 enum Opening {
     Open(Opened),
+    WebTransport(quinn::Connection, Handshaking),
     Refused(&'static str),
 }
 
 async fn run(
     relay: &Arc<Relay>,
     opening: impl Future<Output = Result<Opening, SessionError>>,
-) -> Result<&'static str, SessionError> {
+) -> Result<(&'static str, TransportKind), SessionError> {
     let Opened {
         conn,
         send,
@@ -89,27 +101,139 @@ async fn run(
         delivery,
     } = match opening.await? {
         Opening::Open(opened) => opened,
-        Opening::Refused(reason) => return Ok(reason),
+        Opening::WebTransport(conn, handshaking) => {
+            let reason = super::webtransport::serve(relay.clone(), conn, handshaking).await;
+            return Ok((reason, TransportKind::WebTransport));
+        }
+        Opening::Refused(reason) => return Ok((reason, TransportKind::Quic)),
     };
+    // Frames are read by their own task: a frame read is not cancel-safe, and the session's
+    // loop must also wait for replies.
+    let (frames_tx, frames) = flume::bounded(PIPELINE);
+    let session = Session {
+        transport: TransportKind::Quic,
+        link: conn,
+        replies: send,
+        events: std::future::ready(Ok(delivery)),
+        reader: read_frames(reader, frames_tx),
+        frames,
+        user,
+    };
+    serve_session(relay, session)
+        .await
+        .map(|reason| (reason, TransportKind::Quic))
+}
+
+/// A frame read from the control stream, as the session's loop receives it.
+pub(crate) type FrameResult = Result<Option<ClientFrame>, DecodeError>;
+
+/// The first frame of a control stream, as [`FrameReader::read_hello`] reads it.
+pub(crate) type HelloResult = Result<Option<HelloFrame>, DecodeError>;
+
+/// An authenticated connection on any transport, ready to be served.
+pub(crate) struct Session<L, R, D, F> {
+    pub transport: TransportKind,
+    pub link: L,
+    /// The control stream's write side.
+    pub replies: R,
+    /// Opens the delivery stream.
+    pub events: D,
+    /// Reads the control stream into `frames`; the session owns it.
+    pub reader: F,
+    pub frames: flume::Receiver<FrameResult>,
+    pub user: String,
+}
+
+/// Serves an authenticated connection on any transport: registers it, opens its delivery
+/// stream, writes the welcome, runs the delivery task and the request loop, and unregisters it
+/// at the end. Returns how it ended.
+pub(crate) async fn serve_session<L, R, E, D, F>(
+    relay: &Arc<Relay>,
+    session: Session<L, R, D, F>,
+) -> Result<&'static str, SessionError>
+where
+    L: Link,
+    R: ReplySink,
+    E: EventSink,
+    D: Future<Output = Result<E, SessionError>> + Send,
+    F: Future<Output: Send + 'static> + Send + 'static,
+{
+    let Session {
+        transport,
+        link,
+        mut replies,
+        events,
+        reader,
+        frames,
+        user,
+    } = session;
     let (tx, rx, signal) = DeliveryTx::bounded(DELIVERY_QUEUE);
     let conn_id = relay.register_conn(ConnHandle {
         user: user.clone(),
         tx,
-        conn: conn.clone(),
+        conn: Arc::new(link.clone()),
+        transport,
     });
-    let queue = (rx, signal);
-    let streams = (send, reader, delivery);
-    let result = serve_registered(relay, &conn, streams, &user, conn_id, queue).await;
+    let result = async {
+        let cfg = &relay.config;
+        let stream = events.await?;
+        // Frames are encoded before the write rather than inside its expression, so the frame
+        // value (a temporary alive until the end of the statement) is not kept in this
+        // long-lived future.
+        let welcome = encode_frame(&ServerFrame::Welcome {
+            user: user.clone(),
+            conn_id,
+            max_frame: cfg.limits.max_frame,
+            max_event: cfg.max_event_frame(),
+        });
+        // The welcome is written before the delivery task writes `Ready` on its stream; QUIC
+        // does not order streams against each other, so a client may still see the delivery
+        // stream first (a WebSocket carries both in order).
+        if let Err(e) = replies.write(welcome).await {
+            return write_failed(&link, e);
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(
+            Delivery {
+                conn: link.clone(),
+                stream,
+                transport,
+                rx,
+                signal,
+                conn_id,
+                batch_bytes: cfg.transport.delivery_batch_bytes,
+                slow_close: Duration::from_millis(cfg.transport.slow_close_ms),
+                window: Duration::from_micros(cfg.transport.delivery_window_us),
+            }
+            // No span on the delivery task: it is polled for every batch, and entering a span
+            // per poll cost ~3% of server CPU in paced fan-out; it logs the connection id itself.
+            .run(),
+        );
+        let mut reader_task = tokio::task::JoinSet::new();
+        reader_task.spawn(reader);
+        // Debug, not info: at thousands of connections a second one line each is its own load.
+        tracing::debug!(conn_id, "connected");
+        serve_registered(
+            relay,
+            &link,
+            &mut replies,
+            &mut tasks,
+            &frames,
+            &user,
+            conn_id,
+        )
+        .await
+    }
+    .await;
     relay.unregister_conn(conn_id);
     result
 }
-
 /// The handshake, the control stream and the hello, the token check and the delivery stream, all
 /// under one deadline (`transport.hello_timeout_ms`).
 async fn open(
     relay: Arc<Relay>,
     incoming: quinn::Incoming,
-    _handshaking: Handshaking,
+    handshaking: Handshaking,
 ) -> Result<Opening, SessionError> {
     let cfg = &relay.config;
     let hello_timeout = Duration::from_millis(cfg.transport.hello_timeout_ms);
@@ -128,10 +252,17 @@ async fn open(
             Err(_) => return Ok(Err(None)),
         };
         *conn_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+        if super::webtransport::is_h3(&conn) {
+            return Ok(Ok(Handshake::WebTransport(conn)));
+        }
+        // A native client opens one control stream and nothing else (the handshake granted
+        // what an HTTP/3 client needs; granted credit stays, but is never renewed).
+        conn.set_max_concurrent_bi_streams(1u32.into());
+        conn.set_max_concurrent_uni_streams(0u32.into());
         let (send, recv) = conn.accept_bi().await?;
         let mut reader = FrameReader::new(recv, max_frame);
         let hello = reader.read_hello(HELLO_SKIP_MAX).await;
-        Ok::<_, quinn::ConnectionError>(Ok((conn, send, reader, hello)))
+        Ok::<_, quinn::ConnectionError>(Ok(Handshake::Native(conn, send, reader, hello)))
     })
     .await;
     let opened = match opened {
@@ -147,67 +278,22 @@ async fn open(
                 // Dropping the unfinished handshake abandons it.
                 return Ok(Opening::Refused("handshake_timeout"));
             };
-            let why = format!(
-                "no hello within the hello timeout ({} ms)",
-                hello_timeout.as_millis()
-            );
-            protocol_close(&conn, &why);
+            protocol_close(&conn, &hello_timeout_reason(hello_timeout));
             return Ok(Opening::Refused("hello_timeout"));
         }
     };
-    let (conn, mut send, reader, hello) = opened;
-
-    let token = match hello {
-        Ok(Some(HelloFrame::Frame(ClientFrame::Hello { version, token })))
-            if version == PROTOCOL_VERSION =>
-        {
-            Ok(token)
-        }
-        // A token too long to read: refused like any bad token (the version does not matter).
-        Ok(Some(HelloFrame::Oversized { token_len })) => {
-            Err(crate::auth::token_too_long(token_len))
-        }
-        Ok(Some(HelloFrame::Frame(ClientFrame::Hello { version, .. }))) => {
-            let msg = format!(
-                "protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}"
-            );
-            refuse(
-                &conn,
-                &mut send,
-                ErrorCode::BadRequest,
-                &msg,
-                CloseCode::Protocol,
-            )
-            .await;
-            return Ok(Opening::Refused("protocol"));
-        }
-        Ok(Some(HelloFrame::Frame(_))) | Err(DecodeError::UnknownRequest { .. }) => {
-            protocol_close(&conn, "the first frame must be a hello");
-            return Ok(Opening::Refused("protocol"));
-        }
-        Ok(None) => {
-            protocol_close(&conn, "control stream ended before the hello");
-            return Ok(Opening::Refused("protocol"));
-        }
-        Err(e) => {
-            protocol_close(&conn, &format!("bad hello: {e}"));
-            return Ok(Opening::Refused("protocol"));
-        }
+    let (conn, mut send, reader, hello) = match opened {
+        Handshake::Native(conn, send, reader, hello) => (conn, send, reader, hello),
+        // The WebTransport session counts as handshaking until its own hello is checked.
+        Handshake::WebTransport(conn) => return Ok(Opening::WebTransport(conn, handshaking)),
     };
-    let user = match token.and_then(|token| relay.auth.verify(&token)) {
+
+    let user = match check_hello(&relay, hello) {
         Ok(user) => user,
-        Err(e) => {
-            metrics::counter!(m::AUTH_FAILURES).increment(1);
-            tracing::info!(reason = %e.message, "token refused");
-            refuse(
-                &conn,
-                &mut send,
-                ErrorCode::Unauthorized,
-                &e.message,
-                CloseCode::Unauthorized,
-            )
-            .await;
-            return Ok(Opening::Refused("unauthorized"));
+        Err(refusal) => {
+            return Ok(Opening::Refused(
+                refuse_hello(&conn, &mut send, refusal).await,
+            ));
         }
     };
     // The delivery stream is opened (which sends nothing yet) before the welcome, so a client
@@ -234,62 +320,132 @@ async fn open(
     }))
 }
 
+/// A QUIC connection past its handshake: a native one with its control stream and hello, or a
+/// WebTransport one (ALPN `h3`).
+enum Handshake {
+    Native(
+        quinn::Connection,
+        quinn::SendStream,
+        FrameReader<quinn::RecvStream>,
+        HelloResult,
+    ),
+    WebTransport(quinn::Connection),
+}
+
+/// Why a hello was not accepted.
+pub(crate) enum Refusal {
+    /// Answer with `Refused(code, message)`, then close with `close`; `reason` is the metrics
+    /// label.
+    Refuse {
+        code: ErrorCode,
+        message: String,
+        close: CloseCode,
+        reason: &'static str,
+    },
+    /// Close with [`CloseCode::Protocol`] and this reason.
+    Close(String),
+}
+
+/// Checks the first frame of a control stream: a hello of our version with a valid token.
+/// Returns the authenticated user.
+pub(crate) fn check_hello(relay: &Relay, hello: HelloResult) -> Result<String, Refusal> {
+    let token = match hello {
+        Ok(Some(HelloFrame::Frame(ClientFrame::Hello { version, token })))
+            if version == PROTOCOL_VERSION =>
+        {
+            token
+        }
+        // A token too long to read: refused like any bad token (the version does not matter).
+        Ok(Some(HelloFrame::Oversized { token_len })) => {
+            return Err(unauthorized(crate::auth::token_too_long(token_len)));
+        }
+        Ok(Some(HelloFrame::Frame(ClientFrame::Hello { version, .. }))) => {
+            return Err(Refusal::Refuse {
+                code: ErrorCode::BadRequest,
+                message: format!(
+                    "protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}"
+                ),
+                close: CloseCode::Protocol,
+                reason: "protocol",
+            });
+        }
+        Ok(Some(HelloFrame::Frame(_))) | Err(DecodeError::UnknownRequest { .. }) => {
+            return Err(Refusal::Close("the first frame must be a hello".into()));
+        }
+        Ok(None) => {
+            return Err(Refusal::Close(
+                "control stream ended before the hello".into(),
+            ));
+        }
+        Err(e) => return Err(Refusal::Close(format!("bad hello: {e}"))),
+    };
+    relay.auth.verify(&token).map_err(unauthorized)
+}
+
+/// A token refusal: counted, logged (without the token) and answered `UNAUTHORIZED`.
+fn unauthorized(e: WireError) -> Refusal {
+    metrics::counter!(m::AUTH_FAILURES).increment(1);
+    tracing::info!(reason = %e.message, "token refused");
+    Refusal::Refuse {
+        code: ErrorCode::Unauthorized,
+        message: e.message,
+        close: CloseCode::Unauthorized,
+        reason: "unauthorized",
+    }
+}
+
+/// Answers a refused hello on any transport: the `Refused` frame then the close, or only the
+/// close; returns the metrics reason.
+pub(crate) async fn refuse_hello<L: Closer, R: ReplySink>(
+    link: &L,
+    replies: &mut R,
+    refusal: Refusal,
+) -> &'static str {
+    match refusal {
+        Refusal::Refuse {
+            code,
+            message,
+            close,
+            reason,
+        } => {
+            let frame = encode_frame(&ServerFrame::Refused(WireError::new(code, &message)));
+            if replies.write(frame).await.is_ok() {
+                let _ = tokio::time::timeout(REFUSAL_WAIT, replies.finish()).await;
+            }
+            link.close(close, &message);
+            reason
+        }
+        Refusal::Close(why) => {
+            protocol_close(link, &why);
+            "protocol"
+        }
+    }
+}
+
+/// The close reason of a hello that did not come in time.
+pub(crate) fn hello_timeout_reason(timeout: Duration) -> String {
+    format!(
+        "no hello within the hello timeout ({} ms)",
+        timeout.as_millis()
+    )
+}
+
 /// Requests whose replies may be outstanding at once on one connection. Replies still go out in
 /// request order; pipelining lets a client keep sending while earlier sends wait for the store.
-const PIPELINE: usize = 64;
+pub(crate) const PIPELINE: usize = 64;
 
 type ReplyFuture = Pin<Box<dyn Future<Output = (u32, Result<Response, WireError>)> + Send>>;
 
-async fn serve_registered(
+async fn serve_registered<L: Link, R: ReplySink>(
     relay: &Arc<Relay>,
-    conn: &quinn::Connection,
-    (mut send, reader, stream): (
-        quinn::SendStream,
-        FrameReader<quinn::RecvStream>,
-        quinn::SendStream,
-    ),
+    conn: &L,
+    send: &mut R,
+    tasks: &mut tokio::task::JoinSet<()>,
+    frames: &flume::Receiver<FrameResult>,
     user: &str,
     conn_id: u64,
-    (rx, signal): (flume::Receiver<DeliveryCmd>, Arc<Signal>),
 ) -> Result<&'static str, SessionError> {
     let cfg = &relay.config;
-    // Frames are encoded before the write rather than inside its expression, so the frame value
-    // (a temporary alive until the end of the statement) is not kept in this long-lived future.
-    let welcome = encode_frame(&ServerFrame::Welcome {
-        user: user.to_owned(),
-        conn_id,
-        max_frame: cfg.limits.max_frame,
-        max_event: cfg.max_event_frame(),
-    });
-    // The welcome is written before the delivery task writes `Ready` on its stream; QUIC does
-    // not order streams against each other, so a client may still see the delivery stream first.
-    if let Err(e) = send.write_all(&welcome).await {
-        return write_failed(conn, e);
-    }
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(
-        Delivery {
-            conn: conn.clone(),
-            stream,
-            rx,
-            signal,
-            conn_id,
-            batch_bytes: cfg.transport.delivery_batch_bytes,
-            slow_close: Duration::from_millis(cfg.transport.slow_close_ms),
-            window: Duration::from_micros(cfg.transport.delivery_window_us),
-        }
-        // No span on the delivery task: it is polled for every batch, and entering a span per
-        // poll cost ~3% of server CPU in paced fan-out; it logs the connection id itself.
-        .run(),
-    );
-    // Frames are read by their own task: a frame read is not cancel-safe, and the loop below
-    // must also wait for replies.
-    let (frames_tx, frames) = flume::bounded(PIPELINE);
-    let mut reader_task = tokio::task::JoinSet::new();
-    reader_task.spawn(read_frames(reader, frames_tx));
-    // Debug, not info: at thousands of connections a second one line each is its own load.
-    tracing::debug!(conn_id, "connected");
-
     let limits = &cfg.limits;
     let mut bucket = crate::policy::TokenBucket::new(
         limits.send_rate_per_sec,
@@ -303,8 +459,8 @@ async fn serve_registered(
             // The delivery task ends early when the connection is gone, or when its stream was
             // stopped by the client (STOP_SENDING), which breaks the protocol.
             _ = tasks.join_next() => {
-                if conn.close_reason().is_some() {
-                    return Ok(closed_reason(conn));
+                if conn.is_closed() {
+                    return Ok(conn.closed_reason());
                 }
                 protocol_close(conn, "the client stopped the delivery stream (STOP_SENDING)");
                 return Ok("protocol");
@@ -314,7 +470,7 @@ async fn serve_registered(
                     metrics::counter!(m::REQUEST_ERRORS, "error" => e.code.as_str()).increment(1);
                 }
                 let reply = encode_frame(&ServerFrame::Reply { id, result });
-                if let Err(e) = send.write_all(&reply).await {
+                if let Err(e) = send.write(reply).await {
                     return write_failed(conn, e);
                 }
             }
@@ -332,17 +488,16 @@ async fn serve_registered(
                         let drain = async {
                             while let Some((id, result)) = replies.next().await {
                                 let reply = encode_frame(&ServerFrame::Reply { id, result });
-                                send.write_all(&reply).await?;
+                                send.write(reply).await?;
                             }
-                            let _ = send.finish();
-                            let _ = send.stopped().await;
-                            Ok::<_, quinn::WriteError>(())
+                            send.finish().await;
+                            Ok::<_, Gone>(())
                         };
                         let slow = Duration::from_millis(cfg.transport.slow_close_ms);
                         if let Ok(Err(e)) = tokio::time::timeout(slow, drain).await {
                             return write_failed(conn, e);
                         }
-                        conn.close(CloseCode::Normal.into(), b"control stream finished");
+                        conn.close(CloseCode::Normal, "control stream finished");
                         return Ok("normal");
                     }
                     Ok(Err(DecodeError::UnknownRequest { id, variant })) => {
@@ -359,8 +514,8 @@ async fn serve_registered(
                     }
                     Ok(Err(DecodeError::Io(e))) => {
                         tracing::debug!(error = %e, "control stream failed");
-                        if conn.close_reason().is_some() {
-                            return Ok(closed_reason(conn));
+                        if conn.is_closed() {
+                            return Ok(conn.closed_reason());
                         }
                         // The connection lives, so the client reset the stream (RESET_STREAM).
                         protocol_close(conn, "the client reset its control stream (RESET_STREAM)");
@@ -396,10 +551,10 @@ async fn serve_registered(
 /// Reads frames until the stream ends or fails, then hands the stream back: dropping it here
 /// would tell the client to stop sending (STOP_SENDING) before the session has closed the
 /// connection with its reason, so the client could see its write refused without the reason.
-async fn read_frames(
-    mut reader: FrameReader<quinn::RecvStream>,
-    out: flume::Sender<Result<Option<ClientFrame>, DecodeError>>,
-) -> FrameReader<quinn::RecvStream> {
+pub(crate) async fn read_frames<S: tokio::io::AsyncRead + Unpin>(
+    mut reader: FrameReader<S>,
+    out: flume::Sender<FrameResult>,
+) -> FrameReader<S> {
     loop {
         let frame = reader.read_with(decode_client_frame).await;
         let last = !matches!(frame, Ok(Some(_)) | Err(DecodeError::UnknownRequest { .. }));
@@ -499,51 +654,19 @@ fn handle(relay: &Relay, user: &str, conn_id: u64, request: Request) -> Pending 
     }
 }
 
-/// Sends a refusal on the control stream, waits briefly for it to arrive, then closes.
-async fn refuse(
-    conn: &quinn::Connection,
-    send: &mut quinn::SendStream,
-    code: ErrorCode,
-    message: &str,
-    close: CloseCode,
-) {
-    let frame = encode_frame(&ServerFrame::Refused(WireError::new(code, message)));
-    if send.write_all(&frame).await.is_ok() && send.finish().is_ok() {
-        let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
-    }
-    conn.close(close.into(), message.as_bytes());
-}
-
 /// A failed write on the control stream: a client that stopped the stream (STOP_SENDING) broke
 /// the protocol and is closed with a reason; any other failure means the connection is gone.
-fn write_failed(
-    conn: &quinn::Connection,
-    e: quinn::WriteError,
-) -> Result<&'static str, SessionError> {
-    match e {
-        quinn::WriteError::Stopped(_) => {
-            protocol_close(
-                conn,
-                "the client stopped reading its control stream (STOP_SENDING)",
-            );
-            Ok("protocol")
-        }
-        other => Err(other.into()),
+fn write_failed<L: Link>(conn: &L, e: Gone) -> Result<&'static str, SessionError> {
+    if e.stopped {
+        protocol_close(
+            conn,
+            "the client stopped reading its control stream (STOP_SENDING)",
+        );
+        return Ok("protocol");
     }
+    Err(e.into())
 }
 
-fn protocol_close(conn: &quinn::Connection, why: &str) {
-    conn.close(CloseCode::Protocol.into(), why.as_bytes());
-}
-
-fn closed_reason(conn: &quinn::Connection) -> &'static str {
-    match conn.close_reason() {
-        Some(quinn::ConnectionError::ApplicationClosed(c))
-            if c.error_code == quinn::VarInt::from_u32(CloseCode::Normal.code()) =>
-        {
-            "normal"
-        }
-        Some(quinn::ConnectionError::LocallyClosed) => "shutdown",
-        _ => "lost",
-    }
+pub(crate) fn protocol_close(conn: &impl Closer, why: &str) {
+    conn.close(CloseCode::Protocol, why);
 }

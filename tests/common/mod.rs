@@ -48,6 +48,8 @@ pub struct TestServer {
     pub quic_addr: SocketAddr,
     /// The bound admin address.
     pub admin_addr: SocketAddr,
+    /// The bound public web listener (WebSocket, SDK, demo page).
+    pub web_addr: SocketAddr,
     /// PEM of the CA that signed this server's certificate.
     pub ca_pem: Vec<u8>,
     /// The configuration it runs with.
@@ -102,6 +104,9 @@ impl TestServer {
             .expect("server binds");
         let quic_addr = server.quic_addr();
         let admin_addr = server.admin_addr();
+        let web_addr = server
+            .web_addr()
+            .expect("the web listener is on by default");
         // Kept before `run` consumes the server, so tests can drive its timer pass.
         let relay = server.relay().clone();
         assert_ne!(quic_addr.port(), 0);
@@ -113,6 +118,7 @@ impl TestServer {
         TestServer {
             quic_addr,
             admin_addr,
+            web_addr,
             ca_pem,
             config,
             relay,
@@ -356,26 +362,29 @@ pub async fn next_closed(client: &Client) -> (Option<CloseCode>, String) {
 
 // ---------------- metrics ----------------
 
-/// The value of the sample `name` whose labels are exactly `labels` (in any order), in Prometheus
-/// text `text`; `None` when there is no such sample.
+/// The sum of the samples `name` that carry all of `labels` (in any order), in Prometheus text
+/// `text`; `None` when there is no such sample.
 pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    want.sort();
-    text.lines()
+    // Series with at least these labels, summed: a query that leaves out a label (such as
+    // `transport`) counts every value of it.
+    let want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    let values: Vec<f64> = text
+        .lines()
         .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
+        .filter_map(|line| {
             let (series, value) = line.rsplit_once(' ')?;
             let (n, got) = match series.split_once('{') {
                 Some((n, rest)) => {
                     let inner = rest.strip_suffix('}')?;
-                    let mut got: Vec<String> = inner.split(',').map(str::to_owned).collect();
-                    got.sort();
-                    (n, got)
+                    (n, inner.split(',').map(str::to_owned).collect::<Vec<_>>())
                 }
                 None => (series, Vec::new()),
             };
-            (n == name && got == want).then(|| value.parse::<f64>().ok())?
+            (n == name && want.iter().all(|w| got.contains(w)))
+                .then(|| value.parse::<f64>().ok())?
         })
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 /// Whether `text` has a `# TYPE name kind` line and at least one sample of `name`.
@@ -440,5 +449,30 @@ pub fn code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> roomcast::protocol
             .code()
             .unwrap_or_else(|| panic!("expected a refusal, got {e:?}")),
         Ok(v) => panic!("expected a refusal, got {v:?}"),
+    }
+}
+
+// ---------------- floods ----------------
+
+/// Sends `n` messages cycling protected (system), normal and low through the admin API, waiting
+/// for `fast` to receive each before sending the next (so the flood is paced by a reader that
+/// keeps up, and the stalled member's lag is the only variable).
+pub async fn flood(server: &TestServer, fast: &Client, room: &str, n: u64, body: &str) {
+    for i in 0..n {
+        let msg = match i % 3 {
+            0 => serde_json::json!({"type": "notice", "body": body}),
+            1 => serde_json::json!({"from": "u", "type": "chat", "body": body}),
+            _ => serde_json::json!({"from": "u", "type": "chat", "body": body, "low": true}),
+        };
+        let r = server
+            .api(
+                Method::POST,
+                &format!("/v1/rooms/{room}/messages"),
+                Some(msg),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let m = next_message(fast).await;
+        assert_eq!(m.seq, i + 1, "the fast member gets every message in order");
     }
 }
