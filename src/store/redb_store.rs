@@ -599,6 +599,12 @@ impl Store for RedbStore {
         let Some(handle) = writer.take() else {
             return;
         };
+        if handle.thread().id() == std::thread::current().id() {
+            // Dropped by work the writer runs (the last owner let go inside a `Then`): the
+            // writer stops by itself once the channel is gone; it cannot join itself.
+            self.health.close();
+            return;
+        }
         // Fails only if the writer already stopped, which the join below reports.
         let _ = self.tx.send(Msg::Close);
         let shown = self.file.path().display();

@@ -1,0 +1,469 @@
+//! Store faults, through the real server over real QUIC and HTTP: the store is the real redb file
+//! on a disk that fills up ([`QuotaFile`]: every write is charged against a byte quota and fails
+//! with the operating system's `ENOSPC` once it is spent), and "a restart" is a new server on the
+//! same file. What the relay tells anyone must be what a restart finds: a change the store
+//! refuses is refused (`UNAVAILABLE`) and visible nowhere; once space is freed, the store writes
+//! again by itself and `/healthz` says so.
+//!
+//! Negative checks ("no member got it") wait for an event, never for time: a low-priority message
+//! is not stored, so it needs no disk and goes out during the outage; the next event a member
+//! sees after a refused change must be that marker.
+//!
+//! These tests share the process's metrics (the store's health gauge), so they run one at a time.
+
+mod common;
+
+use common::{ADMIN_KEY, TOKEN_SECRET, admin_call, body, code, metric, next_event, within};
+use reqwest::Method;
+use roomcast::auth::{TokenAuth, unix_secs};
+use roomcast::client::{Client, ClientConfig, ClientEvent};
+use roomcast::config::Config;
+use roomcast::protocol::{ErrorCode, Event, KickReason, Message};
+use roomcast::server::{Relay, STORE_FILE, Secrets, Server};
+use roomcast::store::{Quota, QuotaFile, RedbStore};
+use roomcast::tls::ServerIdentity;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One test at a time (see the module doc); an async lock, as it is held across awaits.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A relay on a store file of `quota`'s disk in `data`.
+struct Node {
+    quic: SocketAddr,
+    admin: SocketAddr,
+    ca_pem: Vec<u8>,
+    relay: Arc<Relay>,
+    http: reqwest::Client,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Node {
+    async fn start(data: &Path, identity: &ServerIdentity, quota: &Arc<Quota>) -> Node {
+        roomcast::metrics::prometheus().expect("the Prometheus recorder installs");
+        let mut config = Config::default();
+        config.server.data = data.to_owned();
+        config.server.quic = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.server.admin = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.transport.udp_recv_buffer = 1 << 20;
+        config.transport.udp_send_buffer = 1 << 20;
+        let l = &mut config.limits;
+        l.send_rate_per_sec = 1_000_000;
+        l.send_burst = 1_000_000;
+        l.room_budget_total = 1_000_000;
+        l.room_budget_reserved = 0;
+        l.admin_rate_per_sec = 1_000_000;
+        l.admin_burst = 1_000_000;
+        let file = Arc::new(QuotaFile::new(data.join(STORE_FILE), quota.clone()));
+        let store = RedbStore::open_with(file, config.store_config()).expect("the store opens");
+        let secrets = Secrets {
+            admin_key: ADMIN_KEY.into(),
+            token_secret: TOKEN_SECRET.into(),
+        };
+        let server = Server::bind_with_store(config, secrets, identity, Arc::new(store))
+            .await
+            .expect("server binds");
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let relay = server.relay().clone();
+        let (quic, admin) = (server.quic_addr(), server.admin_addr());
+        let task = tokio::spawn(server.run(async move {
+            let _ = rx.await;
+        }));
+        Node {
+            quic,
+            admin,
+            ca_pem: identity.ca_pem.clone().expect("a CA").into_bytes(),
+            relay,
+            http: reqwest::Client::new(),
+            stop,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        within("the server to stop", self.task)
+            .await
+            .expect("run does not panic");
+        drop(self.relay);
+    }
+
+    async fn client(&self, user: &str) -> Client {
+        let token = TokenAuth::new(TOKEN_SECRET.as_bytes(), 0, false)
+            .mint(user, unix_secs() + 600)
+            .expect("token");
+        within(
+            "a connect",
+            Client::connect(ClientConfig::new(self.quic, self.ca_pem.clone(), token)),
+        )
+        .await
+        .expect("connects")
+    }
+
+    async fn api(&self, method: Method, path: &str, body: Option<Value>) -> common::ApiReply {
+        let url = format!("http://{}{path}", self.admin);
+        let body = body.map(|b| serde_json::to_vec(&b).expect("JSON"));
+        let key =
+            (!path.starts_with("/healthz") && !path.starts_with("/metrics")).then_some(ADMIN_KEY);
+        admin_call(&self.http, &url, key, method, body).await
+    }
+
+    async fn ok(&self, method: Method, path: &str, body: Option<Value>, status: u16) -> Value {
+        let r = self.api(method, path, body).await;
+        assert_eq!(r.status, status, "{path}: {}", r.text);
+        r.json
+    }
+
+    /// Polls `/healthz` until it answers `status` (the store recovers on its own thread).
+    async fn health_becomes(&self, status: u16) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = self.api(Method::GET, "/healthz", None).await;
+            if r.status == status {
+                return r.json;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/healthz never said {status}: {}",
+                r.text
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A low-priority admin message, not stored: it needs no disk, so it goes out during an
+    /// outage, behind everything that was made visible before it.
+    async fn marker(&self, room: &str, text: &str) {
+        self.ok(
+            Method::POST,
+            &format!("/v1/rooms/{room}/messages"),
+            Some(json!({"type": "marker", "body": text, "store": false, "low": true})),
+            200,
+        )
+        .await;
+    }
+}
+
+/// The next event of `c`, which must be the message `text`; returns its seq.
+async fn next_text(c: &Client, text: &str) -> u64 {
+    match next_event(c).await {
+        ClientEvent::Message { message, .. } => {
+            assert_eq!(
+                String::from_utf8_lossy(&message.body),
+                text,
+                "{}: {message:?}",
+                c.user()
+            );
+            message.seq
+        }
+        other => panic!("{}: expected {text:?}, got {other:?}", c.user()),
+    }
+}
+
+fn texts(history: &[roomcast::protocol::HistoryEntry]) -> Vec<(u64, String)> {
+    history
+        .iter()
+        .map(|h| (h.message.seq, text_of(&h.message)))
+        .collect()
+}
+
+fn text_of(m: &Message) -> String {
+    String::from_utf8_lossy(&m.body).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_the_full_disk_refuses_reaches_no_one_and_a_restart_agrees() {
+    let _one = SERIAL.lock().await;
+    let data = tempfile::tempdir().expect("data folder");
+    let identity = ServerIdentity::generate(&[]).expect("identity");
+    let quota = Quota::unlimited();
+    let node = Node::start(data.path(), &identity, &quota).await;
+    node.ok(Method::POST, "/v1/rooms", Some(json!({"id": "r"})), 201)
+        .await;
+    let alice = node.client("alice").await;
+    let bob = node.client("bob").await;
+    for c in [&alice, &bob] {
+        c.join("r", -1).await.expect("joins");
+    }
+    let (one, _) = alice
+        .send("r", "chat", body("one"), false)
+        .await
+        .expect("sent");
+    for c in [&alice, &bob] {
+        assert_eq!(next_text(c, "one").await, one);
+    }
+
+    quota.set_left(Some(0));
+    let refused = alice.send("r", "chat", body("two"), false).await;
+    let Err(e) = refused else {
+        panic!("a send on a full disk was acknowledged: {refused:?}")
+    };
+    assert_eq!(e.code(), Some(ErrorCode::Unavailable), "{e}");
+    assert!(e.to_string().contains("not sent"), "{e}");
+    // While the store is failing, the next send is refused at once, with the same words.
+    assert_eq!(
+        code(alice.send("r", "chat", body("two again"), false).await),
+        ErrorCode::Unavailable
+    );
+    // No member saw "two": the next event of each is the marker that followed it.
+    node.marker("r", "after two").await;
+    let marker = next_text(&bob, "after two").await;
+    assert_eq!(next_text(&alice, "after two").await, marker);
+
+    quota.set_left(None);
+    node.health_becomes(200).await;
+    let (three, _) = alice
+        .send("r", "chat", body("three"), false)
+        .await
+        .expect("sent once space is back");
+    for c in [&alice, &bob] {
+        assert_eq!(next_text(c, "three").await, three);
+    }
+    assert!(one < marker && marker < three);
+    let want = vec![(one, "one".to_owned()), (three, "three".to_owned())];
+    assert_eq!(
+        texts(&bob.history("r", None, 50).await.expect("history")),
+        want
+    );
+    node.stop().await;
+
+    // A restart on the same file: the history is exactly what members got and senders were told.
+    let node = Node::start(data.path(), &identity, &quota).await;
+    let carol = node.client("carol").await;
+    let info = carol.join("r", 50).await.expect("joins");
+    assert_eq!(texts(&info.history), want);
+    let listed = node
+        .ok(Method::GET, "/v1/rooms/r/messages?limit=50", None, 200)
+        .await;
+    let seqs: Vec<u64> = listed["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(seqs, [one, three]);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_changes_the_full_disk_refuses_are_visible_nowhere_and_a_restart_agrees() {
+    let _one = SERIAL.lock().await;
+    let data = tempfile::tempdir().expect("data folder");
+    let identity = ServerIdentity::generate(&[]).expect("identity");
+    let quota = Quota::unlimited();
+    let node = Node::start(data.path(), &identity, &quota).await;
+    node.ok(Method::POST, "/v1/rooms", Some(json!({"id": "r"})), 201)
+        .await;
+    let alice = node.client("alice").await;
+    let bob = node.client("bob").await;
+    for c in [&alice, &bob] {
+        c.join("r", -1).await.expect("joins");
+    }
+
+    quota.set_left(Some(0));
+    // The first write the full disk refuses: an attribute set, refused after it was submitted.
+    let r = node
+        .api(
+            Method::PUT,
+            "/v1/rooms/r/attributes",
+            Some(json!({"owner": "host", "entries": {"topic": "news"}})),
+        )
+        .await;
+    r.assert_error(503, "UNAVAILABLE");
+    assert!(
+        r.json["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not made")),
+        "{}",
+        r.text
+    );
+    // The store is failing now: these are refused at once, before anything changes.
+    node.api(Method::POST, "/v1/rooms", Some(json!({"id": "new"})))
+        .await
+        .assert_error(503, "UNAVAILABLE");
+    node.api(
+        Method::POST,
+        "/v1/rooms/r/bans",
+        Some(json!({"user_ids": ["alice"], "minutes": 10, "notify": true})),
+    )
+    .await
+    .assert_error(503, "UNAVAILABLE");
+    let client_set = bob
+        .set_attributes("r", &[("seat", "bob")], false, false)
+        .await;
+    assert_eq!(code(client_set), ErrorCode::Unavailable);
+
+    // Visible nowhere: no room, alice still a member, no attribute, and no event to anyone.
+    node.api(Method::GET, "/v1/rooms/new", None)
+        .await
+        .assert_error(404, "ROOM_NOT_FOUND");
+    let members = node.ok(Method::GET, "/v1/rooms/r/members", None, 200).await;
+    assert_eq!(members["total"], 2, "{members}");
+    let attrs = node
+        .ok(Method::GET, "/v1/rooms/r/attributes", None, 200)
+        .await;
+    assert_eq!(attrs["attributes"], json!([]), "{attrs}");
+    assert_eq!(attrs["version"], 0, "{attrs}");
+    let bans = node.ok(Method::GET, "/v1/rooms/r/bans", None, 200).await;
+    assert_eq!(bans["users"], json!([]), "{bans}");
+    node.marker("r", "nothing before me").await;
+    for c in [&alice, &bob] {
+        next_text(c, "nothing before me").await;
+    }
+
+    // Space back: the same changes now succeed (and are seen), which shows the refusals above
+    // were the disk's, not the requests'.
+    quota.set_left(None);
+    node.health_becomes(200).await;
+    node.ok(
+        Method::PUT,
+        "/v1/rooms/r/attributes",
+        Some(json!({"owner": "host", "entries": {"mood": "calm"}})),
+        200,
+    )
+    .await;
+    match next_event(&bob).await {
+        ClientEvent::Notice(Event::AttributeChanged {
+            version, attribute, ..
+        }) => assert_eq!((version, attribute.key.as_str()), (1, "mood")),
+        other => panic!("bob: expected the attribute change, got {other:?}"),
+    }
+    node.stop().await;
+
+    let node = Node::start(data.path(), &identity, &quota).await;
+    node.api(Method::GET, "/v1/rooms/new", None)
+        .await
+        .assert_error(404, "ROOM_NOT_FOUND");
+    let attrs = node
+        .ok(Method::GET, "/v1/rooms/r/attributes", None, 200)
+        .await;
+    let keys: Vec<&str> = attrs["attributes"]
+        .as_array()
+        .expect("attributes")
+        .iter()
+        .map(|a| a["key"].as_str().expect("key"))
+        .collect();
+    assert_eq!((keys, attrs["version"].as_u64()), (vec!["mood"], Some(1)));
+    let bans = node.ok(Method::GET, "/v1/rooms/r/bans", None, 200).await;
+    assert_eq!(bans["users"], json!([]), "{bans}");
+    let alice = node.client("alice").await;
+    alice.join("r", -1).await.expect("alice was never banned");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_refused_by_the_full_disk_kicks_no_one() {
+    let _one = SERIAL.lock().await;
+    let data = tempfile::tempdir().expect("data folder");
+    let identity = ServerIdentity::generate(&[]).expect("identity");
+    let quota = Quota::unlimited();
+    let node = Node::start(data.path(), &identity, &quota).await;
+    node.ok(Method::POST, "/v1/rooms", Some(json!({"id": "r"})), 201)
+        .await;
+    let alice = node.client("alice").await;
+    alice.join("r", -1).await.expect("joins");
+    quota.set_left(Some(0));
+    // The first failing write is the ban itself: decided, submitted, refused by the disk.
+    node.api(
+        Method::POST,
+        "/v1/rooms/r/bans",
+        Some(json!({"user_ids": ["alice"], "minutes": 10, "notify": true})),
+    )
+    .await
+    .assert_error(503, "UNAVAILABLE");
+    node.marker("r", "still here").await;
+    next_text(&alice, "still here").await;
+    let check = node
+        .ok(
+            Method::POST,
+            "/v1/rooms/r/members:check",
+            Some(json!({"user_ids": ["alice"]})),
+            200,
+        )
+        .await;
+    assert_eq!(check["results"][0]["member"], true, "{check}");
+    quota.set_left(None);
+    node.health_becomes(200).await;
+    node.ok(
+        Method::POST,
+        "/v1/rooms/r/bans",
+        Some(json!({"user_ids": ["alice"], "minutes": 10})),
+        200,
+    )
+    .await;
+    match next_event(&alice).await {
+        ClientEvent::Kicked { room, reason } => {
+            assert_eq!((room.as_str(), reason), ("r", KickReason::Banned))
+        }
+        other => panic!("alice: expected the kick, got {other:?}"),
+    }
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_space_is_freed_writes_succeed_again_without_a_restart_and_healthz_says_so() {
+    let _one = SERIAL.lock().await;
+    let data = tempfile::tempdir().expect("data folder");
+    let identity = ServerIdentity::generate(&[]).expect("identity");
+    let quota = Quota::unlimited();
+    let node = Node::start(data.path(), &identity, &quota).await;
+    node.ok(Method::POST, "/v1/rooms", Some(json!({"id": "r"})), 201)
+        .await;
+    let alice = node.client("alice").await;
+    alice.join("r", -1).await.expect("joins");
+    let health = node.health_becomes(200).await;
+    assert_eq!(
+        health,
+        json!({"status": "ok", "store": {"state": "healthy"}})
+    );
+    let failures = |text: &str| metric(text, "roomcast_store_write_failures_total", &[]);
+    let text = node.api(Method::GET, "/metrics", None).await.text;
+    let before = failures(&text).unwrap_or(0.0);
+    assert_eq!(metric(&text, "roomcast_store_healthy", &[]), Some(1.0));
+
+    quota.set_left(Some(0));
+    assert_eq!(
+        code(alice.send("r", "chat", body("lost"), false).await),
+        ErrorCode::Unavailable
+    );
+    let health = node.health_becomes(503).await;
+    assert_eq!(health["status"], "unavailable", "{health}");
+    assert_eq!(health["store"]["state"], "failing", "{health}");
+    assert!(
+        health["store"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("No space left on device")),
+        "{health}"
+    );
+    assert!(health["store"]["failures"].as_u64() >= Some(1), "{health}");
+    assert!(health["store"]["since_ms"].as_u64() > Some(0), "{health}");
+    let text = node.api(Method::GET, "/metrics", None).await.text;
+    assert!(failures(&text) > Some(before), "the failure counter moved");
+    assert_eq!(metric(&text, "roomcast_store_healthy", &[]), Some(0.0));
+    // Still failing while the disk is full: probes fail too, and say so.
+    assert_eq!(
+        code(alice.send("r", "chat", body("lost too"), false).await),
+        ErrorCode::Unavailable
+    );
+
+    quota.set_left(None);
+    let health = node.health_becomes(200).await;
+    assert_eq!(
+        health,
+        json!({"status": "ok", "store": {"state": "healthy"}})
+    );
+    let text = node.api(Method::GET, "/metrics", None).await.text;
+    assert_eq!(metric(&text, "roomcast_store_healthy", &[]), Some(1.0));
+    let (seq, _) = alice
+        .send("r", "chat", body("back"), false)
+        .await
+        .expect("the next write succeeds without a restart");
+    assert_eq!(next_text(&alice, "back").await, seq);
+    node.ok(Method::POST, "/v1/rooms", Some(json!({"id": "later"})), 201)
+        .await;
+    node.stop().await;
+}
