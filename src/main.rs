@@ -143,7 +143,19 @@ struct ChatArgs {
     user: String,
 }
 
-fn main() -> Result<()> {
+/// Runs the command; a failure is printed as one line of text (its causes after colons), with
+/// no backtrace even under `RUST_BACKTRACE`, and exits with status 1.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("roomcast: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     if let Cmd::Bench(a) = cli.cmd {
         return roomcast::bench::run(a).map_err(anyhow::Error::from);
@@ -206,6 +218,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
         .init();
     let _ = roomcast::metrics::prometheus();
 
+    let shutdown = shutdown_signal();
     let data = DataFolder::new(&config.server.data);
     let prepared = data.prepare(&config)?;
     for note in &prepared.generated {
@@ -222,28 +235,37 @@ async fn serve(a: ServeArgs) -> Result<()> {
         server.admin_addr(),
         data.path.display()
     );
-    server.run(shutdown_signal()).await;
+    server.run(shutdown).await;
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Completes on SIGTERM or Ctrl-C. The handlers are installed when this is called, not when the
+/// future is first polled: a SIGTERM that comes right after the server says it listens must
+/// stop it cleanly, not kill it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
                 }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn token_secret(data: &DataFolder) -> Result<String> {
