@@ -199,6 +199,11 @@ async fn a_send_the_full_disk_refuses_reaches_no_one_and_a_restart_agrees() {
 
     quota.set_left(Some(0));
     let refused = alice.send("r", "chat", body("two"), false).await;
+    // No member saw "two": the next event of each is the marker that followed it.
+    node.marker("r", "after two").await;
+    let marker = next_text(&bob, "after two").await;
+    assert_eq!(next_text(&alice, "after two").await, marker);
+    // And its sender was told so.
     let Err(e) = refused else {
         panic!("a send on a full disk was acknowledged: {refused:?}")
     };
@@ -209,10 +214,6 @@ async fn a_send_the_full_disk_refuses_reaches_no_one_and_a_restart_agrees() {
         code(alice.send("r", "chat", body("two again"), false).await),
         ErrorCode::Unavailable
     );
-    // No member saw "two": the next event of each is the marker that followed it.
-    node.marker("r", "after two").await;
-    let marker = next_text(&bob, "after two").await;
-    assert_eq!(next_text(&alice, "after two").await, marker);
 
     quota.set_left(None);
     node.health_becomes(200).await;
@@ -266,38 +267,33 @@ async fn admin_changes_the_full_disk_refuses_are_visible_nowhere_and_a_restart_a
 
     quota.set_left(Some(0));
     // The first write the full disk refuses: an attribute set, refused after it was submitted.
-    let r = node
+    let attr_set = node
         .api(
             Method::PUT,
             "/v1/rooms/r/attributes",
             Some(json!({"owner": "host", "entries": {"topic": "news"}})),
         )
         .await;
-    r.assert_error(503, "UNAVAILABLE");
-    assert!(
-        r.json["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("not made")),
-        "{}",
-        r.text
-    );
     // The store is failing now: these are refused at once, before anything changes.
-    node.api(Method::POST, "/v1/rooms", Some(json!({"id": "new"})))
-        .await
-        .assert_error(503, "UNAVAILABLE");
-    node.api(
-        Method::POST,
-        "/v1/rooms/r/bans",
-        Some(json!({"user_ids": ["alice"], "minutes": 10, "notify": true})),
-    )
-    .await
-    .assert_error(503, "UNAVAILABLE");
+    let created = node
+        .api(Method::POST, "/v1/rooms", Some(json!({"id": "new"})))
+        .await;
+    let banned = node
+        .api(
+            Method::POST,
+            "/v1/rooms/r/bans",
+            Some(json!({"user_ids": ["alice"], "minutes": 10, "notify": true})),
+        )
+        .await;
     let client_set = bob
         .set_attributes("r", &[("seat", "bob")], false, false)
         .await;
-    assert_eq!(code(client_set), ErrorCode::Unavailable);
 
-    // Visible nowhere: no room, alice still a member, no attribute, and no event to anyone.
+    // Visible nowhere: no event to anyone, no room, alice still a member, no attribute.
+    node.marker("r", "nothing before me").await;
+    for c in [&alice, &bob] {
+        next_text(c, "nothing before me").await;
+    }
     node.api(Method::GET, "/v1/rooms/new", None)
         .await
         .assert_error(404, "ROOM_NOT_FOUND");
@@ -310,10 +306,18 @@ async fn admin_changes_the_full_disk_refuses_are_visible_nowhere_and_a_restart_a
     assert_eq!(attrs["version"], 0, "{attrs}");
     let bans = node.ok(Method::GET, "/v1/rooms/r/bans", None, 200).await;
     assert_eq!(bans["users"], json!([]), "{bans}");
-    node.marker("r", "nothing before me").await;
-    for c in [&alice, &bob] {
-        next_text(c, "nothing before me").await;
-    }
+    // And each caller was told so.
+    attr_set.assert_error(503, "UNAVAILABLE");
+    assert!(
+        attr_set.json["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not made")),
+        "{}",
+        attr_set.text
+    );
+    created.assert_error(503, "UNAVAILABLE");
+    banned.assert_error(503, "UNAVAILABLE");
+    assert_eq!(code(client_set), ErrorCode::Unavailable);
 
     // Space back: the same changes now succeed (and are seen), which shows the refusals above
     // were the disk's, not the requests'.
@@ -368,15 +372,16 @@ async fn a_ban_refused_by_the_full_disk_kicks_no_one() {
     alice.join("r", -1).await.expect("joins");
     quota.set_left(Some(0));
     // The first failing write is the ban itself: decided, submitted, refused by the disk.
-    node.api(
-        Method::POST,
-        "/v1/rooms/r/bans",
-        Some(json!({"user_ids": ["alice"], "minutes": 10, "notify": true})),
-    )
-    .await
-    .assert_error(503, "UNAVAILABLE");
+    let banned = node
+        .api(
+            Method::POST,
+            "/v1/rooms/r/bans",
+            Some(json!({"user_ids": ["alice"], "minutes": 10, "notify": true})),
+        )
+        .await;
     node.marker("r", "still here").await;
     next_text(&alice, "still here").await;
+    banned.assert_error(503, "UNAVAILABLE");
     let check = node
         .ok(
             Method::POST,

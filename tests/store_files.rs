@@ -146,8 +146,9 @@ fn fill(dir: &Path) {
     });
 }
 
-#[test]
-fn damaged_truncated_or_empty_store_files_and_an_emptied_secret_stop_serve_by_name() {
+/// A data folder whose store a real `serve` filled; returns (its temp dir, the config, the
+/// store file, the store's bytes).
+fn filled() -> (tempfile::TempDir, PathBuf, PathBuf, Vec<u8>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let cfg = config(dir.path(), &data);
@@ -156,7 +157,12 @@ fn damaged_truncated_or_empty_store_files_and_an_emptied_secret_stop_serve_by_na
     let store = data.join("roomcast.redb");
     let pristine = std::fs::read(&store).expect("the store file");
     assert!(pristine.len() >= 8 * 4096, "{} bytes", pristine.len());
+    (dir, cfg, store, pristine)
+}
 
+#[test]
+fn a_zeroed_page_stops_serve_with_a_message_naming_the_store_file() {
+    let (_dir, cfg, store, pristine) = filled();
     // One zeroed 4 KiB page at a time: serve refuses every page its data uses, and starts
     // (its data intact) when the page held nothing.
     let mut refused = 0;
@@ -182,7 +188,14 @@ fn damaged_truncated_or_empty_store_files_and_an_emptied_secret_stop_serve_by_na
         "only {refused} of {} zeroed pages were refused",
         pristine.len() / 4096
     );
+    std::fs::write(&store, &pristine).expect("restored");
+    let last = serve(&cfg, |_| {});
+    assert!(last.refused.is_none(), "{}", last.stderr);
+}
 
+#[test]
+fn a_truncated_store_file_stops_serve_by_name() {
+    let (_dir, cfg, store, pristine) = filled();
     for keep in [pristine.len() / 2, 4096, 100] {
         std::fs::write(&store, &pristine[..keep]).expect("truncated");
         assert_refused(
@@ -191,7 +204,11 @@ fn damaged_truncated_or_empty_store_files_and_an_emptied_secret_stop_serve_by_na
             &format!("truncated to {keep} bytes"),
         );
     }
+}
 
+#[test]
+fn an_empty_store_file_stops_serve_by_name_and_is_not_taken_for_a_new_store() {
+    let (_dir, cfg, store, _) = filled();
     std::fs::write(&store, b"").expect("emptied");
     let run = serve(&cfg, |_| {});
     assert_refused(&run, &store, "an empty store file");
@@ -201,9 +218,12 @@ fn damaged_truncated_or_empty_store_files_and_an_emptied_secret_stop_serve_by_na
         0,
         "not taken for a new store"
     );
+}
 
-    std::fs::write(&store, &pristine).expect("restored");
-    let secret = data.join("token.secret");
+#[test]
+fn a_whitespace_only_token_secret_stops_serve_by_name_and_is_kept() {
+    let (dir, cfg, _, _) = filled();
+    let secret = dir.path().join("data/token.secret");
     let kept = std::fs::read_to_string(&secret).expect("the secret");
     std::fs::write(&secret, " \n\t\n").expect("emptied");
     let run = serve(&cfg, |_| {});
