@@ -5,9 +5,9 @@
 //! refuses is refused (`UNAVAILABLE`) and visible nowhere; once space is freed, the store writes
 //! again by itself and `/healthz` says so.
 //!
-//! Negative checks ("no member got it") wait for an event, never for time: a low-priority message
-//! is not stored, so it needs no disk and goes out during the outage; the next event a member
-//! sees after a refused change must be that marker.
+//! Negative checks ("no member got it") wait for an event, never for time: an admin message that
+//! history does not keep needs no disk, so it goes out during the outage, on the same ordered
+//! stream; the next event a member sees after a refused change must be that marker.
 //!
 //! These tests share the process's metrics (the store's health gauge), so they run one at a time.
 
@@ -135,13 +135,14 @@ impl Node {
         }
     }
 
-    /// A low-priority admin message, not stored: it needs no disk, so it goes out during an
-    /// outage, behind everything that was made visible before it.
+    /// An admin message history does not keep: it needs no disk, so it goes out during an
+    /// outage, on the same ordered stream as everything made visible before it (a low-priority
+    /// one could overtake those as a datagram).
     async fn marker(&self, room: &str, text: &str) {
         self.ok(
             Method::POST,
             &format!("/v1/rooms/{room}/messages"),
-            Some(json!({"type": "marker", "body": text, "store": false, "low": true})),
+            Some(json!({"type": "marker", "body": text, "store": false})),
             200,
         )
         .await;
