@@ -12,157 +12,37 @@
 //! These tests share the process's metrics (the store's health gauge), so they run one at a time.
 
 mod common;
+mod store_support;
 
-use common::{ADMIN_KEY, TOKEN_SECRET, admin_call, body, code, metric, next_event, within};
+use common::{body, code, metric, next_event};
 use reqwest::Method;
-use roomcast::auth::{TokenAuth, unix_secs};
-use roomcast::client::{Client, ClientConfig, ClientEvent};
-use roomcast::config::Config;
+use roomcast::client::ClientEvent;
 use roomcast::protocol::{ErrorCode, Event, KickReason, Message};
-use roomcast::server::{Relay, STORE_FILE, Secrets, Server};
-use roomcast::store::{Quota, QuotaFile, RedbStore};
+use roomcast::server::STORE_FILE;
+use roomcast::store::{Quota, QuotaFile};
 use roomcast::tls::ServerIdentity;
-use serde_json::{Value, json};
-use std::net::SocketAddr;
+use serde_json::json;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use store_support::{Node, next_text};
 
 /// One test at a time (see the module doc); an async lock, as it is held across awaits.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// A relay on a store file of `quota`'s disk in `data`.
-struct Node {
-    quic: SocketAddr,
-    admin: SocketAddr,
-    ca_pem: Vec<u8>,
-    relay: Arc<Relay>,
-    http: reqwest::Client,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
+/// A data folder, the server's identity, a disk with no limit yet, and a relay whose store is on
+/// that disk.
+async fn setup() -> (tempfile::TempDir, ServerIdentity, Arc<Quota>, Node) {
+    let data = tempfile::tempdir().expect("data folder");
+    let identity = ServerIdentity::generate(&[]).expect("identity");
+    let quota = Quota::unlimited();
+    let node = start(data.path(), &identity, &quota).await;
+    (data, identity, quota, node)
 }
 
-impl Node {
-    async fn start(data: &Path, identity: &ServerIdentity, quota: &Arc<Quota>) -> Node {
-        roomcast::metrics::prometheus().expect("the Prometheus recorder installs");
-        let mut config = Config::default();
-        config.server.data = data.to_owned();
-        config.server.quic = SocketAddr::from(([127, 0, 0, 1], 0));
-        config.server.admin = SocketAddr::from(([127, 0, 0, 1], 0));
-        config.transport.udp_recv_buffer = 1 << 20;
-        config.transport.udp_send_buffer = 1 << 20;
-        let l = &mut config.limits;
-        l.send_rate_per_sec = 1_000_000;
-        l.send_burst = 1_000_000;
-        l.room_budget_total = 1_000_000;
-        l.room_budget_reserved = 0;
-        l.admin_rate_per_sec = 1_000_000;
-        l.admin_burst = 1_000_000;
-        let file = Arc::new(QuotaFile::new(data.join(STORE_FILE), quota.clone()));
-        let store = RedbStore::open_with(file, config.store_config()).expect("the store opens");
-        let secrets = Secrets {
-            admin_key: ADMIN_KEY.into(),
-            token_secret: TOKEN_SECRET.into(),
-        };
-        let server = Server::bind_with_store(config, secrets, identity, Arc::new(store))
-            .await
-            .expect("server binds");
-        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-        let relay = server.relay().clone();
-        let (quic, admin) = (server.quic_addr(), server.admin_addr());
-        let task = tokio::spawn(server.run(async move {
-            let _ = rx.await;
-        }));
-        Node {
-            quic,
-            admin,
-            ca_pem: identity.ca_pem.clone().expect("a CA").into_bytes(),
-            relay,
-            http: reqwest::Client::new(),
-            stop,
-            task,
-        }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        within("the server to stop", self.task)
-            .await
-            .expect("run does not panic");
-        drop(self.relay);
-    }
-
-    async fn client(&self, user: &str) -> Client {
-        let token = TokenAuth::new(TOKEN_SECRET.as_bytes(), 0, false)
-            .mint(user, unix_secs() + 600)
-            .expect("token");
-        within(
-            "a connect",
-            Client::connect(ClientConfig::new(self.quic, self.ca_pem.clone(), token)),
-        )
-        .await
-        .expect("connects")
-    }
-
-    async fn api(&self, method: Method, path: &str, body: Option<Value>) -> common::ApiReply {
-        let url = format!("http://{}{path}", self.admin);
-        let body = body.map(|b| serde_json::to_vec(&b).expect("JSON"));
-        let key =
-            (!path.starts_with("/healthz") && !path.starts_with("/metrics")).then_some(ADMIN_KEY);
-        admin_call(&self.http, &url, key, method, body).await
-    }
-
-    async fn ok(&self, method: Method, path: &str, body: Option<Value>, status: u16) -> Value {
-        let r = self.api(method, path, body).await;
-        assert_eq!(r.status, status, "{path}: {}", r.text);
-        r.json
-    }
-
-    /// Polls `/healthz` until it answers `status` (the store recovers on its own thread).
-    async fn health_becomes(&self, status: u16) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let r = self.api(Method::GET, "/healthz", None).await;
-            if r.status == status {
-                return r.json;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "/healthz never said {status}: {}",
-                r.text
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// An admin message history does not keep: it needs no disk, so it goes out during an
-    /// outage, on the same ordered stream as everything made visible before it (a low-priority
-    /// one could overtake those as a datagram).
-    async fn marker(&self, room: &str, text: &str) {
-        self.ok(
-            Method::POST,
-            &format!("/v1/rooms/{room}/messages"),
-            Some(json!({"type": "marker", "body": text, "store": false})),
-            200,
-        )
-        .await;
-    }
-}
-
-/// The next event of `c`, which must be the message `text`; returns its seq.
-async fn next_text(c: &Client, text: &str) -> u64 {
-    match next_event(c).await {
-        ClientEvent::Message { message, .. } => {
-            assert_eq!(
-                String::from_utf8_lossy(&message.body),
-                text,
-                "{}: {message:?}",
-                c.user()
-            );
-            message.seq
-        }
-        other => panic!("{}: expected {text:?}, got {other:?}", c.user()),
-    }
+/// A relay on `data` whose store file is on `quota`'s disk.
+async fn start(data: &Path, identity: &ServerIdentity, quota: &Arc<Quota>) -> Node {
+    let file = QuotaFile::new(data.join(STORE_FILE), quota.clone());
+    Node::start(data, identity, Arc::new(file)).await
 }
 
 fn texts(history: &[roomcast::protocol::HistoryEntry]) -> Vec<(u64, String)> {
@@ -179,22 +59,14 @@ fn text_of(m: &Message) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_the_full_disk_refuses_reaches_no_one_and_a_restart_agrees() {
     let _one = SERIAL.lock().await;
-    let data = tempfile::tempdir().expect("data folder");
-    let identity = ServerIdentity::generate(&[]).expect("identity");
-    let quota = Quota::unlimited();
-    let node = Node::start(data.path(), &identity, &quota).await;
-    node.ok(Method::POST, "/v1/rooms", Some(json!({"id": "r"})), 201)
-        .await;
-    let alice = node.client("alice").await;
-    let bob = node.client("bob").await;
-    for c in [&alice, &bob] {
-        c.join("r", -1).await.expect("joins");
-    }
+    let (data, identity, quota, node) = setup().await;
+    let clients = node.room_with("r", &["alice", "bob"]).await;
+    let (alice, bob) = (&clients[0], &clients[1]);
     let (one, _) = alice
         .send("r", "chat", body("one"), false)
         .await
         .expect("sent");
-    for c in [&alice, &bob] {
+    for c in [alice, bob] {
         assert_eq!(next_text(c, "one").await, one);
     }
 
@@ -202,8 +74,8 @@ async fn a_send_the_full_disk_refuses_reaches_no_one_and_a_restart_agrees() {
     let refused = alice.send("r", "chat", body("two"), false).await;
     // No member saw "two": the next event of each is the marker that followed it.
     node.marker("r", "after two").await;
-    let marker = next_text(&bob, "after two").await;
-    assert_eq!(next_text(&alice, "after two").await, marker);
+    let marker = next_text(bob, "after two").await;
+    assert_eq!(next_text(alice, "after two").await, marker);
     // And its sender was told so.
     let Err(e) = refused else {
         panic!("a send on a full disk was acknowledged: {refused:?}")
@@ -222,7 +94,7 @@ async fn a_send_the_full_disk_refuses_reaches_no_one_and_a_restart_agrees() {
         .send("r", "chat", body("three"), false)
         .await
         .expect("sent once space is back");
-    for c in [&alice, &bob] {
+    for c in [alice, bob] {
         assert_eq!(next_text(c, "three").await, three);
     }
     assert!(one < marker && marker < three);
@@ -234,7 +106,7 @@ async fn a_send_the_full_disk_refuses_reaches_no_one_and_a_restart_agrees() {
     node.stop().await;
 
     // A restart on the same file: the history is exactly what members got and senders were told.
-    let node = Node::start(data.path(), &identity, &quota).await;
+    let node = start(data.path(), &identity, &quota).await;
     let carol = node.client("carol").await;
     let info = carol.join("r", 50).await.expect("joins");
     assert_eq!(texts(&info.history), want);
@@ -254,17 +126,9 @@ async fn a_send_the_full_disk_refuses_reaches_no_one_and_a_restart_agrees() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_changes_the_full_disk_refuses_are_visible_nowhere_and_a_restart_agrees() {
     let _one = SERIAL.lock().await;
-    let data = tempfile::tempdir().expect("data folder");
-    let identity = ServerIdentity::generate(&[]).expect("identity");
-    let quota = Quota::unlimited();
-    let node = Node::start(data.path(), &identity, &quota).await;
-    node.ok(Method::POST, "/v1/rooms", Some(json!({"id": "r"})), 201)
-        .await;
-    let alice = node.client("alice").await;
-    let bob = node.client("bob").await;
-    for c in [&alice, &bob] {
-        c.join("r", -1).await.expect("joins");
-    }
+    let (data, identity, quota, node) = setup().await;
+    let clients = node.room_with("r", &["alice", "bob"]).await;
+    let (alice, bob) = (&clients[0], &clients[1]);
 
     quota.set_left(Some(0));
     // The first write the full disk refuses: an attribute set, refused after it was submitted.
@@ -292,7 +156,7 @@ async fn admin_changes_the_full_disk_refuses_are_visible_nowhere_and_a_restart_a
 
     // Visible nowhere: no event to anyone, no room, alice still a member, no attribute.
     node.marker("r", "nothing before me").await;
-    for c in [&alice, &bob] {
+    for c in [alice, bob] {
         next_text(c, "nothing before me").await;
     }
     node.api(Method::GET, "/v1/rooms/new", None)
@@ -331,7 +195,7 @@ async fn admin_changes_the_full_disk_refuses_are_visible_nowhere_and_a_restart_a
         200,
     )
     .await;
-    match next_event(&bob).await {
+    match next_event(bob).await {
         ClientEvent::Notice(Event::AttributeChanged {
             version, attribute, ..
         }) => assert_eq!((version, attribute.key.as_str()), (1, "mood")),
@@ -339,7 +203,7 @@ async fn admin_changes_the_full_disk_refuses_are_visible_nowhere_and_a_restart_a
     }
     node.stop().await;
 
-    let node = Node::start(data.path(), &identity, &quota).await;
+    let node = start(data.path(), &identity, &quota).await;
     node.api(Method::GET, "/v1/rooms/new", None)
         .await
         .assert_error(404, "ROOM_NOT_FOUND");
@@ -363,14 +227,9 @@ async fn admin_changes_the_full_disk_refuses_are_visible_nowhere_and_a_restart_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ban_refused_by_the_full_disk_kicks_no_one() {
     let _one = SERIAL.lock().await;
-    let data = tempfile::tempdir().expect("data folder");
-    let identity = ServerIdentity::generate(&[]).expect("identity");
-    let quota = Quota::unlimited();
-    let node = Node::start(data.path(), &identity, &quota).await;
-    node.ok(Method::POST, "/v1/rooms", Some(json!({"id": "r"})), 201)
-        .await;
-    let alice = node.client("alice").await;
-    alice.join("r", -1).await.expect("joins");
+    let (_data, _identity, quota, node) = setup().await;
+    let clients = node.room_with("r", &["alice"]).await;
+    let alice = &clients[0];
     quota.set_left(Some(0));
     // The first failing write is the ban itself: decided, submitted, refused by the disk.
     let banned = node
@@ -381,7 +240,7 @@ async fn a_ban_refused_by_the_full_disk_kicks_no_one() {
         )
         .await;
     node.marker("r", "still here").await;
-    next_text(&alice, "still here").await;
+    next_text(alice, "still here").await;
     banned.assert_error(503, "UNAVAILABLE");
     let check = node
         .ok(
@@ -401,7 +260,7 @@ async fn a_ban_refused_by_the_full_disk_kicks_no_one() {
         200,
     )
     .await;
-    match next_event(&alice).await {
+    match next_event(alice).await {
         ClientEvent::Kicked { room, reason } => {
             assert_eq!((room.as_str(), reason), ("r", KickReason::Banned))
         }
@@ -413,14 +272,9 @@ async fn a_ban_refused_by_the_full_disk_kicks_no_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn once_space_is_freed_writes_succeed_again_without_a_restart_and_healthz_says_so() {
     let _one = SERIAL.lock().await;
-    let data = tempfile::tempdir().expect("data folder");
-    let identity = ServerIdentity::generate(&[]).expect("identity");
-    let quota = Quota::unlimited();
-    let node = Node::start(data.path(), &identity, &quota).await;
-    node.ok(Method::POST, "/v1/rooms", Some(json!({"id": "r"})), 201)
-        .await;
-    let alice = node.client("alice").await;
-    alice.join("r", -1).await.expect("joins");
+    let (_data, _identity, quota, node) = setup().await;
+    let clients = node.room_with("r", &["alice"]).await;
+    let alice = &clients[0];
     let health = node.health_becomes(200).await;
     assert_eq!(
         health,
@@ -468,7 +322,7 @@ async fn once_space_is_freed_writes_succeed_again_without_a_restart_and_healthz_
         .send("r", "chat", body("back"), false)
         .await
         .expect("the next write succeeds without a restart");
-    assert_eq!(next_text(&alice, "back").await, seq);
+    assert_eq!(next_text(alice, "back").await, seq);
     node.ok(Method::POST, "/v1/rooms", Some(json!({"id": "later"})), 201)
         .await;
     node.stop().await;

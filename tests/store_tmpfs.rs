@@ -7,21 +7,29 @@
 //! with `ROOMCAST_REQUIRE_TMPFS=1` (set by `.ci/run`) it fails instead, so CI never skips it.
 
 mod common;
+mod store_support;
 
-use common::{ADMIN_KEY, TOKEN_SECRET, admin_call, body, next_event, within};
-use reqwest::Method;
-use roomcast::auth::{TokenAuth, unix_secs};
-use roomcast::client::{Client, ClientConfig, ClientEvent};
-use roomcast::config::Config;
+use common::{body, next_event};
+use roomcast::client::{Client, ClientEvent};
 use roomcast::protocol::ErrorCode;
-use roomcast::server::{Secrets, Server};
+use roomcast::server::STORE_FILE;
+use roomcast::store::DiskFile;
 use roomcast::tls::ServerIdentity;
-use serde_json::{Value, json};
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use store_support::Node;
+
+/// A relay on `data` with its store as it would be by default: the plain file there.
+async fn start(data: &Path, identity: &ServerIdentity) -> Node {
+    Node::start(
+        data,
+        identity,
+        Arc::new(DiskFile::new(data.join(STORE_FILE))),
+    )
+    .await
+}
 
 /// A mounted tmpfs, unmounted when dropped (also when the test fails).
 struct Mount(PathBuf);
@@ -43,90 +51,6 @@ impl Mount {
 impl Drop for Mount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-struct Node {
-    quic: SocketAddr,
-    admin: SocketAddr,
-    ca_pem: Vec<u8>,
-    http: reqwest::Client,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Node {
-    async fn start(data: &Path, identity: &ServerIdentity) -> Node {
-        let mut config = Config::default();
-        config.server.data = data.to_owned();
-        config.server.quic = SocketAddr::from(([127, 0, 0, 1], 0));
-        config.server.admin = SocketAddr::from(([127, 0, 0, 1], 0));
-        config.transport.udp_recv_buffer = 1 << 20;
-        config.transport.udp_send_buffer = 1 << 20;
-        let l = &mut config.limits;
-        l.send_rate_per_sec = 1_000_000;
-        l.send_burst = 1_000_000;
-        l.room_budget_total = 1_000_000;
-        l.room_budget_reserved = 0;
-        l.admin_rate_per_sec = 1_000_000;
-        l.admin_burst = 1_000_000;
-        let secrets = Secrets {
-            admin_key: ADMIN_KEY.into(),
-            token_secret: TOKEN_SECRET.into(),
-        };
-        let server = Server::bind(config, secrets, identity)
-            .await
-            .expect("server binds on the tmpfs");
-        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-        let (quic, admin) = (server.quic_addr(), server.admin_addr());
-        let task = tokio::spawn(server.run(async move {
-            let _ = rx.await;
-        }));
-        Node {
-            quic,
-            admin,
-            ca_pem: identity.ca_pem.clone().expect("a CA").into_bytes(),
-            http: reqwest::Client::new(),
-            stop,
-            task,
-        }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        within("the server to stop", self.task)
-            .await
-            .expect("run does not panic");
-    }
-
-    async fn client(&self, user: &str) -> Client {
-        let token = TokenAuth::new(TOKEN_SECRET.as_bytes(), 0, false)
-            .mint(user, unix_secs() + 600)
-            .expect("token");
-        within(
-            "a connect",
-            Client::connect(ClientConfig::new(self.quic, self.ca_pem.clone(), token)),
-        )
-        .await
-        .expect("connects")
-    }
-
-    async fn api(&self, method: Method, path: &str, body: Option<Value>) -> common::ApiReply {
-        let url = format!("http://{}{path}", self.admin);
-        let body = body.map(|b| serde_json::to_vec(&b).expect("JSON"));
-        admin_call(&self.http, &url, Some(ADMIN_KEY), method, body).await
-    }
-
-    async fn health_becomes(&self, status: u16) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let r = self.api(Method::GET, "/healthz", None).await;
-            if r.status == status {
-                return r.json;
-            }
-            assert!(Instant::now() < deadline, "/healthz: {}", r.text);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
 }
 
@@ -161,7 +85,6 @@ fn fill_up(path: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_full_tmpfs_refused_sends_reach_no_one_and_freeing_space_brings_writes_back() {
-    roomcast::metrics::prometheus().expect("the Prometheus recorder installs");
     let dir = tempfile::tempdir().expect("tempdir");
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).expect("mount point");
@@ -179,16 +102,9 @@ async fn on_a_full_tmpfs_refused_sends_reach_no_one_and_freeing_space_brings_wri
     };
     let data = mnt.join("data");
     let identity = ServerIdentity::generate(&[]).expect("identity");
-    let node = Node::start(&data, &identity).await;
-    let r = node
-        .api(Method::POST, "/v1/rooms", Some(json!({"id": "r"})))
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    let alice = node.client("alice").await;
-    let bob = node.client("bob").await;
-    for c in [&alice, &bob] {
-        c.join("r", -1).await.expect("joins");
-    }
+    let node = start(&data, &identity).await;
+    let clients = node.room_with("r", &["alice", "bob"]).await;
+    let (alice, bob) = (&clients[0], &clients[1]);
 
     fill_up(&mnt.join("filler"));
     // redb may still reuse pages it freed before; the file needs new space soon enough.
@@ -201,7 +117,7 @@ async fn on_a_full_tmpfs_refused_sends_reach_no_one_and_freeing_space_brings_wri
         let text = format!("m{} {}", accepted.len(), "x".repeat(4000));
         match alice.send("r", "chat", body(&text), false).await {
             Ok(_) => {
-                assert_eq!(next_body(&bob).await, text, "an accepted send is delivered");
+                assert_eq!(next_body(bob).await, text, "an accepted send is delivered");
                 accepted.push(text);
             }
             Err(e) => break e,
@@ -209,15 +125,8 @@ async fn on_a_full_tmpfs_refused_sends_reach_no_one_and_freeing_space_brings_wri
     };
     // The refused message reached no one: the next thing bob sees is this marker, an admin
     // message history does not keep (so it needs no disk), on the same ordered stream.
-    let r = node
-        .api(
-            Method::POST,
-            "/v1/rooms/r/messages",
-            Some(json!({"type": "marker", "body": "marker", "store": false})),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(next_body(&bob).await, "marker");
+    node.marker("r", "marker").await;
+    assert_eq!(next_body(bob).await, "marker");
     assert_eq!(refusal.code(), Some(ErrorCode::Unavailable), "{refusal}");
     let health = node.health_becomes(503).await;
     assert!(
@@ -227,7 +136,7 @@ async fn on_a_full_tmpfs_refused_sends_reach_no_one_and_freeing_space_brings_wri
         "{health}"
     );
     // Reads go on during the outage on this filesystem (the reopen only rewrites pages).
-    let during = history(&bob).await;
+    let during = history(bob).await;
     eprintln!(
         "store_tmpfs: {} sends fitted after the disk filled; a read during the outage: {}",
         accepted.len(),
@@ -247,12 +156,12 @@ async fn on_a_full_tmpfs_refused_sends_reach_no_one_and_freeing_space_brings_wri
         .send("r", "chat", body("after"), false)
         .await
         .expect("writes again without a restart");
-    assert_eq!(next_body(&bob).await, "after");
+    assert_eq!(next_body(bob).await, "after");
     accepted.push("after".to_owned());
-    assert_eq!(history(&bob).await.expect("history"), accepted);
+    assert_eq!(history(bob).await.expect("history"), accepted);
     node.stop().await;
 
-    let node = Node::start(&data, &identity).await;
+    let node = start(&data, &identity).await;
     let carol = node.client("carol").await;
     carol.join("r", -1).await.expect("joins");
     assert_eq!(history(&carol).await.expect("history"), accepted);

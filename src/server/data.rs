@@ -125,48 +125,28 @@ impl Relay {
     ) -> Result<Durable<AttrResults>, WireError> {
         self.check_batch(actor, entries.len())?;
         validate_id("owner", actor.user())?;
-        let room = self.room(room_id)?;
-        self.check_writable()?;
-        let relay = self.clone();
-        let client = matches!(actor, Actor::Client(_));
-        let owner = actor.user().to_owned();
         let entries = entries.to_vec();
-        Ok(Durable::later(async move {
-            let guard = relay.lock_room(&room).await?;
-            let actor = match client {
-                true => Actor::Client(&owner),
-                false => Actor::Admin(&owner),
-            };
-            let now = now_ms();
-            let (ops, changes, results, version) = {
-                let st = room.state();
-                Self::check_member(&room, &st, actor)?;
-                plan_set(&room, &st, &owner, &entries, auto_delete, force, now)
-            };
-            let target = room.clone();
-            relay
-                .commit(NOT_MADE, ops, move |ok| {
-                    let _locked = guard;
-                    ok.then(|| {
-                        let mut st = target.state();
-                        for (key, attr) in changes {
-                            st.attr_version += 1;
-                            target.publish_event(
-                                &Event::AttributeChanged {
-                                    room: target.id.clone(),
-                                    version: st.attr_version,
-                                    attribute: to_attribute(&key, &attr),
-                                },
-                                now,
-                            );
-                            st.attrs.insert(key, attr);
-                        }
-                        debug_assert_eq!(st.attr_version, version);
-                        (st.attr_version, results)
-                    })
-                })
-                .await
-        }))
+        let now = now_ms();
+        self.attr_change(
+            actor,
+            room_id,
+            move |room, st, owner| plan_set(room, st, owner, &entries, auto_delete, force, now),
+            move |room, st, (changes, results)| {
+                for (key, attr) in changes {
+                    st.attr_version += 1;
+                    room.publish_event(
+                        &Event::AttributeChanged {
+                            room: room.id.clone(),
+                            version: st.attr_version,
+                            attribute: to_attribute(&key, &attr),
+                        },
+                        now,
+                    );
+                    st.attrs.insert(key, attr);
+                }
+                results
+            },
+        )
     }
 
     /// Deletes attributes; per key `ATTR_NOT_FOUND` or `ATTR_NOT_OWNER`. The admin always forces.
@@ -179,21 +159,11 @@ impl Relay {
     ) -> Result<Durable<AttrResults>, WireError> {
         self.check_batch(actor, keys.len())?;
         let force = force || matches!(actor, Actor::Admin(_));
-        let room = self.room(room_id)?;
-        self.check_writable()?;
-        let relay = self.clone();
-        let client = matches!(actor, Actor::Client(_));
-        let user = actor.user().to_owned();
         let keys = keys.to_vec();
-        Ok(Durable::later(async move {
-            let guard = relay.lock_room(&room).await?;
-            let actor = match client {
-                true => Actor::Client(&user),
-                false => Actor::Admin(&user),
-            };
-            let (ops, doomed, results) = {
-                let st = room.state();
-                Self::check_member(&room, &st, actor)?;
+        self.attr_change(
+            actor,
+            room_id,
+            move |room, st, user| {
                 let mut results = Vec::with_capacity(keys.len());
                 let mut doomed: Vec<String> = Vec::new();
                 for key in &keys {
@@ -220,19 +190,54 @@ impl Relay {
                     }
                     results.push((key.clone(), outcome.err()));
                 }
-                let ops = removal_ops(&room, &st, &doomed);
-                (ops, doomed, results)
+                (removal_ops(room, st, &doomed), (doomed, results))
+            },
+            move |room, st, (doomed, results)| {
+                let now = now_ms();
+                for key in doomed {
+                    remove_attr(room, st, key, false, now);
+                }
+                results
+            },
+        )
+    }
+
+    /// An attribute call as a durable change: under the room's change lock, a client must be a
+    /// member, `plan` (given the room, its state and the acting user) decides the store ops and
+    /// what to apply, and once they are durable `apply` changes the state (locked) and returns
+    /// the per-key results, answered with the version after.
+    fn attr_change<P: Send + 'static>(
+        self: &Arc<Self>,
+        actor: Actor<'_>,
+        room_id: &str,
+        plan: impl FnOnce(&Room, &RoomState, &str) -> (Vec<Op>, P) + Send + 'static,
+        apply: impl FnOnce(&Room, &mut RoomState, P) -> Vec<(String, Option<WireError>)>
+        + Send
+        + 'static,
+    ) -> Result<Durable<AttrResults>, WireError> {
+        let room = self.room(room_id)?;
+        self.check_writable()?;
+        let relay = self.clone();
+        let client = matches!(actor, Actor::Client(_));
+        let user = actor.user().to_owned();
+        Ok(Durable::later(async move {
+            let guard = relay.lock_room(&room).await?;
+            let actor = match client {
+                true => Actor::Client(&user),
+                false => Actor::Admin(&user),
+            };
+            let (ops, planned) = {
+                let st = room.state();
+                Self::check_member(&room, &st, actor)?;
+                plan(&room, &st, &user)
             };
             let target = room.clone();
-            let now = now_ms();
             relay
                 .commit(NOT_MADE, ops, move |ok| {
                     let _locked = guard;
                     ok.then(|| {
                         let mut st = target.state();
-                        for key in doomed {
-                            remove_attr(&target, &mut st, key, false, now);
-                        }
+                        let results = apply(&target, &mut st, planned);
                         (st.attr_version, results)
                     })
                 })
@@ -578,8 +583,7 @@ fn read_error(e: StoreError) -> WireError {
 }
 
 /// The changes of an attribute set, decided on `st`: the store ops (with the room's record at the
-/// new version), the `(key, attribute)` pairs to apply in order, the per-key results and the
-/// version after.
+/// new version), and the `(key, attribute)` pairs to apply in order with the per-key results.
 #[allow(clippy::type_complexity)]
 fn plan_set(
     room: &Room,
@@ -591,9 +595,7 @@ fn plan_set(
     now: u64,
 ) -> (
     Vec<Op>,
-    Vec<(String, AttrRecord)>,
-    Vec<(String, Option<WireError>)>,
-    u64,
+    (Vec<(String, AttrRecord)>, Vec<(String, Option<WireError>)>),
 ) {
     // Keys this call sets, with their owner, on top of the room's: a later entry of the same
     // call sees an earlier one.
@@ -658,7 +660,7 @@ fn plan_set(
         record.attr_version = version;
         ops.push(Op::PutRoom(record));
     }
-    (ops, changes, results, version)
+    (ops, (changes, results))
 }
 
 /// The store ops that delete `keys` (present in `st`) and record the room's version after.

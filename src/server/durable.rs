@@ -3,13 +3,13 @@
 //! Every change the store keeps (a room's creation, destruction, policies and moderation lists,
 //! attributes, recalls, the app-wide lists) goes the same way:
 //! 1. cheap checks, and a refusal at once when the store is known to be failing
-//!    ([`Relay::check_writable`]);
-//! 2. the change lock of what it changes ([`Relay::lock_room`], [`Relay::lock_global`]; in that
+//!    (`Relay::check_writable`);
+//! 2. the change lock of what it changes (`Relay::lock_room`, `Relay::lock_global`; in that
 //!    order when both), an async lock held until the change is in memory, so changes reach the
 //!    store in the order memory makes them and each is decided on the state the one before left;
 //! 3. the decision, on the current state (under its std lock, briefly), which yields the store
 //!    ops and nothing else: memory is not touched yet;
-//! 4. [`Relay::commit`]: the ops are stored; once they are durable, the change is applied to
+//! 4. `Relay::commit`: the ops are stored; once they are durable, the change is applied to
 //!    memory and its visible effects (events, kicks, notices) are produced. If the store refuses
 //!    or fails, nothing changes anywhere and the caller gets `UNAVAILABLE`.
 //!

@@ -101,14 +101,10 @@ impl Relay {
         policy: DestroyPolicy,
     ) -> Result<Durable<()>, WireError> {
         policy.validate()?;
-        self.room_change(
-            id,
-            move |s, _, _, _| {
-                s.policy = policy;
-                Ok(())
-            },
-            |_, _, _, _| {},
-        )
+        self.settings_change(id, move |s| {
+            s.policy = policy;
+            Ok(())
+        })
     }
 
     /// Schedules (or with `None` cancels) a room's destruction at `at_ms`.
@@ -125,14 +121,10 @@ impl Relay {
                 "at must be in the future (ms since the Unix epoch), got {at}"
             )));
         }
-        self.room_change(
-            id,
-            move |s, _, _, _| {
-                s.destroy_at_ms = at_ms;
-                Ok(())
-            },
-            |_, _, _, _| {},
-        )
+        self.settings_change(id, move |s| {
+            s.destroy_at_ms = at_ms;
+            Ok(())
+        })
     }
 
     /// Puts a room on, or takes it off, the keepalive list.
@@ -382,9 +374,7 @@ impl Relay {
     ) -> Result<Durable<()>, WireError> {
         policy::check_users(users)?;
         let users = users.to_vec();
-        self.room_change(
-            id,
-            move |s, _, _, _| {
+        self.settings_change(id, move |s| {
                 let list = match mute_all {
                     true => &mut s.moderation.mute_all_whitelist,
                     false => &mut s.moderation.user_whitelist,
@@ -404,9 +394,7 @@ impl Relay {
                 }
                 list.extend(users);
                 Ok(())
-            },
-            |_, _, _, _| {},
-        )
+        })
     }
 
     /// Removes a user from a room whitelist.
@@ -418,20 +406,16 @@ impl Relay {
     ) -> Result<Durable<()>, WireError> {
         validate_id("user id", user)?;
         let user = user.to_owned();
-        self.room_change(
-            id,
-            move |s, _, _, _| {
-                let list = match mute_all {
-                    true => &mut s.moderation.mute_all_whitelist,
-                    false => &mut s.moderation.user_whitelist,
-                };
-                if !list.remove(&user) {
-                    return Err(bad(format!("user {user:?} is not on that whitelist")));
-                }
-                Ok(())
-            },
-            |_, _, _, _| {},
-        )
+        self.settings_change(id, move |s| {
+            let list = match mute_all {
+                true => &mut s.moderation.mute_all_whitelist,
+                false => &mut s.moderation.user_whitelist,
+            };
+            if !list.remove(&user) {
+                return Err(bad(format!("user {user:?} is not on that whitelist")));
+            }
+            Ok(())
+        })
     }
 
     /// A room whitelist.
@@ -612,6 +596,15 @@ impl Relay {
                 self.tell_user(u, event);
             }
         }
+    }
+
+    /// A change of room `id`'s settings that nobody is told about (see [`Relay::room_change`]).
+    fn settings_change(
+        self: &Arc<Self>,
+        id: &str,
+        change: impl FnOnce(&mut Settings) -> Result<(), WireError> + Send + 'static,
+    ) -> Result<Durable<()>, WireError> {
+        self.room_change(id, move |s, _, _, _| change(s), |_, _, _, _| {})
     }
 
     /// A durable change of room `id`'s settings (see [`super::durable`]): under the room's change

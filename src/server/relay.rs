@@ -1121,8 +1121,10 @@ impl Relay {
 
     // ---- messages ----
 
-    /// A client's send: membership, mutes, class, the room's ingress budget, then the ring (see
-    /// [`Relay::publish_stored`] for when it becomes visible).
+    /// A client's send: membership, mutes, class, the room's ingress budget, then the ring. In
+    /// `sync` mode a message history keeps becomes visible (and the wait resolves) once its
+    /// append is durable; one the store refuses is seen by no one, and the wait answers
+    /// `UNAVAILABLE`.
     pub fn send(
         self: &Arc<Self>,
         user: &str,

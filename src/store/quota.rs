@@ -6,7 +6,7 @@
 //! is full is exact. Nothing else about the store changes: it is the same redb file, writer,
 //! recovery and relay as on a real disk.
 
-use super::redb_store::{PROBE_BYTES, StoreFile};
+use super::redb_store::{PROBE_BYTES, StoreFile, file_backend};
 use redb::backends::FileBackend;
 use redb::{BackendError, StorageBackend};
 use std::io;
@@ -92,15 +92,8 @@ impl StoreFile for QuotaFile {
     }
 
     fn open(&self) -> io::Result<Box<dyn StorageBackend>> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&self.path)?;
-        let inner = FileBackend::new(file).map_err(io::Error::other)?;
         Ok(Box::new(QuotaBackend {
-            inner,
+            inner: file_backend(&self.path)?,
             quota: self.quota.clone(),
         }))
     }

@@ -88,17 +88,10 @@ impl StoreFile for DiskFile {
     }
 
     fn open(&self) -> io::Result<Box<dyn StorageBackend>> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&self.path)?;
-        let backend = redb::backends::FileBackend::new(file).map_err(io::Error::other)?;
-        Ok(Box::new(backend))
+        Ok(Box::new(file_backend(&self.path)?))
     }
 
-    /// Writes and fsyncs [`PROBE_BYTES`] to `<file>.probe` beside the store, then removes it.
+    /// Writes and fsyncs 1 MiB to `<file>.probe` beside the store, then removes it.
     fn probe(&self) -> io::Result<()> {
         use std::io::Write;
         let mut name = self.path.clone().into_os_string();
@@ -112,6 +105,17 @@ impl StoreFile for DiskFile {
         let _ = std::fs::remove_file(&probe);
         result
     }
+}
+
+/// redb's own storage on the file at `path`, created if missing.
+pub(super) fn file_backend(path: &Path) -> io::Result<redb::backends::FileBackend> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    redb::backends::FileBackend::new(file).map_err(io::Error::other)
 }
 
 /// A boxed backend as redb storage (redb takes backends by value).
