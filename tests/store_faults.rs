@@ -327,3 +327,48 @@ async fn once_space_is_freed_writes_succeed_again_without_a_restart_and_healthz_
         .await;
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timer_destroy_the_full_disk_refuses_keeps_the_room_until_a_later_tick() {
+    let _one = SERIAL.lock().await;
+    let (data, identity, quota, node) = setup().await;
+    node.ok(
+        Method::POST,
+        "/v1/rooms",
+        Some(json!({"id": "r", "destroy_policy": {"type": "lifetime", "minutes": 60}})),
+        201,
+    )
+    .await;
+    let alice = node.client("alice").await;
+    alice.join("r", -1).await.expect("joins");
+    let later = roomcast::server::relay::now_ms() + 61 * 60_000;
+
+    quota.set_left(Some(0));
+    let report = node.relay.tick(later).await;
+    assert!(report.destroyed.is_empty(), "{report:?}");
+    // The room goes on, for its members too: no RoomDestroyed before this marker.
+    node.marker("r", "still open").await;
+    next_text(&alice, "still open").await;
+    node.ok(Method::GET, "/v1/rooms/r", None, 200).await;
+
+    quota.set_left(None);
+    node.health_becomes(200).await;
+    let report = node.relay.tick(later).await;
+    assert_eq!(
+        report.destroyed,
+        [("r".to_owned(), roomcast::protocol::DestroyReason::Lifetime)]
+    );
+    match next_event(&alice).await {
+        ClientEvent::RoomDestroyed { room, reason } => assert_eq!(
+            (room.as_str(), reason),
+            ("r", roomcast::protocol::DestroyReason::Lifetime)
+        ),
+        other => panic!("alice: expected the destruction, got {other:?}"),
+    }
+    node.stop().await;
+    let node = start(data.path(), &identity, &quota).await;
+    node.api(Method::GET, "/v1/rooms/r", None)
+        .await
+        .assert_error(404, "ROOM_NOT_FOUND");
+    node.stop().await;
+}

@@ -10,7 +10,7 @@ use reqwest::Method;
 use roomcast::auth::{TokenAuth, unix_secs};
 use roomcast::client::{Client, ClientConfig, ClientEvent};
 use roomcast::config::Config;
-use roomcast::server::{Secrets, Server};
+use roomcast::server::{Relay, Secrets, Server};
 use roomcast::store::{RedbStore, StoreFile};
 use roomcast::tls::ServerIdentity;
 use serde_json::{Value, json};
@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 /// A running relay.
 pub struct Node {
+    /// Its core, to drive its timer pass (`relay.tick(now)`).
+    pub relay: Arc<Relay>,
     quic: SocketAddr,
     admin: SocketAddr,
     ca_pem: Vec<u8>,
@@ -56,11 +58,13 @@ impl Node {
             .await
             .expect("server binds");
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let relay = server.relay().clone();
         let (quic, admin) = (server.quic_addr(), server.admin_addr());
         let task = tokio::spawn(server.run(async move {
             let _ = rx.await;
         }));
         Node {
+            relay,
             quic,
             admin,
             ca_pem: identity.ca_pem.clone().expect("a CA").into_bytes(),
@@ -76,6 +80,7 @@ impl Node {
         within("the server to stop", self.task)
             .await
             .expect("run does not panic");
+        drop(self.relay);
     }
 
     /// A connected client for `user`.
