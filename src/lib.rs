@@ -22,7 +22,8 @@
 //!
 //! # Data flow
 //! A client's `Send` arrives on its control stream; the session checks it and publishes it into the
-//! room's [`room::Ring`], which encodes the event frame once and wakes the members' delivery tasks.
+//! room's [`room::Ring`], which encodes the event frame once and wakes the members' delivery tasks
+//! (with `sync` durability, once the store has appended it: nothing is seen before it is durable).
 //! Each delivery task reads the ring at its own cursor and writes everything ready in one vectored
 //! write on its connection's delivery stream (low-priority messages as datagrams). A publisher never
 //! waits for a subscriber; a subscriber that falls a ring behind skips ahead and is told the exact

@@ -57,6 +57,12 @@ pub const TOO_SLOW: &str = "roomcast_too_slow_disconnects_total";
 pub const DELIVERY_LAG: &str = "roomcast_delivery_lag_messages";
 /// Histogram: time from publish to the delivery write, seconds.
 pub const FANOUT_LATENCY: &str = "roomcast_fanout_latency_seconds";
+// ---- store faults ----
+/// Counter: store writes (transactions and recovery probes) that failed.
+pub const STORE_WRITE_FAILURES: &str = "roomcast_store_write_failures_total";
+/// Gauge: 1 while the store takes writes, 0 while it is failing (or closed).
+pub const STORE_HEALTHY: &str = "roomcast_store_healthy";
+// ---- end store faults ----
 
 /// Registers the help text of every metric with the installed recorder.
 pub fn describe() {
@@ -144,6 +150,16 @@ pub fn describe() {
         Unit::Seconds,
         "Time from a message's publish to the write that delivers it."
     );
+    // ---- store faults ----
+    describe_counter!(
+        STORE_WRITE_FAILURES,
+        "Store writes (transactions and recovery probes) that failed, e.g. on a full disk."
+    );
+    describe_gauge!(
+        STORE_HEALTHY,
+        "1 while the store takes writes; 0 while it is failing and changes are refused."
+    );
+    // ---- end store faults ----
 }
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();

@@ -57,7 +57,11 @@ async fn the_v1_api_needs_the_key_and_the_open_endpoints_do_not() {
     assert_eq!(r.status, 200, "{}", r.text);
 
     let r = server.api_as(None, Method::GET, "/healthz", None).await;
-    assert_eq!((r.status, r.text.as_str()), (200, "ok\n"));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.json,
+        serde_json::json!({"status": "ok", "store": {"state": "healthy"}})
+    );
     let r = server.api_as(None, Method::GET, "/metrics", None).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert!(

@@ -2477,7 +2477,8 @@ async fn auto_delete_keys_of_members_cut_off_by_a_restart_are_removed() {
         .await;
     assert_eq!(members["total"], 0, "alice is no member after the restart");
     node.relay
-        .tick(roomcast::server::relay::now_ms() + grace + 1);
+        .tick(roomcast::server::relay::now_ms() + grace + 1)
+        .await;
     let attrs = node
         .ok(Method::GET, "/v1/rooms/main/attributes", None, 200)
         .await;

@@ -1,7 +1,7 @@
 //! Room policy through the real server (SPEC §2 lifecycle, §3 membership, §5 moderation, §7 classes
 //! and budgets): a relay on `127.0.0.1:0`, real QUIC+TLS clients, the admin API over HTTP.
 //!
-//! Timers are driven deterministically: `server.relay().tick(now)` is the server's own timer pass,
+//! Timers are driven deterministically: `server.relay().tick(now).await` is the server's own timer pass,
 //! called with a chosen `now`, and real clients receive what it does. Tests that drive it start the
 //! server with [`manual_timers`], so the server's periodic pass (which ticks with the wall clock)
 //! stays out of the way. Nothing waits on the clock: every wait is for an event, a reply or an
@@ -592,21 +592,27 @@ async fn an_idle_room_goes_after_its_minutes_and_joins_and_messages_but_not_broa
 
     let alice = joined(&server, "alice", "quiet").await;
     let joined_at = last_activity(&server, "quiet").await;
-    assert!(relay.tick(joined_at + 4 * MIN).destroyed.is_empty());
-    assert!(relay.tick(joined_at + 5 * MIN - 1).destroyed.is_empty());
+    assert!(relay.tick(joined_at + 4 * MIN).await.destroyed.is_empty());
+    assert!(
+        relay
+            .tick(joined_at + 5 * MIN - 1)
+            .await
+            .destroyed
+            .is_empty()
+    );
 
     // A client message is activity.
     send_ok(&alice, "quiet", "still here").await;
     expect_chat(&alice, "quiet", "alice", "still here").await;
     let sent_at = last_activity(&server, "quiet").await;
     assert!(sent_at >= joined_at);
-    assert!(relay.tick(sent_at + 5 * MIN - 1).destroyed.is_empty());
+    assert!(relay.tick(sent_at + 5 * MIN - 1).await.destroyed.is_empty());
 
     // A join is activity.
     let bob = joined(&server, "bob", "quiet").await;
     let bob_at = last_activity(&server, "quiet").await;
     assert!(bob_at >= sent_at);
-    assert!(relay.tick(bob_at + 5 * MIN - 1).destroyed.is_empty());
+    assert!(relay.tick(bob_at + 5 * MIN - 1).await.destroyed.is_empty());
 
     // An admin broadcast is not.
     assert_eq!(
@@ -627,7 +633,7 @@ async fn an_idle_room_goes_after_its_minutes_and_joins_and_messages_but_not_broa
     assert_eq!(last_activity(&server, "quiet").await, bob_at);
     assert_eq!(last_activity(&server, "lobby").await, lobby_since);
 
-    let report = relay.tick(bob_at + 5 * MIN);
+    let report = relay.tick(bob_at + 5 * MIN).await;
     assert_eq!(destroyed_by(&report), [("quiet", DestroyReason::Idle)]);
     for c in [&alice, &bob] {
         assert_eq!(next_event(c).await, destroyed("quiet", DestroyReason::Idle));
@@ -643,9 +649,15 @@ async fn an_idle_room_goes_after_its_minutes_and_joins_and_messages_but_not_broa
     .await;
 
     // The global idle time, from the lobby's creation (the broadcast did not count).
-    assert!(relay.tick(lobby_since + 60 * MIN - 1).destroyed.is_empty());
+    assert!(
+        relay
+            .tick(lobby_since + 60 * MIN - 1)
+            .await
+            .destroyed
+            .is_empty()
+    );
     assert_eq!(
-        destroyed_by(&relay.tick(lobby_since + 60 * MIN)),
+        destroyed_by(&relay.tick(lobby_since + 60 * MIN).await),
         [("lobby", DestroyReason::Idle)]
     );
 }
@@ -665,9 +677,15 @@ async fn a_lifetime_room_ends_its_minutes_after_creation_and_is_never_idle_destr
     expect_chat(&alice, "show", "alice", "opening").await;
 
     // Idle for almost two hours, twice the global idle time: the lifetime policy keeps it.
-    assert!(relay.tick(created_ms + 120 * MIN - 1).destroyed.is_empty());
+    assert!(
+        relay
+            .tick(created_ms + 120 * MIN - 1)
+            .await
+            .destroyed
+            .is_empty()
+    );
     assert_eq!(
-        destroyed_by(&relay.tick(created_ms + 120 * MIN)),
+        destroyed_by(&relay.tick(created_ms + 120 * MIN).await),
         [("show", DestroyReason::Lifetime)]
     );
     assert_eq!(
@@ -758,9 +776,9 @@ async fn a_scheduled_destroy_fires_at_its_time_and_can_be_moved_or_cancelled() {
 
     let alice = joined(&server, "alice", "sched").await;
     let carol = joined(&server, "carol", "cancelled").await;
-    assert!(relay.tick(at - 1).destroyed.is_empty());
+    assert!(relay.tick(at - 1).await.destroyed.is_empty());
     assert_eq!(
-        destroyed_by(&relay.tick(at)),
+        destroyed_by(&relay.tick(at).await),
         [
             ("kept", DestroyReason::Scheduled),
             ("sched", DestroyReason::Scheduled)
@@ -827,7 +845,7 @@ async fn keepalive_rooms_are_never_auto_destroyed_and_the_list_has_no_cap() {
     let alice = joined(&server, "alice", "forever").await;
     let far = now_ms() + 30 * 24 * 60 * MIN;
     assert_eq!(
-        destroyed_by(&relay.tick(far)),
+        destroyed_by(&relay.tick(far).await),
         [("mortal", DestroyReason::Idle)]
     );
     marker(&server, "forever", &[&alice]).await;
@@ -854,7 +872,7 @@ async fn keepalive_rooms_are_never_auto_destroyed_and_the_list_has_no_cap() {
         json!({ "rooms": kept })
     );
     assert_eq!(
-        destroyed_by(&relay.tick(far)),
+        destroyed_by(&relay.tick(far).await),
         [("forever", DestroyReason::Idle)]
     );
     assert_eq!(
@@ -875,7 +893,7 @@ async fn a_changed_destroy_policy_applies_at_the_next_tick() {
     let alice = joined(&server, "alice", "show").await;
     let since = last_activity(&server, "show").await;
     // Idle for 200 minutes, but its lifetime has not run out.
-    assert!(relay.tick(since + 200 * MIN).destroyed.is_empty());
+    assert!(relay.tick(since + 200 * MIN).await.destroyed.is_empty());
 
     // Invalid policies are refused and change nothing.
     for (policy, names) in [
@@ -911,7 +929,7 @@ async fn a_changed_destroy_policy_applies_at_the_next_tick() {
         json!({"type": "idle", "minutes": 60})
     );
     assert_eq!(
-        destroyed_by(&relay.tick(since + 200 * MIN)),
+        destroyed_by(&relay.tick(since + 200 * MIN).await),
         [("show", DestroyReason::Idle)]
     );
     assert_eq!(
@@ -1247,22 +1265,26 @@ async fn above_member_events_max_joins_and_leaves_become_a_periodic_member_count
     // Three members: still events. A fourth: none; the tick announces the count instead.
     let u3 = joined(&server, "u3", "crowd").await;
     let t = now_ms();
-    assert_eq!(relay.tick(t).counts_sent, 1);
+    assert_eq!(relay.tick(t).await.counts_sent, 1);
     let count = |n: u64| Event::MemberCount {
         room: "crowd".into(),
         count: n,
     };
     assert_eq!(next_notice(&watcher).await, count(4));
     assert_eq!(next_notice(&u1).await, count(4));
-    assert_eq!(relay.tick(t).counts_sent, 0, "the count did not change");
+    assert_eq!(
+        relay.tick(t).await.counts_sent,
+        0,
+        "the count did not change"
+    );
 
     let u4 = joined(&server, "u4", "crowd").await;
     assert_eq!(
-        relay.tick(t + 5_000 - 1).counts_sent,
+        relay.tick(t + 5_000 - 1).await.counts_sent,
         0,
         "within the interval"
     );
-    assert_eq!(relay.tick(t + 5_000).counts_sent, 1);
+    assert_eq!(relay.tick(t + 5_000).await.counts_sent, 1);
     assert_eq!(next_notice(&watcher).await, count(5));
     u4.leave("crowd").await.expect("u4 leaves");
     u3.leave("crowd").await.expect("u3 leaves");
@@ -1299,7 +1321,7 @@ async fn crossing_member_events_max_again_announces_the_count_again() {
     }
     let u3 = joined(&server, "u3", "crowd").await;
     let t = now_ms();
-    assert_eq!(relay.tick(t).counts_sent, 1);
+    assert_eq!(relay.tick(t).await.counts_sent, 1);
     assert_eq!(
         next_notice(&watcher).await,
         Event::MemberCount {
@@ -1318,7 +1340,7 @@ async fn crossing_member_events_max_again_announces_the_count_again() {
     // The watcher now counts 3. u3 comes back: 4, above the limit, so no MemberJoined ...
     u3.join("crowd", -1).await.expect("u3 rejoins");
     // ... and the count must be announced at a later tick.
-    assert_eq!(relay.tick(t + 10_000).counts_sent, 1);
+    assert_eq!(relay.tick(t + 10_000).await.counts_sent, 1);
     assert_eq!(
         next_notice(&watcher).await,
         Event::MemberCount {
@@ -1371,8 +1393,14 @@ async fn an_offline_member_is_removed_after_the_grace_unless_on_the_user_whiteli
         c.close().await;
     }
     assert_eq!(members(&server, "r").await, ["watcher", "ghost", "vip"]);
-    assert!(relay.tick(before + GRACE - 1).offline_removed.is_empty());
-    let report = relay.tick(after + GRACE);
+    assert!(
+        relay
+            .tick(before + GRACE - 1)
+            .await
+            .offline_removed
+            .is_empty()
+    );
+    let report = relay.tick(after + GRACE).await;
     assert_eq!(
         report.offline_removed,
         [("r".to_owned(), "ghost".to_owned())]
@@ -1390,7 +1418,7 @@ async fn an_offline_member_is_removed_after_the_grace_unless_on_the_user_whiteli
     // far-future tick tests only the offline exit).
     call(&server, Method::PUT, "/v1/rooms/r/keepalive", None, 204).await;
     let far = after + 1000 * GRACE;
-    assert!(relay.tick(far).offline_removed.is_empty());
+    assert!(relay.tick(far).await.offline_removed.is_empty());
     assert_eq!(members(&server, "r").await, ["watcher", "vip"]);
     // Off the whitelist, the next tick removes it.
     call(
@@ -1402,7 +1430,7 @@ async fn an_offline_member_is_removed_after_the_grace_unless_on_the_user_whiteli
     )
     .await;
     assert_eq!(
-        relay.tick(far).offline_removed,
+        relay.tick(far).await.offline_removed,
         [("r".to_owned(), "vip".to_owned())]
     );
     assert_eq!(
@@ -1452,7 +1480,13 @@ async fn a_client_reconnecting_within_the_grace_resumes_with_the_exact_missed_co
         }
     );
     // Still a member: the grace no longer runs, new messages arrive without a join, and it sends.
-    assert!(relay.tick(now_ms() + 10 * GRACE).offline_removed.is_empty());
+    assert!(
+        relay
+            .tick(now_ms() + 10 * GRACE)
+            .await
+            .offline_removed
+            .is_empty()
+    );
     assert_eq!(members(&server, "r").await, ["mobile", "host"]);
     assert_eq!(send_ok(&host, "r", "after").await, 6);
     for c in [&back, &host] {
@@ -1484,7 +1518,11 @@ async fn a_client_reconnecting_before_the_old_connection_is_noticed_keeps_its_me
     old.close().await;
 
     assert!(
-        relay.tick(now_ms() + GRACE).offline_removed.is_empty(),
+        relay
+            .tick(now_ms() + GRACE)
+            .await
+            .offline_removed
+            .is_empty(),
         "the user is connected: it must keep its membership"
     );
     assert_eq!(members(&server, "r").await, ["mobile", "host"]);
@@ -1683,9 +1721,9 @@ async fn a_ban_kicks_at_once_and_blocks_rejoining_until_it_expires_or_is_lifted(
     assert!(is_member(&server, "r", "bob").await);
 
     // Expiry: the timer pass at the ban's end drops it; then the join succeeds.
-    relay.tick(until - 1);
+    relay.tick(until - 1).await;
     assert_eq!(code(alice.join("r", -1).await), ErrorCode::Banned);
-    relay.tick(until);
+    relay.tick(until).await;
     assert_eq!(
         call(&server, Method::GET, "/v1/rooms/r/bans", None, 200).await,
         json!({"users": []})
@@ -2105,12 +2143,12 @@ async fn a_globally_muted_user_on_the_mute_all_whitelist_still_gets_muted() {
     for c in [&troll, &other] {
         assert!(matches!(next_notice(c).await, Event::Muted { .. }));
     }
-    relay.tick(until - 1);
+    relay.tick(until - 1).await;
     assert_eq!(
         code(troll.send("b", "chat", body("x"), false).await),
         ErrorCode::Muted
     );
-    relay.tick(until);
+    relay.tick(until).await;
     assert_eq!(
         call(&server, Method::GET, "/v1/global-mutes", None, 200).await,
         json!({"users": []})

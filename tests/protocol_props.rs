@@ -135,7 +135,7 @@ const KICK_REASONS: [KickReason; 4] = [
     KickReason::Offline,
 ];
 
-const ERROR_CODES: [ErrorCode; 19] = [
+const ERROR_CODES: [ErrorCode; 20] = [
     ErrorCode::BadRequest,
     ErrorCode::Unauthorized,
     ErrorCode::Forbidden,
@@ -155,6 +155,7 @@ const ERROR_CODES: [ErrorCode; 19] = [
     ErrorCode::RecallForbidden,
     ErrorCode::Shed,
     ErrorCode::Internal,
+    ErrorCode::Unavailable,
 ];
 
 /// The documented wire index of each variant (the position in the enum, from 0).
@@ -270,6 +271,7 @@ fn fieldless_variant_lists_are_complete_and_in_order() {
         ErrorCode::RecallForbidden => 16,
         ErrorCode::Shed => 17,
         ErrorCode::Internal => 18,
+        ErrorCode::Unavailable => 19,
     };
     let positions = |indices: Vec<usize>| indices == (0..indices.len()).collect::<Vec<_>>();
     assert!(positions(CLASSES.iter().map(class).collect()));
@@ -918,7 +920,7 @@ fn empty_stream_is_a_clean_end_and_zero_length_is_empty() {
 /// slot store, before `tail` moves, and its frame's owner reads the ring from its `Drop`.
 #[test]
 fn lagged_oldest_is_readable_even_mid_publish() {
-    use roomcast::room::{Entry, Read, Ring};
+    use roomcast::room::{Read, Ring};
     use std::sync::{Arc, Mutex, Weak};
 
     type Seen = Arc<Mutex<Vec<(String, String)>>>;
@@ -948,24 +950,20 @@ fn lagged_oldest_is_readable_even_mid_publish() {
 
     let ring = Arc::new(Ring::new(2));
     let seen: Seen = Arc::default();
-    let entry = |st: roomcast::room::ring::Stamp, frame: Bytes| Entry {
-        pos: st.pos,
-        seq: st.seq,
+    let entry = |frame: Bytes| roomcast::room::Payload {
         class: Class::Normal,
-        cum: st.cum,
         frame,
         datagram: None,
         history: None,
-        published: tokio::time::Instant::now(),
     };
     let probe = Bytes::from_owner(Probe {
         ring: Arc::downgrade(&ring),
         seen: seen.clone(),
     });
-    ring.publish(Class::Normal, 1, |st| entry(st, probe));
-    ring.publish(Class::Normal, 1, |st| entry(st, Bytes::new()));
+    ring.publish(1, |_, _| entry(probe));
+    ring.publish(1, |_, _| entry(Bytes::new()));
     // Position 2 overwrites position 0's slot; the probe reads position 0 from inside the store.
-    ring.publish(Class::Normal, 1, |st| entry(st, Bytes::new()));
+    ring.publish(1, |_, _| entry(Bytes::new()));
 
     let seen = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
     assert_eq!(

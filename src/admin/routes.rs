@@ -59,9 +59,34 @@ pub(super) fn open() -> Router<AdminState> {
         .route("/openapi.json", get(openapi_json))
 }
 
-#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "The relay is serving", body = String)))]
-async fn healthz() -> &'static str {
-    "ok\n"
+/// `/healthz`: whether the relay can take changes, with the store's state.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// `ok`, or `unavailable` while the store cannot write (changes are refused).
+    pub status: &'static str,
+    /// The store's state: `healthy`; `failing` with `since_ms`, `error` (the last write's) and
+    /// `failures`; or `closed` while the relay stops.
+    #[schema(value_type = Object)]
+    pub store: crate::store::StoreHealth,
+}
+
+#[utoipa::path(get, path = "/healthz", responses(
+    (status = 200, description = "The relay is serving and its store takes writes", body = Health),
+    (status = 503, description = "The store cannot write (e.g. its disk is full): changes are refused until it recovers by itself", body = Health)))]
+async fn healthz(State(st): State<AdminState>) -> Response {
+    let store = st.relay.store().health();
+    let (status, word) = match store {
+        crate::store::StoreHealth::Healthy => (StatusCode::OK, "ok"),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+    };
+    (
+        status,
+        Json(Health {
+            status: word,
+            store,
+        }),
+    )
+        .into_response()
 }
 
 #[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "This document")))]
@@ -655,6 +680,42 @@ impl utoipa::Modify for SecurityAddon {
     }
 }
 
+/// Every call that changes something may be refused with `503 UNAVAILABLE` while the store
+/// cannot write: documented once here for every `POST`, `PUT` and `DELETE` under `/v1`.
+struct UnavailableAddon;
+
+impl utoipa::Modify for UnavailableAddon {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let unavailable = ResponseBuilder::new()
+            .description(
+                "UNAVAILABLE: the store cannot write (e.g. its disk is full); nothing was changed. \
+                 Retry later; /healthz tells when the store takes writes again.",
+            )
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ApiErrorBody")))
+                    .build(),
+            )
+            .build();
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !path.starts_with("/v1/") || path == "/v1/tokens" {
+                continue;
+            }
+            for op in [&mut item.post, &mut item.put, &mut item.delete]
+                .into_iter()
+                .flatten()
+            {
+                op.responses
+                    .responses
+                    .entry("503".to_owned())
+                    .or_insert_with(|| unavailable.clone().into());
+            }
+        }
+    }
+}
+
 /// The OpenAPI document of the admin API.
 #[derive(OpenApi)]
 #[openapi(
@@ -679,7 +740,7 @@ impl utoipa::Modify for SecurityAddon {
           super::data_routes::get_attributes, super::data_routes::put_attributes,
           super::data_routes::delete_attribute, super::data_routes::delete_attributes,
           super::data_routes::recall, super::data_routes::history),
-    components(schemas(ApiErrorBody, ErrorCode)),
-    modifiers(&SecurityAddon)
+    components(schemas(ApiErrorBody, ErrorCode, Health)),
+    modifiers(&SecurityAddon, &UnavailableAddon)
 )]
 pub struct ApiDoc;

@@ -48,6 +48,9 @@ pub enum ErrorCode {
     Shed,
     /// 18: a fault inside the relay.
     Internal,
+    /// 19: a dependency the change needs is down (the store cannot write, e.g. its disk is full):
+    /// nothing was changed or sent; retry later.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -73,6 +76,7 @@ impl ErrorCode {
             ErrorCode::RecallForbidden => "RECALL_FORBIDDEN",
             ErrorCode::Shed => "SHED",
             ErrorCode::Internal => "INTERNAL",
+            ErrorCode::Unavailable => "UNAVAILABLE",
         }
     }
 
@@ -92,6 +96,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => 413,
             ErrorCode::RateLimited | ErrorCode::Shed => 429,
             ErrorCode::Internal => 500,
+            ErrorCode::Unavailable => 503,
         }
     }
 }

@@ -162,6 +162,15 @@
 //! A refused request gets `Reply { id, result: Err(WireError { code, message }) }`; `code` is one
 //! of [`ErrorCode`]'s stable names (encoded as its variant index), `message` is for humans and may
 //! change.
+//! [`ErrorCode::Unavailable`] means the relay's store cannot write now: the request changed
+//! nothing (a refused `Send` was delivered to no one and is in no history) and may be retried as
+//! it is. Any reply that is not an error comes once its change is durable and visible: a
+//! `Sent { seq, ts }` comes after the message was placed for delivery, so a client may see its
+//! own message on the delivery stream just before the reply.
+//!
+//! # Close codes
+//! The server closes a connection with an application close code from [`CloseCode`] and a reason
+//! text, e.g. `1 "server shutting down"`.
 //!
 //! # Versioning
 //! Variants are only ever appended, and fields are never added to a variant. A client that meets an

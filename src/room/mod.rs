@@ -8,6 +8,11 @@
 //!
 //! The [`Fanout`] trait is the publish side's interface, so a clustered transport can stand in for
 //! the local ring later without touching the code that sends.
+//!
+//! A room's durable changes (its policies, moderation lists, attributes, its destruction) are
+//! serialised by [`Room::changes`], an async lock held from the decision through the store's
+//! acknowledgement to the change in memory, so the store sees them in the order memory makes them
+//! and nothing becomes visible before it is durable.
 
 pub mod ring;
 
@@ -17,8 +22,9 @@ use crate::protocol::{
 };
 use crate::store::{AttrRecord, RoomRecord};
 use bytes::Bytes;
-pub use ring::{Entry, JoinPoint, Read, Ring, Signal, Watchers};
+pub use ring::{Entry, Hold, JoinPoint, Payload, Read, Refused, Ring, Signal, Watchers};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 /// Checks a room or user id: 1–64 characters from `[A-Za-z0-9_.:@-]`.
@@ -76,21 +82,27 @@ pub struct Outgoing {
 
 /// The publish side of a room: the one interface senders use.
 pub trait Fanout: Send + Sync {
-    /// Publishes `msg` at wall-clock `now_ms` and wakes the subscribers. `None` if the room is
-    /// closed. Never waits for a subscriber. `stamped` sees the message with its sequence number
-    /// and timestamp while publishers are still serialised, so whatever it records (history) is
-    /// in order and cannot race the room's destruction.
+    /// Publishes `msg` at wall-clock `now_ms` and wakes the subscribers. Never waits for a
+    /// subscriber. `stamped` sees the message's payload and sequence number while publishers are
+    /// still serialised, so whatever it records (history) is in order and cannot race the room's
+    /// destruction, and decides whether the message is placed now, held until
+    /// [`resolve`](Self::resolve)d, or refused.
     fn publish_with(
         &self,
         msg: Outgoing,
         now_ms: u64,
-        stamped: &mut dyn FnMut(&Message),
-    ) -> Option<(u64, u64)>;
+        stamped: &mut dyn FnMut(&Payload, u64) -> Hold,
+    ) -> Result<(u64, u64), Refused>;
 
-    /// [`publish_with`](Self::publish_with) without a hook.
+    /// [`publish_with`](Self::publish_with) placing the message at once; `None` if the room is
+    /// closed or frozen.
     fn publish(&self, msg: Outgoing, now_ms: u64) -> Option<(u64, u64)> {
-        self.publish_with(msg, now_ms, &mut |_| {})
+        self.publish_with(msg, now_ms, &mut |_, _| Hold::No).ok()
     }
+
+    /// Places (`keep`) or drops the held message `seq`, waking the subscribers if it (or what
+    /// waited behind it) was placed.
+    fn resolve(&self, seq: u64, keep: bool);
 }
 
 /// One member of a room.
@@ -104,11 +116,11 @@ pub struct Member {
     pub conns: HashSet<u64>,
     /// Since when the user has had no connection (offline grace running).
     pub offline_since: Option<u64>,
-    /// The room's newest sequence number when the user went offline.
-    pub offline_seq: u64,
-    /// The room's newest sequence number when another connection of the user arrived while this
+    /// Messages the room had published ([`JoinPoint::messages`]) when the user went offline.
+    pub offline_messages: u64,
+    /// Messages the room had published when another connection of the user arrived while this
     /// membership was still served (a reconnect before the old connection was noticed gone).
-    pub reconnect_seq: Option<u64>,
+    pub reconnect_messages: Option<u64>,
 }
 
 /// The control-side state of a room.
@@ -133,8 +145,9 @@ pub struct RoomState {
     pub attrs: BTreeMap<String, AttrRecord>,
     /// Bumped by every attribute change.
     pub attr_version: u64,
-    /// Sequence numbers up to this one may have been handed out (persisted ahead of use).
-    pub seq_reserved: u64,
+    /// Users who left while owning `auto_delete` attributes: the attributes go (durably first)
+    /// unless the user is a member again by then.
+    pub departed: BTreeSet<String>,
     /// The last activity time that was persisted.
     pub persisted_activity_ms: u64,
     /// Recently recalled sequence numbers (for history served from the ring before the store
@@ -171,8 +184,8 @@ impl RoomState {
                 joined_ms: now_ms,
                 conns: HashSet::from([conn]),
                 offline_since: None,
-                offline_seq: 0,
-                reconnect_seq: None,
+                offline_messages: 0,
+                reconnect_messages: None,
             },
         );
         true
@@ -276,6 +289,12 @@ pub struct Room {
     pub watchers: Watchers,
     /// The ingress budget; only senders take this lock.
     pub budget: Mutex<IngressBudget>,
+    /// Serialises the room's durable changes: held from the decision through the store's ack to
+    /// the change in memory. Never taken on the delivery or send path.
+    pub changes: Arc<tokio::sync::Mutex<()>>,
+    /// Sequence numbers up to this one are durably reserved: the room may hand them out, and a
+    /// restart continues above them.
+    pub seq_reserved: AtomicU64,
     state: Mutex<RoomState>,
     reason: OnceLock<DestroyReason>,
 }
@@ -298,6 +317,8 @@ impl Room {
             ring: Ring::new(ring_capacity),
             watchers: Watchers::default(),
             budget: Mutex::new(IngressBudget::new(budget)),
+            changes: Arc::new(tokio::sync::Mutex::new(())),
+            seq_reserved: AtomicU64::new(0),
             state: Mutex::new(RoomState {
                 last_activity_ms: created_ms,
                 ..RoomState::default()
@@ -337,7 +358,7 @@ impl Room {
             member_events: st.member_events,
             moderation: st.moderation.clone(),
             last_activity_ms: st.last_activity_ms,
-            seq_reserved: st.seq_reserved,
+            seq_reserved: self.seq_reserved.load(Ordering::Acquire),
             attr_version: st.attr_version,
         }
     }
@@ -353,19 +374,13 @@ impl Room {
     /// Publishes a protected system event to every subscriber (no sequence number). False once
     /// the room is closed.
     pub fn publish_event(&self, event: &Event, now_ms: u64) -> bool {
-        let frame = encode_frame(event);
-        let ok = self
-            .ring
-            .publish_event(Class::Protected, now_ms, |st| Entry {
-                pos: st.pos,
-                seq: 0,
-                class: Class::Protected,
-                cum: st.cum,
-                frame,
-                datagram: None,
-                history: None,
-                published: tokio::time::Instant::now(),
-            });
+        let payload = Payload {
+            class: Class::Protected,
+            frame: encode_frame(event),
+            datagram: None,
+            history: None,
+        };
+        let ok = self.ring.publish_event(now_ms, payload);
         if ok {
             self.watchers.notify_all();
         }
@@ -383,41 +398,45 @@ impl Fanout for Room {
         &self,
         msg: Outgoing,
         now_ms: u64,
-        hook: &mut dyn FnMut(&Message),
-    ) -> Option<(u64, u64)> {
+        hook: &mut dyn FnMut(&Payload, u64) -> Hold,
+    ) -> Result<(u64, u64), Refused> {
         let class = msg.class;
-        let stamped = self.ring.publish(class, now_ms, |st| {
-            let message = Message {
-                room: self.id.clone(),
-                seq: st.seq,
-                ts: st.ts,
-                from: msg.from,
-                msg_type: msg.msg_type,
-                body: msg.body,
-                class,
-            };
-            let event = Event::Message(message);
-            let frame = encode_frame(&event);
-            let datagram = (class == Class::Low).then(|| encode_datagram(&event));
-            let Event::Message(message) = event else {
-                unreachable!("built as a message above")
-            };
-            hook(&message);
-            Entry {
-                pos: st.pos,
-                seq: st.seq,
-                class,
-                cum: st.cum,
-                frame,
-                datagram,
-                history: msg.keep_in_history.then_some(message),
-                published: tokio::time::Instant::now(),
-            }
-        });
-        if stamped.is_some() {
+        let stamped = self.ring.publish_held(
+            now_ms,
+            |seq, ts| {
+                let event = Event::Message(Message {
+                    room: self.id.clone(),
+                    seq,
+                    ts,
+                    from: msg.from,
+                    msg_type: msg.msg_type,
+                    body: msg.body,
+                    class,
+                });
+                let frame = encode_frame(&event);
+                let datagram = (class == Class::Low).then(|| encode_datagram(&event));
+                let Event::Message(message) = event else {
+                    unreachable!("built as a message above")
+                };
+                Payload {
+                    class,
+                    frame,
+                    datagram,
+                    history: msg.keep_in_history.then_some(message),
+                }
+            },
+            |payload, seq| hook(payload, seq),
+        );
+        if stamped.is_ok() {
             self.watchers.notify_all();
         }
         stamped
+    }
+
+    fn resolve(&self, seq: u64, keep: bool) {
+        if self.ring.resolve(seq, keep) {
+            self.watchers.notify_all();
+        }
     }
 }
 

@@ -10,6 +10,14 @@
 //! publisher: it finds out it lagged and skips ahead, and the cumulative per-class counters stamped
 //! on every entry tell it exactly how many messages of each class it skipped.
 //!
+//! Held messages: a message whose store append must be durable before anyone sees it is stamped
+//! (its sequence number and timestamp) at once, in order, but placed in the ring only when the
+//! store has resolved it ([`Ring::resolve`]): readers never see a message the store may still
+//! refuse, so there is nothing to take back when it does. Messages are placed in sequence order:
+//! a message that needs no store (a low-priority one, or any in `batched` mode) stamped behind a
+//! held one waits for it, and no longer. A refused message is never placed; its sequence number
+//! stays unused. System events are not held: they are placed at once.
+//!
 //! Wake-ups go through [`Watchers`]: each subscribing connection registers one [`Signal`] (an atomic
 //! flag plus an [`AtomicWaker`]); the publisher sets the flags lock-free, so a connection that is
 //! already awake costs one atomic swap per publish.
@@ -18,6 +26,7 @@ use crate::protocol::Class;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
@@ -69,17 +78,69 @@ pub enum Read {
     },
 }
 
-/// Publisher-side state; only publishers take its lock.
-#[derive(Debug, Default, Clone, Copy)]
+/// What a publisher hands the ring: the event encoded once for every subscriber.
+#[derive(Debug)]
+pub struct Payload {
+    /// Its class.
+    pub class: Class,
+    /// The delivery-stream frame (length prefix included).
+    pub frame: Bytes,
+    /// The datagram payload, for low-priority messages.
+    pub datagram: Option<Bytes>,
+    /// The decoded message, for join history; `None` when it is not to be kept in history.
+    pub history: Option<crate::protocol::Message>,
+}
+
+/// What the publisher's hook decides for a stamped message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// Place it now (or right after the held messages before it).
+    No,
+    /// Keep it out of the ring until [`Ring::resolve`] says whether it stays.
+    UntilResolved,
+    /// Drop it now: its sequence number is not used.
+    Refuse,
+}
+
+/// Why a message was not published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The ring is closed (the room was destroyed).
+    Closed,
+    /// The ring takes no messages for now (the room's destruction is being stored).
+    Frozen,
+    /// The publisher's hook refused it ([`Hold::Refuse`]).
+    Hook,
+}
+
+/// A stamped message not yet placed.
+#[derive(Debug)]
+struct Held {
+    seq: u64,
+    payload: Payload,
+    /// `None` until resolved; then whether it is placed.
+    keep: Option<bool>,
+}
+
+/// Publisher-side state; only publishers (and [`Ring::resolve`]) take its lock.
+#[derive(Debug, Default)]
 pub struct PublishState {
     /// The next message sequence number to assign.
     pub next_seq: u64,
     /// The last timestamp handed out, so timestamps never go backwards.
     pub last_ts: u64,
-    /// Cumulative per-class counts.
+    /// Cumulative per-class counts of what was placed.
     pub cum: ClassCounts,
     /// Set once by [`Ring::close`]; nothing is published after it.
     pub closed: bool,
+    /// Set by [`Ring::freeze`]: messages are refused, events still placed.
+    pub frozen: bool,
+    /// The sequence number of the newest placed message (or where a restart resumed).
+    pub last_placed: u64,
+    /// Messages placed so far.
+    pub placed: u64,
+    /// Stamped messages waiting to be placed, in sequence order.
+    held: VecDeque<Held>,
 }
 
 /// A consistent snapshot of the publish side, taken by a joining member.
@@ -87,10 +148,13 @@ pub struct PublishState {
 pub struct JoinPoint {
     /// The ring position the member reads from.
     pub pos: u64,
-    /// The newest assigned sequence number (0 if none).
+    /// The newest placed sequence number (0 if none).
     pub last_seq: u64,
     /// Cumulative per-class counts before `pos`.
     pub cum: ClassCounts,
+    /// Messages placed before `pos`: the difference of two join points is how many messages
+    /// were published between them.
+    pub messages: u64,
 }
 
 /// The broadcast ring.
@@ -142,71 +206,134 @@ impl Ring {
         self.tail.load(Ordering::Acquire)
     }
 
-    /// Publishes one message. `build(seq, ts, pos, cum)` makes the entry; it runs under the
+    /// Publishes one message. `build(seq, ts)` makes its payload; it runs under the
     /// publisher-only lock so sequence numbers, timestamps and ring order agree. `now_ms` is the
-    /// wall clock; timestamps are made monotonic here. Returns `(seq, ts)`, or `None` once the ring
-    /// is closed.
+    /// wall clock; timestamps are made monotonic here. Returns `(seq, ts)`, or `None` once the
+    /// ring is closed or frozen.
     pub fn publish(
         &self,
-        class: Class,
         now_ms: u64,
-        build: impl FnOnce(Stamp) -> Entry,
+        build: impl FnOnce(u64, u64) -> Payload,
     ) -> Option<(u64, u64)> {
-        self.push(class, now_ms, true, build)
+        self.publish_held(now_ms, build, |_, _| Hold::No).ok()
     }
 
-    /// Publishes a system event: like [`publish`](Self::publish) but it takes no sequence number
-    /// (its stamp's `seq` is 0), so message sequence numbers stay dense.
-    pub fn publish_event(
+    /// Publishes one message as [`publish`](Self::publish) does, after `hold(payload, seq)` (run
+    /// under the same lock, so what it records is in sequence order) decided whether it is placed
+    /// now, held until [`resolve`](Self::resolve)d, or refused.
+    pub fn publish_held(
         &self,
-        class: Class,
         now_ms: u64,
-        build: impl FnOnce(Stamp) -> Entry,
-    ) -> bool {
-        self.push(class, now_ms, false, build).is_some()
-    }
-
-    fn push(
-        &self,
-        class: Class,
-        now_ms: u64,
-        message: bool,
-        build: impl FnOnce(Stamp) -> Entry,
-    ) -> Option<(u64, u64)> {
-        let mut st = self.publish.lock().unwrap_or_else(|p| p.into_inner());
+        build: impl FnOnce(u64, u64) -> Payload,
+        hold: impl FnOnce(&Payload, u64) -> Hold,
+    ) -> Result<(u64, u64), Refused> {
+        let mut st = self.lock();
         if st.closed {
-            return None;
+            return Err(Refused::Closed);
+        }
+        if st.frozen {
+            return Err(Refused::Frozen);
         }
         let ts = now_ms.max(st.last_ts);
-        let seq = if message {
-            st.next_seq += 1;
-            st.next_seq - 1
-        } else {
-            0
+        let seq = st.next_seq;
+        let payload = build(seq, ts);
+        let keep = match hold(&payload, seq) {
+            Hold::Refuse => return Err(Refused::Hook),
+            Hold::No => Some(true),
+            Hold::UntilResolved => None,
         };
+        st.next_seq += 1;
         st.last_ts = ts;
-        st.cum[class_index(class)] += 1;
-        let pos = self.tail.load(Ordering::Relaxed);
-        let entry = build(Stamp {
-            seq,
-            ts,
-            pos,
-            cum: st.cum,
-        });
-        self.slots[(pos & self.mask) as usize].store(Some(Arc::new(entry)));
-        self.tail.store(pos + 1, Ordering::Release);
-        Some((seq, ts))
+        if keep.is_some() && st.held.is_empty() {
+            self.place(&mut st, seq, payload);
+        } else {
+            st.held.push_back(Held { seq, payload, keep });
+        }
+        Ok((seq, ts))
     }
 
-    /// Closes the ring: later publishes fail. Every entry published before it stays readable, and a
-    /// reader that sees [`is_closed`](Self::is_closed) and then finds [`Read::Empty`] has read all.
-    /// Returns false if it was closed already.
+    /// Publishes a system event: placed at once, even ahead of held messages, and with no
+    /// sequence number (its entry's `seq` is 0), so message sequence numbers stay dense. False
+    /// once the ring is closed.
+    pub fn publish_event(&self, now_ms: u64, payload: Payload) -> bool {
+        let mut st = self.lock();
+        if st.closed {
+            return false;
+        }
+        st.last_ts = now_ms.max(st.last_ts);
+        self.place(&mut st, 0, payload);
+        true
+    }
+
+    /// Says whether the held message `seq` stays (`keep`) or is dropped, then places every
+    /// message at the front of the queue that is resolved. Returns whether anything was placed
+    /// (the caller wakes the subscribers then). A message no longer held (the ring was closed)
+    /// is ignored.
+    pub fn resolve(&self, seq: u64, keep: bool) -> bool {
+        let mut st = self.lock();
+        let Some(h) = st.held.iter_mut().find(|h| h.seq == seq) else {
+            return false;
+        };
+        h.keep = Some(keep);
+        let mut placed = false;
+        while st.held.front().is_some_and(|h| h.keep.is_some()) {
+            let Some(h) = st.held.pop_front() else { break };
+            if h.keep == Some(true) {
+                self.place(&mut st, h.seq, h.payload);
+                placed = true;
+            }
+        }
+        placed
+    }
+
+    /// Messages stamped but not yet placed.
+    pub fn held(&self) -> usize {
+        self.lock().held.len()
+    }
+
+    /// Refuses messages (not events) while `on`: a room whose destruction is being stored takes
+    /// no message that the store would put after the deletion.
+    pub fn freeze(&self, on: bool) {
+        self.lock().frozen = on;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PublishState> {
+        self.publish.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stores `payload` at the tail (publish lock held).
+    fn place(&self, st: &mut PublishState, seq: u64, payload: Payload) {
+        let class = payload.class;
+        st.cum[class_index(class)] += 1;
+        if seq > 0 {
+            st.last_placed = seq;
+            st.placed += 1;
+        }
+        let pos = self.tail.load(Ordering::Relaxed);
+        let entry = Entry {
+            pos,
+            seq,
+            class,
+            cum: st.cum,
+            frame: payload.frame,
+            datagram: payload.datagram,
+            history: payload.history,
+            published: tokio::time::Instant::now(),
+        };
+        self.slots[(pos & self.mask) as usize].store(Some(Arc::new(entry)));
+        self.tail.store(pos + 1, Ordering::Release);
+    }
+
+    /// Closes the ring: later publishes fail, and held messages are dropped. Every entry placed
+    /// before it stays readable, and a reader that sees [`is_closed`](Self::is_closed) and then
+    /// finds [`Read::Empty`] has read all. Returns false if it was closed already.
     pub fn close(&self) -> bool {
-        let mut st = self.publish.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.lock();
         if st.closed {
             return false;
         }
         st.closed = true;
+        st.held.clear();
         self.closed.store(true, Ordering::Release);
         true
     }
@@ -216,28 +343,27 @@ impl Ring {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// Makes the next message's sequence number at least `next` (after a restart).
+    /// Makes the next message's sequence number at least `next` (after a restart); the join
+    /// point's `last_seq` follows, so the next message is `last_seq + 1`.
     pub fn resume_seq(&self, next: u64) {
-        let mut st = self.publish.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.lock();
         st.next_seq = st.next_seq.max(next);
+        st.last_placed = st.last_placed.max(st.next_seq - 1);
     }
 
-    /// The newest assigned message sequence number (0 if none).
+    /// The newest assigned message sequence number (0 if none), placed or held.
     pub fn last_seq(&self) -> u64 {
-        self.publish
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .next_seq
-            - 1
+        self.lock().next_seq - 1
     }
 
     /// A consistent snapshot for a joining member.
     pub fn join_point(&self) -> JoinPoint {
-        let st = self.publish.lock().unwrap_or_else(|p| p.into_inner());
+        let st = self.lock();
         JoinPoint {
             pos: self.tail.load(Ordering::Relaxed),
-            last_seq: st.next_seq - 1,
+            last_seq: st.last_placed,
             cum: st.cum,
+            messages: st.placed,
         }
     }
 
@@ -310,19 +436,6 @@ impl Ring {
         out.reverse();
         out
     }
-}
-
-/// What the publisher hands to the entry builder.
-#[derive(Debug, Clone, Copy)]
-pub struct Stamp {
-    /// Sequence number.
-    pub seq: u64,
-    /// Timestamp, ms.
-    pub ts: u64,
-    /// Ring position.
-    pub pos: u64,
-    /// Cumulative counts including this entry.
-    pub cum: ClassCounts,
 }
 
 /// A wake-up flag owned by one connection's delivery task.
@@ -424,16 +537,12 @@ impl Watchers {
 mod tests {
     use super::*;
 
-    fn entry(st: Stamp, class: Class) -> Entry {
-        Entry {
-            pos: st.pos,
-            seq: st.seq,
+    fn payload(seq: u64, class: Class) -> Payload {
+        Payload {
             class,
-            cum: st.cum,
-            frame: Bytes::from(st.seq.to_be_bytes().to_vec()),
+            frame: Bytes::from(seq.to_be_bytes().to_vec()),
             datagram: None,
             history: None,
-            published: tokio::time::Instant::now(),
         }
     }
 
@@ -441,7 +550,7 @@ mod tests {
     fn reads_in_order_then_empty() {
         let ring = Ring::new(8);
         for _ in 0..5 {
-            ring.publish(Class::Normal, 10, |s| entry(s, Class::Normal));
+            ring.publish(10, |seq, _| payload(seq, Class::Normal));
         }
         for pos in 0..5 {
             match ring.read(pos) {
@@ -456,7 +565,7 @@ mod tests {
     fn overwritten_positions_report_lag_with_the_oldest_readable() {
         let ring = Ring::new(4);
         for _ in 0..10 {
-            ring.publish(Class::Normal, 10, |s| entry(s, Class::Normal));
+            ring.publish(10, |seq, _| payload(seq, Class::Normal));
         }
         match ring.read(2) {
             Read::Lagged { oldest } => assert_eq!(oldest, 6),
@@ -476,7 +585,7 @@ mod tests {
             Class::Normal,
         ];
         for c in classes {
-            ring.publish(c, 10, |s| entry(s, c));
+            ring.publish(10, |seq, _| payload(seq, c));
         }
         let Read::Entry(last) = ring.read(4) else {
             panic!("last entry missing")
@@ -488,10 +597,10 @@ mod tests {
     fn timestamps_never_go_backwards_and_seq_strictly_increases() {
         let ring = Ring::new(4);
         let (s1, t1) = ring
-            .publish(Class::Normal, 100, |s| entry(s, Class::Normal))
+            .publish(100, |seq, _| payload(seq, Class::Normal))
             .expect("open");
         let (s2, t2) = ring
-            .publish(Class::Normal, 50, |s| entry(s, Class::Normal))
+            .publish(50, |seq, _| payload(seq, Class::Normal))
             .expect("open");
         assert!(s2 > s1);
         assert_eq!((t1, t2), (100, 100));
@@ -502,12 +611,12 @@ mod tests {
     #[test]
     fn a_closed_ring_refuses_publishes_but_keeps_what_it_had() {
         let ring = Ring::new(4);
-        ring.publish(Class::Normal, 1, |s| entry(s, Class::Normal));
+        ring.publish(1, |seq, _| payload(seq, Class::Normal));
         assert!(ring.close());
         assert!(!ring.close());
         assert!(ring.is_closed());
         assert!(
-            ring.publish(Class::Normal, 1, |s| entry(s, Class::Normal))
+            ring.publish(1, |seq, _| payload(seq, Class::Normal))
                 .is_none()
         );
         assert!(matches!(ring.read(0), Read::Entry(_)));
@@ -538,5 +647,93 @@ mod tests {
         assert!(a.pending.load(Ordering::Acquire));
         w.remove(1);
         assert_eq!(w.len(), 1);
+    }
+
+    fn seqs_placed(ring: &Ring) -> Vec<u64> {
+        (0..ring.tail())
+            .filter_map(|pos| match ring.read(pos) {
+                Read::Entry(e) => Some(e.seq),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn held_messages_are_placed_in_order_once_resolved_and_dropped_ones_leave_no_trace() {
+        let ring = Ring::new(16);
+        let held = |ring: &Ring| {
+            ring.publish_held(
+                1,
+                |seq, _| payload(seq, Class::Normal),
+                |_, _| Hold::UntilResolved,
+            )
+            .expect("stamped")
+        };
+        assert_eq!(held(&ring).0, 1);
+        assert_eq!(held(&ring).0, 2);
+        // A message that needs no store, stamped behind held ones, waits for them.
+        let low = ring
+            .publish_held(1, |seq, _| payload(seq, Class::Low), |_, _| Hold::No)
+            .expect("stamped");
+        assert_eq!(low.0, 3);
+        assert_eq!(held(&ring).0, 4);
+        // System events do not wait.
+        assert!(ring.publish_event(1, payload(0, Class::Protected)));
+        assert_eq!(seqs_placed(&ring), vec![0]);
+        assert_eq!(ring.held(), 4);
+        assert_eq!(ring.last_seq(), 4, "assigned, placed or not");
+        assert_eq!(ring.join_point().last_seq, 0, "nothing placed yet");
+
+        // Resolved out of order: nothing moves until the front is resolved.
+        assert!(!ring.resolve(2, false));
+        assert_eq!(seqs_placed(&ring), vec![0]);
+        assert!(ring.resolve(1, true));
+        // 1 placed, 2 dropped, 3 (not held) placed right after, 4 still held.
+        assert_eq!(seqs_placed(&ring), vec![0, 1, 3]);
+        let jp = ring.join_point();
+        assert_eq!((jp.last_seq, jp.messages), (3, 2));
+        // The dropped message is in no count: the cumulative counts are of placed entries.
+        assert_eq!(jp.cum, [1, 1, 1]);
+        assert!(ring.resolve(4, true));
+        assert_eq!(seqs_placed(&ring), vec![0, 1, 3, 4]);
+        assert_eq!(ring.held(), 0);
+        // Resolving what is no longer held does nothing.
+        assert!(!ring.resolve(4, true));
+
+        // A refused message takes no number.
+        let refused =
+            ring.publish_held(1, |seq, _| payload(seq, Class::Normal), |_, _| Hold::Refuse);
+        assert_eq!(refused, Err(Refused::Hook));
+        assert_eq!(
+            ring.publish(1, |seq, _| payload(seq, Class::Normal))
+                .map(|s| s.0),
+            Some(5)
+        );
+    }
+
+    #[test]
+    fn a_frozen_ring_refuses_messages_not_events_and_a_closed_one_drops_what_it_held() {
+        let ring = Ring::new(16);
+        ring.publish_held(
+            1,
+            |seq, _| payload(seq, Class::Normal),
+            |_, _| Hold::UntilResolved,
+        )
+        .expect("stamped");
+        ring.freeze(true);
+        assert_eq!(
+            ring.publish_held(1, |seq, _| payload(seq, Class::Normal), |_, _| Hold::No),
+            Err(Refused::Frozen)
+        );
+        assert!(ring.publish_event(1, payload(0, Class::Protected)));
+        ring.freeze(false);
+        assert!(
+            ring.publish(1, |seq, _| payload(seq, Class::Normal))
+                .is_some()
+        );
+        assert!(ring.close());
+        assert_eq!(ring.held(), 0);
+        assert!(!ring.resolve(1, true));
+        assert_eq!(seqs_placed(&ring), vec![0]);
     }
 }

@@ -180,8 +180,25 @@ impl DataFolder {
             return Ok(configured.to_owned());
         }
         let path = self.file(file);
-        if let Some(s) = read_trimmed(&path) {
-            return Ok(s);
+        match std::fs::read_to_string(&path) {
+            Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_owned()),
+            // A new secret would silently invalidate everything signed with the old one (every
+            // client token, every app server's key): an emptied file is for a human to look at.
+            Ok(_) => {
+                return Err(ServerError::Data(format!(
+                    "the {what} file {} is empty or holds only whitespace; put the {what} back \
+                     (or set it in the configuration or the environment), or delete the file to \
+                     have a new one generated (what was made with the old one stops working)",
+                    path.display()
+                )));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(ServerError::Data(format!(
+                    "cannot read the {what} file {}: {e}",
+                    path.display()
+                )));
+            }
         }
         let s = crate::auth::random_secret();
         write_file(&path, &s, true).map_err(|e| ServerError::Data(e.to_string()))?;
@@ -252,5 +269,38 @@ mod tests {
         assert!(data.server_file().is_none());
         let left: Vec<_> = std::fs::read_dir(dir.path()).expect("lists").collect();
         assert!(left.is_empty(), "no temporary file left: {left:?}");
+    }
+
+    #[test]
+    fn an_emptied_secret_file_is_an_error_naming_it_not_a_new_secret() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = DataFolder::new(dir.path());
+        let config = Config::default();
+        let first = data.prepare(&config).expect("prepares");
+        for (file, what) in [
+            (TOKEN_SECRET_FILE, "token secret"),
+            (ADMIN_KEY_FILE, "admin key"),
+        ] {
+            let path = dir.path().join(file);
+            let before = std::fs::read_to_string(&path).expect("written");
+            for emptied in ["", " \n\t \n"] {
+                std::fs::write(&path, emptied).expect("emptied");
+                let err = data.prepare(&config).err().expect("refused");
+                let text = err.to_string();
+                assert!(
+                    text.contains(&path.display().to_string()) && text.contains(what),
+                    "{text}"
+                );
+                assert_eq!(
+                    std::fs::read_to_string(&path).expect("still there"),
+                    emptied,
+                    "no new secret was written over it"
+                );
+            }
+            std::fs::write(&path, &before).expect("restored");
+        }
+        let again = data.prepare(&config).expect("prepares again");
+        assert_eq!(again.secrets.token_secret, first.secrets.token_secret);
+        assert_eq!(again.secrets.admin_key, first.secrets.admin_key);
     }
 }

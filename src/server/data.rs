@@ -1,13 +1,17 @@
 //! Room data: attributes (KV with owners), recall and history.
 //!
-//! Attribute changes happen under the room's lock and publish their event into the ring there, so
-//! members see changes in version order, right after the snapshot their join returned.
+//! Attribute changes are durable changes (see [`super::durable`]): decided under the room's
+//! change lock, stored, then applied under the room's lock, which publishes their events into
+//! the ring there, so members see changes in version order, right after the snapshot their join
+//! returned, and only changes that are durable.
 
+use super::durable::NOT_MADE;
 use super::relay::{Durable, Relay, now_ms};
 use crate::protocol::{Attribute, ErrorCode, Event, HistoryEntry, Message, WireError};
 use crate::room::{Room, RoomState, validate_id};
-use crate::store::{AttrRecord, Op};
-use std::collections::BTreeSet;
+use crate::store::{AttrRecord, Op, StoreError, StoredMessage};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 /// Most attribute keys in a room.
 pub const MAX_KEYS: usize = 100;
@@ -59,7 +63,7 @@ fn to_attribute(key: &str, a: &AttrRecord) -> Attribute {
 }
 
 /// Who is changing attributes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Actor<'a> {
     /// A client (must be a member; batch ≤ 10).
     Client(&'a str),
@@ -110,9 +114,9 @@ impl Relay {
     }
 
     /// Sets attributes; each key is checked on its own (`ATTR_NOT_OWNER`, `ATTR_LIMIT`,
-    /// `BAD_REQUEST`), the others still apply.
+    /// `BAD_REQUEST`), the others still apply, all in one store transaction.
     pub fn set_attributes(
-        &self,
+        self: &Arc<Self>,
         actor: Actor<'_>,
         room_id: &str,
         entries: &[(String, String)],
@@ -121,94 +125,33 @@ impl Relay {
     ) -> Result<Durable<AttrResults>, WireError> {
         self.check_batch(actor, entries.len())?;
         validate_id("owner", actor.user())?;
-        let room = self.room(room_id)?;
+        let entries = entries.to_vec();
         let now = now_ms();
-        let mut st = room.state();
-        Self::check_member(&room, &st, actor)?;
-        let owner = actor.user().to_owned();
-        let mut results = Vec::with_capacity(entries.len());
-        let mut ops = Vec::new();
-        for (key, value) in entries {
-            let outcome = (|| {
-                validate_key(key)?;
-                if value.len() > MAX_VALUE {
-                    return Err(werr(
-                        ErrorCode::TooLarge,
-                        format!(
-                            "attribute value is {} bytes, the most is {MAX_VALUE}",
-                            value.len()
-                        ),
-                    ));
+        self.attr_change(
+            actor,
+            room_id,
+            move |room, st, owner| plan_set(room, st, owner, &entries, auto_delete, force, now),
+            move |room, st, (changes, results)| {
+                for (key, attr) in changes {
+                    st.attr_version += 1;
+                    room.publish_event(
+                        &Event::AttributeChanged {
+                            room: room.id.clone(),
+                            version: st.attr_version,
+                            attribute: to_attribute(&key, &attr),
+                        },
+                        now,
+                    );
+                    st.attrs.insert(key, attr);
                 }
-                match st.attrs.get(key) {
-                    Some(a) if a.owner != owner && !force => {
-                        return Err(werr(
-                            ErrorCode::AttrNotOwner,
-                            format!(
-                                "attribute {key:?} belongs to {:?}; use force to take it over",
-                                a.owner
-                            ),
-                        ));
-                    }
-                    None if st.attrs.len() >= MAX_KEYS => {
-                        return Err(werr(
-                            ErrorCode::AttrLimit,
-                            format!(
-                                "room {room_id:?} already has {MAX_KEYS} attributes, the most allowed"
-                            ),
-                        ));
-                    }
-                    _ => {}
-                }
-                Ok(())
-            })();
-            if outcome.is_ok() {
-                let attr = AttrRecord {
-                    value: value.clone(),
-                    owner: owner.clone(),
-                    auto_delete,
-                    set_ms: now,
-                };
-                st.attr_version += 1;
-                room.publish_event(
-                    &Event::AttributeChanged {
-                        room: room.id.clone(),
-                        version: st.attr_version,
-                        attribute: to_attribute(key, &attr),
-                    },
-                    now,
-                );
-                st.attrs.insert(key.clone(), attr.clone());
-                ops.push(Op::PutAttr {
-                    room: room.id.clone(),
-                    key: key.clone(),
-                    attr,
-                });
-            }
-            results.push((key.clone(), outcome.err()));
-        }
-        Ok(self.finish_attrs(&room, &st, ops, results))
-    }
-
-    fn finish_attrs(
-        &self,
-        room: &Room,
-        st: &RoomState,
-        mut ops: Vec<Op>,
-        results: Vec<(String, Option<WireError>)>,
-    ) -> Durable<AttrResults> {
-        if !ops.is_empty() {
-            ops.push(Op::PutRoom(room.record(st)));
-        }
-        Durable {
-            value: (st.attr_version, results),
-            ack: self.persist(ops),
-        }
+                results
+            },
+        )
     }
 
     /// Deletes attributes; per key `ATTR_NOT_FOUND` or `ATTR_NOT_OWNER`. The admin always forces.
     pub fn delete_attributes(
-        &self,
+        self: &Arc<Self>,
         actor: Actor<'_>,
         room_id: &str,
         keys: &[String],
@@ -216,33 +159,90 @@ impl Relay {
     ) -> Result<Durable<AttrResults>, WireError> {
         self.check_batch(actor, keys.len())?;
         let force = force || matches!(actor, Actor::Admin(_));
+        let keys = keys.to_vec();
+        self.attr_change(
+            actor,
+            room_id,
+            move |room, st, user| {
+                let mut results = Vec::with_capacity(keys.len());
+                let mut doomed: Vec<String> = Vec::new();
+                for key in &keys {
+                    let outcome = match st.attrs.get(key) {
+                        Some(_) if doomed.contains(key) => None,
+                        other => other,
+                    };
+                    let outcome = match outcome {
+                        None => Err(werr(
+                            ErrorCode::AttrNotFound,
+                            format!("room {:?} has no attribute {key:?}", room.id),
+                        )),
+                        Some(a) if a.owner != user && !force => Err(werr(
+                            ErrorCode::AttrNotOwner,
+                            format!(
+                                "attribute {key:?} belongs to {:?}; use force to delete it",
+                                a.owner
+                            ),
+                        )),
+                        Some(_) => Ok(()),
+                    };
+                    if outcome.is_ok() {
+                        doomed.push(key.clone());
+                    }
+                    results.push((key.clone(), outcome.err()));
+                }
+                (removal_ops(room, st, &doomed), (doomed, results))
+            },
+            move |room, st, (doomed, results)| {
+                let now = now_ms();
+                for key in doomed {
+                    remove_attr(room, st, key, false, now);
+                }
+                results
+            },
+        )
+    }
+
+    /// An attribute call as a durable change: under the room's change lock, a client must be a
+    /// member, `plan` (given the room, its state and the acting user) decides the store ops and
+    /// what to apply, and once they are durable `apply` changes the state (locked) and returns
+    /// the per-key results, answered with the version after.
+    fn attr_change<P: Send + 'static>(
+        self: &Arc<Self>,
+        actor: Actor<'_>,
+        room_id: &str,
+        plan: impl FnOnce(&Room, &RoomState, &str) -> (Vec<Op>, P) + Send + 'static,
+        apply: impl FnOnce(&Room, &mut RoomState, P) -> Vec<(String, Option<WireError>)>
+        + Send
+        + 'static,
+    ) -> Result<Durable<AttrResults>, WireError> {
         let room = self.room(room_id)?;
-        let now = now_ms();
-        let mut st = room.state();
-        Self::check_member(&room, &st, actor)?;
-        let mut results = Vec::with_capacity(keys.len());
-        let mut ops = Vec::new();
-        for key in keys {
-            let outcome = match st.attrs.get(key) {
-                None => Err(werr(
-                    ErrorCode::AttrNotFound,
-                    format!("room {room_id:?} has no attribute {key:?}"),
-                )),
-                Some(a) if a.owner != actor.user() && !force => Err(werr(
-                    ErrorCode::AttrNotOwner,
-                    format!(
-                        "attribute {key:?} belongs to {:?}; use force to delete it",
-                        a.owner
-                    ),
-                )),
-                Some(_) => Ok(()),
+        self.check_writable()?;
+        let relay = self.clone();
+        let client = matches!(actor, Actor::Client(_));
+        let user = actor.user().to_owned();
+        Ok(Durable::later(async move {
+            let guard = relay.lock_room(&room).await?;
+            let actor = match client {
+                true => Actor::Client(&user),
+                false => Actor::Admin(&user),
             };
-            if outcome.is_ok() {
-                ops.push(remove_attr(&room, &mut st, key.clone(), false, now));
-            }
-            results.push((key.clone(), outcome.err()));
-        }
-        Ok(self.finish_attrs(&room, &st, ops, results))
+            let (ops, planned) = {
+                let st = room.state();
+                Self::check_member(&room, &st, actor)?;
+                plan(&room, &st, &user)
+            };
+            let target = room.clone();
+            relay
+                .commit(NOT_MADE, ops, move |ok| {
+                    let _locked = guard;
+                    ok.then(|| {
+                        let mut st = target.state();
+                        let results = apply(&target, &mut st, planned);
+                        (st.attr_version, results)
+                    })
+                })
+                .await
+        }))
     }
 
     /// Reads attributes (all when `keys` is empty). Clients must be members.
@@ -275,96 +275,136 @@ impl Relay {
         Ok((st.attr_version, attrs))
     }
 
-    /// Removes the `auto_delete` attributes `user` owns (it is leaving), with events.
-    pub(crate) fn auto_delete_attrs(&self, room: &Room, st: &mut RoomState, user: &str, now: u64) {
-        self.auto_delete_where(room, st, now, |a| a.owner == user);
+    /// Removes the `auto_delete` attributes of the room's departed users (see
+    /// `RoomState::departed`) who are not members again, durably first, with
+    /// `AttributeRemoved{auto}` events. Nothing to do returns at once; a store that cannot write
+    /// leaves them marked for a later try.
+    pub(crate) async fn sweep(self: &Arc<Self>, room: &Arc<Room>) -> Result<(), WireError> {
+        if room.state().departed.is_empty() {
+            return Ok(());
+        }
+        self.check_writable()?;
+        let guard = self.lock_room(room).await?;
+        let (ops, doomed, users) = {
+            let st = room.state();
+            let users: Vec<String> = st
+                .departed
+                .iter()
+                .filter(|u| st.member(u).is_none())
+                .cloned()
+                .collect();
+            let doomed: Vec<String> = st
+                .attrs
+                .iter()
+                .filter(|(_, a)| a.auto_delete && users.contains(&a.owner))
+                .map(|(k, _)| k.clone())
+                .collect();
+            (removal_ops(room, &st, &doomed), doomed, users)
+        };
+        let target = room.clone();
+        let now = now_ms();
+        self.commit(NOT_MADE, ops, move |ok| {
+            let _locked = guard;
+            ok.then(|| {
+                let mut st = target.state();
+                for key in doomed {
+                    remove_attr(&target, &mut st, key, true, now);
+                }
+                for u in &users {
+                    st.departed.remove(u);
+                }
+            })
+        })
+        .await
     }
 
-    /// After a restart: removes the `auto_delete` attributes whose owners are not members.
-    pub(crate) fn clear_orphaned_attrs(&self, room: &Room, st: &mut RoomState, now: u64) {
-        let members: BTreeSet<String> = st.members().map(|(u, _)| u.clone()).collect();
-        self.auto_delete_where(room, st, now, |a| !members.contains(&a.owner));
+    /// [`Relay::sweep`], with a failure logged (the timer pass tries again).
+    pub(crate) async fn sweep_logged(self: &Arc<Self>, room: &Arc<Room>) {
+        if let Err(e) = self.sweep(room).await {
+            tracing::debug!(room = %room.id, error = %e.message, "auto-delete attributes kept for now");
+        }
     }
 
-    fn auto_delete_where(
-        &self,
-        room: &Room,
-        st: &mut RoomState,
-        now: u64,
-        gone: impl Fn(&AttrRecord) -> bool,
-    ) {
-        let keys: Vec<String> = st
+    /// After a restart: marks the owners of `auto_delete` attributes who are not members as
+    /// departed, for [`Relay::sweep`].
+    pub(crate) fn mark_orphaned_attrs(st: &mut RoomState) {
+        let orphans: Vec<String> = st
             .attrs
-            .iter()
-            .filter(|(_, a)| a.auto_delete && gone(a))
-            .map(|(k, _)| k.clone())
+            .values()
+            .filter(|a| a.auto_delete && st.member(&a.owner).is_none())
+            .map(|a| a.owner.clone())
             .collect();
-        if keys.is_empty() {
-            return;
-        }
-        let mut ops = Vec::new();
-        for key in keys {
-            ops.push(remove_attr(room, st, key, true, now));
-        }
-        ops.push(Op::PutRoom(room.record(st)));
-        // Later acks cover it: the store applies in order.
-        let _ = self.persist(ops);
+        st.departed.extend(orphans);
     }
 
     /// Recalls a message: `by` is the sender (within `recall_window_ms`, own messages only) or
-    /// `None` for the admin (any message, any time). Members get `Recalled{seq}`.
+    /// `None` for the admin (any message, any time). Members get `Recalled{seq}` once the recall
+    /// is durable.
     pub fn recall(
-        &self,
+        self: &Arc<Self>,
         by: Option<&str>,
         room_id: &str,
         seq: u64,
     ) -> Result<Durable<()>, WireError> {
         let room = self.room(room_id)?;
-        let now = now_ms();
-        let found = self.find_message(&room, seq)?;
-        let Some((from, ts, recalled)) = found else {
-            return Err(werr(
-                ErrorCode::MessageNotFound,
-                format!("room {room_id:?} has no message {seq}"),
-            ));
-        };
-        if let Some(user) = by {
-            if from != user {
+        self.check_writable()?;
+        let relay = self.clone();
+        let by = by.map(str::to_owned);
+        Ok(Durable::later(async move {
+            let guard = relay.lock_room(&room).await?;
+            let now = now_ms();
+            let found = relay.find_message(&room, seq)?;
+            let Some((from, ts, recalled)) = found else {
                 return Err(werr(
-                    ErrorCode::RecallForbidden,
-                    "only the sender (or the admin) may recall a message",
+                    ErrorCode::MessageNotFound,
+                    format!("room {:?} has no message {seq}", room.id),
                 ));
+            };
+            if let Some(user) = &by {
+                if &from != user {
+                    return Err(werr(
+                        ErrorCode::RecallForbidden,
+                        "only the sender (or the admin) may recall a message",
+                    ));
+                }
+                let window = relay.config.store.recall_window_ms;
+                if now > ts.saturating_add(window) {
+                    return Err(werr(
+                        ErrorCode::RecallForbidden,
+                        format!("message {seq} is older than the recall window of {window} ms"),
+                    ));
+                }
             }
-            let window = self.config.store.recall_window_ms;
-            if now > ts.saturating_add(window) {
-                return Err(werr(
-                    ErrorCode::RecallForbidden,
-                    format!("message {seq} is older than the recall window of {window} ms"),
-                ));
+            if recalled {
+                return Ok(());
             }
-        }
-        if recalled {
-            return Ok(Durable::now(()));
-        }
-        let mut st = room.state();
-        if !st.recent_recalls.insert(seq) {
-            return Ok(Durable::now(()));
-        }
-        while st.recent_recalls.len() > RECENT_RECALLS {
-            st.recent_recalls.pop_first();
-        }
-        room.publish_event(
-            &Event::Recalled {
+            let ops = vec![Op::Recall {
                 room: room.id.clone(),
                 seq,
-            },
-            now,
-        );
-        let ack = self.persist(vec![Op::Recall {
-            room: room.id.clone(),
-            seq,
-        }]);
-        Ok(Durable { value: (), ack })
+            }];
+            let target = room.clone();
+            relay
+                .commit(NOT_MADE, ops, move |ok| {
+                    let _locked = guard;
+                    ok.then(|| {
+                        let mut st = target.state();
+                        if !st.recent_recalls.insert(seq) {
+                            return;
+                        }
+                        while st.recent_recalls.len() > RECENT_RECALLS {
+                            st.recent_recalls.pop_first();
+                        }
+                        target.publish_event(
+                            &Event::Recalled {
+                                room: target.id.clone(),
+                                seq,
+                            },
+                            now,
+                        );
+                    })
+                })
+                .await
+        }))
     }
 
     /// `(from, ts, recalled)` of message `seq`, from the store or the ring.
@@ -377,11 +417,7 @@ impl Relay {
             return Ok(None);
         }
         let recalled_mem = room.state().recent_recalls.contains(&seq);
-        if let Some(m) = self
-            .store()
-            .message(&room.id, seq)
-            .map_err(|e| werr(ErrorCode::Internal, e.to_string()))?
-        {
+        if let Some(m) = self.store().message(&room.id, seq).map_err(read_error)? {
             return Ok(Some((m.from, m.ts, m.recalled || recalled_mem)));
         }
         let tail = room.ring.tail();
@@ -427,20 +463,56 @@ impl Relay {
         limit: usize,
         recalls: &BTreeSet<u64>,
     ) -> Result<Vec<HistoryEntry>, WireError> {
-        // Everything up to the store's newest committed message comes from the store (which
-        // applies retention); what the ring holds above it is on its way to the store.
+        let stored = self.stored_history(room, before_seq, limit)?;
+        Ok(self.merge_history(room, stored, before_seq, limit, recalls))
+    }
+
+    /// The stored part of a history page: the store's newest committed sequence number and up
+    /// to `limit` stored messages with `seq < before_seq`.
+    pub(crate) fn stored_history(
+        &self,
+        room: &Room,
+        before_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<StoredPage, WireError> {
         let store = self.store();
-        let internal = |e: crate::store::StoreError| werr(ErrorCode::Internal, e.to_string());
-        let committed = store
-            .history(&room.id, None, 1)
-            .map_err(internal)?
-            .last()
-            .map_or(0, |m| m.seq);
-        let stored = store
+        let messages = store
             .history(&room.id, before_seq, limit)
-            .map_err(internal)?;
-        let floor = committed.max(stored.last().map_or(0, |m| m.seq));
-        let bound = before_seq.unwrap_or(u64::MAX);
+            .map_err(read_error)?;
+        let committed = match before_seq {
+            None => messages.last().map_or(0, |m| m.seq),
+            Some(_) => store
+                .history(&room.id, None, 1)
+                .map_err(read_error)?
+                .last()
+                .map_or(0, |m| m.seq),
+        };
+        Ok(StoredPage {
+            committed,
+            messages,
+        })
+    }
+
+    /// A history page from its stored part and the ring: everything up to the store's newest
+    /// committed message comes from the store (which applies retention); what the ring holds
+    /// above it is on its way to the store (`batched` mode). Only messages with
+    /// `seq < before_seq`, and none the ring has not placed yet (a message is shown once it is
+    /// visible), at most `limit`, oldest first.
+    pub(crate) fn merge_history(
+        &self,
+        room: &Room,
+        stored: StoredPage,
+        before_seq: Option<u64>,
+        limit: usize,
+        recalls: &BTreeSet<u64>,
+    ) -> Vec<HistoryEntry> {
+        let visible = room.ring.join_point().last_seq;
+        let bound = before_seq
+            .unwrap_or(u64::MAX)
+            .min(visible.saturating_add(1));
+        let floor = stored
+            .committed
+            .max(stored.messages.last().map_or(0, |m| m.seq));
         let pending: Vec<Message> = room
             .ring
             .history_between(floor, bound)
@@ -448,23 +520,10 @@ impl Relay {
             .filter_map(|e| e.history.clone())
             .collect();
         let mut out: Vec<HistoryEntry> = stored
+            .messages
             .into_iter()
-            .map(|m| HistoryEntry {
-                recalled: m.recalled || recalls.contains(&m.seq),
-                message: Message {
-                    room: room.id.clone(),
-                    seq: m.seq,
-                    ts: m.ts,
-                    from: m.from,
-                    msg_type: m.msg_type,
-                    body: if m.recalled {
-                        bytes::Bytes::new()
-                    } else {
-                        m.body
-                    },
-                    class: m.class,
-                },
-            })
+            .filter(|m| m.seq < bound)
+            .map(|m| history_entry(&room.id, m, recalls))
             .collect();
         out.extend(pending.into_iter().map(|mut m| {
             let recalled = recalls.contains(&m.seq);
@@ -476,14 +535,150 @@ impl Relay {
                 recalled,
             }
         }));
-        for e in &mut out {
-            if e.recalled {
-                e.message.body = bytes::Bytes::new();
-            }
-        }
         let skip = out.len().saturating_sub(limit);
-        Ok(out.split_off(skip))
+        out.split_off(skip)
     }
+}
+
+/// The stored part of a history page (see [`Relay::stored_history`]).
+pub(crate) struct StoredPage {
+    /// The store's newest committed sequence number in the room.
+    committed: u64,
+    /// The stored messages of the page, oldest first.
+    messages: Vec<StoredMessage>,
+}
+
+/// A stored message as a history entry; a recalled one (in the store or in `recalls`) without
+/// its body.
+fn history_entry(room: &str, m: StoredMessage, recalls: &BTreeSet<u64>) -> HistoryEntry {
+    let recalled = m.recalled || recalls.contains(&m.seq);
+    HistoryEntry {
+        recalled,
+        message: Message {
+            room: room.to_owned(),
+            seq: m.seq,
+            ts: m.ts,
+            from: m.from,
+            msg_type: m.msg_type,
+            body: if recalled {
+                bytes::Bytes::new()
+            } else {
+                m.body
+            },
+            class: m.class,
+        },
+    }
+}
+
+/// A failed store read as the caller sees it: `UNAVAILABLE` while the store cannot be read
+/// (retry later), `INTERNAL` for a damaged record.
+fn read_error(e: StoreError) -> WireError {
+    match e {
+        StoreError::Unavailable(m) => werr(
+            ErrorCode::Unavailable,
+            format!("the store cannot be read now ({m}); retry later"),
+        ),
+        StoreError::Damaged(m) => werr(ErrorCode::Internal, format!("the store: {m}")),
+    }
+}
+
+/// The changes of an attribute set, decided on `st`: the store ops (with the room's record at the
+/// new version), and the `(key, attribute)` pairs to apply in order with the per-key results.
+#[allow(clippy::type_complexity)]
+fn plan_set(
+    room: &Room,
+    st: &RoomState,
+    owner: &str,
+    entries: &[(String, String)],
+    auto_delete: bool,
+    force: bool,
+    now: u64,
+) -> (
+    Vec<Op>,
+    (Vec<(String, AttrRecord)>, Vec<(String, Option<WireError>)>),
+) {
+    // Keys this call sets, with their owner, on top of the room's: a later entry of the same
+    // call sees an earlier one.
+    let mut set: HashMap<&str, &str> = HashMap::new();
+    let mut added = 0;
+    let mut results = Vec::with_capacity(entries.len());
+    let mut changes = Vec::new();
+    let mut ops = Vec::new();
+    for (key, value) in entries {
+        let outcome = (|| {
+            validate_key(key)?;
+            if value.len() > MAX_VALUE {
+                return Err(werr(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "attribute value is {} bytes, the most is {MAX_VALUE}",
+                        value.len()
+                    ),
+                ));
+            }
+            let current = set
+                .get(key.as_str())
+                .copied()
+                .or_else(|| st.attrs.get(key).map(|a| a.owner.as_str()));
+            match current {
+                Some(o) if o != owner && !force => Err(werr(
+                    ErrorCode::AttrNotOwner,
+                    format!("attribute {key:?} belongs to {o:?}; use force to take it over"),
+                )),
+                None if st.attrs.len() + added >= MAX_KEYS => Err(werr(
+                    ErrorCode::AttrLimit,
+                    format!(
+                        "room {:?} already has {MAX_KEYS} attributes, the most allowed",
+                        room.id
+                    ),
+                )),
+                _ => Ok(()),
+            }
+        })();
+        if outcome.is_ok() {
+            if set.insert(key, owner).is_none() && !st.attrs.contains_key(key) {
+                added += 1;
+            }
+            let attr = AttrRecord {
+                value: value.clone(),
+                owner: owner.to_owned(),
+                auto_delete,
+                set_ms: now,
+            };
+            ops.push(Op::PutAttr {
+                room: room.id.clone(),
+                key: key.clone(),
+                attr: attr.clone(),
+            });
+            changes.push((key.clone(), attr));
+        }
+        results.push((key.clone(), outcome.err()));
+    }
+    let version = st.attr_version + changes.len() as u64;
+    if !ops.is_empty() {
+        let mut record = room.record(st);
+        record.attr_version = version;
+        ops.push(Op::PutRoom(record));
+    }
+    (ops, (changes, results))
+}
+
+/// The store ops that delete `keys` (present in `st`) and record the room's version after.
+fn removal_ops(room: &Room, st: &RoomState, keys: &[String]) -> Vec<Op> {
+    if keys.is_empty() {
+        return Vec::new();
+    }
+    let mut ops: Vec<Op> = keys
+        .iter()
+        .map(|key| Op::DeleteAttr {
+            room: room.id.clone(),
+            key: key.clone(),
+        })
+        .collect();
+    let mut record = room.record(st);
+    record.attr_version = st.attr_version + keys.len() as u64;
+    ops.push(Op::PutRoom(record));
+    ops
 }
 
 /// Sender and timestamp of a ring entry that keeps no decoded copy (not kept in history).
@@ -494,24 +689,20 @@ fn message_meta(frame: &bytes::Bytes) -> (String, u64) {
     }
 }
 
-/// Removes attribute `key` (it exists), bumps the version, tells the members
-/// (`AttributeRemoved`, `auto` when auto-delete removed it) and returns the store op.
-fn remove_attr(room: &Room, st: &mut RoomState, key: String, auto: bool, now: u64) -> Op {
+/// Removes attribute `key` (it exists), bumps the version and tells the members
+/// (`AttributeRemoved`, `auto` when auto-delete removed it).
+pub(super) fn remove_attr(room: &Room, st: &mut RoomState, key: String, auto: bool, now: u64) {
     st.attrs.remove(&key);
     st.attr_version += 1;
     room.publish_event(
         &Event::AttributeRemoved {
             room: room.id.clone(),
             version: st.attr_version,
-            key: key.clone(),
+            key,
             auto,
         },
         now,
     );
-    Op::DeleteAttr {
-        room: room.id.clone(),
-        key,
-    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ mod admission;
 mod bootstrap;
 pub mod data;
 mod delivery;
+pub mod durable;
 pub(crate) use delivery::window_wait;
 pub mod link;
 pub mod moderation;
@@ -90,11 +91,29 @@ pub struct Server {
 const CERT_CHECK: Duration = Duration::from_secs(3600);
 
 impl Server {
-    /// Binds the QUIC endpoint and the admin listener.
+    /// Opens the store in the data folder, then binds the QUIC endpoint and the admin listener.
     pub async fn bind(
         config: Config,
         secrets: Secrets,
         identity: &ServerIdentity,
+    ) -> Result<Self, ServerError> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.server.data)
+            .map_err(|e| ServerError::Data(format!("{}: {e}", config.server.data.display())))?;
+        let store = crate::store::RedbStore::open(
+            &config.server.data.join(STORE_FILE),
+            config.store_config(),
+        )?;
+        Self::bind_with_store(config, secrets, identity, Arc::new(store)).await
+    }
+
+    /// [`Server::bind`] on a store the caller opened (a [`crate::store::RedbStore`] on a
+    /// [`crate::store::StoreFile`] of its own, for instance); the data folder holds the rest.
+    pub async fn bind_with_store(
+        config: Config,
+        secrets: Secrets,
+        identity: &ServerIdentity,
+        store: Arc<dyn crate::store::Store>,
     ) -> Result<Self, ServerError> {
         config.validate()?;
         let config = Arc::new(config);
@@ -139,14 +158,8 @@ impl Server {
             config.auth.leeway_secs,
             config.auth.dev_mode,
         );
-        std::fs::create_dir_all(&config.server.data)
-            .map_err(|e| ServerError::Data(format!("{}: {e}", config.server.data.display())))?;
-        let store = crate::store::RedbStore::open(
-            &config.server.data.join(STORE_FILE),
-            config.store_config(),
-        )?;
-        let snapshot = crate::store::Store::load(&store)?;
-        let relay = Arc::new(Relay::new(config, auth, secrets.admin_key, Arc::new(store)));
+        let snapshot = store.load()?;
+        let relay = Arc::new(Relay::new(config, auth, secrets.admin_key, store));
         relay.restore(snapshot);
         Ok(Server {
             relay,
@@ -217,12 +230,13 @@ impl Server {
                 loop {
                     tokio::select! {
                         _ = stop.wait_for(|s| *s) => break,
-                        _ = interval.tick() => {
-                            let report = relay.tick(relay::now_ms());
-                            if !report.destroyed.is_empty() || !report.offline_removed.is_empty() {
-                                tracing::debug!(?report, "timers fired");
-                            }
-                        }
+                        _ = interval.tick() => {}
+                    }
+                    // Outside the select: a tick awaits the store, and the stop branch's output
+                    // holds a lock that must not live across that.
+                    let report = relay.tick(relay::now_ms()).await;
+                    if !report.destroyed.is_empty() || !report.offline_removed.is_empty() {
+                        tracing::debug!(?report, "timers fired");
                     }
                 }
             })

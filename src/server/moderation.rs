@@ -1,12 +1,17 @@
 //! Admin operations on room policy: lifecycle settings, bans, mutes, mute-all, whitelists, global
-//! lists. Each checks every limit before it changes anything, so a refused call changes nothing.
+//! lists. Each checks every limit before it changes anything, so a refused call changes nothing;
+//! each is a durable change (see [`super::durable`]): stored first, then applied, with its
+//! notices and kicks only after that.
 
+use super::data::remove_attr;
+use super::durable::NOT_MADE;
 use super::relay::{Durable, Relay, now_ms};
-use crate::policy::{self, DestroyPolicy, MAX_TYPES, MAX_USERS_PER_CALL};
+use crate::policy::{self, DestroyPolicy, GlobalPolicy, MAX_TYPES, MAX_USERS_PER_CALL, Moderation};
 use crate::protocol::{ErrorCode, Event, KickReason, WireError};
-use crate::room::{Room, validate_id};
+use crate::room::{Room, RoomState, validate_id};
 use crate::store::Op;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 fn bad(msg: impl Into<String>) -> WireError {
     WireError::new(ErrorCode::BadRequest, msg)
@@ -91,59 +96,59 @@ impl Relay {
 
     /// Changes how a room ends by itself; takes effect at the next timer tick.
     pub fn set_destroy_policy(
-        &self,
+        self: &Arc<Self>,
         id: &str,
         policy: DestroyPolicy,
     ) -> Result<Durable<()>, WireError> {
         policy.validate()?;
-        let room = self.room(id)?;
-        let mut st = room.state();
-        st.policy = policy;
-        Ok(self.save_room(&room, &st))
-    }
-
-    /// Persists a room's record (state locked, so records reach the store in change order).
-    pub(crate) fn save_room(&self, room: &Room, st: &crate::room::RoomState) -> Durable<()> {
-        Durable {
-            value: (),
-            ack: self.persist(vec![Op::PutRoom(room.record(st))]),
-        }
-    }
-
-    fn save_global(&self) -> Durable<()> {
-        Durable {
-            value: (),
-            ack: self.persist_global(),
-        }
+        self.settings_change(id, move |s| {
+            s.policy = policy;
+            Ok(())
+        })
     }
 
     /// Schedules (or with `None` cancels) a room's destruction at `at_ms`.
-    pub fn set_destroy_at(&self, id: &str, at_ms: Option<u64>) -> Result<Durable<()>, WireError> {
-        let room = self.room(id)?;
+    pub fn set_destroy_at(
+        self: &Arc<Self>,
+        id: &str,
+        at_ms: Option<u64>,
+    ) -> Result<Durable<()>, WireError> {
         if let Some(at) = at_ms
             && at <= now_ms()
         {
+            self.room(id)?;
             return Err(bad(format!(
                 "at must be in the future (ms since the Unix epoch), got {at}"
             )));
         }
-        let mut st = room.state();
-        st.destroy_at_ms = at_ms;
-        Ok(self.save_room(&room, &st))
+        self.settings_change(id, move |s| {
+            s.destroy_at_ms = at_ms;
+            Ok(())
+        })
     }
 
     /// Puts a room on, or takes it off, the keepalive list.
-    pub fn set_keepalive(&self, id: &str, on: bool) -> Result<Durable<()>, WireError> {
-        self.room(id)?;
-        {
-            let mut g = self.global_mut();
-            if on {
-                g.keepalive.insert(id.to_owned());
-            } else {
-                g.keepalive.remove(id);
-            }
-        }
-        Ok(self.save_global())
+    pub fn set_keepalive(self: &Arc<Self>, id: &str, on: bool) -> Result<Durable<()>, WireError> {
+        let room = self.room(id)?;
+        self.check_writable()?;
+        let relay = self.clone();
+        Ok(Durable::later(async move {
+            // The room's lock first: its destruction takes it off the list under the same lock.
+            let _room_locked = relay.lock_room(&room).await?;
+            let id = room.id.clone();
+            relay
+                .global_change(
+                    move |g| {
+                        match on {
+                            true => g.keepalive.insert(id),
+                            false => g.keepalive.remove(&id),
+                        };
+                        Ok(())
+                    },
+                    |_, _| {},
+                )
+                .await
+        }))
     }
 
     /// The keepalive list.
@@ -151,9 +156,10 @@ impl Relay {
         self.global().keepalive.iter().cloned().collect()
     }
 
-    /// Bans users for `minutes`: present ones are removed at once with `Kicked{banned}`.
+    /// Bans users for `minutes`: present ones are removed at once with `Kicked{banned}` (and
+    /// their auto-delete attributes with them, in the same transaction).
     pub fn ban(
-        &self,
+        self: &Arc<Self>,
         id: &str,
         users: &[String],
         minutes: u32,
@@ -161,31 +167,67 @@ impl Relay {
     ) -> Result<Durable<u64>, WireError> {
         policy::check_users(users)?;
         let dur = policy::check_minutes(minutes)?;
-        let room = self.room(id)?;
-        let now = now_ms();
-        let until = now + dur;
-        let saved = {
-            let mut st = room.state();
-            for u in users {
-                st.moderation.bans.insert(u.clone(), until);
-                self.remove_member(&room, &mut st, u, Some(KickReason::Banned), now);
-            }
-            self.save_room(&room, &st)
-        };
-        let event = Event::Banned {
-            room: id.to_owned(),
-            users: users.to_vec(),
-            until_ms: until,
-        };
-        self.notify(&room, users, &event, notify);
-        Ok(Durable {
-            value: until,
-            ack: saved.ack,
-        })
+        let banned = users.to_vec();
+        let told = users.to_vec();
+        let durable = self.room_change(
+            id,
+            move |s, room, st, ops| {
+                let until = now_ms() + dur;
+                for u in &banned {
+                    s.moderation.bans.insert(u.clone(), until);
+                }
+                let doomed: Vec<String> = st
+                    .attrs
+                    .iter()
+                    .filter(|(_, a)| {
+                        a.auto_delete && banned.contains(&a.owner) && st.member(&a.owner).is_some()
+                    })
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for key in &doomed {
+                    ops.push(Op::DeleteAttr {
+                        room: room.id.clone(),
+                        key: key.clone(),
+                    });
+                }
+                s.attr_version += doomed.len() as u64;
+                Ok((until, doomed))
+            },
+            move |relay, room, st, (until, doomed)| {
+                let now = now_ms();
+                for u in &told {
+                    relay.remove_member(room, st, u, Some(KickReason::Banned), now);
+                }
+                for key in doomed {
+                    if st.attrs.contains_key(key) {
+                        remove_attr(room, st, key.clone(), true, now);
+                    }
+                }
+                for u in &told {
+                    if !st.attrs.values().any(|a| a.auto_delete && &a.owner == u) {
+                        st.departed.remove(u);
+                    }
+                }
+                let event = Event::Banned {
+                    room: room.id.clone(),
+                    users: told.clone(),
+                    until_ms: *until,
+                };
+                relay.notify(room, st, &told, &event, notify);
+            },
+        )?;
+        Ok(Durable::later(async move {
+            durable.wait().await.map(|(until, _)| until)
+        }))
     }
 
     /// Lifts a ban.
-    pub fn unban(&self, id: &str, user: &str, notify: bool) -> Result<Durable<()>, WireError> {
+    pub fn unban(
+        self: &Arc<Self>,
+        id: &str,
+        user: &str,
+        notify: bool,
+    ) -> Result<Durable<()>, WireError> {
         self.lift(id, user, notify, Listed::Ban)
     }
 
@@ -196,7 +238,7 @@ impl Relay {
 
     /// Mutes members for `minutes`; the mute outlives leaving the room.
     pub fn mute(
-        &self,
+        self: &Arc<Self>,
         id: &str,
         users: &[String],
         minutes: u32,
@@ -204,29 +246,37 @@ impl Relay {
     ) -> Result<Durable<u64>, WireError> {
         policy::check_users(users)?;
         let dur = policy::check_minutes(minutes)?;
-        let room = self.room(id)?;
-        let until = now_ms() + dur;
-        let saved = {
-            let mut st = room.state();
-            for u in users {
-                st.moderation.mutes.insert(u.clone(), until);
-            }
-            self.save_room(&room, &st)
-        };
-        let event = Event::Muted {
-            room: id.to_owned(),
-            users: users.to_vec(),
-            until_ms: until,
-        };
-        self.notify(&room, users, &event, notify);
-        Ok(Durable {
-            value: until,
-            ack: saved.ack,
-        })
+        let muted = users.to_vec();
+        self.room_change(
+            id,
+            {
+                let muted = muted.clone();
+                move |s, _, _, _| {
+                    let until = now_ms() + dur;
+                    for u in &muted {
+                        s.moderation.mutes.insert(u.clone(), until);
+                    }
+                    Ok(until)
+                }
+            },
+            move |relay, room, st, until| {
+                let event = Event::Muted {
+                    room: room.id.clone(),
+                    users: muted.clone(),
+                    until_ms: *until,
+                };
+                relay.notify(room, st, &muted, &event, notify);
+            },
+        )
     }
 
     /// Lifts a member mute.
-    pub fn unmute(&self, id: &str, user: &str, notify: bool) -> Result<Durable<()>, WireError> {
+    pub fn unmute(
+        self: &Arc<Self>,
+        id: &str,
+        user: &str,
+        notify: bool,
+    ) -> Result<Durable<()>, WireError> {
         self.lift(id, user, notify, Listed::Mute)
     }
 
@@ -237,42 +287,46 @@ impl Relay {
 
     /// Takes `user` off a room's ban or mute list; the user (and with `notify` the room) is told.
     fn lift(
-        &self,
+        self: &Arc<Self>,
         id: &str,
         user: &str,
         notify: bool,
         which: Listed,
     ) -> Result<Durable<()>, WireError> {
         validate_id("user id", user)?;
-        let room = self.room(id)?;
-        let saved = {
-            let mut st = room.state();
-            let list = match which {
-                Listed::Ban => &mut st.moderation.bans,
-                Listed::Mute => &mut st.moderation.mutes,
-            };
-            if list.remove(user).is_none() {
-                let what = match which {
-                    Listed::Ban => "banned from",
-                    Listed::Mute => "muted in",
+        let user = user.to_owned();
+        let room_id = id.to_owned();
+        let users = vec![user.clone()];
+        self.room_change(
+            id,
+            move |s, _, _, _| {
+                let list = match which {
+                    Listed::Ban => &mut s.moderation.bans,
+                    Listed::Mute => &mut s.moderation.mutes,
                 };
-                return Err(bad(format!("user {user:?} is not {what} room {id:?}")));
-            }
-            self.save_room(&room, &st)
-        };
-        let users = vec![user.to_owned()];
-        let event = match which {
-            Listed::Ban => Event::Unbanned {
-                room: id.to_owned(),
-                users: users.clone(),
+                if list.remove(&user).is_none() {
+                    let what = match which {
+                        Listed::Ban => "banned from",
+                        Listed::Mute => "muted in",
+                    };
+                    return Err(bad(format!("user {user:?} is not {what} room {room_id:?}")));
+                }
+                Ok(())
             },
-            Listed::Mute => Event::Unmuted {
-                room: id.to_owned(),
-                users: users.clone(),
+            move |relay, room, st, _| {
+                let event = match which {
+                    Listed::Ban => Event::Unbanned {
+                        room: room.id.clone(),
+                        users: users.clone(),
+                    },
+                    Listed::Mute => Event::Unmuted {
+                        room: room.id.clone(),
+                        users: users.clone(),
+                    },
+                };
+                relay.notify(room, st, &users, &event, notify);
             },
-        };
-        self.notify(&room, &users, &event, notify);
-        Ok(saved)
+        )
     }
 
     fn listed(&self, id: &str, which: Listed) -> Result<Vec<UserUntil>, WireError> {
@@ -286,80 +340,82 @@ impl Relay {
     }
 
     /// Turns mute-all on or off; every member is affected, so the room is always told.
-    pub fn set_mute_all(&self, id: &str, on: bool) -> Result<Durable<()>, WireError> {
-        let room = self.room(id)?;
-        let (changed, saved) = {
-            let mut st = room.state();
-            let changed = st.moderation.mute_all != on;
-            st.moderation.mute_all = on;
-            (changed, self.save_room(&room, &st))
-        };
-        if changed {
-            let event = if on {
-                Event::MuteAll {
-                    room: id.to_owned(),
+    pub fn set_mute_all(self: &Arc<Self>, id: &str, on: bool) -> Result<Durable<()>, WireError> {
+        self.room_change(
+            id,
+            move |s, _, _, _| {
+                let changed = s.moderation.mute_all != on;
+                s.moderation.mute_all = on;
+                Ok(changed)
+            },
+            move |_, room, _, changed| {
+                if *changed {
+                    let event = match on {
+                        true => Event::MuteAll {
+                            room: room.id.clone(),
+                        },
+                        false => Event::MuteAllLifted {
+                            room: room.id.clone(),
+                        },
+                    };
+                    room.publish_event(&event, now_ms());
                 }
-            } else {
-                Event::MuteAllLifted {
-                    room: id.to_owned(),
-                }
-            };
-            room.publish_event(&event, now_ms());
-        }
-        Ok(saved)
+            },
+        )
+        .map(|d| Durable::later(async move { d.wait().await.map(|_| ()) }))
     }
 
     /// Adds users to a room's mute-all whitelist or user whitelist (each holds at most 20).
     pub fn whitelist_add(
-        &self,
+        self: &Arc<Self>,
         id: &str,
         users: &[String],
         mute_all: bool,
     ) -> Result<Durable<()>, WireError> {
         policy::check_users(users)?;
-        let room = self.room(id)?;
-        let mut st = room.state();
-        let list = if mute_all {
-            &mut st.moderation.mute_all_whitelist
-        } else {
-            &mut st.moderation.user_whitelist
-        };
-        let after: BTreeSet<&String> = list.iter().chain(users).collect();
-        if after.len() > MAX_USERS_PER_CALL {
-            return Err(bad(format!(
-                "the {} of a room holds at most {MAX_USERS_PER_CALL} users; it has {} and {} more were asked",
-                if mute_all {
-                    "mute-all whitelist"
-                } else {
-                    "user whitelist"
-                },
-                list.len(),
-                after.len() - list.len()
-            )));
-        }
-        list.extend(users.iter().cloned());
-        Ok(self.save_room(&room, &st))
+        let users = users.to_vec();
+        self.settings_change(id, move |s| {
+                let list = match mute_all {
+                    true => &mut s.moderation.mute_all_whitelist,
+                    false => &mut s.moderation.user_whitelist,
+                };
+                let after: BTreeSet<&String> = list.iter().chain(&users).collect();
+                if after.len() > MAX_USERS_PER_CALL {
+                    return Err(bad(format!(
+                        "the {} of a room holds at most {MAX_USERS_PER_CALL} users; it has {} and {} more were asked",
+                        if mute_all {
+                            "mute-all whitelist"
+                        } else {
+                            "user whitelist"
+                        },
+                        list.len(),
+                        after.len() - list.len()
+                    )));
+                }
+                list.extend(users);
+                Ok(())
+        })
     }
 
     /// Removes a user from a room whitelist.
     pub fn whitelist_remove(
-        &self,
+        self: &Arc<Self>,
         id: &str,
         user: &str,
         mute_all: bool,
     ) -> Result<Durable<()>, WireError> {
         validate_id("user id", user)?;
-        let room = self.room(id)?;
-        let mut st = room.state();
-        let list = if mute_all {
-            &mut st.moderation.mute_all_whitelist
-        } else {
-            &mut st.moderation.user_whitelist
-        };
-        if !list.remove(user) {
-            return Err(bad(format!("user {user:?} is not on that whitelist")));
-        }
-        Ok(self.save_room(&room, &st))
+        let user = user.to_owned();
+        self.settings_change(id, move |s| {
+            let list = match mute_all {
+                true => &mut s.moderation.mute_all_whitelist,
+                false => &mut s.moderation.user_whitelist,
+            };
+            if !list.remove(&user) {
+                return Err(bad(format!("user {user:?} is not on that whitelist")));
+            }
+            Ok(())
+        })
     }
 
     /// A room whitelist.
@@ -375,48 +431,73 @@ impl Relay {
     }
 
     /// Mutes users in every room for `minutes`; each is told.
-    pub fn global_mute(&self, users: &[String], minutes: u32) -> Result<Durable<u64>, WireError> {
+    pub fn global_mute(
+        self: &Arc<Self>,
+        users: &[String],
+        minutes: u32,
+    ) -> Result<Durable<u64>, WireError> {
         policy::check_users(users)?;
         let dur = policy::check_minutes(minutes)?;
-        let until = now_ms() + dur;
-        {
-            let mut g = self.global_mut();
-            for u in users {
-                g.global_mutes.insert(u.clone(), until);
-            }
-        }
-        let saved = self.save_global();
-        for u in users {
-            self.tell_user(
-                u,
-                &Event::Muted {
-                    room: String::new(),
-                    users: vec![u.clone()],
-                    until_ms: until,
-                },
-            );
-        }
-        Ok(Durable {
-            value: until,
-            ack: saved.ack,
-        })
+        self.check_writable()?;
+        let users = users.to_vec();
+        let relay = self.clone();
+        Ok(Durable::later(async move {
+            let muted = users.clone();
+            relay
+                .global_change(
+                    move |g| {
+                        let until = now_ms() + dur;
+                        for u in &muted {
+                            g.global_mutes.insert(u.clone(), until);
+                        }
+                        Ok(until)
+                    },
+                    move |relay, until| {
+                        for u in &users {
+                            relay.tell_user(
+                                u,
+                                &Event::Muted {
+                                    room: String::new(),
+                                    users: vec![u.clone()],
+                                    until_ms: *until,
+                                },
+                            );
+                        }
+                    },
+                )
+                .await
+        }))
     }
 
     /// Lifts a global mute; the user is told.
-    pub fn global_unmute(&self, user: &str) -> Result<Durable<()>, WireError> {
+    pub fn global_unmute(self: &Arc<Self>, user: &str) -> Result<Durable<()>, WireError> {
         validate_id("user id", user)?;
-        if self.global_mut().global_mutes.remove(user).is_none() {
+        if !self.global().global_mutes.contains_key(user) {
             return Err(bad(format!("user {user:?} is not globally muted")));
         }
-        let saved = self.save_global();
-        self.tell_user(
-            user,
-            &Event::Unmuted {
-                room: String::new(),
-                users: vec![user.to_owned()],
-            },
-        );
-        Ok(saved)
+        self.check_writable()?;
+        let user = user.to_owned();
+        let relay = self.clone();
+        Ok(Durable::later(async move {
+            let lifted = user.clone();
+            relay
+                .global_change(
+                    move |g| match g.global_mutes.remove(&lifted) {
+                        Some(_) => Ok(()),
+                        None => Err(bad(format!("user {lifted:?} is not globally muted"))),
+                    },
+                    move |relay, _| {
+                        relay.tell_user(
+                            &user,
+                            &Event::Unmuted {
+                                room: String::new(),
+                                users: vec![user.clone()],
+                            },
+                        );
+                    },
+                )
+                .await
+        }))
     }
 
     /// Live global mutes.
@@ -425,7 +506,11 @@ impl Relay {
     }
 
     /// Adds message types to an app-wide list (each holds at most 20).
-    pub fn types_add(&self, which: TypeList, types: &[String]) -> Result<Durable<()>, WireError> {
+    pub fn types_add(
+        self: &Arc<Self>,
+        which: TypeList,
+        types: &[String],
+    ) -> Result<Durable<()>, WireError> {
         if types.is_empty() || types.len() > MAX_TYPES {
             return Err(bad(format!(
                 "types must hold 1..={MAX_TYPES} message types, got {}",
@@ -435,36 +520,58 @@ impl Relay {
         for t in types {
             crate::room::validate_msg_type(t)?;
         }
-        let mut g = self.global_mut();
-        let list = match which {
-            TypeList::Whitelist => &mut g.type_whitelist,
-            TypeList::LowPriority => &mut g.low_types,
-        };
-        let after: BTreeSet<&String> = list.iter().chain(types).collect();
-        if after.len() > MAX_TYPES {
-            return Err(bad(format!(
-                "a message-type list holds at most {MAX_TYPES} types; it has {} and {} more were asked",
-                list.len(),
-                after.len() - list.len()
-            )));
-        }
-        list.extend(types.iter().cloned());
-        drop(g);
-        Ok(self.save_global())
+        self.check_writable()?;
+        let types = types.to_vec();
+        let relay = self.clone();
+        Ok(Durable::later(async move {
+            relay
+                .global_change(
+                    move |g| {
+                        let list = type_list(g, which);
+                        let after: BTreeSet<&String> = list.iter().chain(&types).collect();
+                        if after.len() > MAX_TYPES {
+                            return Err(bad(format!(
+                                "a message-type list holds at most {MAX_TYPES} types; it has {} and {} more were asked",
+                                list.len(),
+                                after.len() - list.len()
+                            )));
+                        }
+                        list.extend(types);
+                        Ok(())
+                    },
+                    |_, _| {},
+                )
+                .await
+        }))
     }
 
     /// Removes a message type from an app-wide list.
-    pub fn types_remove(&self, which: TypeList, t: &str) -> Result<Durable<()>, WireError> {
-        let mut g = self.global_mut();
-        let list = match which {
-            TypeList::Whitelist => &mut g.type_whitelist,
-            TypeList::LowPriority => &mut g.low_types,
+    pub fn types_remove(
+        self: &Arc<Self>,
+        which: TypeList,
+        t: &str,
+    ) -> Result<Durable<()>, WireError> {
+        let listed = match which {
+            TypeList::Whitelist => self.global().type_whitelist.contains(t),
+            TypeList::LowPriority => self.global().low_types.contains(t),
         };
-        if !list.remove(t) {
+        if !listed {
             return Err(bad(format!("type {t:?} is not on that list")));
         }
-        drop(g);
-        Ok(self.save_global())
+        self.check_writable()?;
+        let t = t.to_owned();
+        let relay = self.clone();
+        Ok(Durable::later(async move {
+            relay
+                .global_change(
+                    move |g| match type_list(g, which).remove(&t) {
+                        true => Ok(()),
+                        false => Err(bad(format!("type {t:?} is not on that list"))),
+                    },
+                    |_, _| {},
+                )
+                .await
+        }))
     }
 
     /// An app-wide message-type list.
@@ -476,11 +583,10 @@ impl Relay {
         }
     }
 
-    /// Tells the room (when `notify`) and always the affected users who would not hear it there.
-    fn notify(&self, room: &Room, users: &[String], event: &Event, notify: bool) {
-        // Published and checked under one lock: a target that leaves or joins meanwhile gets the
-        // notice once, from the room or directly.
-        let st = room.state();
+    /// Tells the room (when `notify`) and always the affected users who would not hear it there
+    /// (state locked: published and checked under one lock, so a target that leaves or joins
+    /// meanwhile gets the notice once, from the room or directly).
+    fn notify(&self, room: &Room, st: &RoomState, users: &[String], event: &Event, notify: bool) {
         if notify {
             room.publish_event(event, now_ms());
         }
@@ -490,6 +596,119 @@ impl Relay {
                 self.tell_user(u, event);
             }
         }
+    }
+
+    /// A change of room `id`'s settings that nobody is told about (see [`Relay::room_change`]).
+    fn settings_change(
+        self: &Arc<Self>,
+        id: &str,
+        change: impl FnOnce(&mut Settings) -> Result<(), WireError> + Send + 'static,
+    ) -> Result<Durable<()>, WireError> {
+        self.room_change(id, move |s, _, _, _| change(s), |_, _, _, _| {})
+    }
+
+    /// A durable change of room `id`'s settings (see [`super::durable`]): under the room's change
+    /// lock, `change` edits a copy of its settings (given the room, its state, and store ops to
+    /// add before the room's record) or refuses; once the record with the copy is durable, the copy replaces
+    /// the settings in memory and `effects` makes the change visible, under the room's lock.
+    fn room_change<T, C, E>(
+        self: &Arc<Self>,
+        id: &str,
+        change: C,
+        effects: E,
+    ) -> Result<Durable<T>, WireError>
+    where
+        T: Send + 'static,
+        C: FnOnce(&mut Settings, &Room, &RoomState, &mut Vec<Op>) -> Result<T, WireError>
+            + Send
+            + 'static,
+        E: FnOnce(&Relay, &Room, &mut RoomState, &T) + Send + 'static,
+    {
+        let room = self.room(id)?;
+        self.check_writable()?;
+        let relay = self.clone();
+        Ok(Durable::later(async move {
+            let guard = relay.lock_room(&room).await?;
+            let (value, settings, ops) = {
+                let st = room.state();
+                let mut settings = Settings {
+                    policy: st.policy,
+                    destroy_at_ms: st.destroy_at_ms,
+                    moderation: st.moderation.clone(),
+                    attr_version: st.attr_version,
+                };
+                let mut ops = Vec::new();
+                let value = change(&mut settings, &room, &st, &mut ops)?;
+                let mut record = room.record(&st);
+                record.policy = settings.policy;
+                record.destroy_at_ms = settings.destroy_at_ms;
+                record.moderation = settings.moderation.clone();
+                record.attr_version = settings.attr_version;
+                ops.push(Op::PutRoom(record));
+                (value, settings, ops)
+            };
+            let target = room.clone();
+            let applier = relay.clone();
+            relay
+                .commit(NOT_MADE, ops, move |ok| {
+                    let _locked = guard;
+                    if !ok {
+                        return None;
+                    }
+                    let mut st = target.state();
+                    st.policy = settings.policy;
+                    st.destroy_at_ms = settings.destroy_at_ms;
+                    st.moderation = settings.moderation;
+                    effects(&applier, &target, &mut st, &value);
+                    Some(value)
+                })
+                .await
+        }))
+    }
+
+    /// A durable change of the app-wide lists: under their change lock, `change` edits a copy or
+    /// refuses; once the copy is durable it replaces the lists in memory, then `effects` runs.
+    async fn global_change<T, C, E>(self: &Arc<Self>, change: C, effects: E) -> Result<T, WireError>
+    where
+        T: Send + 'static,
+        C: FnOnce(&mut GlobalPolicy) -> Result<T, WireError>,
+        E: FnOnce(&Relay, &T) + Send + 'static,
+    {
+        let guard = self.lock_global().await;
+        let mut global = self.global().clone();
+        let value = change(&mut global)?;
+        let ops = vec![Op::PutGlobal(global.clone())];
+        let relay = self.clone();
+        self.commit(NOT_MADE, ops, move |ok| {
+            let _locked = guard;
+            if !ok {
+                return None;
+            }
+            *relay.global_mut() = global;
+            effects(&relay, &value);
+            Some(value)
+        })
+        .await
+    }
+}
+
+/// The durable settings of a room that the admin changes, as a copy to edit.
+pub(crate) struct Settings {
+    /// How the room ends by itself.
+    pub policy: DestroyPolicy,
+    /// Scheduled destroy time.
+    pub destroy_at_ms: Option<u64>,
+    /// Bans, mutes, mute-all, whitelists.
+    pub moderation: Moderation,
+    /// The attribute version the record is stored with.
+    pub attr_version: u64,
+}
+
+/// One of the app-wide message-type lists.
+fn type_list(g: &mut GlobalPolicy, which: TypeList) -> &mut BTreeSet<String> {
+    match which {
+        TypeList::Whitelist => &mut g.type_whitelist,
+        TypeList::LowPriority => &mut g.low_types,
     }
 }
 

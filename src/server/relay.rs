@@ -1,23 +1,32 @@
 //! The registry of rooms, users and connections, and every operation on them that the QUIC
 //! sessions and the admin API share.
 //!
-//! Lock order, always: `rooms` → a room's state → `users` → `conns`. Nothing here awaits while
-//! holding a lock, and nothing on the delivery path takes any of them.
+//! Lock order, always: `rooms` → `creating` → a room's state → `users` → `conns`. Nothing here
+//! awaits while holding one of these, and nothing on the delivery path takes any of them. The
+//! async change locks (see [`super::durable`]) come before all of them: a room's, then the
+//! app-wide lists'.
+//!
+//! Durable changes follow [`super::durable`]: stored first, applied after. A client's message is
+//! stamped at once (its sequence number and timestamp, in order) and held out of the room's ring
+//! until the store has appended it (`sync` mode): members, join history and `history` requests
+//! see it only once it is durable, and a message the store refuses is seen by no one (its
+//! sequence number stays unused) while its sender is told `UNAVAILABLE`.
 
 use super::data::attributes_of;
+pub use super::durable::Durable;
+use super::durable::{ChangeGuard, NOT_MADE, unavailable};
 use crate::auth::TokenAuth;
 use crate::config::Config;
 use crate::metrics as m;
 use crate::policy::{self, DestroyPolicy, GlobalPolicy};
 use crate::protocol::{
-    Class, DestroyReason, ErrorCode, Event, JoinInfo, KickReason, Message, RoomInfo, WireError,
-    encode_frame,
+    Class, DestroyReason, ErrorCode, Event, JoinInfo, KickReason, RoomInfo, WireError, encode_frame,
 };
 use crate::room::{
-    Fanout, JoinPoint, MemberOrder, Outgoing, Room, RoomState, Signal, validate_id,
+    Fanout, Hold, JoinPoint, MemberOrder, Outgoing, Refused, Room, RoomState, Signal, validate_id,
     validate_msg_type,
 };
-use crate::store::{Ack, Op, Snapshot, Store, StoredMessage};
+use crate::store::{Ack, Durability, Op, Snapshot, Store, StoredMessage, Then};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -162,32 +171,22 @@ fn resume(room: &Arc<Room>, at: JoinPoint, missed: u64) -> DeliveryCmd {
 /// A message's `(seq, ts)`.
 pub type Stamped = (u64, u64);
 
-/// A result whose change is being made durable: await [`Durable::wait`] before telling anyone.
-#[must_use = "wait for durability before acknowledging"]
-pub struct Durable<T> {
-    /// The result.
-    pub value: T,
-    /// Resolves when the change is durable.
-    pub ack: Ack,
+/// What a room creation does next.
+enum CreateStep {
+    /// The id is taken.
+    Exists,
+    /// Another creation of the id is being stored.
+    Wait(Arc<Room>),
+    /// Store this new room (its change lock held).
+    Store(Arc<Room>, ChangeGuard),
 }
 
-impl<T> Durable<T> {
-    /// A result with nothing to wait for.
-    pub fn now(value: T) -> Self {
-        Durable {
-            value,
-            ack: Ack::done(),
-        }
-    }
+/// What a client is told of a message the store could not take.
+const MESSAGE_NOT_SENT: &str = "the message was not sent to anyone";
 
-    /// Waits for durability; a store failure is `INTERNAL`.
-    pub async fn wait(self) -> Result<T, WireError> {
-        self.ack.wait().await.map_err(|e| {
-            tracing::error!(error = %e, "store write failed");
-            err(ErrorCode::Internal, "the change could not be stored")
-        })?;
-        Ok(self.value)
-    }
+/// Counts a message accepted for fan-out.
+fn count_in(class: Class, source: &'static str) {
+    metrics::counter!(m::MESSAGES_IN, "class" => class.as_str(), "source" => source).increment(1);
 }
 
 /// Sequence numbers reserved ahead in the store, so a restart continues above every number that
@@ -209,6 +208,10 @@ pub struct Relay {
     conns: Mutex<HashMap<u64, ConnHandle>>,
     next_conn: AtomicU64,
     last_epoch: AtomicU64,
+    /// Rooms whose creation is being stored, by id: a second creation of the id waits for it.
+    creating: Mutex<HashMap<String, Arc<Room>>>,
+    /// The change lock of the app-wide lists (see [`super::durable`]).
+    pub(crate) global_changes: Arc<tokio::sync::Mutex<()>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -226,7 +229,7 @@ fn err(code: ErrorCode, msg: impl Into<String>) -> WireError {
     WireError::new(code, msg)
 }
 
-fn room_not_found(id: &str) -> WireError {
+pub(crate) fn room_not_found(id: &str) -> WireError {
     err(
         ErrorCode::RoomNotFound,
         format!("room {id:?} does not exist"),
@@ -252,6 +255,8 @@ impl Relay {
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             last_epoch: AtomicU64::new(0),
+            creating: Mutex::new(HashMap::new()),
+            global_changes: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -291,16 +296,13 @@ impl Relay {
         &self.store
     }
 
+    /// Submits `ops` without waiting: only for what nothing is told about (coarse activity
+    /// times); the store keeps submits in order, so a later ack covers it.
     pub(crate) fn persist(&self, ops: Vec<Op>) -> Ack {
         if ops.is_empty() {
             return Ack::done();
         }
         self.store.submit(ops)
-    }
-
-    pub(crate) fn persist_global(&self) -> Ack {
-        let g = self.global().clone();
-        self.persist(vec![Op::PutGlobal(g)])
     }
 
     /// Rebuilds the rooms and app-wide lists from a store snapshot (at start, before serving).
@@ -320,6 +322,8 @@ impl Relay {
             let newest = loaded.newest.unwrap_or((0, 0));
             room.ring
                 .resume_seq(rec.seq_reserved.max(newest.0).saturating_add(1));
+            room.seq_reserved
+                .store(rec.seq_reserved.max(newest.0), Ordering::Release);
             {
                 let mut st = room.state();
                 st.policy = rec.policy;
@@ -328,7 +332,6 @@ impl Relay {
                 st.moderation = rec.moderation;
                 st.last_activity_ms = rec.last_activity_ms.max(newest.1);
                 st.persisted_activity_ms = st.last_activity_ms;
-                st.seq_reserved = rec.seq_reserved;
                 st.attr_version = rec.attr_version;
                 st.attrs = loaded.attrs.into_iter().collect();
                 // Memberships do not survive a restart: auto-delete attributes of owners who do
@@ -367,7 +370,7 @@ impl Relay {
                 continue;
             };
             let mut st = room.state();
-            let last = room.ring.last_seq();
+            let published = room.ring.join_point().messages;
             let Some(member) = st.member_mut(&user) else {
                 continue;
             };
@@ -378,12 +381,12 @@ impl Relay {
             if member.offline_since.take().is_none() {
                 // Still served by another connection, maybe one that died unnoticed: should that
                 // one go, this connection takes over from here (see `unregister_conn`).
-                member.reconnect_seq.get_or_insert(last);
+                member.reconnect_messages.get_or_insert(published);
                 continue;
             }
             member.conns.insert(id);
             let at = room.ring.join_point();
-            let missed = at.last_seq.saturating_sub(member.offline_seq);
+            let missed = at.messages.saturating_sub(member.offline_messages);
             // Queued under the room's lock, so a kick or ban of this membership that follows
             // cannot reach the delivery task first. A fresh queue of 256 holds these (at most
             // rooms_per_user).
@@ -436,7 +439,7 @@ impl Relay {
                 self.remove_member(&room, &mut st, &handle.user, None, now);
             } else if let Some(m) = st.member_mut(&handle.user) {
                 m.offline_since = Some(now);
-                m.offline_seq = room.ring.last_seq();
+                m.offline_messages = room.ring.join_point().messages;
             }
         }
         self.drop_user_if_unused(&handle.user);
@@ -450,8 +453,8 @@ impl Relay {
             return;
         };
         let missed = at
-            .last_seq
-            .saturating_sub(member.reconnect_seq.take().unwrap_or(at.last_seq));
+            .messages
+            .saturating_sub(member.reconnect_messages.take().unwrap_or(at.messages));
         member.conns.extend(conns.iter().copied());
         let cmd = resume(room, at, missed);
         for c in conns {
@@ -480,7 +483,10 @@ impl Relay {
     }
 
     /// Removes `user` from `room` (state already locked): its connections stop reading the room,
-    /// told `kicked` when set; members get `MemberLeft` when the room has member events.
+    /// told `kicked` when set; members get `MemberLeft` when the room has member events. Its
+    /// `auto_delete` attributes are marked for [`Relay::sweep`], which removes them once that is
+    /// durable. Memberships are not stored (they do not survive a restart), so this needs no
+    /// store.
     pub(crate) fn remove_member(
         &self,
         room: &Room,
@@ -509,7 +515,10 @@ impl Relay {
             );
         }
         st.last_activity_ms = now;
-        self.auto_delete_attrs(room, st, user, now);
+        // Its auto-delete attributes go too, durably first (see `Relay::sweep`).
+        if st.attrs.values().any(|a| a.auto_delete && a.owner == user) {
+            st.departed.insert(user.to_owned());
+        }
         if self.member_events_on(st) {
             room.publish_event(
                 &Event::MemberLeft {
@@ -570,8 +579,9 @@ impl Relay {
 
     // ---- rooms ----
 
-    /// Creates a room.
-    pub fn create_room(&self, new: NewRoom) -> Result<Durable<RoomInfo>, WireError> {
+    /// Creates a room: stored first, then registered (a creation the store refuses leaves no
+    /// trace). A second creation of the same id while one is being stored waits for its outcome.
+    pub fn create_room(self: &Arc<Self>, new: NewRoom) -> Result<Durable<RoomInfo>, WireError> {
         validate_id("room id", &new.id)?;
         new.destroy_policy.validate()?;
         if new.mute_all_whitelist.len() > policy::MAX_USERS_PER_CALL {
@@ -586,88 +596,211 @@ impl Relay {
         for u in &new.mute_all_whitelist {
             validate_id("user id", u)?;
         }
-        let name = new.name.unwrap_or_else(|| new.id.clone());
+        let name = new.name.clone().unwrap_or_else(|| new.id.clone());
         if name.len() > 256 {
             return Err(err(
                 ErrorCode::BadRequest,
                 "room name must be at most 256 bytes",
             ));
         }
-        let mut rooms = self.rooms.write().unwrap_or_else(|p| p.into_inner());
+        self.check_writable()?;
+        let relay = self.clone();
+        Ok(Durable::later(async move {
+            loop {
+                match relay.create_step(&new, &name) {
+                    CreateStep::Exists => {
+                        return Err(err(
+                            ErrorCode::RoomExists,
+                            format!("room {:?} already exists", new.id),
+                        ));
+                    }
+                    CreateStep::Wait(other) => {
+                        // Another creation of this id is being stored: its outcome decides.
+                        drop(other.changes.clone().lock_owned().await);
+                        let mut creating = lock(&relay.creating);
+                        if creating
+                            .get(&new.id)
+                            .is_some_and(|r| Arc::ptr_eq(r, &other))
+                        {
+                            // It failed and left its mark.
+                            creating.remove(&new.id);
+                        }
+                    }
+                    CreateStep::Store(room, guard) => {
+                        return relay.store_creation(room, guard).await;
+                    }
+                }
+            }
+        }))
+    }
+
+    /// Decides a creation: refused, after another one, or a new room (registered as being
+    /// created, its change lock held) to store.
+    fn create_step(&self, new: &NewRoom, name: &str) -> CreateStep {
+        let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
         if rooms.contains_key(&new.id) {
-            return Err(err(
-                ErrorCode::RoomExists,
-                format!("room {:?} already exists", new.id),
-            ));
+            return CreateStep::Exists;
+        }
+        let mut creating = lock(&self.creating);
+        if let Some(other) = creating.get(&new.id) {
+            return CreateStep::Wait(other.clone());
         }
         let room = Arc::new(Room::new(
             new.id.clone(),
-            name,
+            name.to_owned(),
             self.next_epoch(),
             now_ms(),
             self.config.limits.ring_capacity,
             self.config.budget(),
         ));
-        let ack = {
+        let Ok(guard) = room.changes.clone().try_lock_owned() else {
+            // A new room's lock is free; should it not be, try again.
+            return CreateStep::Wait(room);
+        };
+        {
             let mut st = room.state();
             st.moderation.mute_all = new.mute_all;
-            st.moderation.mute_all_whitelist = new.mute_all_whitelist.into_iter().collect();
+            st.moderation.mute_all_whitelist = new.mute_all_whitelist.iter().cloned().collect();
             st.policy = new.destroy_policy;
             st.member_events = new.member_events;
-            st.seq_reserved = SEQ_RESERVE;
-            self.persist(vec![Op::PutRoom(room.record(&st))])
-        };
-        rooms.insert(new.id.clone(), room.clone());
-        drop(rooms);
-        metrics::gauge!(m::ROOMS).increment(1.0);
-        tracing::info!(room = %new.id, epoch = room.epoch, "room created");
-        Ok(Durable {
-            value: self.info_of(&room, self.config.limits.room_info_members),
-            ack,
+        }
+        room.seq_reserved.store(SEQ_RESERVE, Ordering::Release);
+        creating.insert(new.id.clone(), room.clone());
+        CreateStep::Store(room, guard)
+    }
+
+    /// Stores a new room's record; once durable, registers it.
+    async fn store_creation(
+        self: &Arc<Self>,
+        room: Arc<Room>,
+        guard: ChangeGuard,
+    ) -> Result<RoomInfo, WireError> {
+        let ops = vec![Op::PutRoom(room.record(&room.state()))];
+        let relay = self.clone();
+        let members = self.config.limits.room_info_members;
+        self.commit(NOT_MADE, ops, move |ok| {
+            let _locked = guard;
+            {
+                let mut rooms = relay.rooms.write().unwrap_or_else(|p| p.into_inner());
+                let mut creating = lock(&relay.creating);
+                if creating
+                    .get(&room.id)
+                    .is_some_and(|r| Arc::ptr_eq(r, &room))
+                {
+                    creating.remove(&room.id);
+                }
+                if !ok {
+                    return None;
+                }
+                rooms.insert(room.id.clone(), room.clone());
+            }
+            metrics::gauge!(m::ROOMS).increment(1.0);
+            tracing::info!(room = %room.id, epoch = room.epoch, "room created");
+            Some(relay.info_of(&room, members))
         })
+        .await
     }
 
     /// Destroys a room: every member is told why and removed.
-    pub fn destroy_room(&self, id: &str, reason: DestroyReason) -> Result<Durable<()>, WireError> {
-        self.destroy_where(id, |_, _| Some(reason))
-            .map(|(_, durable)| durable)
-            .ok_or_else(|| room_not_found(id))
+    pub fn destroy_room(
+        self: &Arc<Self>,
+        id: &str,
+        reason: DestroyReason,
+    ) -> Result<Durable<()>, WireError> {
+        let room = self.room(id)?;
+        self.check_writable()?;
+        let relay = self.clone();
+        Ok(Durable::later(async move {
+            match relay.destroy(&room, |_| Some(reason)).await? {
+                Some(_) => Ok(()),
+                None => Err(room_not_found(&room.id)),
+            }
+        }))
     }
 
-    /// Destroys `room` if it is still the room registered under its id and `due` still gives a
-    /// reason, checked under the registry's and the room's locks: a join or send that came after
-    /// a timer decided keeps the room, and a room re-created under the same id is not touched.
-    pub(crate) fn destroy_if_due(
-        &self,
+    /// Destroys `room` if it is still the room registered under its id and `due` (given its
+    /// state, locked together with the registry) still gives a reason: a join or send that came
+    /// after a timer decided keeps the room, and a room re-created under the same id is not
+    /// touched. `Ok(None)`: kept. A destruction the store refuses is an error; the timer pass
+    /// tries again on its next tick.
+    pub(crate) async fn destroy_if_due(
+        self: &Arc<Self>,
         room: &Arc<Room>,
         due: impl FnOnce(&mut RoomState) -> Option<DestroyReason>,
-    ) -> Option<DestroyReason> {
-        self.destroy_where(&room.id, |registered, st| {
-            Arc::ptr_eq(registered, room).then(|| due(st)).flatten()
-        })
-        .map(|(reason, _)| reason)
+    ) -> Result<Option<DestroyReason>, WireError> {
+        self.destroy(room, due).await
     }
 
-    /// Removes room `id` from the registry when `decide` (given the registered room and its
-    /// state, both locked) gives a reason, then closes it and tells its members. `None`: no room
-    /// `id`, or `decide` kept it.
-    fn destroy_where(
-        &self,
-        id: &str,
-        decide: impl FnOnce(&Arc<Room>, &mut RoomState) -> Option<DestroyReason>,
-    ) -> Option<(DestroyReason, Durable<()>)> {
-        let (room, reason, ack) = {
-            let mut rooms = self.rooms.write().unwrap_or_else(|p| p.into_inner());
-            let room = rooms.get(id)?.clone();
-            let reason = decide(&room, &mut room.state())?;
-            rooms.remove(id);
-            // Under the registry lock, so a re-creation of the id is stored after this delete.
-            (
-                room,
-                reason,
-                self.persist(vec![Op::DeleteRoom(id.to_owned())]),
-            )
+    /// Destroys `room` when `decide` gives a reason (see [`Relay::destroy_if_due`]): under the
+    /// room's change lock, its deletion is stored first; then it leaves the registry, its ring
+    /// closes and its members are told why. Messages are refused from the decision until the
+    /// deletion is settled, so no message is stored after it; if the store refuses, the room
+    /// goes on as it was.
+    async fn destroy(
+        self: &Arc<Self>,
+        room: &Arc<Room>,
+        decide: impl FnOnce(&mut RoomState) -> Option<DestroyReason>,
+    ) -> Result<Option<DestroyReason>, WireError> {
+        self.check_writable()?;
+        let Ok(guard) = self.lock_room(room).await else {
+            return Ok(None);
         };
+        // The keepalive list names live rooms: a room created again later starts without it.
+        // Only a change of this room changes its place on the list, and this one holds its lock.
+        let kept = self.global().keepalive.contains(&room.id);
+        let global_guard = match kept {
+            true => Some(self.lock_global().await),
+            false => None,
+        };
+        let Some(reason) = self.decide_destroy(room, decide) else {
+            return Ok(None);
+        };
+        let mut ops = vec![Op::DeleteRoom(room.id.clone())];
+        if kept {
+            let mut global = self.global().clone();
+            global.keepalive.remove(&room.id);
+            ops.push(Op::PutGlobal(global));
+        }
+        let relay = self.clone();
+        let room = room.clone();
+        self.commit(NOT_MADE, ops, move |ok| {
+            let _locked = (guard, global_guard);
+            if !ok {
+                room.ring.freeze(false);
+                return None;
+            }
+            relay.finish_destroy(&room, reason, kept);
+            Some(Some(reason))
+        })
+        .await
+    }
+
+    /// Decides a destruction with the registry and the room's state locked; freezes the ring
+    /// when it is decided.
+    fn decide_destroy(
+        &self,
+        room: &Arc<Room>,
+        decide: impl FnOnce(&mut RoomState) -> Option<DestroyReason>,
+    ) -> Option<DestroyReason> {
+        let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
+        if !rooms.get(&room.id).is_some_and(|r| Arc::ptr_eq(r, room)) {
+            return None;
+        }
+        let reason = decide(&mut room.state())?;
+        room.ring.freeze(true);
+        Some(reason)
+    }
+
+    /// Takes a destroyed room out of memory: the registry, its ring, its members, the keepalive
+    /// list (when `kept`).
+    fn finish_destroy(&self, room: &Arc<Room>, reason: DestroyReason, kept: bool) {
+        let id = room.id.as_str();
+        {
+            let mut rooms = self.rooms.write().unwrap_or_else(|p| p.into_inner());
+            if rooms.get(id).is_some_and(|r| Arc::ptr_eq(r, room)) {
+                rooms.remove(id);
+            }
+        }
         room.close(reason);
         let users: Vec<String> = {
             let mut st = room.state();
@@ -681,13 +814,12 @@ impl Relay {
         for u in &users {
             self.forget_membership(u, id);
         }
-        // The keepalive list names live rooms: a room created again later starts without it.
-        let was_kept = self.global_mut().keepalive.remove(id);
-        let ack = if was_kept { self.persist_global() } else { ack };
+        if kept {
+            self.global_mut().keepalive.remove(id);
+        }
         metrics::gauge!(m::ROOMS).decrement(1.0);
         metrics::counter!(m::ROOMS_DESTROYED, "reason" => reason.as_str()).increment(1);
         tracing::info!(room = %id, reason = reason.as_str(), members = users.len(), "room destroyed");
-        Some((reason, Durable { value: (), ack }))
     }
 
     /// Room info with up to `members` members.
@@ -762,14 +894,15 @@ impl Relay {
     // ---- membership ----
 
     /// Joins `conn` of `user` to a room; a connection not subscribed yet is subscribed (under the
-    /// room's lock, so a kick that follows the join cannot overtake the subscription).
+    /// room's lock, so a kick that follows the join cannot overtake the subscription). With
+    /// `rooms.join_creates`, a missing room is created first (stored, like any creation).
     pub fn join(
-        &self,
+        self: &Arc<Self>,
         conn: u64,
         user: &str,
         room_id: &str,
         history: i32,
-    ) -> Result<JoinInfo, WireError> {
+    ) -> Result<Durable<JoinInfo>, WireError> {
         validate_id("room id", room_id)?;
         let limits = &self.config.limits;
         let wanted = match history {
@@ -786,30 +919,55 @@ impl Relay {
                 ));
             }
         };
-        let room = match self.room(room_id) {
-            Ok(r) => r,
-            Err(e) if self.config.rooms.join_creates => {
-                match self.create_room(NewRoom {
+        match self.room(room_id) {
+            Ok(room) => self.join_room(conn, user, &room, wanted).map(Durable::now),
+            Err(missing) if self.config.rooms.join_creates => {
+                let created = self.create_room(NewRoom {
                     id: room_id.to_owned(),
                     ..NewRoom::default()
-                }) {
-                    // Its ack is covered by any later one: the store applies in order.
-                    Ok(_created) => {}
-                    Err(e) if e.code == ErrorCode::RoomExists => {}
-                    Err(e) => return Err(e),
-                }
-                self.room(room_id).map_err(|_| e)?
+                });
+                let relay = self.clone();
+                let user = user.to_owned();
+                let room_id = room_id.to_owned();
+                Ok(Durable::later(async move {
+                    match created {
+                        Ok(d) => match d.wait().await {
+                            Err(e) if e.code != ErrorCode::RoomExists => return Err(e),
+                            _ => {}
+                        },
+                        Err(e) if e.code != ErrorCode::RoomExists => return Err(e),
+                        Err(_) => {}
+                    }
+                    let room = relay.room(&room_id).map_err(|_| missing)?;
+                    relay.join_room(conn, &user, &room, wanted)
+                }))
             }
-            Err(e) => return Err(e),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn join_room(
+        &self,
+        conn: u64,
+        user: &str,
+        room: &Arc<Room>,
+        wanted: usize,
+    ) -> Result<JoinInfo, WireError> {
+        let limits = &self.config.limits;
+        let room_id = room.id.as_str();
+        // Read before anything changes: a join whose history cannot be read is refused whole.
+        let stored = match wanted {
+            0 => None,
+            n => Some(self.stored_history(room, None, n)?),
         };
         let now = now_ms();
         if self.config.rooms.single_room {
             // Check first: a refused join must not take the user out of its current room.
-            Self::check_joinable(&room, &room.state(), user, now)?;
+            Self::check_joinable(room, &room.state(), user, now)?;
             self.leave_others(user, room_id, now);
         }
         let mut st = room.state();
-        Self::check_joinable(&room, &st, user, now)?;
+        Self::check_joinable(room, &st, user, now)?;
         let already = st.has_conn(user, conn);
         {
             // Counted and recorded under one lock: two devices joining two rooms at once cannot
@@ -828,6 +986,7 @@ impl Relay {
             u.rooms.insert(room_id.to_owned());
         }
         let new_member = st.add(user, conn, now);
+        st.departed.remove(user);
         if let Some(m) = st.member_mut(user) {
             m.offline_since = None;
         }
@@ -846,7 +1005,7 @@ impl Relay {
             }
         }
         let at = room.ring.join_point();
-        let info = info_from(&room, &st, limits.room_info_members);
+        let info = info_from(room, &st, limits.room_info_members);
         let muted = policy::check_send(user, &st.moderation, &self.global(), now).is_err();
         let attributes = attributes_of(&st);
         let attr_version = st.attr_version;
@@ -862,10 +1021,11 @@ impl Relay {
             );
         }
         drop(st);
-        let history = if wanted == 0 {
-            Vec::new()
-        } else {
-            self.history_of(&room, Some(at.last_seq + 1), wanted, &recalls)?
+        let history = match stored {
+            None => Vec::new(),
+            Some(stored) => {
+                self.merge_history(room, stored, Some(at.last_seq + 1), wanted, &recalls)
+            }
         };
         tracing::debug!(room = %room_id, user, conn, "joined");
         Ok(JoinInfo {
@@ -910,7 +1070,14 @@ impl Relay {
     }
 
     /// `user` leaves a room from `conn`; the user's other connections are told `Kicked{other_device}`.
-    pub fn leave(&self, conn: u64, user: &str, room_id: &str) -> Result<(), WireError> {
+    /// Its auto-delete attributes go before the wait returns (or, when that cannot be stored
+    /// now, on a later timer tick).
+    pub fn leave(
+        self: &Arc<Self>,
+        conn: u64,
+        user: &str,
+        room_id: &str,
+    ) -> Result<Durable<()>, WireError> {
         validate_id("room id", room_id)?;
         let room = self.room(room_id)?;
         let mut st = room.state();
@@ -946,20 +1113,28 @@ impl Relay {
                 },
             );
         }
-        Ok(())
+        drop(st);
+        let relay = self.clone();
+        Ok(Durable::later(async move {
+            relay.sweep_logged(&room).await;
+            Ok(())
+        }))
     }
 
     // ---- messages ----
 
-    /// A client's send: membership, mutes, class, the room's ingress budget, then the ring.
+    /// A client's send: membership, mutes, class, the room's ingress budget, then the ring. In
+    /// `sync` mode a message history keeps becomes visible (and the wait resolves) once its
+    /// append is durable; one the store refuses is seen by no one, and the wait answers
+    /// `UNAVAILABLE`.
     pub fn send(
-        &self,
+        self: &Arc<Self>,
         user: &str,
         room_id: &str,
         msg_type: String,
         body: Bytes,
         low: bool,
-    ) -> Result<Durable<(u64, u64)>, WireError> {
+    ) -> Result<Durable<Stamped>, WireError> {
         validate_id("room id", room_id)?;
         validate_msg_type(&msg_type)?;
         let max = self.config.limits.client_body;
@@ -984,9 +1159,12 @@ impl Relay {
             let class = policy::classify(Some(user), &msg_type, low, &st.moderation, &global);
             drop(global);
             st.last_activity_ms = now;
-            self.reserve_seqs(&room, &mut st);
             class
         };
+        let keep = self.keeps(class, true);
+        if keep {
+            self.writable_for_messages()?;
+        }
         if !room.admit(class, now) {
             metrics::counter!(m::SHED, "class" => class.as_str(), "reason" => "ingress")
                 .increment(1);
@@ -1003,37 +1181,50 @@ impl Relay {
             msg_type,
             body,
             class,
-            keep_in_history: self.keeps(class, true),
+            keep_in_history: keep,
         };
-        let durable = self
-            .publish_stored(&room, out, now)
-            .ok_or_else(|| room_not_found(room_id))?;
-        metrics::counter!(m::MESSAGES_IN, "class" => class.as_str(), "source" => "client")
-            .increment(1);
-        Ok(durable)
+        self.publish_stored(&room, out, now, "client")
     }
 
     fn keeps(&self, class: Class, store: bool) -> bool {
         store && (class != Class::Low || self.config.store.history_low)
     }
 
-    /// Reserves sequence numbers in the store ahead of use (state locked).
-    fn reserve_seqs(&self, room: &Room, st: &mut RoomState) {
-        let last = room.ring.last_seq();
-        if last + SEQ_RESERVE / 2 > st.seq_reserved {
-            st.seq_reserved = last + SEQ_RESERVE;
-            // Covered by the ack of the message that follows.
-            let _ = self.persist(vec![Op::PutRoom(room.record(st))]);
-        }
+    /// `UNAVAILABLE` for a message history would keep, while the store is failing.
+    fn writable_for_messages(&self) -> Result<(), WireError> {
+        self.check_writable()
+            .map_err(|e| WireError::new(e.code, e.message.replacen(NOT_MADE, MESSAGE_NOT_SENT, 1)))
     }
 
-    /// Publishes and, for messages history keeps, appends them to the store in ring order.
-    fn publish_stored(&self, room: &Room, out: Outgoing, now: u64) -> Option<Durable<(u64, u64)>> {
-        let keep = out.keep_in_history;
+    /// Publishes a message into `room`'s ring and, when history keeps it, appends it to the
+    /// store in sequence order (one submit, under the ring's publisher lock). In `sync` mode a
+    /// kept message is held out of the ring until its append is durable, and dropped if the
+    /// store refuses it: the wait then answers `UNAVAILABLE` and no one has seen it. Sequence
+    /// numbers are reserved in the store ahead of use (a restart continues above them); a
+    /// message whose number is not durably reserved yet is held the same way until it is.
+    fn publish_stored(
+        self: &Arc<Self>,
+        room: &Arc<Room>,
+        out: Outgoing,
+        now: u64,
+        source: &'static str,
+    ) -> Result<Durable<Stamped>, WireError> {
+        let sync = self.config.store.durability == Durability::Sync;
+        let class = out.class;
         let mut ack = Ack::done();
-        let stamped = room.publish_with(out, now, &mut |msg: &Message| {
-            if keep {
-                ack = self.persist(vec![Op::Append {
+        let mut refusal = None;
+        let stamped = room.publish_with(out, now, &mut |payload, seq| {
+            let reserved = room.seq_reserved.load(Ordering::Acquire);
+            let reserve_to = (seq + SEQ_RESERVE / 2 > reserved).then_some(seq + SEQ_RESERVE);
+            let mut ops = Vec::new();
+            if let Some(upto) = reserve_to {
+                ops.push(Op::ReserveSeq {
+                    room: room.id.clone(),
+                    upto,
+                });
+            }
+            if let Some(msg) = &payload.history {
+                ops.push(Op::Append {
                     room: msg.room.clone(),
                     msg: StoredMessage {
                         seq: msg.seq,
@@ -1044,25 +1235,79 @@ impl Relay {
                         class: msg.class,
                         recalled: false,
                     },
-                }]);
+                });
             }
-        })?;
-        Some(Durable {
-            value: stamped,
-            ack,
-        })
+            // Whether the message depends on these ops: its append, or a number not yet
+            // reserved. A reservation made early (half the reserve ahead) is only tried: a send
+            // that follows tries again.
+            let needs_store = payload.history.is_some() || seq > reserved;
+            let held = sync && needs_store;
+            if ops.is_empty() {
+                count_in(class, source);
+                return Hold::No;
+            }
+            let target = room.clone();
+            let then = Then::new(move |outcome| {
+                if outcome.is_ok() {
+                    if let Some(upto) = reserve_to {
+                        target.seq_reserved.fetch_max(upto, Ordering::AcqRel);
+                    }
+                    if held {
+                        count_in(class, source);
+                    }
+                }
+                if held {
+                    target.resolve(seq, outcome.is_ok());
+                }
+            });
+            let submitted = self.store.submit_then(ops, Some(then));
+            if let Some(e) = submitted.refused()
+                && needs_store
+            {
+                refusal = Some(unavailable(MESSAGE_NOT_SENT, e));
+                return Hold::Refuse;
+            }
+            if needs_store {
+                ack = submitted;
+            }
+            if held {
+                Hold::UntilResolved
+            } else {
+                count_in(class, source);
+                Hold::No
+            }
+        });
+        match stamped {
+            Ok(stamped) => Ok(Durable::later(async move {
+                ack.wait()
+                    .await
+                    .map_err(|e| unavailable(MESSAGE_NOT_SENT, &e))?;
+                Ok(stamped)
+            })),
+            Err(Refused::Closed) => Err(room_not_found(&room.id)),
+            Err(Refused::Frozen) => Err(err(
+                ErrorCode::Unavailable,
+                format!(
+                    "room {:?} is being destroyed; the message was not sent",
+                    room.id
+                ),
+            )),
+            Err(Refused::Hook) => {
+                Err(refusal
+                    .unwrap_or_else(|| err(ErrorCode::Unavailable, MESSAGE_NOT_SENT.to_owned())))
+            }
+        }
     }
 
     /// An admin send to one room. Bypasses mutes and the ingress budget.
     pub fn admin_send(
-        &self,
+        self: &Arc<Self>,
         room_id: &str,
         msg: &AdminMessage,
-    ) -> Result<Durable<(u64, u64)>, WireError> {
+    ) -> Result<Durable<Stamped>, WireError> {
         self.check_admin_message(msg)?;
         let room = self.room(room_id)?;
         self.publish_admin(&room, msg, true)
-            .ok_or_else(|| room_not_found(room_id))
     }
 
     fn check_admin_message(&self, msg: &AdminMessage) -> Result<(), WireError> {
@@ -1095,18 +1340,17 @@ impl Relay {
     }
 
     fn publish_admin(
-        &self,
-        room: &Room,
+        self: &Arc<Self>,
+        room: &Arc<Room>,
         msg: &AdminMessage,
         activity: bool,
-    ) -> Option<Durable<(u64, u64)>> {
+    ) -> Result<Durable<Stamped>, WireError> {
         let now = now_ms();
         let class = {
             let mut st = room.state();
             if activity {
                 st.last_activity_ms = now;
             }
-            self.reserve_seqs(room, &mut st);
             policy::classify(
                 msg.from.as_deref(),
                 &msg.msg_type,
@@ -1115,24 +1359,23 @@ impl Relay {
                 &self.global(),
             )
         };
+        let keep = self.keeps(class, msg.store);
+        if keep {
+            self.writable_for_messages()?;
+        }
         let out = Outgoing {
             from: msg.from.clone().unwrap_or_default(),
             msg_type: msg.msg_type.clone(),
             body: msg.body.clone(),
             class,
-            keep_in_history: self.keeps(class, msg.store),
+            keep_in_history: keep,
         };
-        let stamped = self.publish_stored(room, out, now);
-        if stamped.is_some() {
-            metrics::counter!(m::MESSAGES_IN, "class" => class.as_str(), "source" => "admin")
-                .increment(1);
-        }
-        stamped
+        self.publish_stored(room, out, now, "admin")
     }
 
     /// An admin send to several rooms: one result per room, in order.
     pub fn admin_send_many(
-        &self,
+        self: &Arc<Self>,
         rooms: &[String],
         msg: &AdminMessage,
     ) -> Result<Vec<Result<Durable<Stamped>, WireError>>, WireError> {
@@ -1148,7 +1391,7 @@ impl Relay {
     }
 
     /// Sends to every room (not stored in history, not activity). Returns how many rooms got it.
-    pub fn broadcast(&self, msg: &AdminMessage) -> Result<usize, WireError> {
+    pub fn broadcast(self: &Arc<Self>, msg: &AdminMessage) -> Result<usize, WireError> {
         self.check_admin_message(msg)?;
         let msg = AdminMessage {
             store: false,
@@ -1157,7 +1400,7 @@ impl Relay {
         Ok(self
             .all_rooms()
             .iter()
-            .filter(|r| self.publish_admin(r, &msg, false).is_some())
+            .filter(|r| self.publish_admin(r, &msg, false).is_ok())
             .count())
     }
 }

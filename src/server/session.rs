@@ -580,16 +580,14 @@ fn durable<T: Send + 'static>(
     }
 }
 
-/// Does a request's work now (so requests take effect in order) and returns what to wait for
-/// before replying (the store, for changes that must be durable).
-fn handle(relay: &Relay, user: &str, conn_id: u64, request: Request) -> Pending {
+/// Starts a request's work now (joins, leaves and sends take effect in request order) and returns
+/// what to wait for before replying: a change the store keeps is made visible only once durable.
+fn handle(relay: &Arc<Relay>, user: &str, conn_id: u64, request: Request) -> Pending {
     match request {
-        Request::Join { room, history } => ready(
-            relay
-                .join(conn_id, user, &room, history)
-                .map(Response::Joined),
-        ),
-        Request::Leave { room } => ready(relay.leave(conn_id, user, &room).map(|_| Response::Left)),
+        Request::Join { room, history } => {
+            durable(relay.join(conn_id, user, &room, history), Response::Joined)
+        }
+        Request::Leave { room } => durable(relay.leave(conn_id, user, &room), |_| Response::Left),
         Request::Send {
             room,
             msg_type,

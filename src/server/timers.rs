@@ -1,11 +1,15 @@
-//! The timer pass: idle, lifetime and scheduled destroys, offline exits, member-count updates and
-//! expiry of moderation lists. [`Relay::tick`] takes `now` and acts on what the pure decisions in
-//! [`crate::policy`] say is due; the server calls it every `rooms.timer_tick_ms`.
+//! The timer pass: idle, lifetime and scheduled destroys, offline exits (and the removal of their
+//! auto-delete attributes), member-count updates and expiry of moderation lists. [`Relay::tick`]
+//! takes `now` and acts on what the pure decisions in [`crate::policy`] say is due; the server
+//! calls it every `rooms.timer_tick_ms`. A destruction or attribute removal the store cannot take
+//! now is left as it is and tried again on a later tick.
 
 use super::relay::Relay;
 use crate::policy::{self, Lifecycle};
 use crate::protocol::{DestroyReason, Event, KickReason};
 use crate::room::RoomState;
+use crate::store::Op;
+use std::sync::Arc;
 
 /// Last-activity times are persisted when they moved at least this much (ms): after a restart
 /// an idle room is destroyed at most this much later than it would have been.
@@ -24,7 +28,7 @@ pub struct TickReport {
 
 impl Relay {
     /// Runs every timer due at `now` (ms since the Unix epoch).
-    pub fn tick(&self, now: u64) -> TickReport {
+    pub async fn tick(self: &Arc<Self>, now: u64) -> TickReport {
         let mut report = TickReport::default();
         let rooms_cfg = &self.config.rooms;
         let global_idle = u64::from(rooms_cfg.idle_destroy_minutes) * 60_000;
@@ -43,16 +47,43 @@ impl Relay {
             };
             // Decided under the room's lock alone; if due, decided again with the registry
             // locked too, so activity in between keeps the room.
-            if due(&mut room.state()).is_some()
-                && let Some(reason) = self.destroy_if_due(&room, due)
-            {
-                report.destroyed.push((room.id.clone(), reason));
-                continue;
+            let due_now = due(&mut room.state()).is_some();
+            if due_now {
+                match self.destroy_if_due(&room, due).await {
+                    Ok(Some(reason)) => {
+                        report.destroyed.push((room.id.clone(), reason));
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::debug!(room = %room.id, error = %e.message, "room destruction deferred");
+                    }
+                }
             }
+            self.tick_room(&room, now, &mut report);
+            self.sweep_logged(&room).await;
+        }
+        self.global_mut()
+            .global_mutes
+            .retain(|_, until| now < *until);
+        report
+    }
+
+    /// The timers of one room that need no store (besides a coarse activity time).
+    fn tick_room(&self, room: &crate::room::Room, now: u64, report: &mut TickReport) {
+        let rooms_cfg = &self.config.rooms;
+        {
             let mut st = room.state();
-            if st.last_activity_ms >= st.persisted_activity_ms + ACTIVITY_PERSIST_MS {
+            if st.last_activity_ms >= st.persisted_activity_ms + ACTIVITY_PERSIST_MS
+                && self.store().writable()
+            {
                 st.persisted_activity_ms = st.last_activity_ms;
-                let _ = self.save_room(&room, &st);
+                // Nothing is told about it: a later ack covers it, and a lost one only makes an
+                // idle destroy after a restart come a little later.
+                let _ = self.persist(vec![Op::Touch {
+                    room: room.id.clone(),
+                    at_ms: st.last_activity_ms,
+                }]);
             }
             let gone: Vec<String> = st
                 .members()
@@ -69,7 +100,7 @@ impl Relay {
                 .map(|(u, _)| u.clone())
                 .collect();
             for u in gone {
-                if self.remove_member(&room, &mut st, &u, Some(KickReason::Offline), now) {
+                if self.remove_member(room, &mut st, &u, Some(KickReason::Offline), now) {
                     tracing::debug!(room = %room.id, user = %u, "offline member removed");
                     report.offline_removed.push((room.id.clone(), u));
                 }
@@ -79,7 +110,7 @@ impl Relay {
                 .is_some_and(|t| now >= t.saturating_add(rooms_cfg.offline_grace_ms))
             {
                 st.restored_at = None;
-                self.clear_orphaned_attrs(&room, &mut st, now);
+                Self::mark_orphaned_attrs(&mut st);
             }
             let count = st.len() as u64;
             let large = st.len() > rooms_cfg.member_events_max;
@@ -108,9 +139,5 @@ impl Relay {
                 report.counts_sent += 1;
             }
         }
-        self.global_mut()
-            .global_mutes
-            .retain(|_, until| now < *until);
-        report
     }
 }

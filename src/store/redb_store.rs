@@ -1,21 +1,27 @@
 //! The redb implementation of [`Store`]: see [`RedbStore`].
 
+use super::guard::{contained, guarded};
 use super::{
     Ack, AttrRecord, Durability, LoadedRoom, Op, RoomRecord, Snapshot, Store, StoreConfig,
-    StoreError, StoredMessage,
+    StoreError, StoreHealth, StoredMessage, Then,
 };
+use crate::metrics as m;
 use crate::policy::GlobalPolicy;
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
+use redb::{
+    BackendError, Database, DatabaseError, ReadableDatabase, ReadableTable, StorageBackend,
+    StorageError, Table, TableDefinition,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::fmt::Display;
+use std::io;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -27,19 +33,157 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 const META_FORMAT: &str = "format";
 const META_GLOBAL: &str = "global";
+/// Written by the recovery probe (the time of the probe, ms); nothing reads it.
+const META_PROBE: &str = "probe";
 
 /// See [`RedbStore::FORMAT_VERSION`].
 const FORMAT_VERSION: u32 = 1;
 /// See [`RedbStore::MAX_JOBS_PER_COMMIT`].
 const MAX_JOBS_PER_COMMIT: usize = 4096;
+/// First wait of a failing store before it probes the disk; doubled after each failed probe.
+const PROBE_FIRST: Duration = Duration::from_millis(100);
+/// Longest wait between two probes.
+const PROBE_MAX: Duration = Duration::from_secs(2);
+/// Bytes the disk probe of [`DiskFile`] writes (and removes again).
+pub(super) const PROBE_BYTES: usize = 1 << 20;
+/// How long a reopen waits for reads in progress to let go of the old handle.
+const REOPEN_WAIT: Duration = Duration::from_secs(5);
+/// What to do about a damaged store file, in every message that reports one.
+const DAMAGED_ADVICE: &str = "restore it from a backup, or move it away to start with an empty \
+                              store (its rooms, attributes and history are then lost)";
 
 type AckSender = oneshot::Sender<Result<(), StoreError>>;
+
+/// Where a store keeps its file: opens it as redb storage, and tells whether the disk takes
+/// writes again after a failure. [`DiskFile`] is the plain file; a wrapper can stand between
+/// redb and the file (a fault-injecting one in tests, for example).
+pub trait StoreFile: Send + Sync + 'static {
+    /// The file, for messages (and the empty-file check at open).
+    fn path(&self) -> &Path;
+
+    /// Opens the file, creating it if missing, as redb storage.
+    fn open(&self) -> io::Result<Box<dyn StorageBackend>>;
+
+    /// Whether the disk takes writes again: a failing store asks this before it tries a real
+    /// write, so a disk that is still full costs no reopen of the database.
+    fn probe(&self) -> io::Result<()>;
+}
+
+/// The store file on the local filesystem.
+#[derive(Debug, Clone)]
+pub struct DiskFile {
+    path: PathBuf,
+}
+
+impl DiskFile {
+    /// The file at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        DiskFile { path: path.into() }
+    }
+}
+
+impl StoreFile for DiskFile {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn open(&self) -> io::Result<Box<dyn StorageBackend>> {
+        Ok(Box::new(file_backend(&self.path)?))
+    }
+
+    /// Writes and fsyncs 1 MiB to `<file>.probe` beside the store, then removes it.
+    fn probe(&self) -> io::Result<()> {
+        use std::io::Write;
+        let mut name = self.path.clone().into_os_string();
+        name.push(".probe");
+        let probe = PathBuf::from(name);
+        let result = (|| {
+            let mut f = std::fs::File::create(&probe)?;
+            f.write_all(&vec![0u8; PROBE_BYTES])?;
+            f.sync_all()
+        })();
+        let _ = std::fs::remove_file(&probe);
+        result
+    }
+}
+
+/// redb's own storage on the file at `path`, created if missing.
+pub(super) fn file_backend(path: &Path) -> io::Result<redb::backends::FileBackend> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    redb::backends::FileBackend::new(file).map_err(io::Error::other)
+}
+
+/// A boxed backend as redb storage (redb takes backends by value).
+#[derive(Debug)]
+struct Boxed(Box<dyn StorageBackend>);
+
+impl StorageBackend for Boxed {
+    fn len(&self) -> io::Result<u64> {
+        self.0.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        self.0.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.0.write(offset, data)
+    }
+    fn close(&self) -> io::Result<()> {
+        self.0.close()
+    }
+    fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.0.try_lock_range(start, end)
+    }
+    fn try_lock_shared_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<bool, BackendError> {
+        self.0.try_lock_shared_range(start, end)
+    }
+    fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.0.lock_range(start, end)
+    }
+    fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.0.lock_shared_range(start, end)
+    }
+    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.0.unlock_range(start, end)
+    }
+    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.0.query_lock_range(start, end)
+    }
+}
 
 /// One submit.
 struct Job {
     ops: Vec<Op>,
     /// `None` in `batched` mode, where the ack resolved at submit.
     ack: Option<AckSender>,
+    then: Option<Then>,
+}
+
+impl Job {
+    /// Tells the submitter the outcome: `then` first, then the ack.
+    fn finish(self, result: &Result<(), StoreError>) {
+        if let Some(then) = self.then {
+            then.run(result.as_ref().map(|_| ()));
+        }
+        if let Some(ack) = self.ack {
+            // The submitter may have stopped waiting; nothing to do then.
+            let _ = ack.send(result.clone());
+        }
+    }
 }
 
 /// What the writer thread receives.
@@ -54,6 +198,8 @@ enum Msg {
 struct Counters {
     commits: AtomicU64,
     failed_commits: AtomicU64,
+    refused: AtomicU64,
+    reopens: AtomicU64,
     jobs: AtomicU64,
     ops: AtomicU64,
 }
@@ -65,12 +211,94 @@ pub struct StoreStats {
     pub commits: u64,
     /// Transactions that failed (their acks got the error).
     pub failed_commits: u64,
+    /// Submits refused because the store was failing or closed.
+    pub refused: u64,
+    /// Times the database was reopened after a failed write.
+    pub reopens: u64,
     /// Submits committed.
     pub jobs: u64,
     /// Ops committed.
     pub ops: u64,
     /// Submits waiting in the channel for the writer.
     pub queued: usize,
+}
+
+const HEALTHY: u8 = 0;
+const FAILING: u8 = 1;
+const CLOSED: u8 = 2;
+
+/// Whether the store takes writes, and why not; shared by the writer, submitters and readers.
+struct Health {
+    state: AtomicU8,
+    /// `(since_ms, last error, failures)` while failing.
+    detail: Mutex<(u64, String, u64)>,
+}
+
+impl Health {
+    fn new() -> Self {
+        metrics::gauge!(m::STORE_HEALTHY).set(1.0);
+        Health {
+            state: AtomicU8::new(HEALTHY),
+            detail: Mutex::new((0, String::new(), 0)),
+        }
+    }
+
+    fn writable(&self) -> bool {
+        self.state.load(Ordering::Acquire) == HEALTHY
+    }
+
+    /// Records a failed write (a transaction or a probe).
+    fn failed(&self, e: &StoreError) {
+        metrics::counter!(m::STORE_WRITE_FAILURES).increment(1);
+        metrics::gauge!(m::STORE_HEALTHY).set(0.0);
+        let mut d = self.detail.lock().unwrap_or_else(|p| p.into_inner());
+        if self.state.load(Ordering::Acquire) == HEALTHY {
+            *d = (now_ms(), String::new(), 0);
+        }
+        d.1 = e.message().to_owned();
+        d.2 += 1;
+        let _ = self
+            .state
+            .compare_exchange(HEALTHY, FAILING, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    fn recovered(&self) {
+        let _ = self
+            .state
+            .compare_exchange(FAILING, HEALTHY, Ordering::AcqRel, Ordering::Acquire);
+        metrics::gauge!(m::STORE_HEALTHY).set(1.0);
+    }
+
+    fn close(&self) {
+        self.state.store(CLOSED, Ordering::Release);
+        metrics::gauge!(m::STORE_HEALTHY).set(0.0);
+    }
+
+    /// Why a submit is refused now.
+    fn refusal(&self) -> StoreError {
+        match self.state.load(Ordering::Acquire) {
+            CLOSED => closed_error(),
+            _ => {
+                let d = self.detail.lock().unwrap_or_else(|p| p.into_inner());
+                StoreError::Unavailable(format!("the store cannot write: {}", d.1))
+            }
+        }
+    }
+
+    fn snapshot(&self) -> StoreHealth {
+        match self.state.load(Ordering::Acquire) {
+            HEALTHY => StoreHealth::Healthy,
+            CLOSED => StoreHealth::Closed,
+            _ => {
+                let d = self.detail.lock().unwrap_or_else(|p| p.into_inner());
+                StoreHealth::Failing {
+                    since_ms: d.0,
+                    error: d.1.clone(),
+                    failures: d.2,
+                }
+            }
+        }
+    }
 }
 
 /// The durable store in one redb file, with one writer thread and group commit.
@@ -82,22 +310,45 @@ pub struct StoreStats {
 /// - `messages`: (room id, seq) → [`StoredMessage`]; the tuple key sorts a room's history by
 ///   sequence number, so paging and trimming are range scans;
 /// - `meta`: `"format"` → [`RedbStore::FORMAT_VERSION`] (another version is refused on open),
-///   `"global"` → [`GlobalPolicy`].
+///   `"global"` → [`GlobalPolicy`], `"probe"` → the time of the last recovery probe.
+///
+/// # Opening
+/// [`RedbStore::open`] refuses a zero-length file (redb would take it for a new, empty store;
+/// a roomcast store is never empty, so such a file was truncated or replaced), and opens with
+/// redb's integrity check: the checksum of every page of the committed trees is verified, so a
+/// damaged file (a zeroed page, a truncated file) is an error that names the file and what to do,
+/// never a panic later. Every call into redb that reads pages (open, load, history reads, the
+/// writer's transactions) also runs inside a panic guard, so a page redb cannot parse fails that
+/// call with [`StoreError::Damaged`] instead of unwinding.
 ///
 /// # The writer
-/// [`RedbStore::submit`] only pushes a job onto a channel; a single thread (`roomcast-store`) owns
-/// every write transaction. It blocks for the first job, then takes every job already queued (at
-/// most [`RedbStore::MAX_JOBS_PER_COMMIT`]), applies all their ops in submission order in one transaction,
-/// trims the history of the rooms that got messages, commits with [`redb::Durability::Immediate`]
-/// (an fsync) and resolves the jobs' acks. Whatever arrives while a commit is in flight waits in
-/// the channel and goes into the next transaction, so under load one fsync serves many submitters.
-/// In `batched` mode the writer keeps gathering for up to `flush_ms` after the first job before
-/// it commits, and acks resolve at submit time.
+/// [`RedbStore::submit_then`] only pushes a job onto a channel; a single thread (`roomcast-store`)
+/// owns every write transaction. It blocks for the first job, then takes every job already queued
+/// (at most [`RedbStore::MAX_JOBS_PER_COMMIT`]), applies all their ops in submission order in one
+/// transaction, trims the history of the rooms that got messages, commits with
+/// [`redb::Durability::Immediate`] (an fsync), then runs each job's [`Then`] and resolves its ack,
+/// in submission order. Whatever arrives while a commit is in flight waits in the channel and goes
+/// into the next transaction, so under load one fsync serves many submitters. In `batched` mode
+/// the writer keeps gathering for up to `flush_ms` after the first job before it commits, and
+/// acks resolve at submit time.
 ///
 /// The channel is unbounded on purpose: `submit` runs under the relay's room locks and must never
-/// wait for the disk, and refusing a change the relay has already made in memory would lose it.
-/// Back-pressure comes from the acks instead: in `sync` mode every reply waits for its ack, so the
-/// queue holds at most the changes in flight. [`RedbStore::stats`] shows the depth.
+/// wait for the disk. Back-pressure comes from the acks instead: in `sync` mode every reply waits
+/// for its ack, so the queue holds at most the changes in flight. [`RedbStore::stats`] shows the
+/// depth.
+///
+/// # Failures and recovery
+/// A transaction that fails on the disk (`ENOSPC`, `EIO`, a failed fsync) fails every job in it,
+/// and the store becomes *failing*: [`Store::writable`] turns false, `/healthz` reports it, and
+/// every later submit is refused at once (the relay refuses before it changes anything). redb
+/// latches an I/O error (every later operation on that handle fails with "previous I/O error"),
+/// so the writer reopens the database at once, which brings reads back (redb repairs the file's
+/// allocator state on that open, in time proportional to the file). Then it waits, 100 ms at
+/// first and doubling up to 2 s, asks [`StoreFile::probe`] whether the disk takes writes again,
+/// and once it does, commits a small probe transaction; when that succeeds the store is healthy
+/// again, with nothing restarted. A failed probe transaction latches the handle again, so the
+/// writer reopens it again and goes on waiting. A transaction that fails on a value it cannot
+/// decode (a damaged record) fails its jobs only; the disk is fine, and the store stays healthy.
 ///
 /// # Retention
 /// After a batch, each room that got messages loses its oldest messages beyond `history_max` and
@@ -111,16 +362,16 @@ pub struct StoreStats {
 /// # Closing
 /// [`Store::close`] (also run on drop) commits everything queued, stops and joins the writer and
 /// releases the file, so it can be opened again at once. Afterwards `submit` returns an ack that
-/// resolves to an error, and reads fail.
+/// has failed, and reads fail.
 pub struct RedbStore {
-    /// `None` once closed, which releases the file (and its lock) when the last reader and the
-    /// writer let go of it, so the same file can be opened again in this process.
-    db: ArcSwapOption<Database>,
-    path: PathBuf,
+    /// `None` once closed (which releases the file and its lock when the last reader and the
+    /// writer let go of it, so the same file can be opened again in this process) and while the
+    /// writer reopens it.
+    db: Arc<ArcSwapOption<Database>>,
+    file: Arc<dyn StoreFile>,
     durability: Durability,
     tx: flume::Sender<Msg>,
-    /// Set by [`Store::close`]: later submits fail at once.
-    closed: AtomicBool,
+    health: Arc<Health>,
     /// The writer thread until closed. The lock is held through the join, so a second `close`
     /// waits for the first.
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -137,10 +388,28 @@ impl RedbStore {
 
     /// Opens the store in `path` (a file), creating it if missing, and starts the writer thread.
     pub fn open(path: &Path, cfg: StoreConfig) -> Result<RedbStore, StoreError> {
-        let shown = path.display().to_string();
-        let db = Database::create(path).map_err(ctx(format!("opening {shown}")))?;
-        init(&db, &shown)?;
-        let counts = count_messages(&db).map_err(|e| StoreError(format!("{shown}: {}", e.0)))?;
+        Self::open_with(Arc::new(DiskFile::new(path)), cfg)
+    }
+
+    /// Opens the store in `file` (see [`StoreFile`]), creating it if missing, and starts the
+    /// writer thread. Every failure is an error that names the file and what to do about it.
+    pub fn open_with(file: Arc<dyn StoreFile>, cfg: StoreConfig) -> Result<RedbStore, StoreError> {
+        let shown = file.path().display().to_string();
+        if std::fs::metadata(file.path()).is_ok_and(|meta| meta.len() == 0) {
+            return Err(StoreError::Damaged(format!(
+                "the store file {shown} is empty (0 bytes), which a roomcast store never is: it \
+                 was truncated or replaced; {DAMAGED_ADVICE}"
+            )));
+        }
+        let db = open_database(file.as_ref(), true)?;
+        let counts = guarded(
+            || format!("the store file {shown} is damaged; {DAMAGED_ADVICE}. Opening it"),
+            || {
+                init(&db, &shown)?;
+                count_messages(&db)
+            },
+        )
+        .map_err(|e| at_open(&shown, e))?;
         tracing::info!(
             path = %shown,
             rooms_with_history = counts.len(),
@@ -150,11 +419,16 @@ impl RedbStore {
         );
 
         let db = Arc::new(db);
+        let shared = Arc::new(ArcSwapOption::from(Some(db.clone())));
         let counters = Arc::new(Counters::default());
+        let health = Arc::new(Health::new());
         let (tx, rx) = flume::unbounded();
         let durability = cfg.durability;
         let writer = Writer {
-            db: db.clone(),
+            db: Some(db),
+            shared: shared.clone(),
+            file: file.clone(),
+            latched: false,
             rx,
             cfg,
             counts: Counts {
@@ -162,17 +436,18 @@ impl RedbStore {
                 pending: HashMap::new(),
             },
             counters: counters.clone(),
+            health: health.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("roomcast-store".into())
             .spawn(move || writer.run())
-            .map_err(ctx("starting the store writer thread"))?;
+            .map_err(|e| StoreError::Unavailable(format!("starting the store writer: {e}")))?;
         Ok(RedbStore {
-            db: ArcSwapOption::from(Some(db)),
-            path: path.to_path_buf(),
+            db: shared,
+            file,
             durability,
             tx,
-            closed: AtomicBool::new(false),
+            health,
             writer: Mutex::new(Some(handle)),
             counters,
         })
@@ -180,7 +455,7 @@ impl RedbStore {
 
     /// The file this store lives in.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
     }
 
     /// What the writer has done so far.
@@ -188,96 +463,82 @@ impl RedbStore {
         StoreStats {
             commits: self.counters.commits.load(Ordering::Relaxed),
             failed_commits: self.counters.failed_commits.load(Ordering::Relaxed),
+            refused: self.counters.refused.load(Ordering::Relaxed),
+            reopens: self.counters.reopens.load(Ordering::Relaxed),
             jobs: self.counters.jobs.load(Ordering::Relaxed),
             ops: self.counters.ops.load(Ordering::Relaxed),
             queued: self.tx.len(),
         }
     }
 
-    /// The database, for a read; an error once closed.
+    /// The database, for a read; an error once closed or while it is reopened.
     fn db(&self) -> Result<Arc<Database>, StoreError> {
-        self.db.load_full().ok_or_else(closed_error)
+        self.db
+            .load_full()
+            .ok_or_else(|| match self.health.snapshot() {
+                StoreHealth::Closed => closed_error(),
+                _ => StoreError::Unavailable(
+                    "the store is being reopened after a failed write; retry".into(),
+                ),
+            })
+    }
+
+    /// Runs the read `f` on the database, inside the panic guard; `what` names it for errors.
+    fn read<T>(
+        &self,
+        what: impl FnOnce() -> String,
+        f: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let db = self.db()?;
+        let shown = self.file.path().display();
+        guarded(|| format!("{shown}: {}", what()), || f(&db))
     }
 }
 
 impl Store for RedbStore {
     fn load(&self) -> Result<Snapshot, StoreError> {
-        let txn = self.db()?.begin_read().map_err(ctx("load: begin read"))?;
-        let rooms = txn.open_table(ROOMS).map_err(ctx("load: rooms table"))?;
-        let attrs = txn.open_table(ATTRS).map_err(ctx("load: attrs table"))?;
-        let messages = txn
-            .open_table(MESSAGES)
-            .map_err(ctx("load: messages table"))?;
-        let meta = txn.open_table(META).map_err(ctx("load: meta table"))?;
-
-        let mut out = Vec::new();
-        for entry in rooms.iter().map_err(ctx("load: reading rooms"))? {
-            let (id, row) = entry.map_err(ctx("load: reading rooms"))?;
-            let id = id.value();
-            let record = decode::<RoomRecord>(row.value(), || format!("room {id:?}"))?;
-
-            let upper = after_prefix(id);
-            let mut room_attrs = Vec::new();
-            for entry in attrs
-                .range((id, "")..(upper.as_str(), ""))
-                .map_err(ctx("load: reading attributes"))?
-            {
-                let (key, attr) = entry.map_err(ctx("load: reading attributes"))?;
-                let key = key.value().1.to_owned();
-                let attr = decode::<AttrRecord>(attr.value(), || {
-                    format!("attribute {key:?} of room {id:?}")
-                })?;
-                room_attrs.push((key, attr));
-            }
-
-            let newest = match messages
-                .range((id, 0u64)..=(id, u64::MAX))
-                .map_err(ctx("load: reading history"))?
-                .next_back()
-            {
-                None => None,
-                Some(entry) => {
-                    let (key, msg) = entry.map_err(ctx("load: reading history"))?;
-                    let seq = key.value().1;
-                    let msg = decode::<StoredMessage>(msg.value(), || {
-                        format!("message {seq} of room {id:?}")
-                    })?;
-                    Some((seq, msg.ts))
-                }
-            };
-            out.push(LoadedRoom {
-                record,
-                attrs: room_attrs,
-                newest,
-            });
-        }
-
-        let global = match meta
-            .get(META_GLOBAL)
-            .map_err(ctx("load: reading the global policy"))?
-        {
-            Some(v) => decode::<GlobalPolicy>(v.value(), || "the global policy".into())?,
-            None => GlobalPolicy::default(),
-        };
-        Ok(Snapshot { rooms: out, global })
+        let shown = self.file.path().display().to_string();
+        self.read(|| "loading".into(), load)
+            .map_err(|e| at_open(&shown, e))
     }
 
-    fn submit(&self, ops: Vec<Op>) -> Ack {
-        if self.closed.load(Ordering::Acquire) {
-            return failed_ack(closed_error());
+    fn submit_then(&self, ops: Vec<Op>, then: Option<Then>) -> Ack {
+        if !self.health.writable() {
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            if let Some(t) = then {
+                t.forget();
+            }
+            return Ack::failed(self.health.refusal());
         }
         let (ack_tx, ack) = match self.durability {
             Durability::Sync => {
                 let (tx, rx) = oneshot::channel();
-                (Some(tx), Ack(Some(rx)))
+                (Some(tx), Ack::pending(rx))
             }
             Durability::Batched => (None, Ack::done()),
         };
-        match self.tx.send(Msg::Job(Job { ops, ack: ack_tx })) {
+        match self.tx.send(Msg::Job(Job {
+            ops,
+            ack: ack_tx,
+            then,
+        })) {
             Ok(()) => ack,
             // The writer is gone: closed concurrently, or it died.
-            Err(_) => failed_ack(closed_error()),
+            Err(flume::SendError(msg)) => {
+                if let Msg::Job(Job { then: Some(t), .. }) = msg {
+                    t.forget();
+                }
+                Ack::failed(closed_error())
+            }
         }
+    }
+
+    fn writable(&self) -> bool {
+        self.health.writable()
+    }
+
+    fn health(&self) -> StoreHealth {
+        self.health.snapshot()
     }
 
     fn history(
@@ -289,61 +550,74 @@ impl Store for RedbStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let txn = self
-            .db()?
-            .begin_read()
-            .map_err(ctx("history: begin read"))?;
-        let messages = txn
-            .open_table(MESSAGES)
-            .map_err(ctx("history: messages table"))?;
-        let upper = match before_seq {
-            Some(before) => Bound::Excluded((room, before)),
-            None => Bound::Included((room, u64::MAX)),
-        };
-        let mut out = Vec::with_capacity(limit.min(1024));
-        for entry in messages
-            .range((Bound::Included((room, 0u64)), upper))
-            .map_err(ctx("history: reading"))?
-            .rev()
-            .take(limit)
-        {
-            let (key, msg) = entry.map_err(ctx("history: reading"))?;
-            let seq = key.value().1;
-            out.push(decode::<StoredMessage>(msg.value(), || {
-                format!("message {seq} of room {room:?}")
-            })?);
-        }
-        out.reverse();
-        Ok(out)
+        self.read(
+            || format!("reading the history of room {room:?}"),
+            |db| {
+                let txn = db.begin_read().map_err(ctx("history: begin read"))?;
+                let messages = txn
+                    .open_table(MESSAGES)
+                    .map_err(ctx("history: messages table"))?;
+                let upper = match before_seq {
+                    Some(before) => Bound::Excluded((room, before)),
+                    None => Bound::Included((room, u64::MAX)),
+                };
+                let mut out = Vec::with_capacity(limit.min(1024));
+                for entry in messages
+                    .range((Bound::Included((room, 0u64)), upper))
+                    .map_err(ctx("history: reading"))?
+                    .rev()
+                    .take(limit)
+                {
+                    let (key, msg) = entry.map_err(ctx("history: reading"))?;
+                    let seq = key.value().1;
+                    out.push(decode::<StoredMessage>(msg.value(), || {
+                        format!("message {seq} of room {room:?}")
+                    })?);
+                }
+                out.reverse();
+                Ok(out)
+            },
+        )
     }
 
     fn message(&self, room: &str, seq: u64) -> Result<Option<StoredMessage>, StoreError> {
-        let txn = self
-            .db()?
-            .begin_read()
-            .map_err(ctx("message: begin read"))?;
-        let messages = txn
-            .open_table(MESSAGES)
-            .map_err(ctx("message: messages table"))?;
-        match messages.get((room, seq)).map_err(ctx("message: reading"))? {
-            None => Ok(None),
-            Some(v) => decode(v.value(), || format!("message {seq} of room {room:?}")).map(Some),
-        }
+        self.read(
+            || format!("reading message {seq} of room {room:?}"),
+            |db| {
+                let txn = db.begin_read().map_err(ctx("message: begin read"))?;
+                let messages = txn
+                    .open_table(MESSAGES)
+                    .map_err(ctx("message: messages table"))?;
+                match messages.get((room, seq)).map_err(ctx("message: reading"))? {
+                    None => Ok(None),
+                    Some(v) => {
+                        decode(v.value(), || format!("message {seq} of room {room:?}")).map(Some)
+                    }
+                }
+            },
+        )
     }
 
     fn close(&self) {
         let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        self.closed.store(true, Ordering::Release);
         let Some(handle) = writer.take() else {
             return;
         };
+        if handle.thread().id() == std::thread::current().id() {
+            // Dropped by work the writer runs (the last owner let go inside a `Then`): the
+            // writer stops by itself once the channel is gone; it cannot join itself.
+            self.health.close();
+            return;
+        }
         // Fails only if the writer already stopped, which the join below reports.
         let _ = self.tx.send(Msg::Close);
+        let shown = self.file.path().display();
         if handle.join().is_err() {
-            tracing::error!(path = %self.path.display(), "the store writer thread panicked");
+            tracing::error!(path = %shown, "the store writer thread panicked");
         } else {
-            tracing::info!(path = %self.path.display(), "store closed");
+            tracing::info!(path = %shown, "store closed");
         }
+        self.health.close();
         self.db.store(None);
     }
 }
@@ -354,18 +628,175 @@ impl Drop for RedbStore {
     }
 }
 
+/// Everything stored, for a start.
+fn load(db: &Database) -> Result<Snapshot, StoreError> {
+    let txn = db.begin_read().map_err(ctx("load: begin read"))?;
+    let rooms = txn.open_table(ROOMS).map_err(ctx("load: rooms table"))?;
+    let attrs = txn.open_table(ATTRS).map_err(ctx("load: attrs table"))?;
+    let messages = txn
+        .open_table(MESSAGES)
+        .map_err(ctx("load: messages table"))?;
+    let meta = txn.open_table(META).map_err(ctx("load: meta table"))?;
+
+    let mut out = Vec::new();
+    for entry in rooms.iter().map_err(ctx("load: reading rooms"))? {
+        let (id, row) = entry.map_err(ctx("load: reading rooms"))?;
+        let id = id.value();
+        let record = decode::<RoomRecord>(row.value(), || format!("room {id:?}"))?;
+
+        let upper = after_prefix(id);
+        let mut room_attrs = Vec::new();
+        for entry in attrs
+            .range((id, "")..(upper.as_str(), ""))
+            .map_err(ctx("load: reading attributes"))?
+        {
+            let (key, attr) = entry.map_err(ctx("load: reading attributes"))?;
+            let key = key.value().1.to_owned();
+            let attr =
+                decode::<AttrRecord>(attr.value(), || format!("attribute {key:?} of room {id:?}"))?;
+            room_attrs.push((key, attr));
+        }
+
+        let newest = match messages
+            .range((id, 0u64)..=(id, u64::MAX))
+            .map_err(ctx("load: reading history"))?
+            .next_back()
+        {
+            None => None,
+            Some(entry) => {
+                let (key, msg) = entry.map_err(ctx("load: reading history"))?;
+                let seq = key.value().1;
+                let msg = decode::<StoredMessage>(msg.value(), || {
+                    format!("message {seq} of room {id:?}")
+                })?;
+                Some((seq, msg.ts))
+            }
+        };
+        out.push(LoadedRoom {
+            record,
+            attrs: room_attrs,
+            newest,
+        });
+    }
+
+    let global = match meta
+        .get(META_GLOBAL)
+        .map_err(ctx("load: reading the global policy"))?
+    {
+        Some(v) => decode::<GlobalPolicy>(v.value(), || "the global policy".into())?,
+        None => GlobalPolicy::default(),
+    };
+    Ok(Snapshot { rooms: out, global })
+}
+
+/// Opens the database in `file`, with redb's integrity check when `check` (at start; a reopen
+/// after a failed write trusts the file redb itself wrote). Every failure names the file.
+fn open_database(file: &dyn StoreFile, check: bool) -> Result<Database, StoreError> {
+    let shown = file.path().display().to_string();
+    let backend = file
+        .open()
+        .map_err(|e| StoreError::Unavailable(format!("cannot open the store file {shown}: {e}")))?;
+    let opened = contained(|| {
+        let mut builder = Database::builder();
+        builder.set_check_integrity_on_open(check);
+        builder.create_with_backend(Boxed(backend))
+    });
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(e)) => Err(open_error(&shown, e)),
+        Err(panic) => Err(StoreError::Damaged(format!(
+            "the store file {shown} is damaged (the storage engine failed reading it: {panic}); \
+             {DAMAGED_ADVICE}"
+        ))),
+    }
+}
+
+/// What an open failure means for the operator.
+fn open_error(shown: &str, e: DatabaseError) -> StoreError {
+    match e {
+        DatabaseError::DatabaseAlreadyOpen => StoreError::Unavailable(format!(
+            "the store file {shown} is in use by another process (another roomcast serve on the \
+             same data folder?); stop it, or give this server its own --data folder"
+        )),
+        DatabaseError::Storage(StorageError::Corrupted(detail)) => StoreError::Damaged(format!(
+            "the store file {shown} is damaged ({detail}); {DAMAGED_ADVICE}"
+        )),
+        DatabaseError::Storage(StorageError::Io(io)) if io.kind() == io::ErrorKind::InvalidData => {
+            StoreError::Damaged(format!(
+                "the store file {shown} is not a roomcast store or is damaged ({io}); \
+                 {DAMAGED_ADVICE}"
+            ))
+        }
+        DatabaseError::Storage(StorageError::Io(io))
+            if io.kind() == io::ErrorKind::UnexpectedEof =>
+        {
+            StoreError::Damaged(format!(
+                "the store file {shown} is shorter than its contents (truncated?: {io}); \
+                 {DAMAGED_ADVICE}"
+            ))
+        }
+        DatabaseError::RepairAborted | DatabaseError::UpgradeRequired(_) => StoreError::Damaged(
+            format!("the store file {shown} cannot be opened ({e}); {DAMAGED_ADVICE}"),
+        ),
+        other => StoreError::Unavailable(format!(
+            "cannot open the store file {shown}: {other} (is the disk full, or the file not \
+             writable?)"
+        )),
+    }
+}
+
+/// An error while opening or loading, as the operator reads it.
+fn at_open(shown: &str, e: StoreError) -> StoreError {
+    match e {
+        StoreError::Damaged(m) if !m.contains(shown) => StoreError::Damaged(format!(
+            "the store file {shown} is damaged ({m}); {DAMAGED_ADVICE}"
+        )),
+        StoreError::Unavailable(m) if !m.contains(shown) => {
+            StoreError::Unavailable(format!("the store file {shown} cannot be read: {m}"))
+        }
+        other => other,
+    }
+}
+
 /// The writer thread's state.
 struct Writer {
-    db: Arc<Database>,
+    /// The database; `None` only while a reopen failed.
+    db: Option<Arc<Database>>,
+    /// What readers use: the same handle, `None` while it is reopened.
+    shared: Arc<ArcSwapOption<Database>>,
+    file: Arc<dyn StoreFile>,
+    /// The handle failed on the disk, so redb refuses everything on it until it is reopened.
+    latched: bool,
     rx: flume::Receiver<Msg>,
     cfg: StoreConfig,
     counts: Counts,
     counters: Arc<Counters>,
+    health: Arc<Health>,
 }
 
 impl Writer {
     fn run(mut self) {
+        let mut backoff = PROBE_FIRST;
         loop {
+            if !self.health.writable() {
+                match self.wait_out(backoff) {
+                    Waited::Closed => return,
+                    Waited::Probe => {}
+                }
+                match self.recover() {
+                    Ok(()) => {
+                        backoff = PROBE_FIRST;
+                        self.health.recovered();
+                        tracing::warn!(path = %self.file.path().display(), "store writes again");
+                    }
+                    Err(e) => {
+                        self.health.failed(&e);
+                        tracing::debug!(error = %e, "store still cannot write");
+                        backoff = (backoff * 2).min(PROBE_MAX);
+                    }
+                }
+                continue;
+            }
             // Every sender is gone only if the store was dropped without `close`, which `Drop`
             // prevents; stop either way.
             let Ok(first) = self.rx.recv() else { return };
@@ -401,6 +832,90 @@ impl Writer {
         }
     }
 
+    /// While failing: refuses every job that comes for `wait`, then says whether to probe.
+    fn wait_out(&mut self, wait: Duration) -> Waited {
+        // A std `Instant` is fine here: this is a plain thread, not a task under tokio's clock.
+        let deadline = Instant::now() + wait;
+        loop {
+            match self.rx.recv_deadline(deadline) {
+                Ok(Msg::Job(job)) => self.refuse(job),
+                Ok(Msg::Close) => {
+                    for msg in self.rx.try_iter().collect::<Vec<_>>() {
+                        if let Msg::Job(job) = msg {
+                            self.refuse(job);
+                        }
+                    }
+                    return Waited::Closed;
+                }
+                Err(flume::RecvTimeoutError::Timeout) => return Waited::Probe,
+                Err(flume::RecvTimeoutError::Disconnected) => return Waited::Closed,
+            }
+        }
+    }
+
+    fn refuse(&mut self, job: Job) {
+        self.counters.refused.fetch_add(1, Ordering::Relaxed);
+        job.finish(&Err(self.health.refusal()));
+    }
+
+    /// One recovery attempt: the disk probe, a reopen if the handle is latched, a probe commit.
+    fn recover(&mut self) -> Result<(), StoreError> {
+        self.file
+            .probe()
+            .map_err(|e| StoreError::Unavailable(format!("the disk refuses writes: {e}")))?;
+        if self.latched || self.db.is_none() {
+            self.reopen()?;
+        }
+        let db = self.db.clone().ok_or_else(not_open)?;
+        let result = guarded(
+            || "the probe write".into(),
+            || {
+                let txn = db.begin_write().map_err(ctx("probe: begin write"))?;
+                {
+                    let mut meta = txn.open_table(META).map_err(ctx("probe: meta table"))?;
+                    let now = encode(&now_ms())?;
+                    meta.insert(META_PROBE, now.as_slice())
+                        .map_err(ctx("probe: writing"))?;
+                }
+                txn.commit().map_err(ctx("probe: commit"))
+            },
+        );
+        if result.is_err() {
+            self.latched = true;
+            // Reads come back at once; the next attempt waits for the disk.
+            let _ = self.reopen();
+        }
+        result
+    }
+
+    /// Replaces a latched handle with a fresh one (readers fail fast meanwhile).
+    fn reopen(&mut self) -> Result<(), StoreError> {
+        self.counters.reopens.fetch_add(1, Ordering::Relaxed);
+        self.shared.store(None);
+        let old: Option<Weak<Database>> = self.db.take().map(|db| Arc::downgrade(&db));
+        // redb holds a lock on the file: the old handle must be gone, so wait for reads in
+        // progress to let go of it (they are short). A plain thread may sleep.
+        if let Some(old) = old {
+            let started = Instant::now();
+            while old.strong_count() > 0 {
+                if started.elapsed() > REOPEN_WAIT {
+                    self.db = old.upgrade();
+                    self.shared.store(self.db.clone());
+                    return Err(StoreError::Unavailable(
+                        "reopening the store: reads did not let go of it".into(),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let db = Arc::new(open_database(self.file.as_ref(), false)?);
+        self.latched = false;
+        self.shared.store(Some(db.clone()));
+        self.db = Some(db);
+        tracing::info!(path = %self.file.path().display(), "store reopened");
+        Ok(())
+    }
+
     /// Adds the jobs that join the first one in its transaction; returns whether a close came.
     fn gather(&self, jobs: &mut Vec<Job>) -> bool {
         match self.cfg.durability {
@@ -430,11 +945,19 @@ impl Writer {
         false
     }
 
-    /// Applies `jobs` in one transaction, commits durably and resolves their acks.
+    /// Applies `jobs` in one transaction, commits durably and tells their submitters.
     fn commit(&mut self, jobs: Vec<Job>) {
         let started = Instant::now();
         let ops = jobs.iter().map(|j| j.ops.len() as u64).sum::<u64>();
-        let result = self.write(&jobs);
+        let result = match self.db.clone() {
+            None => Err(not_open()),
+            Some(db) => match contained(|| self.write(&db, &jobs)) {
+                Ok(r) => r,
+                Err(panic) => Err(StoreError::Unavailable(format!(
+                    "the storage engine failed writing: {panic}"
+                ))),
+            },
+        };
         match &result {
             Ok(()) => {
                 self.counts.commit();
@@ -454,18 +977,23 @@ impl Writer {
                 self.counts.rollback();
                 self.counters.failed_commits.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, jobs = jobs.len(), ops, "store commit failed");
+                if let StoreError::Unavailable(_) = e {
+                    // The disk failed: refuse what comes, and get reads back.
+                    self.health.failed(e);
+                    self.latched = true;
+                    if let Err(e) = self.reopen() {
+                        tracing::error!(error = %e, "reopening the store failed");
+                    }
+                }
             }
         }
         for job in jobs {
-            if let Some(ack) = job.ack {
-                // The submitter may have stopped waiting; nothing to do then.
-                let _ = ack.send(result.clone());
-            }
+            job.finish(&result);
         }
     }
 
-    fn write(&mut self, jobs: &[Job]) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write().map_err(ctx("begin write"))?;
+    fn write(&mut self, db: &Database, jobs: &[Job]) -> Result<(), StoreError> {
+        let mut txn = db.begin_write().map_err(ctx("begin write"))?;
         txn.set_durability(redb::Durability::Immediate)
             .map_err(ctx("set durability"))?;
         {
@@ -478,10 +1006,28 @@ impl Writer {
             for op in jobs.iter().flat_map(|j| &j.ops) {
                 match op {
                     Op::PutRoom(record) => {
-                        let row = encode(record)?;
+                        let mut record = record.clone();
+                        if let Some(old) = stored_room(&rooms, &record.id)?
+                            && old.epoch == record.epoch
+                        {
+                            record.seq_reserved = record.seq_reserved.max(old.seq_reserved);
+                            record.last_activity_ms =
+                                record.last_activity_ms.max(old.last_activity_ms);
+                        }
+                        let row = encode(&record)?;
                         rooms
                             .insert(record.id.as_str(), row.as_slice())
                             .map_err(ctx("put room"))?;
+                    }
+                    Op::ReserveSeq { room, upto } => {
+                        update_room(&mut rooms, room, |r| {
+                            r.seq_reserved = r.seq_reserved.max(*upto)
+                        })?;
+                    }
+                    Op::Touch { room, at_ms } => {
+                        update_room(&mut rooms, room, |r| {
+                            r.last_activity_ms = r.last_activity_ms.max(*at_ms)
+                        })?;
                     }
                     Op::DeleteRoom(id) => {
                         rooms.remove(id.as_str()).map_err(ctx("delete room"))?;
@@ -592,6 +1138,39 @@ impl Writer {
     }
 }
 
+/// What a failing writer's wait ended with.
+enum Waited {
+    /// Time to probe.
+    Probe,
+    /// The store is closing (or dropped).
+    Closed,
+}
+
+/// The stored record of room `id`; a record that does not decode counts as none (it is about to
+/// be replaced).
+fn stored_room(rooms: &Table<&str, &[u8]>, id: &str) -> Result<Option<RoomRecord>, StoreError> {
+    Ok(rooms
+        .get(id)
+        .map_err(ctx("reading a room"))?
+        .and_then(|v| postcard::from_bytes::<RoomRecord>(v.value()).ok()))
+}
+
+/// Changes the stored record of room `id` with `f`, if there is one that decodes.
+fn update_room(
+    rooms: &mut Table<&str, &[u8]>,
+    id: &str,
+    f: impl FnOnce(&mut RoomRecord),
+) -> Result<(), StoreError> {
+    if let Some(mut record) = stored_room(rooms, id)? {
+        f(&mut record);
+        let row = encode(&record)?;
+        rooms
+            .insert(id, row.as_slice())
+            .map_err(ctx("update room"))?;
+    }
+    Ok(())
+}
+
 /// Per-room message counts: the committed ones plus the changes of the transaction in progress,
 /// which are dropped if it fails.
 struct Counts {
@@ -629,37 +1208,36 @@ impl Counts {
 
 /// Creates the tables if missing and checks (or, in a new file, writes) the format version.
 fn init(db: &Database, shown: &str) -> Result<(), StoreError> {
-    let at = |what: &str| format!("{shown}: {what}");
-    let txn = db.begin_write().map_err(ctx(at("begin write")))?;
+    let txn = db.begin_write().map_err(ctx("begin write"))?;
     {
-        let mut meta = txn.open_table(META).map_err(ctx(at("meta table")))?;
+        let mut meta = txn.open_table(META).map_err(ctx("meta table"))?;
         let found = match meta
             .get(META_FORMAT)
-            .map_err(ctx(at("reading the format version")))?
+            .map_err(ctx("reading the format version"))?
         {
-            Some(v) => Some(decode::<u32>(v.value(), || at("the format version"))?),
+            Some(v) => Some(decode::<u32>(v.value(), || "the format version".into())?),
             None => None,
         };
         match found {
             Some(FORMAT_VERSION) => {}
             Some(other) => {
-                return Err(StoreError(format!(
-                    "{shown} has store format version {other}, this build reads version \
-                     {FORMAT_VERSION} only"
+                return Err(StoreError::Damaged(format!(
+                    "the store file {shown} has store format version {other}, this build reads \
+                     version {FORMAT_VERSION} only: run the roomcast that wrote it, or move the \
+                     file away to start with an empty store"
                 )));
             }
             None => {
                 let v = encode(&FORMAT_VERSION)?;
                 meta.insert(META_FORMAT, v.as_slice())
-                    .map_err(ctx(at("writing the format version")))?;
+                    .map_err(ctx("writing the format version"))?;
             }
         }
-        txn.open_table(ROOMS).map_err(ctx(at("rooms table")))?;
-        txn.open_table(ATTRS).map_err(ctx(at("attrs table")))?;
-        txn.open_table(MESSAGES)
-            .map_err(ctx(at("messages table")))?;
+        txn.open_table(ROOMS).map_err(ctx("rooms table"))?;
+        txn.open_table(ATTRS).map_err(ctx("attrs table"))?;
+        txn.open_table(MESSAGES).map_err(ctx("messages table"))?;
     }
-    txn.commit().map_err(ctx(at("commit")))
+    txn.commit().map_err(ctx("commit"))
 }
 
 /// Messages per room, for retention.
@@ -691,30 +1269,40 @@ fn after_prefix(id: &str) -> String {
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    postcard::to_allocvec(value).map_err(ctx("encoding"))
+    postcard::to_allocvec(value).map_err(|e| StoreError::Damaged(format!("encoding: {e}")))
 }
 
 fn decode<T: DeserializeOwned>(
     bytes: &[u8],
     what: impl FnOnce() -> String,
 ) -> Result<T, StoreError> {
-    postcard::from_bytes(bytes).map_err(|e| StoreError(format!("decoding {}: {e}", what())))
+    postcard::from_bytes(bytes)
+        .map_err(|e| StoreError::Damaged(format!("decoding {}: {e}", what())))
 }
 
-/// Wraps an error with what was being done.
-fn ctx<E: Display>(what: impl Display) -> impl FnOnce(E) -> StoreError {
-    move |e| StoreError(format!("{what}: {e}"))
+/// Wraps an error of the storage engine with what was being done. A page the engine finds
+/// corrupt is [`StoreError::Damaged`]; everything else (I/O, a previous I/O error) is
+/// [`StoreError::Unavailable`].
+fn ctx<E: Into<redb::Error>>(what: impl Display) -> impl FnOnce(E) -> StoreError {
+    move |e| match e.into() {
+        redb::Error::Corrupted(detail) => StoreError::Damaged(format!("{what}: {detail}")),
+        other => StoreError::Unavailable(format!("{what}: {other}")),
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn closed_error() -> StoreError {
-    StoreError("the store is closed".into())
+    StoreError::Unavailable("the store is closed".into())
 }
 
-fn failed_ack(e: StoreError) -> Ack {
-    let (tx, rx) = oneshot::channel();
-    // The receiver is right here.
-    let _ = tx.send(Err(e));
-    Ack(Some(rx))
+fn not_open() -> StoreError {
+    StoreError::Unavailable("the store file could not be reopened after a failed write".into())
 }
 
 #[cfg(test)]
@@ -1217,7 +1805,7 @@ mod tests {
                                     attr: attr("v", i),
                                 },
                             ]);
-                            assert!(ack.0.is_some(), "sync acks wait for the commit");
+                            assert!(!ack.is_done(), "sync acks wait for the commit");
                             rt.block_on(ack.wait()).expect("ack");
                             // Readers see only committed data: the acked message is there.
                             assert_eq!(
@@ -1306,7 +1894,7 @@ mod tests {
                     Op::PutRoom(room(&format!("r{i}"))),
                     append("r0", i, i),
                 ]);
-                assert!(ack.0.is_none(), "batched acks resolve at submit");
+                assert!(ack.is_done(), "batched acks resolve at submit");
             }
             assert_eq!(store.stats().commits, 0);
             store.close();
@@ -1348,7 +1936,7 @@ mod tests {
             store.close();
             store.close();
             let err = apply(&store, vec![append("r", 2, 2)]).expect_err("after close");
-            assert!(err.0.contains("closed"), "{err}");
+            assert!(err.message().contains("closed"), "{err}");
             // Reads fail too: the file is released, and can be opened again at once, while
             // the closed store still exists.
             assert!(store.history("r", None, 10).is_err());
@@ -1367,7 +1955,7 @@ mod tests {
         let err = RedbStore::open(&path, cfg(Durability::Sync))
             .err()
             .expect("second open fails");
-        assert!(err.0.contains("roomcast.redb"), "{err}");
+        assert!(err.message().contains("roomcast.redb"), "{err}");
         drop(store);
         RedbStore::open(&path, cfg(Durability::Sync)).expect("open after drop");
     }
@@ -1391,7 +1979,7 @@ mod tests {
             .err()
             .expect("refused");
         assert!(
-            err.0
+            err.message()
                 .contains(&format!("format version {}", FORMAT_VERSION + 1)),
             "{err}"
         );
@@ -1429,7 +2017,7 @@ mod tests {
             ],
         )
         .expect_err("the recall cannot decode");
-        assert!(err.0.contains("message 1 of room \"bad\""), "{err}");
+        assert!(err.message().contains("message 1 of room \"bad\""), "{err}");
         assert_eq!(store.stats().failed_commits, 1);
         // All or nothing: the appends of the failed submit are not there.
         assert_eq!(store.history("r", None, 10).expect("h"), vec![]);
@@ -1438,5 +2026,260 @@ mod tests {
         apply(&store, vec![append("r", 3, 3)]).expect("append");
         apply(&store, vec![append("r", 4, 4)]).expect("append");
         assert_eq!(seqs(&store.history("r", None, 10).expect("h")), vec![3, 4]);
+    }
+
+    /// Waits (bounded) until `cond` holds; the store's recovery runs on its own thread.
+    fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+        let started = Instant::now();
+        while !cond() {
+            assert!(started.elapsed() < Duration::from_secs(20), "never: {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn quota_store(
+        dir: &tempfile::TempDir,
+        c: StoreConfig,
+    ) -> (RedbStore, Arc<super::super::Quota>) {
+        let quota = super::super::Quota::unlimited();
+        let file = Arc::new(super::super::QuotaFile::new(db_path(dir), quota.clone()));
+        (RedbStore::open_with(file, c).expect("open"), quota)
+    }
+
+    #[test]
+    fn a_full_disk_fails_the_write_refuses_later_ones_and_recovers_once_space_is_freed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, quota) = quota_store(&dir, cfg(Durability::Sync));
+        apply(&store, vec![append("r", 1, 1)]).expect("room on the disk");
+        assert!(store.writable());
+        assert_eq!(store.health(), StoreHealth::Healthy);
+
+        quota.set_left(Some(0));
+        let err = apply(&store, vec![append("r", 2, 2)]).expect_err("the disk is full");
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        assert!(err.message().contains("No space left on device"), "{err}");
+        assert!(!store.writable());
+        let StoreHealth::Failing {
+            error, failures, ..
+        } = store.health()
+        else {
+            panic!("failing expected, got {:?}", store.health())
+        };
+        assert!(error.contains("No space left on device"), "{error}");
+        assert!(failures >= 1);
+        // Refused at once: nothing is queued for a disk that is known to be full.
+        let ack = store.submit(vec![append("r", 3, 3)]);
+        let refused = ack.refused().expect("refused at once").clone();
+        assert!(refused.message().contains("cannot write"), "{refused}");
+        // Reads: on this disk every write needs space (as on a copy-on-write filesystem), so
+        // the reopen that redb needs after the failure cannot repair the file yet, and reads say
+        // so; where rewriting a page needs no space (ext4, tmpfs) they go on (see
+        // tests/store_tmpfs.rs). Either way the failed append is not there.
+        match store.history("r", None, 10) {
+            Ok(h) => assert_eq!(seqs(&h), vec![1]),
+            Err(e) => assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}"),
+        }
+        assert!(store.stats().reopens >= 1);
+
+        // Space freed: writes come back by themselves, with no restart.
+        quota.set_left(None);
+        eventually("the store writes again", || store.writable());
+        assert_eq!(store.health(), StoreHealth::Healthy);
+        apply(&store, vec![append("r", 4, 4)]).expect("writes again");
+        assert_eq!(seqs(&store.history("r", None, 10).expect("h")), vec![1, 4]);
+        store.close();
+        let store = RedbStore::open(&db_path(&dir), cfg(Durability::Sync)).expect("reopen");
+        assert_eq!(seqs(&store.history("r", None, 10).expect("h")), vec![1, 4]);
+    }
+
+    #[test]
+    fn a_batched_store_refuses_writes_while_failing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = cfg(Durability::Batched);
+        c.flush_ms = 1;
+        let (store, quota) = quota_store(&dir, c);
+        quota.set_left(Some(0));
+        // Acknowledged at once, by definition of batched; its batch then fails on the disk.
+        assert!(store.submit(vec![append("r", 1, 1)]).is_done());
+        eventually("the failed batch is noticed", || !store.writable());
+        assert!(store.submit(vec![append("r", 2, 2)]).refused().is_some());
+        quota.set_left(None);
+        eventually("the store writes again", || store.writable());
+        assert!(store.submit(vec![append("r", 3, 3)]).is_done());
+        store.close();
+        let store = RedbStore::open(&db_path(&dir), cfg(Durability::Sync)).expect("reopen");
+        // Like a crash: the acknowledged batch that failed is lost, the later one is there.
+        assert_eq!(seqs(&store.history("r", None, 10).expect("h")), vec![3]);
+    }
+
+    #[test]
+    fn then_runs_in_order_with_the_outcome_before_the_ack() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, quota) = quota_store(&dir, cfg(Durability::Sync));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let rt = rt();
+        let mut acks = Vec::new();
+        for i in 0..20u64 {
+            let seen = seen.clone();
+            acks.push(store.submit_then(
+                vec![append("r", i, i)],
+                Some(Then::new(move |outcome| {
+                    seen.lock().expect("lock").push((i, outcome.is_ok()))
+                })),
+            ));
+        }
+        for ack in acks {
+            rt.block_on(ack.wait()).expect("ack");
+        }
+        let got = seen.lock().expect("lock").clone();
+        assert_eq!(got, (0..20).map(|i| (i, true)).collect::<Vec<_>>());
+
+        quota.set_left(Some(0));
+        let seen2 = seen.clone();
+        let ack = store.submit_then(
+            vec![append("r", 99, 99)],
+            Some(Then::new(move |outcome| {
+                seen2.lock().expect("lock").push((99, outcome.is_ok()))
+            })),
+        );
+        assert!(rt.block_on(ack.wait()).is_err());
+        assert_eq!(seen.lock().expect("lock").last(), Some(&(99, false)));
+        // Refused at once: `then` is not run (the submitter handles the refusal itself).
+        let ran = Arc::new(AtomicU64::new(0));
+        let r2 = ran.clone();
+        let ack = store.submit_then(
+            vec![append("r", 100, 100)],
+            Some(Then::new(move |_| {
+                r2.fetch_add(1, Ordering::Relaxed);
+            })),
+        );
+        assert!(ack.refused().is_some());
+        assert_eq!(ran.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn reservations_and_activity_only_go_up_and_a_put_room_keeps_the_higher_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RedbStore::open(&db_path(&dir), cfg(Durability::Sync)).expect("open");
+        let mut rec = room("r");
+        rec.seq_reserved = 100;
+        rec.last_activity_ms = 1_000;
+        apply(&store, vec![Op::PutRoom(rec.clone())]).expect("put");
+        apply(
+            &store,
+            vec![
+                Op::ReserveSeq {
+                    room: "r".into(),
+                    upto: 500,
+                },
+                Op::ReserveSeq {
+                    room: "r".into(),
+                    upto: 200,
+                },
+                Op::Touch {
+                    room: "r".into(),
+                    at_ms: 5_000,
+                },
+                Op::Touch {
+                    room: "r".into(),
+                    at_ms: 2_000,
+                },
+                // A room that is not stored is left alone.
+                Op::ReserveSeq {
+                    room: "nowhere".into(),
+                    upto: 9,
+                },
+            ],
+        )
+        .expect("raise");
+        let loaded = |store: &RedbStore| store.load().expect("load").rooms[0].record.clone();
+        assert_eq!(
+            (loaded(&store).seq_reserved, loaded(&store).last_activity_ms),
+            (500, 5_000)
+        );
+        // A record written from older memory does not lower them; another name does change.
+        let mut older = rec.clone();
+        older.name = "renamed".into();
+        apply(&store, vec![Op::PutRoom(older)]).expect("put");
+        let now = loaded(&store);
+        assert_eq!(
+            (now.seq_reserved, now.last_activity_ms, now.name.as_str()),
+            (500, 5_000, "renamed")
+        );
+        assert_eq!(store.load().expect("load").rooms.len(), 1);
+        // A new life of the room (another epoch) starts from its own values.
+        let mut reborn = rec.clone();
+        reborn.epoch += 1;
+        apply(
+            &store,
+            vec![Op::DeleteRoom("r".into()), Op::PutRoom(reborn)],
+        )
+        .expect("again");
+        let now = loaded(&store);
+        assert_eq!((now.seq_reserved, now.last_activity_ms), (100, 1_000));
+    }
+
+    #[test]
+    fn an_empty_store_file_is_refused_naming_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = db_path(&dir);
+        std::fs::write(&path, b"").expect("empty file");
+        let err = RedbStore::open(&path, cfg(Durability::Sync))
+            .err()
+            .expect("refused");
+        assert!(matches!(err, StoreError::Damaged(_)), "{err:?}");
+        assert!(err.message().contains(&path.display().to_string()), "{err}");
+        assert!(err.message().contains("empty"), "{err}");
+        assert!(err.message().contains("move it away"), "{err}");
+        assert_eq!(std::fs::metadata(&path).expect("still there").len(), 0);
+    }
+
+    #[test]
+    fn every_damaged_page_or_a_truncation_is_an_error_naming_the_file_never_a_panic() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = db_path(&dir);
+        {
+            let store = RedbStore::open(&path, cfg(Durability::Sync)).expect("open");
+            apply(&store, vec![Op::PutRoom(room("lobby"))]).expect("room");
+            for i in 1..=40 {
+                apply(&store, vec![append("lobby", i, i)]).expect("append");
+            }
+            store.close();
+        }
+        let pristine = std::fs::read(&path).expect("read");
+        let shown = path.display().to_string();
+        let mut refused = 0;
+        let check = |bytes: &[u8], what: &str| -> bool {
+            std::fs::write(&path, bytes).expect("write");
+            match RedbStore::open(&path, cfg(Durability::Sync)) {
+                Ok(store) => {
+                    // A page nothing used: the store works as before.
+                    assert_eq!(store.load().expect("load").rooms.len(), 1, "{what}");
+                    false
+                }
+                Err(e) => {
+                    assert!(e.message().contains(&shown), "{what}: {e}");
+                    assert!(
+                        e.message().contains("backup") || e.message().contains("move"),
+                        "{what}: {e}"
+                    );
+                    true
+                }
+            }
+        };
+        for page in 0..pristine.len() / 4096 {
+            let mut bytes = pristine.clone();
+            bytes[page * 4096..(page + 1) * 4096].fill(0);
+            refused += usize::from(check(&bytes, &format!("page {page} zeroed")));
+        }
+        assert!(refused >= 3, "only {refused} zeroed pages were noticed");
+        for keep in [pristine.len() / 2, 4096, 100] {
+            assert!(
+                check(&pristine[..keep], &format!("truncated to {keep}")),
+                "a file truncated to {keep} bytes opened"
+            );
+        }
+        std::fs::write(&path, &pristine).expect("restore");
+        RedbStore::open(&path, cfg(Durability::Sync)).expect("the pristine file opens");
     }
 }
