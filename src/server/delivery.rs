@@ -65,45 +65,39 @@ struct Tally {
     shed_lag: ClassCounts,
     shed_overrun: ClassCounts,
     shed_datagram: u64,
+    /// Ring entries not yet read, over the connection's rooms, when the drain began.
+    lag: u64,
+    /// When the oldest message of the batch was published.
+    oldest: Option<tokio::time::Instant>,
 }
 
-const CLASSES: [Class; 3] = [Class::Protected, Class::Normal, Class::Low];
-
 impl Tally {
-    fn flush(&self) {
-        for c in CLASSES {
-            let i = class_index(c);
-            if self.stream[i] > 0 {
-                metrics::counter!(m::MESSAGES_OUT, "class" => c.as_str(), "lane" => "stream")
-                    .increment(self.stream[i]);
-            }
-            if self.datagram[i] > 0 {
-                metrics::counter!(m::MESSAGES_OUT, "class" => c.as_str(), "lane" => "datagram")
-                    .increment(self.datagram[i]);
-            }
-            if self.shed_lag[i] > 0 {
-                metrics::counter!(m::SHED, "class" => c.as_str(), "reason" => "lag")
-                    .increment(self.shed_lag[i]);
-            }
-            if self.shed_overrun[i] > 0 {
-                metrics::counter!(m::SHED, "class" => c.as_str(), "reason" => "overrun")
-                    .increment(self.shed_overrun[i]);
-            }
-            let gaps = self.shed_lag[i] + self.shed_overrun[i];
-            if gaps > 0 {
-                metrics::counter!(m::GAP_MESSAGES, "class" => c.as_str()).increment(gaps);
-            }
+    /// Adds the batch to the counters and, when `sampled`, to the histograms (one sample per
+    /// write: its lag and its oldest message's latency).
+    fn flush(&self, sampled: bool) {
+        let m = m::delivery();
+        for i in 0..3 {
+            m.stream[i].add(self.stream[i]);
+            m.datagram[i].add(self.datagram[i]);
+            m.shed_lag[i].add(self.shed_lag[i]);
+            m.shed_overrun[i].add(self.shed_overrun[i]);
+            let datagram = if i == class_index(Class::Low) {
+                self.shed_datagram
+            } else {
+                0
+            };
+            m.gaps[i].add(self.shed_lag[i] + self.shed_overrun[i] + datagram);
         }
-        if self.shed_datagram > 0 {
-            metrics::counter!(m::SHED, "class" => "low", "reason" => "datagram_buffer")
-                .increment(self.shed_datagram);
-            metrics::counter!(m::GAP_MESSAGES, "class" => "low").increment(self.shed_datagram);
-        }
-        if self.stream_bytes > 0 {
-            metrics::counter!(m::BYTES_OUT, "lane" => "stream").increment(self.stream_bytes);
-        }
-        if self.datagram_bytes > 0 {
-            metrics::counter!(m::BYTES_OUT, "lane" => "datagram").increment(self.datagram_bytes);
+        m.shed_datagram.add(self.shed_datagram);
+        m.stream_bytes.add(self.stream_bytes);
+        m.datagram_bytes.add(self.datagram_bytes);
+        if sampled {
+            if self.lag > 0 {
+                m.lag.record(self.lag as f64);
+            }
+            if let Some(at) = self.oldest {
+                m.latency.record(at.elapsed().as_secs_f64());
+            }
         }
     }
 }
@@ -139,6 +133,7 @@ impl Delivery {
             conn_id: self.conn_id,
         })];
         let mut last_write: Option<tokio::time::Instant> = None;
+        let mut sampler = m::Sampler::default();
         let closed = self.conn.closed();
         tokio::pin!(closed);
         loop {
@@ -165,7 +160,8 @@ impl Delivery {
                 }
                 out.clear();
             }
-            tally.flush();
+            // Writes that carried messages take turns in the histograms.
+            tally.flush(tally.oldest.is_some() && sampler.take());
             match drained {
                 Drained::Done => {}
                 Drained::More => {
@@ -279,10 +275,7 @@ impl Delivery {
         for (i, sub) in subs.iter_mut().enumerate() {
             let mut first_published = None;
             let cap = sub.room.ring.capacity();
-            let tail = sub.room.ring.tail();
-            if tail > sub.cursor {
-                metrics::histogram!(m::DELIVERY_LAG).record((tail - sub.cursor) as f64);
-            }
+            tally.lag += sub.room.ring.tail().saturating_sub(sub.cursor);
             loop {
                 if budget == 0 {
                     result = Drained::More;
@@ -386,7 +379,7 @@ impl Delivery {
                 }
             }
             if let Some(at) = first_published {
-                metrics::histogram!(m::FANOUT_LATENCY).record(at.elapsed().as_secs_f64());
+                tally.oldest = Some(tally.oldest.map_or(at, |o| o.min(at)));
             }
         }
         // In order: a new membership of a room must stay behind the one that is ending.
