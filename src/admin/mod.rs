@@ -154,7 +154,7 @@ async fn count_requests(req: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method());
     let mut resp = next.run(req).await;
     // axum's body limit answers in plain text; every error here is JSON.
     if resp.status() == StatusCode::PAYLOAD_TOO_LARGE
@@ -176,4 +176,21 @@ async fn count_requests(req: Request, next: Next) -> Response {
     )
     .increment(1);
     resp
+}
+
+/// The method as a metric label: one of the methods the API serves, or `OTHER`. HTTP lets a client
+/// make up methods, and each new label value would be a new series kept for the life of the
+/// process.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
 }
