@@ -182,69 +182,77 @@ async fn a_60_kb_attribute_key_is_refused_everywhere_without_being_echoed() {
     assert_eq!(num(&entries["propertyNames"], "maxLength"), 128);
 
     let huge = "k".repeat(60 * 1024);
-    let put = json!({ "owner": "host", "entries": { huge.clone(): "v" } });
-    let r = server
-        .api(Method::PUT, "/v1/rooms/kv/attributes", Some(put))
-        .await;
-    r.assert_error(400, "BAD_REQUEST");
-    assert!(
-        r.text.len() < 400,
-        "the key is not echoed: {} bytes",
-        r.text.len()
-    );
-    let del = json!({ "keys": [huge.clone()] });
-    let r = server
-        .api(Method::POST, "/v1/rooms/kv/attributes:delete", Some(del))
-        .await;
-    r.assert_error(400, "BAD_REQUEST");
-    assert!(
-        r.text.len() < 400,
-        "the key is not echoed: {} bytes",
-        r.text.len()
-    );
-    // In a path or a query a key that long is a request target longer than the API reads.
-    let r = server
-        .api(
-            Method::DELETE,
-            &format!("/v1/rooms/kv/attributes/{huge}"),
-            None,
-        )
-        .await;
-    r.assert_error(414, "TOO_LARGE");
-    let r = server
-        .api(
-            Method::GET,
-            &format!("/v1/rooms/kv/attributes?keys={huge}"),
-            None,
-        )
-        .await;
-    r.assert_error(414, "TOO_LARGE");
-    // Shorter, but still past 128 characters, or empty between commas: refused.
     let long = "k".repeat(129);
+    let refused = async |method: Method, path: String, body: Option<Value>, status, code| {
+        let r = server.api(method.clone(), &path, body).await;
+        r.assert_error(status, code);
+        // Whatever was refused is not echoed back.
+        assert!(r.text.len() < 400, "{method}: {} bytes", r.text.len());
+    };
+    let attrs = "/v1/rooms/kv/attributes";
+    let put = |key: &str, value: &str| Some(json!({ "owner": "host", "entries": { key: value } }));
+    refused(
+        Method::PUT,
+        attrs.into(),
+        put(&huge, "v"),
+        400,
+        "BAD_REQUEST",
+    )
+    .await;
+    let del = Some(json!({ "keys": [huge.clone()] }));
+    refused(
+        Method::POST,
+        format!("{attrs}:delete"),
+        del,
+        400,
+        "BAD_REQUEST",
+    )
+    .await;
+    // In a path or a query a key that long is a request target longer than the API reads.
+    refused(
+        Method::DELETE,
+        format!("{attrs}/{huge}"),
+        None,
+        414,
+        "TOO_LARGE",
+    )
+    .await;
+    refused(
+        Method::GET,
+        format!("{attrs}?keys={huge}"),
+        None,
+        414,
+        "TOO_LARGE",
+    )
+    .await;
+    // Shorter, but still past 128 characters, or empty between commas: refused.
     for query in [long.as_str(), "a,,b", "a b"] {
-        let r = server
-            .api(
-                Method::GET,
-                &format!("/v1/rooms/kv/attributes?keys={query}"),
-                None,
-            )
-            .await;
-        r.assert_error(400, "BAD_REQUEST");
-    }
-    let r = server
-        .api(
-            Method::DELETE,
-            &format!("/v1/rooms/kv/attributes/{long}"),
+        refused(
+            Method::GET,
+            format!("{attrs}?keys={query}"),
             None,
+            400,
+            "BAD_REQUEST",
         )
         .await;
-    r.assert_error(400, "BAD_REQUEST");
+    }
+    refused(
+        Method::DELETE,
+        format!("{attrs}/{long}"),
+        None,
+        400,
+        "BAD_REQUEST",
+    )
+    .await;
     // A value past 4096 bytes refuses the call too.
-    let put = json!({ "owner": "host", "entries": { "k": "v".repeat(4097) } });
-    let r = server
-        .api(Method::PUT, "/v1/rooms/kv/attributes", Some(put))
-        .await;
-    r.assert_error(413, "TOO_LARGE");
+    refused(
+        Method::PUT,
+        attrs.into(),
+        put("k", &"v".repeat(4097)),
+        413,
+        "TOO_LARGE",
+    )
+    .await;
     let r = server
         .api(Method::GET, "/v1/rooms/kv/attributes", None)
         .await;

@@ -172,18 +172,9 @@ pub async fn sample_rss(
         })
     };
     let mut out = Vec::new();
-    let mut tick = tokio::time::interval_at(start, every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            at = tick.tick() => {
-                if at >= deadline {
-                    break;
-                }
-                out.extend(read(Instant::now()));
-            }
-            _ = tokio::time::sleep_until(deadline) => break,
-        }
+    let mut ticks = Ticks::new(start, every, deadline);
+    while ticks.next().await {
+        out.extend(read(Instant::now()));
     }
     out.extend(read(Instant::now()));
     out
@@ -202,36 +193,50 @@ pub async fn scrape_metrics(
         ..Scrapes::default()
     };
     let mut took = stats::Histogram::default();
-    let mut tick = tokio::time::interval_at(start + every, every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            at = tick.tick() => {
-                if at >= deadline {
-                    break;
-                }
-                let t0 = Instant::now();
-                match admin.get("/metrics").await {
-                    Ok((200, body)) => {
-                        took.record(t0.elapsed().as_micros() as u64);
-                        tally.ok += 1;
-                        tally.bytes_max = tally.bytes_max.max(body.len());
-                    }
-                    Ok((status, _)) => {
-                        eprintln!("roomcast bench: GET /metrics answered {status}");
-                        tally.failed += 1;
-                    }
-                    Err(e) => {
-                        eprintln!("roomcast bench: {e}");
-                        tally.failed += 1;
-                    }
-                }
+    let mut ticks = Ticks::new(start + every, every, deadline);
+    while ticks.next().await {
+        let t0 = Instant::now();
+        match admin.get("/metrics").await {
+            Ok((200, body)) => {
+                took.record(t0.elapsed().as_micros() as u64);
+                tally.ok += 1;
+                tally.bytes_max = tally.bytes_max.max(body.len());
             }
-            _ = tokio::time::sleep_until(deadline) => break,
+            Ok((status, _)) => {
+                eprintln!("roomcast bench: GET /metrics answered {status}");
+                tally.failed += 1;
+            }
+            Err(e) => {
+                eprintln!("roomcast bench: {e}");
+                tally.failed += 1;
+            }
         }
     }
     tally.duration_us = took.summary();
     tally
+}
+
+/// Ticks at `first` and then every `period`, while that is before `deadline`; a tick that runs
+/// late delays the next one rather than bunching them.
+struct Ticks {
+    every: tokio::time::Interval,
+    deadline: Instant,
+}
+
+impl Ticks {
+    fn new(first: Instant, period: Duration, deadline: Instant) -> Self {
+        let mut every = tokio::time::interval_at(first, period);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ticks { every, deadline }
+    }
+
+    /// Waits for the next tick; false once the deadline came first.
+    async fn next(&mut self) -> bool {
+        tokio::select! {
+            at = self.every.tick() => at < self.deadline,
+            _ = tokio::time::sleep_until(self.deadline) => false,
+        }
+    }
 }
 
 #[cfg(test)]
