@@ -7,7 +7,7 @@
 //! folds it into the buckets, so [`upkeep`] runs on a timer the server owns (every
 //! [`UPKEEP_EVERY`]), and a relay nobody scrapes holds at most that interval's samples. The
 //! delivery path records per write, not per message: counters add a write's tallies through
-//! handles registered once ([`delivery`]), and its two histograms take one write in
+//! handles registered once, and its two histograms take one write in
 //! [`HISTOGRAM_SAMPLE_EVERY`] per connection.
 
 use crate::protocol::Class;

@@ -1,6 +1,6 @@
 //! The OpenAPI document, as strict as the server.
 //!
-//! `utoipa` derives the document's shape from the handlers and their types ([`ApiDoc`]); this
+//! `utoipa` derives the document's shape from the handlers and their types (`ApiDoc`); this
 //! module then states every limit the server enforces, from the same constants the checks use and
 //! from the running configuration (so a relay with `limits.member_page_max = 200` documents 200):
 //! - id, type and key strings: lengths and patterns; numbers: ranges; lists: item counts; request
