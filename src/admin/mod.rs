@@ -18,6 +18,7 @@
 //! Errors are `{"error": NAME, "message": text}` with the status of [`ErrorCode::http_status`].
 
 mod data_routes;
+pub mod openapi;
 mod policy_routes;
 mod routes;
 pub mod serve;
@@ -111,6 +112,14 @@ pub fn router(relay: Arc<Relay>, prometheus: Option<PrometheusHandle>) -> Router
         .fallback(|| async {
             ApiError(WireError::new(ErrorCode::BadRequest, "no such route")).into_response()
         })
+        .method_not_allowed_fallback(|| async {
+            let e = ApiErrorBody {
+                error: ErrorCode::BadRequest,
+                message: "this route does not take that method".into(),
+            };
+            (StatusCode::METHOD_NOT_ALLOWED, axum::Json(e)).into_response()
+        })
+        .layer(axum::middleware::from_fn(limit_request_head))
         .layer(axum::middleware::from_fn(count_requests))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(state)
@@ -155,7 +164,7 @@ async fn count_requests(req: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method());
     let mut resp = next.run(req).await;
     // axum's body limit answers in plain text; every error here is JSON.
     if resp.status() == StatusCode::PAYLOAD_TOO_LARGE
@@ -177,4 +186,76 @@ async fn count_requests(req: Request, next: Next) -> Response {
     )
     .increment(1);
     resp
+}
+
+/// The method as a metric label: one of the methods the API serves, or `OTHER`. HTTP lets a client
+/// make up methods, and each new label value would be a new series kept for the life of the
+/// process.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+/// Longest request target (path and query) the admin API reads, bytes; longer: 414.
+pub const MAX_TARGET: usize = 8 * 1024;
+/// Most header bytes (names and values) the admin API reads; more: 431.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Most headers the admin API reads; more: 431.
+pub const MAX_HEADERS: usize = 64;
+
+/// Refuses a request whose target or headers are larger than the admin API reads, with the JSON
+/// error body (the HTTP library's own refusals, far above these limits, have none).
+async fn limit_request_head(req: Request, next: Next) -> Response {
+    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    let headers = req.headers();
+    let header_bytes: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    let refusal = if target > MAX_TARGET {
+        Some((
+            StatusCode::URI_TOO_LONG,
+            format!("the request target is {target} bytes, the most is {MAX_TARGET}"),
+        ))
+    } else if headers.len() > MAX_HEADERS || header_bytes > MAX_HEADER_BYTES {
+        Some((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!(
+                "the request has {} headers of {header_bytes} bytes, the most is {MAX_HEADERS} \
+                 headers of {MAX_HEADER_BYTES} bytes",
+                headers.len()
+            ),
+        ))
+    } else {
+        None
+    };
+    match refusal {
+        Some((status, message)) => {
+            let body = ApiErrorBody {
+                error: ErrorCode::TooLarge,
+                message,
+            };
+            (status, axum::Json(body)).into_response()
+        }
+        None => next.run(req).await,
+    }
+}
+
+/// `text` for an error message: quoted, and cut after 40 characters (with its length), so that a
+/// 60 KB value is not echoed back.
+pub(crate) fn shown(text: &str) -> String {
+    const SHOWN: usize = 40;
+    match text.char_indices().nth(SHOWN) {
+        None => format!("{text:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &text[..cut], text.len()),
+    }
 }

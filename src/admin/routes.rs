@@ -19,9 +19,32 @@ use utoipa::OpenApi;
 use axum::Json;
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
-/// Parses a JSON body, answering `BAD_REQUEST` with serde's message on failure.
+/// Parses a JSON body, answering `BAD_REQUEST` with serde's message on failure. A number with
+/// a zero fraction (`60.0`, `6e1`) is an integer, as JSON Schema counts it.
 pub(super) fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))
+    let bad = |e: serde_json::Error| ApiError::bad(format!("invalid JSON body: {e}"));
+    let mut value: serde_json::Value = serde_json::from_slice(body).map_err(bad)?;
+    whole_numbers(&mut value);
+    serde_json::from_value(value).map_err(bad)
+}
+
+/// Rewrites every float with a zero fraction that fits a `u64` or an `i64` as that integer.
+fn whole_numbers(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            let Some(f) = n.as_f64() else { return };
+            // `as` saturates: the round trip tells whether the value fits.
+            if f.fract() == 0.0 && f >= 0.0 && f < u64::MAX as f64 && f as u64 as f64 == f {
+                *v = Value::from(f as u64);
+            } else if f.fract() == 0.0 && f < 0.0 && f >= i64::MIN as f64 && f as i64 as f64 == f {
+                *v = Value::from(f as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(whole_numbers),
+        Value::Object(fields) => fields.values_mut().for_each(whole_numbers),
+        _ => {}
+    }
 }
 
 pub(super) fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
@@ -90,8 +113,8 @@ async fn healthz(State(st): State<AdminState>) -> Response {
 }
 
 #[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "This document")))]
-async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+async fn openapi_json(State(st): State<AdminState>) -> Json<serde_json::Value> {
+    Json(super::openapi::document(&st.relay.config))
 }
 
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", body = String)))]
@@ -228,6 +251,7 @@ async fn create_room(State(st): State<AdminState>, body: Bytes) -> Result<Respon
 
 /// Paging of list endpoints.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// Page size, 1..=500 (default 100).
@@ -333,6 +357,9 @@ async fn destroy_rooms(State(st): State<AdminState>, body: Bytes) -> ApiResult<D
         )
         .into());
     }
+    for id in &req.ids {
+        crate::room::validate_id("room id", id)?;
+    }
     let mut out = Destroyed {
         destroyed: vec![],
         not_found: vec![],
@@ -357,6 +384,7 @@ async fn destroy_rooms(State(st): State<AdminState>, body: Bytes) -> ApiResult<D
 
 /// Member listing parameters.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct MemberParams {
     /// Page size, 1..=500 (default 100).
@@ -456,6 +484,9 @@ async fn check_members(
 ) -> ApiResult<MemberCheck> {
     let id = path(id)?;
     let req: CheckMembers = parse(&body)?;
+    for u in &req.user_ids {
+        crate::room::validate_id("user id", u)?;
+    }
     let flags = st.relay.check_members(&id, &req.user_ids)?;
     Ok(Json(MemberCheck {
         results: req
@@ -497,10 +528,15 @@ fn body_bytes(body: &Option<String>, b64: &Option<String>) -> Result<Bytes, ApiE
     use base64::Engine;
     match (body, b64) {
         (Some(b), None) => Ok(Bytes::from(b.clone().into_bytes())),
-        (None, Some(b)) => base64::engine::general_purpose::STANDARD
-            .decode(b)
-            .map(Bytes::from)
-            .map_err(|e| ApiError::bad(format!("body_b64 is not base64: {e}"))),
+        // Padded standard base64; stray bits in the last symbol are ignored, as most encoders
+        // never set them and the schema's pattern cannot tell them apart.
+        (None, Some(b)) => base64::engine::GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            base64::engine::GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+        )
+        .decode(b)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::bad(format!("body_b64 is not base64: {e}"))),
         _ => Err(ApiError::bad("give exactly one of body and body_b64")),
     }
 }
@@ -586,6 +622,9 @@ pub struct MultiSent {
     security(("admin_key" = [])))]
 async fn send_messages(State(st): State<AdminState>, body: Bytes) -> ApiResult<MultiSent> {
     let req: MultiMessage = parse(&body)?;
+    for r in &req.rooms {
+        crate::room::validate_id("room id", r)?;
+    }
     let msg = AdminMessage {
         body: body_bytes(&req.body, &req.body_b64)?,
         from: req.from,

@@ -211,7 +211,15 @@ impl Server {
         } = self;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut sessions = tokio::task::JoinSet::new();
-        let router = crate::admin::router(relay.clone(), crate::metrics::prometheus());
+        let prometheus = crate::metrics::prometheus();
+        let router = crate::admin::router(relay.clone(), prometheus.clone());
+        // Histogram samples are folded into their buckets on this timer, not only when scraped.
+        let upkeep = prometheus.map(|handle| {
+            let mut stop = stop_rx.clone();
+            tokio::spawn(crate::metrics::upkeep(handle, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }))
+        });
         let mut admin_rx = stop_rx.clone();
         let admin_limits = crate::admin::serve::ServeLimits::of(&relay.config);
         let admin_task = tokio::spawn(async move {
@@ -325,6 +333,9 @@ impl Server {
         let _ = stop_tx.send(true);
         let _ = ticker.await;
         let _ = renewer.await;
+        if let Some(upkeep) = upkeep {
+            let _ = upkeep.await;
+        }
         let reason = b"server shutting down";
         relay.close_all(CloseCode::Shutdown, "server shutting down");
         for ep in &endpoints {
