@@ -1129,9 +1129,10 @@ async fn low_datagrams_dropped_on_a_full_client_buffer_are_reported_as_a_gap() {
         .expect("sends normal");
     // The burst must reach the reader's connection before anything reads its events: on a busy
     // machine the relay may still be writing it when the sends are answered.
-    until("every low datagram to reach the reader's connection", || {
-        reader.connection().stats().frame_rx.datagram >= LOW
-    })
+    until(
+        "every low datagram to reach the reader's connection",
+        || reader.connection().stats().frame_rx.datagram >= LOW,
+    )
     .await;
 
     let (mut low_delivered, mut low_gap, mut end_seen) = (0u64, 0u64, false);
