@@ -652,7 +652,7 @@ const KEY_DOCS: &[(&str, &str)] = &[
     ),
     (
         "transport.endpoints",
-        "QUIC endpoints sharing the port (SO_REUSEPORT), each with its own receive path; 0 = one per core. See the README's benchmark section.",
+        "QUIC endpoints sharing the port (SO_REUSEPORT), each with its own receive path; 0 = one per core. See BENCHMARKS.md.",
     ),
     (
         "transport.delivery_window_us",
