@@ -330,26 +330,50 @@ async fn oversized_bodies_are_too_large_and_oversized_frames_close_the_connectio
     assert_eq!(seq, 2);
     assert_eq!(next_message(&alice).await.seq, 2);
 
-    // A frame over limits.max_frame: the server refuses it from its length prefix alone.
+    // A frame over limits.max_frame: the client library refuses it before writing and stays
+    // connected...
     let max = server.config.limits.max_frame as usize;
+    assert_eq!(alice.max_frame() as usize, max);
     let err = alice
         .send("lobby", "blob", Bytes::from(vec![7u8; max + 1]), false)
         .await
         .expect_err("frame over max_frame");
-    match err {
-        ClientError::Closed { code, reason } => {
-            assert_eq!(code, Some(CloseCode::Protocol), "{reason}");
-            assert!(reason.starts_with("frame of "), "{reason}");
-            assert!(
-                reason.ends_with(&format!("exceeds the maximum of {max}")),
-                "{reason}"
-            );
-        }
-        other => panic!("expected Closed(Protocol), got {other:?}"),
+    assert_eq!(err.code(), Some(ErrorCode::TooLarge), "{err}");
+    assert!(
+        err.to_string().contains("exceeds the relay's maximum"),
+        "{err}"
+    );
+    let (seq, _) = alice
+        .send("lobby", "chat", body("after the refusal"), false)
+        .await
+        .expect("still connected");
+    assert_eq!(seq, 3);
+
+    // ...and a client that writes one anyway is closed: the server refuses it from its length
+    // prefix alone.
+    let raw = server.raw_connect().await;
+    let (mut send, recv) = raw.conn.open_bi().await.expect("control stream");
+    send.write_all(&encode_frame(&ClientFrame::Hello {
+        version: PROTOCOL_VERSION,
+        token: server.token("mallory"),
+    }))
+    .await
+    .expect("hello written");
+    let mut reader = roomcast::protocol::FrameReader::new(recv, 1 << 20);
+    match within("the welcome", reader.read::<ServerFrame>()).await {
+        Ok(Some(ServerFrame::Welcome { .. })) => {}
+        other => panic!("expected Welcome, got {other:?}"),
     }
-    let (code, reason) = next_closed(&alice).await;
-    assert_eq!(code, Some(CloseCode::Protocol));
-    assert!(reason.contains("exceeds the maximum"), "{reason}");
+    send.write_all(&((max + 1) as u32).to_be_bytes())
+        .await
+        .expect("length prefix written");
+    let (code, reason) = raw.closed().await;
+    assert_eq!(code, u64::from(CloseCode::Protocol.code()));
+    assert!(reason.starts_with("frame of "), "{reason}");
+    assert!(
+        reason.ends_with(&format!("exceeds the maximum of {max}")),
+        "{reason}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,7 @@
 pub mod ws;
 
 use crate::protocol::{
-    Attribute, ClientFrame, CloseCode, DecodeError, DestroyReason, Event, FrameReader,
+    Attribute, ClientFrame, CloseCode, DecodeError, DestroyReason, ErrorCode, Event, FrameReader,
     HistoryEntry, JoinInfo, KickReason, Message, PROTOCOL_VERSION, Request, Response, RoomInfo,
     ServerFrame, WireError, decode_body, encode_frame,
 };
@@ -495,6 +495,18 @@ impl Client {
             id,
         };
         let frame = encode_frame(&ClientFrame::Request { id, request });
+        // The relay closes the whole connection on a frame over its `max_frame`: refuse such a
+        // request here instead, as the relay refuses an over-long body, and stay connected.
+        let len = frame.len() - 4;
+        if len > self.max_frame as usize {
+            return Err(ClientError::Refused(WireError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "the request frame of {len} bytes exceeds the relay's maximum of {} bytes",
+                    self.max_frame
+                ),
+            )));
+        }
         let written = self.send.lock().await.write_all(&frame).await;
         if written.is_err() {
             return Err(closed_now(&self.conn).await);
