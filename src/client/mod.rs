@@ -129,6 +129,10 @@ pub enum ClientEvent {
     },
 }
 
+/// The largest reply frame the client reads: a `History` page of 200 messages of the largest
+/// (admin) body, 128 KiB each, is about 25 MiB.
+pub const MAX_REPLY: u32 = 32 << 20;
+
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -392,7 +396,7 @@ impl Client {
             return Err(closed_now(conn).await);
         }
         // Control-stream replies are small; attribute and history replies are the largest.
-        let mut reader = FrameReader::new(recv, 16 << 20);
+        let mut reader = FrameReader::new(recv, MAX_REPLY);
         match reader.read::<ServerFrame>().await {
             Ok(Some(ServerFrame::Welcome {
                 user,

@@ -134,7 +134,7 @@
 //! closes the connection with [`CloseCode::Protocol`] and the reason, without the body being
 //! read. Frames on the delivery stream are at most the welcome's `max_event` (admin messages may
 //! carry up to 128 KiB). Replies on the control stream have no fixed maximum: a `History` reply
-//! carries up to 200 messages of up to 128 KiB each (the reference client accepts 16 MiB).
+//! carries up to 200 messages of up to 128 KiB each (about 25 MiB; the reference client and the browser SDK accept 32 MiB).
 //!
 //! postcard in one paragraph: `u8` is one byte; `u16`, `u32`, `u64` are LEB128 varints (7 bits per
 //! byte, least significant group first, high bit set on every byte but the last); `i32`/`i64`

@@ -16,6 +16,10 @@
 // ("Ping", {"Join": {...}}, {"Refused": {...}}), Result as {"Ok": v} / {"Err": e}, byte arrays
 // as Uint8Array, integers as Numbers (exact up to 2^53).
 
+// The largest frame the SDK reads from the relay: a `History` reply of 200 messages of the
+// largest (admin) body, 128 KiB each, is about 25 MiB.
+const MAX_FRAME_IN = 32 << 20;
+
 const T = {
   u16: "u16", u32: "u32", u64: "u64", i32: "i32", bool: "bool", string: "string", bytes: "bytes",
   option: (t) => ({ option: t }),
@@ -430,11 +434,11 @@ async function openWebTransport(base, info, opts, onControl, onEvent) {
       for (const body of split.push(value)) await handle(body);
     }
   };
-  pump(bidi.readable, 1 << 24, onControl).catch(() => {});
+  pump(bidi.readable, MAX_FRAME_IN, onControl).catch(() => {});
   (async () => {
     const uni = session.incomingUnidirectionalStreams.getReader();
     const { value: stream } = await uni.read();
-    if (stream) await pump(stream, 1 << 24, (b) => onEvent(b, false));
+    if (stream) await pump(stream, MAX_FRAME_IN, (b) => onEvent(b, false));
   })().catch(() => {});
   (async () => {
     const dgrams = session.datagrams.readable.getReader();
@@ -472,7 +476,7 @@ async function openWebSocket(base, info, opts, onControl, onEvent) {
     const data = new Uint8Array(e.data);
     // Handled in arrival order, one message after the other.
     chain = chain.then(async () => {
-      const split = new FrameSplitter(1 << 24);
+      const split = new FrameSplitter(MAX_FRAME_IN);
       const bodies = split.push(data.subarray(1));
       if (data[0] === WS_CONTROL) for (const b of bodies) await onControl(b);
       else if (data[0] === WS_EVENTS) for (const b of bodies) await onEvent(b, false);
