@@ -3,7 +3,8 @@
 //! cannot pay for fails with the operating system's own `ENOSPC` error, as it would on a full
 //! disk. Raising the quota is freeing space. Every write needs space, as on a copy-on-write
 //! filesystem (on ext4 or tmpfs rewriting an allocated page needs none), so the moment the disk
-//! is full is exact. Nothing else about the store changes: it is the same redb file, writer,
+//! is full is exact. A disk can also be made slow: while [`Quota::stall`] holds it, every fsync
+//! waits, as on a disk that cannot keep up. Nothing else about the store changes: it is the same redb file, writer,
 //! recovery and relay as on a real disk.
 
 use super::redb_store::{PROBE_BYTES, StoreFile, file_backend};
@@ -13,7 +14,7 @@ use std::io;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 /// Bytes a disk can still take; shared by the [`QuotaFile`]s on it.
 #[derive(Debug, Default)]
@@ -21,6 +22,9 @@ pub struct Quota {
     /// `None`: no limit.
     left: Mutex<Option<u64>>,
     refused: AtomicU64,
+    /// While true, fsyncs wait.
+    stalled: Mutex<bool>,
+    unstalled: Condvar,
 }
 
 impl Quota {
@@ -37,6 +41,23 @@ impl Quota {
     /// How many bytes may still be written.
     pub fn left(&self) -> Option<u64> {
         *self.left.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stalls (`true`) or releases (`false`) the disk: while stalled, every fsync on it waits.
+    pub fn stall(&self, on: bool) {
+        *self.stalled.lock().unwrap_or_else(|p| p.into_inner()) = on;
+        self.unstalled.notify_all();
+    }
+
+    /// Waits while the disk is stalled.
+    fn wait_unstalled(&self) {
+        let mut stalled = self.stalled.lock().unwrap_or_else(|p| p.into_inner());
+        while *stalled {
+            stalled = self
+                .unstalled
+                .wait(stalled)
+                .unwrap_or_else(|p| p.into_inner());
+        }
     }
 
     /// Writes refused for want of space so far.
@@ -126,6 +147,7 @@ impl StorageBackend for QuotaBackend {
         self.inner.set_len(len)
     }
     fn sync_data(&self) -> io::Result<()> {
+        self.quota.wait_unstalled();
         self.inner.sync_data()
     }
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {

@@ -20,7 +20,7 @@ use std::fmt::Display;
 use std::io;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -40,6 +40,9 @@ const META_PROBE: &str = "probe";
 const FORMAT_VERSION: u32 = 1;
 /// See [`RedbStore::MAX_JOBS_PER_COMMIT`].
 const MAX_JOBS_PER_COMMIT: usize = 4096;
+
+/// See [`RedbStore::MAX_BATCHED_BACKLOG`].
+const MAX_BATCHED_BACKLOG: usize = 65_536;
 /// First wait of a failing store before it probes the disk; doubled after each failed probe.
 const PROBE_FIRST: Duration = Duration::from_millis(100);
 /// Longest wait between two probes.
@@ -332,10 +335,14 @@ impl Health {
 /// the writer keeps gathering for up to `flush_ms` after the first job before it commits, and
 /// acks resolve at submit time.
 ///
-/// The channel is unbounded on purpose: `submit` runs under the relay's room locks and must never
-/// wait for the disk. Back-pressure comes from the acks instead: in `sync` mode every reply waits
-/// for its ack, so the queue holds at most the changes in flight. [`RedbStore::stats`] shows the
-/// depth.
+/// `submit` runs under the relay's room locks and must never wait for the disk, so the channel
+/// never blocks a submitter. In `sync` mode back-pressure comes from the acks: every reply waits
+/// for its ack, so the queue holds at most the changes in flight. In `batched` mode acks resolve
+/// at once, so a disk slower than the traffic would let the queue grow without bound: past
+/// [`RedbStore::MAX_BATCHED_BACKLOG`] changes waiting for the disk the store stops taking writes
+/// ([`Store::writable`] is false, `/healthz` reports the backlog, submits are refused and counted
+/// in `roomcast_store_write_failures_total`) until the writer has worked the queue down to half
+/// of it. [`RedbStore::stats`] shows the depth.
 ///
 /// # Failures and recovery
 /// A transaction that fails on the disk (`ENOSPC`, `EIO`, a failed fsync) fails every job in it,
@@ -376,6 +383,10 @@ pub struct RedbStore {
     /// waits for the first.
     writer: Mutex<Option<JoinHandle<()>>>,
     counters: Arc<Counters>,
+    /// In `batched` mode: whether the queue is over [`RedbStore::MAX_BATCHED_BACKLOG`] (and not
+    /// yet back to half of it), and since when (ms since the Unix epoch).
+    backlog: AtomicBool,
+    backlog_since: AtomicU64,
 }
 
 impl RedbStore {
@@ -385,6 +396,10 @@ impl RedbStore {
 
     /// Most jobs (submits) applied in one transaction; more stay queued for the next one.
     pub const MAX_JOBS_PER_COMMIT: usize = MAX_JOBS_PER_COMMIT;
+
+    /// Most changes (submits) that may wait for the disk in `batched` durability, whose acks do
+    /// not wait for it; past it writes are refused until the queue is back to half of it.
+    pub const MAX_BATCHED_BACKLOG: usize = MAX_BATCHED_BACKLOG;
 
     /// Opens the store in `path` (a file), creating it if missing, and starts the writer thread.
     pub fn open(path: &Path, cfg: StoreConfig) -> Result<RedbStore, StoreError> {
@@ -450,7 +465,54 @@ impl RedbStore {
             health,
             writer: Mutex::new(Some(handle)),
             counters,
+            backlog: AtomicBool::new(false),
+            backlog_since: AtomicU64::new(0),
         })
+    }
+
+    /// Whether the `batched` queue is over its bound (see [`RedbStore::MAX_BATCHED_BACKLOG`]):
+    /// set when the queue reaches it, cleared when the writer has worked it down to half.
+    fn backlogged(&self) -> bool {
+        if self.durability != Durability::Batched {
+            return false;
+        }
+        let queued = self.tx.len();
+        let was = self.backlog.load(Ordering::Acquire);
+        let is = match was {
+            true => queued > MAX_BATCHED_BACKLOG / 2,
+            false => queued >= MAX_BATCHED_BACKLOG,
+        };
+        if is != was
+            && self
+                .backlog
+                .compare_exchange(was, is, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            if is {
+                self.backlog_since.store(now_ms(), Ordering::Relaxed);
+                metrics::gauge!(m::STORE_HEALTHY).set(0.0);
+                tracing::warn!(
+                    queued,
+                    "store write queue full: writes refused until it drains"
+                );
+            } else {
+                if self.health.writable() {
+                    metrics::gauge!(m::STORE_HEALTHY).set(1.0);
+                }
+                tracing::info!(queued, "store write queue drained: writes taken again");
+            }
+        }
+        is
+    }
+
+    /// The refusal while the `batched` queue is over its bound.
+    fn backlog_error(&self) -> String {
+        format!(
+            "the store's write queue is full: {} changes are waiting for the disk (at most {} \
+             with batched durability); retry later",
+            self.tx.len(),
+            MAX_BATCHED_BACKLOG
+        )
     }
 
     /// The file this store lives in.
@@ -503,10 +565,15 @@ impl Store for RedbStore {
     }
 
     fn submit_then(&self, ops: Vec<Op>, then: Option<Then>) -> Ack {
-        if !self.health.writable() {
+        let backlogged = self.backlogged();
+        if backlogged || !self.health.writable() {
             self.counters.refused.fetch_add(1, Ordering::Relaxed);
             if let Some(t) = then {
                 t.forget();
+            }
+            if backlogged {
+                metrics::counter!(m::STORE_WRITE_FAILURES).increment(1);
+                return Ack::failed(StoreError::Unavailable(self.backlog_error()));
             }
             return Ack::failed(self.health.refusal());
         }
@@ -534,11 +601,18 @@ impl Store for RedbStore {
     }
 
     fn writable(&self) -> bool {
-        self.health.writable()
+        self.health.writable() && !self.backlogged()
     }
 
     fn health(&self) -> StoreHealth {
-        self.health.snapshot()
+        match self.health.snapshot() {
+            StoreHealth::Healthy if self.backlogged() => StoreHealth::Failing {
+                since_ms: self.backlog_since.load(Ordering::Relaxed),
+                error: self.backlog_error(),
+                failures: 0,
+            },
+            h => h,
+        }
     }
 
     fn history(
@@ -2090,6 +2164,56 @@ mod tests {
         store.close();
         let store = RedbStore::open(&db_path(&dir), cfg(Durability::Sync)).expect("reopen");
         assert_eq!(seqs(&store.history("r", None, 10).expect("h")), vec![1, 4]);
+    }
+
+    /// A disk slower than the traffic: with batched durability the queue stops at its bound, the
+    /// store says so, and once the disk catches up every change it took is on the disk.
+    #[test]
+    fn a_batched_store_bounds_its_queue_on_a_stalled_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = cfg(Durability::Batched);
+        c.flush_ms = 1;
+        c.history_max = usize::MAX;
+        let (store, quota) = quota_store(&dir, c.clone());
+        quota.stall(true);
+        let max = RedbStore::MAX_BATCHED_BACKLOG;
+        let mut taken = 0u64;
+        let refused = loop {
+            let ack = store.submit(vec![append("r", taken + 1, taken + 1)]);
+            if let Some(e) = ack.refused() {
+                break e.clone();
+            }
+            taken += 1;
+            // The writer holds at most one transaction's jobs out of the queue.
+            assert!(taken as usize <= max + MAX_JOBS_PER_COMMIT, "never refused");
+        };
+        assert!(taken as usize >= max, "refused after {taken}");
+        assert!(matches!(refused, StoreError::Unavailable(_)), "{refused:?}");
+        assert!(
+            refused.message().contains("write queue is full"),
+            "{refused}"
+        );
+        assert!(!store.writable());
+        let StoreHealth::Failing { error, .. } = store.health() else {
+            panic!("failing expected, got {:?}", store.health())
+        };
+        assert!(error.contains("waiting for the disk"), "{error}");
+        assert!(store.stats().queued <= max);
+
+        quota.stall(false);
+        eventually("the queue drains", || store.writable());
+        assert_eq!(store.health(), StoreHealth::Healthy);
+        let next = taken + 1;
+        assert!(store.submit(vec![append("r", next, next)]).is_done());
+        store.close();
+        let store = RedbStore::open(&db_path(&dir), c).expect("reopen");
+        let all = store.history("r", None, usize::MAX).expect("history");
+        let want: Vec<u64> = (1..=next).collect();
+        assert_eq!(
+            seqs(&all),
+            want,
+            "every change taken is on the disk, in order"
+        );
     }
 
     #[test]
