@@ -35,6 +35,8 @@ pub mod bench;
 pub mod client;
 pub mod config;
 pub mod metrics;
+pub mod net;
+pub mod node;
 pub mod policy;
 pub mod protocol;
 pub mod room;

@@ -18,21 +18,28 @@
 //! Errors are `{"error": NAME, "message": text}` with the status of [`ErrorCode::http_status`].
 
 mod data_routes;
+mod openapi;
 mod policy_routes;
 mod routes;
 pub mod serve;
+
+pub use openapi::ApiDoc;
 
 use crate::auth::admin_key_matches;
 use crate::metrics as m;
 use crate::protocol::{ErrorCode, WireError};
 use crate::server::Relay;
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use std::sync::Arc;
 
 /// Shared state of the admin handlers.
@@ -101,10 +108,18 @@ pub fn router(relay: Arc<Relay>, prometheus: Option<PrometheusHandle>) -> Router
         prometheus,
         bucket: Arc::new(std::sync::Mutex::new(bucket)),
     };
-    let v1 = routes::v1().layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        require_admin_key,
-    ));
+    let v1 = Router::new()
+        .route(
+            "/v1/rooms/{id}/messages",
+            post(routes::send_room_message).get(data_routes::history),
+        )
+        .merge(routes::routes())
+        .merge(policy_routes::routes())
+        .merge(data_routes::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_admin_key,
+        ));
     Router::new()
         .merge(v1)
         .merge(routes::open())
@@ -114,6 +129,21 @@ pub fn router(relay: Arc<Relay>, prometheus: Option<PrometheusHandle>) -> Router
         .layer(axum::middleware::from_fn(count_requests))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+/// Parses a JSON body, answering `BAD_REQUEST` with serde's message on failure.
+pub(crate) fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))
+}
+
+pub(crate) fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
+    p.map(|Path(v)| v)
+        .map_err(|e| ApiError::bad(format!("invalid path: {e}")))
+}
+
+pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(v)| v)
+        .map_err(|e| ApiError::bad(format!("invalid query: {e}")))
 }
 
 async fn require_admin_key(State(state): State<AdminState>, req: Request, next: Next) -> Response {
