@@ -31,6 +31,7 @@
 
 pub mod admin;
 pub mod auth;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod client;
 pub mod config;

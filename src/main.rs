@@ -44,6 +44,7 @@ enum Cmd {
     /// membership or the connection (exit status 1; chat does not reconnect).
     Chat(ChatArgs),
     /// Load harness: starts a relay (or a raw-QUIC baseline) as a child process and measures it.
+    #[cfg(feature = "bench")]
     Bench(roomcast::bench::BenchArgs),
 }
 
@@ -191,6 +192,7 @@ fn report(e: &anyhow::Error) -> String {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    #[cfg(feature = "bench")]
     if let Cmd::Bench(a) = cli.cmd {
         return roomcast::bench::run(a).map_err(anyhow::Error::from);
     }
@@ -205,6 +207,7 @@ fn run(cli: Cli) -> Result<()> {
             Cmd::Sub(a) => sub(a).await,
             Cmd::Pub(a) => publish(a).await,
             Cmd::Chat(a) => chat::chat(a).await,
+            #[cfg(feature = "bench")]
             Cmd::Bench(_) => Ok(()),
         }
     })

@@ -9,6 +9,7 @@ mod bootstrap;
 pub mod data;
 mod delivery;
 pub mod durable;
+#[cfg(feature = "bench")]
 pub(crate) use delivery::window_wait;
 pub mod link;
 pub mod moderation;
