@@ -2,10 +2,20 @@
 //!
 //! Code records through the `metrics` facade with these constants. Labels never carry room or
 //! user ids (unbounded cardinality); they carry classes, lanes, reasons and routes.
+//!
+//! Memory: the Prometheus recorder keeps every histogram sample until the next render or upkeep
+//! folds it into the buckets, so [`upkeep`] runs on a timer the server owns (every
+//! [`UPKEEP_EVERY`]), and a relay nobody scrapes holds at most that interval's samples. The
+//! delivery path records per write, not per message: counters add a write's tallies through
+//! handles registered once, and its two histograms take one write in
+//! [`HISTOGRAM_SAMPLE_EVERY`] per connection.
 
-use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use crate::protocol::Class;
+use metrics::{Counter, Histogram, Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::future::Future;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 /// Gauge: open client connections (authenticated), by `transport`.
 pub const CONNECTIONS: &str = "roomcast_connections";
@@ -53,9 +63,11 @@ pub const AUTH_FAILURES: &str = "roomcast_auth_failures_total";
 pub const ADMIN_REQUESTS: &str = "roomcast_admin_requests_total";
 /// Counter: connections closed because they could not take their protected traffic.
 pub const TOO_SLOW: &str = "roomcast_too_slow_disconnects_total";
-/// Histogram: how many entries a delivery task was behind its room's ring when it woke.
+/// Histogram: ring entries a delivery task was behind, over its rooms, when it drained for a
+/// write; sampled (one write in [`HISTOGRAM_SAMPLE_EVERY`] per connection).
 pub const DELIVERY_LAG: &str = "roomcast_delivery_lag_messages";
-/// Histogram: time from publish to the delivery write, seconds.
+/// Histogram: time from the publish of the oldest message in a write to the write's completion,
+/// seconds; sampled (one write in [`HISTOGRAM_SAMPLE_EVERY`] per connection).
 pub const FANOUT_LATENCY: &str = "roomcast_fanout_latency_seconds";
 // ---- store faults ----
 /// Counter: store writes (transactions and recovery probes) that failed.
@@ -63,6 +75,12 @@ pub const STORE_WRITE_FAILURES: &str = "roomcast_store_write_failures_total";
 /// Gauge: 1 while the store takes writes, 0 while it is failing (or closed).
 pub const STORE_HEALTHY: &str = "roomcast_store_healthy";
 // ---- end store faults ----
+
+/// The delivery histograms record one write in this many, per connection (the first of them,
+/// counting writes that carried messages).
+pub const HISTOGRAM_SAMPLE_EVERY: u32 = 16;
+/// How often [`upkeep`] folds the recorded histogram samples into their buckets.
+pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Registers the help text of every metric with the installed recorder.
 pub fn describe() {
@@ -143,12 +161,18 @@ pub fn describe() {
     );
     describe_histogram!(
         DELIVERY_LAG,
-        "Ring entries a delivery task was behind when it woke (subscriber lag, ring depth)."
+        format!(
+            "Ring entries a delivery task was behind, over its rooms, when it drained for a write \
+             (subscriber lag); sampled: one write in {HISTOGRAM_SAMPLE_EVERY} per connection."
+        )
     );
     describe_histogram!(
         FANOUT_LATENCY,
         Unit::Seconds,
-        "Time from a message's publish to the write that delivers it."
+        format!(
+            "Time from the publish of the oldest message in a write to the write's completion; \
+             sampled: one write in {HISTOGRAM_SAMPLE_EVERY} per connection."
+        )
     );
     // ---- store faults ----
     describe_counter!(
@@ -160,6 +184,139 @@ pub fn describe() {
         "1 while the store takes writes; 0 while it is failing and changes are refused."
     );
     // ---- end store faults ----
+}
+
+/// Folds the histogram samples `handle`'s recorder holds into their buckets every
+/// [`UPKEEP_EVERY`] until `stop` completes. Without it they pile up until the next scrape.
+pub async fn upkeep(handle: PrometheusHandle, stop: impl Future<Output = ()>) {
+    let mut every = tokio::time::interval(UPKEEP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut stop => break,
+            _ = every.tick() => handle.run_upkeep(),
+        }
+    }
+}
+
+/// A counter registered with the recorder the first time something is added to it, so a series
+/// appears on `/metrics` once it has counted something (as with `counter!` at the call site),
+/// and looked up by name and labels only that once.
+pub(crate) struct LazyCounter {
+    name: &'static str,
+    labels: Vec<(&'static str, &'static str)>,
+    counter: OnceLock<Counter>,
+}
+
+impl LazyCounter {
+    fn new(name: &'static str, labels: &[(&'static str, &'static str)]) -> Self {
+        LazyCounter {
+            name,
+            labels: labels.to_vec(),
+            counter: OnceLock::new(),
+        }
+    }
+
+    /// Adds `n`; nothing at all when `n` is 0.
+    pub fn add(&self, n: u64) {
+        if n > 0 {
+            self.counter
+                .get_or_init(|| metrics::counter!(self.name, self.labels.as_slice()))
+                .increment(n);
+        }
+    }
+}
+
+/// One counter per message class, indexed by `room::ring::class_index` (protected, normal, low).
+pub(crate) type PerClass = [LazyCounter; 3];
+
+/// The metrics the delivery tasks record, kept once for the process: looking a metric up by name
+/// and labels on every write would cost more than the write's own bookkeeping.
+pub(crate) struct DeliveryMetrics {
+    /// [`MESSAGES_OUT`] on the stream lane, by class.
+    pub stream: PerClass,
+    /// [`MESSAGES_OUT`] on the datagram lane, by class.
+    pub datagram: PerClass,
+    /// [`SHED`] with reason `lag`, by class.
+    pub shed_lag: PerClass,
+    /// [`SHED`] with reason `overrun`, by class.
+    pub shed_overrun: PerClass,
+    /// [`SHED`] of low messages with reason `datagram_buffer`.
+    pub shed_datagram: LazyCounter,
+    /// [`GAP_MESSAGES`], by class.
+    pub gaps: PerClass,
+    /// [`BYTES_OUT`] on the stream lane.
+    pub stream_bytes: LazyCounter,
+    /// [`BYTES_OUT`] on the datagram lane.
+    pub datagram_bytes: LazyCounter,
+    /// [`DELIVERY_LAG`].
+    pub lag: Histogram,
+    /// [`FANOUT_LATENCY`].
+    pub latency: Histogram,
+}
+
+/// The transports a delivery is labelled with (`transport`), in the order of their metric sets.
+pub(crate) const TRANSPORTS: [&str; 3] = ["quic", "webtransport", "websocket"];
+
+/// The delivery metrics of connections of one `transport` (one of [`TRANSPORTS`]; anything else
+/// counts as the first); the histograms are registered with the recorder installed when this is
+/// first asked for (the server installs its recorder before it accepts a connection).
+pub(crate) fn delivery(transport: &str) -> &'static DeliveryMetrics {
+    static METRICS: [OnceLock<DeliveryMetrics>; 3] =
+        [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    let i = TRANSPORTS.iter().position(|t| *t == transport).unwrap_or(0);
+    let t = TRANSPORTS[i];
+    METRICS[i].get_or_init(|| {
+        // In `class_index` order.
+        const CLASSES: [Class; 3] = [Class::Protected, Class::Normal, Class::Low];
+        let out = |lane| {
+            CLASSES.map(|c| {
+                LazyCounter::new(
+                    MESSAGES_OUT,
+                    &[("class", c.as_str()), ("lane", lane), ("transport", t)],
+                )
+            })
+        };
+        let by_class = |name, key, value| {
+            CLASSES.map(|c| match key {
+                Some(key) => LazyCounter::new(name, &[("class", c.as_str()), (key, value)]),
+                None => LazyCounter::new(name, &[("class", c.as_str())]),
+            })
+        };
+        DeliveryMetrics {
+            stream: out("stream"),
+            datagram: out("datagram"),
+            shed_lag: by_class(SHED, Some("reason"), "lag"),
+            shed_overrun: by_class(SHED, Some("reason"), "overrun"),
+            shed_datagram: LazyCounter::new(
+                SHED,
+                &[("class", "low"), ("reason", "datagram_buffer")],
+            ),
+            gaps: by_class(GAP_MESSAGES, None, ""),
+            stream_bytes: LazyCounter::new(BYTES_OUT, &[("lane", "stream"), ("transport", t)]),
+            datagram_bytes: LazyCounter::new(BYTES_OUT, &[("lane", "datagram"), ("transport", t)]),
+            lag: metrics::histogram!(DELIVERY_LAG),
+            latency: metrics::histogram!(FANOUT_LATENCY),
+        }
+    })
+}
+
+/// Picks the writes a connection records in the delivery histograms: the first of every
+/// [`HISTOGRAM_SAMPLE_EVERY`].
+#[derive(Debug, Default)]
+pub(crate) struct Sampler {
+    seen: u32,
+}
+
+impl Sampler {
+    /// Counts one write; true when it is to be recorded.
+    pub fn take(&mut self) -> bool {
+        let due = self.seen == 0;
+        self.seen = (self.seen + 1) % HISTOGRAM_SAMPLE_EVERY;
+        due
+    }
 }
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -189,4 +346,29 @@ pub fn prometheus() -> Option<PrometheusHandle> {
             Some(handle)
         })
         .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sampler_takes_the_first_write_of_every_run() {
+        let mut s = Sampler::default();
+        let taken: Vec<usize> = (0..50).filter(|_| s.take()).collect();
+        let every = HISTOGRAM_SAMPLE_EVERY as usize;
+        assert_eq!(taken, vec![0, every, 2 * every, 3 * every]);
+    }
+
+    #[test]
+    fn per_class_counters_follow_the_ring_class_index() {
+        use crate::room::ring::class_index;
+        // `delivery()` registers its per-class counters in this order.
+        for (i, c) in [Class::Protected, Class::Normal, Class::Low]
+            .into_iter()
+            .enumerate()
+        {
+            assert_eq!(class_index(c), i);
+        }
+    }
 }

@@ -124,7 +124,15 @@ impl Server {
         } = self;
         let relay = listeners.relay.clone();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let router = crate::admin::router(relay.clone(), crate::metrics::prometheus());
+        let prometheus = crate::metrics::prometheus();
+        let router = crate::admin::router(relay.clone(), prometheus.clone());
+        // Histogram samples are folded into their buckets on this timer, not only when scraped.
+        let upkeep = prometheus.map(|handle| {
+            let mut stop = stop_rx.clone();
+            tokio::spawn(crate::metrics::upkeep(handle, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }))
+        });
         let mut admin_rx = stop_rx.clone();
         let admin_limits = crate::admin::serve::ServeLimits::of(&relay.config);
         let admin_task = tokio::spawn(async move {
@@ -137,6 +145,9 @@ impl Server {
         shutdown.await;
         let _ = stop_tx.send(true);
         let _ = serving.await;
+        if let Some(upkeep) = upkeep {
+            let _ = upkeep.await;
+        }
         let grace = Duration::from_millis(relay.config.transport.shutdown_grace_ms);
         if tokio::time::timeout(grace, admin_task).await.is_err() {
             tracing::warn!("admin listener did not stop in time");

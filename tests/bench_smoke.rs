@@ -1,5 +1,6 @@
 //! `roomcast bench` end to end: the built binary starts a relay as its child, runs a short paced
-//! fan-out, and writes a JSON report whose numbers add up.
+//! fan-out (reading the relay's memory and scraping its `/metrics` meanwhile), and writes a JSON
+//! report whose numbers add up.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -22,6 +23,10 @@ fn paced_fanout_delivers_every_message_to_every_member() {
             "2",
             "--rate",
             "200",
+            "--rss-every",
+            "0.5",
+            "--scrape-every",
+            "0.5",
             "--json",
         ])
         .arg(&json)
@@ -79,6 +84,33 @@ fn paced_fanout_delivers_every_message_to_every_member() {
     } else {
         assert!(deliveries >= 0.95 * sent * 20.0, "{report:#}");
     }
+    // The soak: RSS readings through the load (at its start, every 0.5 s, at its end) and
+    // /metrics scrapes meanwhile; the growth is the last reading minus the one at the settle
+    // point (half the load, for a load this short).
+    let soak = &report["soak"];
+    let samples = soak["samples"].as_array().expect("soak.samples");
+    assert!(samples.len() >= 4, "{soak:#}");
+    let kib = |v: &serde_json::Value| v["rss_kib"].as_i64().expect("rss_kib");
+    assert!(samples.iter().all(|s| kib(s) > 0), "{soak:#}");
+    let from = soak["from_secs"].as_f64().expect("from_secs");
+    assert!((1.0..1.6).contains(&from), "{soak:#}");
+    let at_from = samples
+        .iter()
+        .find(|s| s["secs"].as_f64().is_some_and(|t| t >= 1.0))
+        .map(kib)
+        .expect("a reading after the settle point");
+    let last = kib(samples.last().expect("a reading"));
+    assert_eq!(
+        soak["growth_kib"].as_i64(),
+        Some(last - at_from),
+        "{soak:#}"
+    );
+    assert_eq!(soak["scrapes"]["failed"].as_u64(), Some(0), "{soak:#}");
+    assert!(soak["scrapes"]["ok"].as_u64().unwrap_or(0) >= 2, "{soak:#}");
+    assert!(
+        soak["scrapes"]["bytes_max"].as_u64().unwrap_or(0) > 0,
+        "{soak:#}"
+    );
     assert!(
         report["server"]["cpu_us_per_delivery"]
             .as_f64()

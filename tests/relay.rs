@@ -5,7 +5,7 @@ mod common;
 use bytes::Bytes;
 use common::{
     Method, TestServer, body, code, metric, next_closed, next_event, next_message,
-    next_message_lane, within,
+    next_message_lane, until, within,
 };
 use roomcast::client::{Client, ClientError, ClientEvent};
 use roomcast::protocol::{
@@ -1127,6 +1127,13 @@ async fn low_datagrams_dropped_on_a_full_client_buffer_are_reported_as_a_gap() {
         .send("dgram", "chat", body("end"), false)
         .await
         .expect("sends normal");
+    // The burst must reach the reader's connection before anything reads its events: on a busy
+    // machine the relay may still be writing it when the sends are answered.
+    until(
+        "every low datagram to reach the reader's connection",
+        || reader.connection().stats().frame_rx.datagram >= LOW,
+    )
+    .await;
 
     let (mut low_delivered, mut low_gap, mut end_seen) = (0u64, 0u64, false);
     while !(end_seen && low_delivered + low_gap == LOW) {

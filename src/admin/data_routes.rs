@@ -1,8 +1,8 @@
 //! Admin routes for room data: attributes, recall and history.
 
 use super::{AdminState, ApiError, ApiErrorBody, parse, path, query};
-use crate::protocol::{ErrorCode, HistoryEntry};
-use crate::server::data::{Actor, AttrResults};
+use crate::protocol::{ErrorCode, HistoryEntry, WireError};
+use crate::server::data::{Actor, AttrResults, MAX_VALUE};
 use axum::Json;
 use axum::Router;
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -11,6 +11,17 @@ use axum::routing::{delete, get, post};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// Refuses an attribute key outside its limits (1–128 characters of `[A-Za-z0-9+=_-]`) for the
+/// whole call, naming it by its start and length only.
+fn check_key(key: &str) -> Result<(), ApiError> {
+    crate::server::data::validate_key(key).map_err(|_| {
+        ApiError::bad(format!(
+            "attribute key must be 1-128 characters from [A-Za-z0-9+=_-], got {}",
+            super::shown(key)
+        ))
+    })
+}
 
 pub(super) fn routes() -> Router<AdminState> {
     Router::new()
@@ -49,6 +60,7 @@ pub struct AttributesView {
 
 /// `?keys=a,b,c` (absent: all).
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct KeysParam {
     /// Comma-separated keys.
@@ -67,13 +79,11 @@ pub(super) async fn get_attributes(
     let id = path(id)?;
     let keys: Vec<String> = query(q)?
         .keys
-        .map(|k| {
-            k.split(',')
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect()
-        })
+        .map(|k| k.split(',').map(str::to_owned).collect())
         .unwrap_or_default();
+    for k in &keys {
+        check_key(k)?;
+    }
     let (version, attrs) = st.relay.get_attributes(None, &id, &keys)?;
     Ok(Json(AttributesView {
         version,
@@ -151,6 +161,20 @@ pub(super) async fn put_attributes(
 ) -> Result<Json<AttributeResultsView>, ApiError> {
     let id = path(id)?;
     let req: SetAttributes = parse(&body)?;
+    // Outside the schema refuses the whole call; ownership and the room's key limit are per key.
+    for (k, v) in &req.entries {
+        check_key(k)?;
+        if v.len() > MAX_VALUE {
+            return Err(ApiError(WireError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "the value of attribute {} is {} bytes, the most is {MAX_VALUE}",
+                    super::shown(k),
+                    v.len()
+                ),
+            )));
+        }
+    }
     let entries: Vec<(String, String)> = req.entries.into_iter().collect();
     let done = st
         .relay
@@ -175,6 +199,7 @@ pub(super) async fn delete_attribute(
     p: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<AttributeResultsView>, ApiError> {
     let (id, key) = path(p)?;
+    check_key(&key)?;
     let done = st
         .relay
         .delete_attributes(Actor::Admin("admin"), &id, std::slice::from_ref(&key), true)?
@@ -205,6 +230,9 @@ pub(super) async fn delete_attributes(
 ) -> Result<Json<AttributeResultsView>, ApiError> {
     let id = path(id)?;
     let req: DeleteAttributes = parse(&body)?;
+    for k in &req.keys {
+        check_key(k)?;
+    }
     let done = st
         .relay
         .delete_attributes(Actor::Admin("admin"), &id, &req.keys, true)?
@@ -228,6 +256,7 @@ pub(super) async fn recall(
 
 /// History paging.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryParams {
     /// Only messages with a lower sequence number (absent: the newest).

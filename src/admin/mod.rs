@@ -18,7 +18,7 @@
 //! Errors are `{"error": NAME, "message": text}` with the status of [`ErrorCode::http_status`].
 
 mod data_routes;
-mod openapi;
+pub mod openapi;
 mod policy_routes;
 mod routes;
 pub mod serve;
@@ -126,14 +126,45 @@ pub fn router(relay: Arc<Relay>, prometheus: Option<PrometheusHandle>) -> Router
         .fallback(|| async {
             ApiError(WireError::new(ErrorCode::BadRequest, "no such route")).into_response()
         })
+        .method_not_allowed_fallback(|| async {
+            let e = ApiErrorBody {
+                error: ErrorCode::BadRequest,
+                message: "this route does not take that method".into(),
+            };
+            (StatusCode::METHOD_NOT_ALLOWED, axum::Json(e)).into_response()
+        })
+        .layer(axum::middleware::from_fn(limit_request_head))
         .layer(axum::middleware::from_fn(count_requests))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
 
-/// Parses a JSON body, answering `BAD_REQUEST` with serde's message on failure.
+/// Parses a JSON body, answering `BAD_REQUEST` with serde's message on failure. A number with
+/// a zero fraction (`60.0`, `6e1`) is an integer, as JSON Schema counts it.
 pub(crate) fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))
+    let bad = |e: serde_json::Error| ApiError::bad(format!("invalid JSON body: {e}"));
+    let mut value: serde_json::Value = serde_json::from_slice(body).map_err(bad)?;
+    whole_numbers(&mut value);
+    serde_json::from_value(value).map_err(bad)
+}
+
+/// Rewrites every float with a zero fraction that fits a `u64` or an `i64` as that integer.
+fn whole_numbers(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            let Some(f) = n.as_f64() else { return };
+            // `as` saturates: the round trip tells whether the value fits.
+            if f.fract() == 0.0 && f >= 0.0 && f < u64::MAX as f64 && f as u64 as f64 == f {
+                *v = Value::from(f as u64);
+            } else if f.fract() == 0.0 && f < 0.0 && f >= i64::MIN as f64 && f as i64 as f64 == f {
+                *v = Value::from(f as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(whole_numbers),
+        Value::Object(fields) => fields.values_mut().for_each(whole_numbers),
+        _ => {}
+    }
 }
 
 pub(crate) fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
@@ -185,7 +216,7 @@ async fn count_requests(req: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method());
     let mut resp = next.run(req).await;
     // axum's body limit answers in plain text; every error here is JSON.
     if resp.status() == StatusCode::PAYLOAD_TOO_LARGE
@@ -207,4 +238,76 @@ async fn count_requests(req: Request, next: Next) -> Response {
     )
     .increment(1);
     resp
+}
+
+/// The method as a metric label: one of the methods the API serves, or `OTHER`. HTTP lets a client
+/// make up methods, and each new label value would be a new series kept for the life of the
+/// process.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+/// Longest request target (path and query) the admin API reads, bytes; longer: 414.
+pub const MAX_TARGET: usize = 8 * 1024;
+/// Most header bytes (names and values) the admin API reads; more: 431.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Most headers the admin API reads; more: 431.
+pub const MAX_HEADERS: usize = 64;
+
+/// Refuses a request whose target or headers are larger than the admin API reads, with the JSON
+/// error body (the HTTP library's own refusals, far above these limits, have none).
+async fn limit_request_head(req: Request, next: Next) -> Response {
+    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    let headers = req.headers();
+    let header_bytes: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    let refusal = if target > MAX_TARGET {
+        Some((
+            StatusCode::URI_TOO_LONG,
+            format!("the request target is {target} bytes, the most is {MAX_TARGET}"),
+        ))
+    } else if headers.len() > MAX_HEADERS || header_bytes > MAX_HEADER_BYTES {
+        Some((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!(
+                "the request has {} headers of {header_bytes} bytes, the most is {MAX_HEADERS} \
+                 headers of {MAX_HEADER_BYTES} bytes",
+                headers.len()
+            ),
+        ))
+    } else {
+        None
+    };
+    match refusal {
+        Some((status, message)) => {
+            let body = ApiErrorBody {
+                error: ErrorCode::TooLarge,
+                message,
+            };
+            (status, axum::Json(body)).into_response()
+        }
+        None => next.run(req).await,
+    }
+}
+
+/// `text` for an error message: quoted, and cut after 40 characters (with its length), so that a
+/// 60 KB value is not echoed back.
+pub(crate) fn shown(text: &str) -> String {
+    const SHOWN: usize = 40;
+    match text.char_indices().nth(SHOWN) {
+        None => format!("{text:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &text[..cut], text.len()),
+    }
 }

@@ -109,6 +109,13 @@ pub(super) async fn put_destroy_at(
 ) -> Done {
     let id = path(id)?;
     let req: DestroyAt = parse(&body)?;
+    if req.at > super::openapi::LATEST_MS {
+        return Err(ApiError::bad(format!(
+            "at must be at most {} (the end of year 9999), got {}",
+            super::openapi::LATEST_MS,
+            req.at
+        )));
+    }
     st.relay.set_destroy_at(&id, Some(req.at))?.wait().await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -185,6 +192,7 @@ pub struct Until {
 
 /// `?notify=` on removals.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct NotifyParam {
     /// Tell the whole room (the affected user is always told).

@@ -13,7 +13,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use utoipa::OpenApi;
 
 use axum::Json;
 type ApiResult<T> = Result<Json<T>, ApiError>;
@@ -69,8 +68,8 @@ pub(super) async fn healthz(State(st): State<AdminState>) -> Response {
 }
 
 #[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "This document")))]
-pub(super) async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(super::ApiDoc::openapi())
+pub(super) async fn openapi_json(State(st): State<AdminState>) -> Json<serde_json::Value> {
+    Json(super::openapi::document(&st.relay.config))
 }
 
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", body = String)))]
@@ -213,6 +212,7 @@ pub(super) async fn create_room(
 
 /// Paging of list endpoints.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// Page size, 1..=500 (default 100).
@@ -321,6 +321,9 @@ pub(super) async fn destroy_rooms(
         )
         .into());
     }
+    for id in &req.ids {
+        crate::room::validate_id("room id", id)?;
+    }
     let mut out = Destroyed {
         destroyed: vec![],
         not_found: vec![],
@@ -345,6 +348,7 @@ pub(super) async fn destroy_rooms(
 
 /// Member listing parameters.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct MemberParams {
     /// Page size, 1..=500 (default 100).
@@ -444,6 +448,9 @@ pub(super) async fn check_members(
 ) -> ApiResult<MemberCheck> {
     let id = path(id)?;
     let req: CheckMembers = parse(&body)?;
+    for u in &req.user_ids {
+        crate::room::validate_id("user id", u)?;
+    }
     let flags = st.relay.check_members(&id, &req.user_ids)?;
     Ok(Json(MemberCheck {
         results: req
@@ -485,10 +492,15 @@ fn body_bytes(body: &Option<String>, b64: &Option<String>) -> Result<Bytes, ApiE
     use base64::Engine;
     match (body, b64) {
         (Some(b), None) => Ok(Bytes::from(b.clone().into_bytes())),
-        (None, Some(b)) => base64::engine::general_purpose::STANDARD
-            .decode(b)
-            .map(Bytes::from)
-            .map_err(|e| ApiError::bad(format!("body_b64 is not base64: {e}"))),
+        // Padded standard base64; stray bits in the last symbol are ignored, as most encoders
+        // never set them and the schema's pattern cannot tell them apart.
+        (None, Some(b)) => base64::engine::GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            base64::engine::GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+        )
+        .decode(b)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::bad(format!("body_b64 is not base64: {e}"))),
         _ => Err(ApiError::bad("give exactly one of body and body_b64")),
     }
 }
@@ -577,6 +589,9 @@ pub(super) async fn send_messages(
     body: Bytes,
 ) -> ApiResult<MultiSent> {
     let req: MultiMessage = parse(&body)?;
+    for r in &req.rooms {
+        crate::room::validate_id("room id", r)?;
+    }
     let msg = AdminMessage {
         body: body_bytes(&req.body, &req.body_b64)?,
         from: req.from,

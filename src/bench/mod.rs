@@ -20,11 +20,16 @@
 //!    to the last delivery, and the server's CPU time (utime + stime) is read at both ends;
 //! 4. the report: a table on stdout, and `--json FILE`.
 //!
+//! Through the load the server's RSS is read every `--rss-every` seconds, and with
+//! `--scrape-every` its `/metrics` is scraped as Prometheus would; the report gives the memory's
+//! growth from `--soak-from` to the end and per hour ([`soak`]).
+//!
 //! The `churn` scenario replaces 1–3 with a storm of connect → join → leave → close cycles.
 //!
 //! Module map: [`launch`] starts and stops the server under test, [`load`] holds the member, sender
 //! and churn loops, [`raw`] the baseline server, [`stats`] the histogram and `/proc` readers,
-//! [`admin`] a tiny HTTP client for the admin API, [`report`] the output.
+//! [`admin`] a tiny HTTP client for the admin API, [`soak`] the memory readings and scrapes during
+//! the load, [`report`] the output.
 
 pub mod admin;
 pub mod flood;
@@ -32,6 +37,7 @@ pub mod launch;
 pub mod load;
 pub mod raw;
 pub mod report;
+pub mod soak;
 pub mod stats;
 
 use launch::Target;
@@ -219,6 +225,16 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 100)]
     pub sources: usize,
     // ---- end flood scenario ----
+    /// Seconds between two readings of the server's RSS during the load (the soak figures).
+    #[arg(long, default_value_t = 5.0)]
+    pub rss_every: f64,
+    /// Seconds into the load from which the RSS growth is measured (at most half the load).
+    #[arg(long, default_value_t = 120.0)]
+    pub soak_from: f64,
+    /// Scrape the relay's /metrics every this many seconds during the load, as Prometheus
+    /// would (off by default).
+    #[arg(long, value_name = "SECS")]
+    pub scrape_every: Option<f64>,
     /// Keep the temporary folder (configuration, data, server log) and print its path.
     #[arg(long)]
     pub keep: bool,
@@ -442,6 +458,27 @@ fn validate(a: &BenchArgs) -> Result<(), BenchError> {
     if a.slow_rate.is_nan() || a.slow_rate <= 0.0 {
         return bad("--slow-rate must be above 0".into());
     }
+    for (name, v) in [
+        ("--rss-every", Some(a.rss_every)),
+        ("--scrape-every", a.scrape_every),
+    ] {
+        if let Some(v) = v.filter(|v| !(0.1..=3600.0).contains(v)) {
+            return bad(format!("{name} must be 0.1..=3600 seconds, got {v}"));
+        }
+    }
+    if !(0.0..=3600.0).contains(&a.soak_from) {
+        return bad(format!(
+            "--soak-from must be 0..=3600 seconds, got {}",
+            a.soak_from
+        ));
+    }
+    if a.scrape_every.is_some()
+        && (a.target == TargetKind::RawQuic || a.scenario == Scenario::Churn)
+    {
+        return bad(
+            "--scrape-every needs the relay's admin API and a fanout, rooms or overload run".into(),
+        );
+    }
     Ok(())
 }
 
@@ -621,6 +658,15 @@ async fn rooms(a: &BenchArgs, target: &mut Target) -> Result<Report, BenchError>
     report.members_per_room = members;
     report.senders_per_room = senders;
     report.inflight = inflight;
+    let scraping = match (a.scrape_every, &target.admin) {
+        (Some(every), Some(admin)) => Some((admin.clone(), Duration::from_secs_f64(every))),
+        (Some(_), None) => {
+            return Err(BenchError::Args(
+                "--scrape-every needs the relay's admin API: give --data or --admin".into(),
+            ));
+        }
+        (None, _) => None,
+    };
 
     let room_ids: Vec<String> = (0..n_rooms).map(|r| format!("bench-{r}")).collect();
     prepare(target, &room_ids, protected_share > 0.0).await?;
@@ -714,6 +760,15 @@ async fn rooms(a: &BenchArgs, target: &mut Target) -> Result<Report, BenchError>
             live.clone(),
         ));
     }
+    // The soak: RSS readings (and /metrics scrapes when asked for) through the load.
+    let mut soaking = tokio::task::JoinSet::new();
+    soaking.spawn(soak::run(
+        target.pid,
+        Duration::from_secs_f64(a.rss_every),
+        scraping,
+        start,
+        deadline,
+    ));
     let mut sent = Vec::new();
     let mut progress =
         tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
@@ -738,6 +793,7 @@ async fn rooms(a: &BenchArgs, target: &mut Target) -> Result<Report, BenchError>
         }
     }
     let rss_end = sample(target.pid).map(|s| s.rss_kib);
+    let soaked = soaking.join_next().await.and_then(Result::ok);
 
     // Drain: until every acknowledged message reached every member of its room, or deliveries
     // stop arriving, bounded.
@@ -858,6 +914,15 @@ async fn rooms(a: &BenchArgs, target: &mut Target) -> Result<Report, BenchError>
         report.connections,
         [rss_start, rss_idle, rss_end],
     );
+    if let Some((samples, scrapes)) = soaked
+        && (!samples.is_empty() || scrapes.is_some())
+    {
+        let from = soak::from_secs(a.soak_from, a.duration);
+        report.soak = Some(soak::Soak {
+            scrapes,
+            ..soak::growth(&samples, a.rss_every, from)
+        });
+    }
     if overload {
         report.overload = Some(overload_split(
             &tallies,

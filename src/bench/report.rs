@@ -1,6 +1,7 @@
 //! The report: one serializable struct, printed as a table and written as JSON.
 
 use super::launch::Raised;
+use super::soak::Soak;
 use super::stats::LatencySummary;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -107,6 +108,8 @@ pub struct Report {
     pub server: Option<ServerUsage>,
     /// CPU the harness itself used in the measured window, seconds (it shares the machine).
     pub client_cpu_secs: f64,
+    /// The server's memory through the load, and the `/metrics` scrapes meanwhile.
+    pub soak: Option<Soak>,
     /// The overload scenario's split by member speed.
     pub overload: Option<Overload>,
     /// The churn scenario's numbers.
@@ -501,6 +504,40 @@ impl Report {
                 }
             }
             None => row("server CPU", "not measured (no --server-pid)".into()),
+        }
+        if let Some(k) = &self.soak {
+            if !k.samples.is_empty() {
+                row(
+                    "server RSS through the load",
+                    format!(
+                        "{} KiB at {:.0} s → {} KiB at the end: {:+} KiB ({:+.2} %); trend {:+.0} KiB/h ({:+.2} %/h); max {} KiB; {} readings every {} s",
+                        k.rss_from_kib,
+                        k.from_secs,
+                        k.rss_last_kib,
+                        k.growth_kib,
+                        k.growth_pct,
+                        k.growth_kib_per_hour,
+                        k.growth_pct_per_hour,
+                        k.rss_max_kib,
+                        k.samples.len(),
+                        k.rss_every_secs
+                    ),
+                );
+            }
+            if let Some(sc) = &k.scrapes {
+                row(
+                    "/metrics scrapes",
+                    format!(
+                        "{} every {} s ({} failed): p50 {:.1} ms · max {:.1} ms; largest page {} KiB",
+                        sc.ok,
+                        sc.every_secs,
+                        sc.failed,
+                        sc.duration_us.p50 as f64 / 1000.0,
+                        sc.duration_us.max as f64 / 1000.0,
+                        sc.bytes_max / 1024
+                    ),
+                );
+            }
         }
         row(
             "harness CPU · machine load",

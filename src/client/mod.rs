@@ -231,6 +231,27 @@ fn close_info(err: &quinn::ConnectionError) -> (Option<CloseCode>, String) {
 /// Requests waiting for their reply, by id; `None` once replies can no longer arrive.
 type Pending = Arc<Mutex<Option<HashMap<u32, oneshot::Sender<Result<Response, WireError>>>>>>;
 
+/// A request's place in [`Pending`], given up when the request ends however it ends: a request
+/// dropped before it was written (a caller's timeout, say) would otherwise hold its place for the
+/// connection's life, as no reply comes to take it.
+struct Slot<'a> {
+    pending: &'a Pending,
+    id: u32,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            p.remove(&self.id);
+        }
+    }
+}
+
 /// A connected, authenticated client.
 pub struct Client {
     endpoint: quinn::Endpoint,
@@ -469,6 +490,10 @@ impl Client {
             // The reply stream has ended: no reply could arrive.
             return Err(closed_now(&self.conn).await);
         }
+        let _slot = Slot {
+            pending: &self.pending,
+            id,
+        };
         let frame = encode_frame(&ClientFrame::Request { id, request });
         let written = self.send.lock().await.write_all(&frame).await;
         if written.is_err() {
@@ -844,4 +869,36 @@ fn report_dropped(tx: &flume::Sender<ClientEvent>, dropped: &mut HashMap<String,
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_gives_up_its_reply_slot_however_it_ends() {
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
+        let waiting = |p: &Pending| p.lock().map_or(0, |p| p.as_ref().map_or(0, |m| m.len()));
+        for id in 0..3 {
+            let (tx, _rx) = oneshot::channel();
+            pending
+                .lock()
+                .expect("not poisoned")
+                .as_mut()
+                .expect("open")
+                .insert(id, tx);
+            // A request dropped before its reply (never written, or its caller gave up).
+            drop(Slot {
+                pending: &pending,
+                id,
+            });
+        }
+        assert_eq!(waiting(&pending), 0);
+        // Once the connection is gone the map is too; a slot let go then is a no-op.
+        pending.lock().expect("not poisoned").take();
+        drop(Slot {
+            pending: &pending,
+            id: 9,
+        });
+    }
 }

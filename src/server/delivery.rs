@@ -66,48 +66,39 @@ struct Tally {
     shed_lag: ClassCounts,
     shed_overrun: ClassCounts,
     shed_datagram: u64,
+    /// Ring entries not yet read, over the connection's rooms, when the drain began.
+    lag: u64,
+    /// When the oldest message of the batch was published.
+    oldest: Option<tokio::time::Instant>,
 }
 
-const CLASSES: [Class; 3] = [Class::Protected, Class::Normal, Class::Low];
-
 impl Tally {
-    fn flush(&self, transport: TransportKind) {
-        let t = transport.as_str();
-        for c in CLASSES {
-            let i = class_index(c);
-            if self.stream[i] > 0 {
-                metrics::counter!(m::MESSAGES_OUT, "class" => c.as_str(), "lane" => "stream", "transport" => t)
-                    .increment(self.stream[i]);
-            }
-            if self.datagram[i] > 0 {
-                metrics::counter!(m::MESSAGES_OUT, "class" => c.as_str(), "lane" => "datagram", "transport" => t)
-                    .increment(self.datagram[i]);
-            }
-            if self.shed_lag[i] > 0 {
-                metrics::counter!(m::SHED, "class" => c.as_str(), "reason" => "lag")
-                    .increment(self.shed_lag[i]);
-            }
-            if self.shed_overrun[i] > 0 {
-                metrics::counter!(m::SHED, "class" => c.as_str(), "reason" => "overrun")
-                    .increment(self.shed_overrun[i]);
-            }
-            let gaps = self.shed_lag[i] + self.shed_overrun[i];
-            if gaps > 0 {
-                metrics::counter!(m::GAP_MESSAGES, "class" => c.as_str()).increment(gaps);
-            }
+    /// Adds the batch to the counters and, when `sampled`, to the histograms (one sample per
+    /// write: its lag and its oldest message's latency).
+    fn flush(&self, transport: TransportKind, sampled: bool) {
+        let m = m::delivery(transport.as_str());
+        for i in 0..3 {
+            m.stream[i].add(self.stream[i]);
+            m.datagram[i].add(self.datagram[i]);
+            m.shed_lag[i].add(self.shed_lag[i]);
+            m.shed_overrun[i].add(self.shed_overrun[i]);
+            let datagram = if i == class_index(Class::Low) {
+                self.shed_datagram
+            } else {
+                0
+            };
+            m.gaps[i].add(self.shed_lag[i] + self.shed_overrun[i] + datagram);
         }
-        if self.shed_datagram > 0 {
-            metrics::counter!(m::SHED, "class" => "low", "reason" => "datagram_buffer")
-                .increment(self.shed_datagram);
-            metrics::counter!(m::GAP_MESSAGES, "class" => "low").increment(self.shed_datagram);
-        }
-        if self.stream_bytes > 0 {
-            metrics::counter!(m::BYTES_OUT, "lane" => "stream", "transport" => t)
-                .increment(self.stream_bytes);
-        }
-        if self.datagram_bytes > 0 {
-            metrics::counter!(m::BYTES_OUT, "lane" => "datagram", "transport" => t)
-                .increment(self.datagram_bytes);
+        m.shed_datagram.add(self.shed_datagram);
+        m.stream_bytes.add(self.stream_bytes);
+        m.datagram_bytes.add(self.datagram_bytes);
+        if sampled {
+            if self.lag > 0 {
+                m.lag.record(self.lag as f64);
+            }
+            if let Some(at) = self.oldest {
+                m.latency.record(at.elapsed().as_secs_f64());
+            }
         }
     }
 }
@@ -144,6 +135,7 @@ impl<L: Link, E: EventSink> Delivery<L, E> {
             conn_id: self.conn_id,
         })];
         let mut last_write: Option<tokio::time::Instant> = None;
+        let mut sampler = m::Sampler::default();
         let closed = Link::closed(&self.conn);
         tokio::pin!(closed);
         loop {
@@ -168,7 +160,8 @@ impl<L: Link, E: EventSink> Delivery<L, E> {
                 }
                 out.clear();
             }
-            tally.flush(self.transport);
+            // Writes that carried messages take turns in the histograms.
+            tally.flush(self.transport, tally.oldest.is_some() && sampler.take());
             match drained {
                 Drained::Done => {}
                 Drained::More => {
@@ -282,10 +275,7 @@ impl<L: Link, E: EventSink> Delivery<L, E> {
         for (i, sub) in subs.iter_mut().enumerate() {
             let mut first_published = None;
             let cap = sub.room.ring.capacity();
-            let tail = sub.room.ring.tail();
-            if tail > sub.cursor {
-                metrics::histogram!(m::DELIVERY_LAG).record((tail - sub.cursor) as f64);
-            }
+            tally.lag += sub.room.ring.tail().saturating_sub(sub.cursor);
             loop {
                 if budget == 0 {
                     result = Drained::More;
@@ -389,7 +379,7 @@ impl<L: Link, E: EventSink> Delivery<L, E> {
                 }
             }
             if let Some(at) = first_published {
-                metrics::histogram!(m::FANOUT_LATENCY).record(at.elapsed().as_secs_f64());
+                tally.oldest = Some(tally.oldest.map_or(at, |o| o.min(at)));
             }
         }
         // In order: a new membership of a room must stay behind the one that is ending.

@@ -1420,3 +1420,35 @@ fn info_from(room: &Room, st: &RoomState, members: usize) -> RoomInfo {
         mute_all: st.moderation.mute_all,
     }
 }
+
+// ---- memory footprint ----
+
+/// How many entries the registry's maps hold: each is bounded by live rooms, users and
+/// connections, not by traffic, and shrinks back when they go.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Footprint {
+    /// Live rooms.
+    pub rooms: usize,
+    /// Users with a connection or a membership.
+    pub users: usize,
+    /// Registered connections.
+    pub conns: usize,
+    /// Memberships over all rooms.
+    pub members: usize,
+    /// Delivery tasks registered to be woken, over all rooms.
+    pub watchers: usize,
+}
+
+impl Relay {
+    /// The sizes of the registry's maps now.
+    pub fn footprint(&self) -> Footprint {
+        let rooms = self.all_rooms();
+        Footprint {
+            rooms: rooms.len(),
+            users: lock(&self.users).len(),
+            conns: lock(&self.conns).len(),
+            members: rooms.iter().map(|r| r.state().len()).sum(),
+            watchers: rooms.iter().map(|r| r.watchers.len()).sum(),
+        }
+    }
+}

@@ -43,6 +43,16 @@ pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
     }
 }
 
+/// Waits until `done()` holds, checking every 5 ms, for at most the safety timeout.
+pub async fn until(what: &str, done: impl Fn() -> bool) {
+    within(what, async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
 /// A relay serving on loopback for one test.
 pub struct TestServer {
     /// The bound QUIC address.
