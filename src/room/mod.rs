@@ -14,6 +14,7 @@
 //! acknowledgement to the change in memory, so the store sees them in the order memory makes them
 //! and nothing becomes visible before it is durable.
 
+pub mod core;
 pub mod records;
 pub mod ring;
 

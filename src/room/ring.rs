@@ -144,7 +144,7 @@ pub struct PublishState {
 }
 
 /// A consistent snapshot of the publish side, taken by a joining member.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JoinPoint {
     /// The ring position the member reads from.
     pub pos: u64,
