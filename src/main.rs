@@ -4,7 +4,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use roomcast::client::{Client, ClientConfig, ClientError, ClientEvent};
-use roomcast::config::{Config, SECRET_KEYS};
+use roomcast::config::{Config, Flags, Layered};
 use roomcast::node::Server;
 use roomcast::protocol::{ErrorCode, Message, utc_text};
 use roomcast::server::{DataFolder, SERVER_FILE, ServerError, ServerFile};
@@ -53,14 +53,15 @@ struct ServeArgs {
     /// TOML configuration file (see --print-config); unknown keys are an error.
     #[arg(long, env = "ROOMCAST_CONFIG")]
     config: Option<PathBuf>,
-    /// UDP address for QUIC [default: 127.0.0.1:7700, or server.quic of the config file].
-    #[arg(long, env = "ROOMCAST_QUIC")]
+    /// UDP address for QUIC [env: ROOMCAST_QUIC] [default: 127.0.0.1:7700, or server.quic of
+    /// the config file].
+    #[arg(long)]
     quic: Option<SocketAddr>,
-    /// TCP address for the admin API and metrics [default: 127.0.0.1:7780].
-    #[arg(long, env = "ROOMCAST_ADMIN")]
+    /// TCP address for the admin API and metrics [env: ROOMCAST_ADMIN] [default: 127.0.0.1:7780].
+    #[arg(long)]
     admin: Option<SocketAddr>,
-    /// Data folder [default: roomcast-data].
-    #[arg(long, env = "ROOMCAST_DATA")]
+    /// Data folder [env: ROOMCAST_DATA] [default: roomcast-data].
+    #[arg(long)]
     data: Option<PathBuf>,
     /// Accept the token "dev:<user id>" without a signature (development only). A bare
     /// --dev-mode turns it on; --dev-mode=false turns off a dev_mode the config file turns on.
@@ -214,32 +215,17 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 async fn serve(a: ServeArgs) -> Result<()> {
-    let mut config = match &a.config {
-        Some(p) => Config::from_file(p)?,
-        None => Config::default(),
+    let file = a.config.as_deref().map(Config::from_file).transpose()?;
+    let flags = Flags {
+        quic: a.quic,
+        admin: a.admin,
+        data: a.data.clone(),
+        dev_mode: a.dev_mode,
     };
-    if let Some(v) = a.quic {
-        config.server.quic = v;
-    }
-    if let Some(v) = a.admin {
-        config.server.admin = v;
-    }
-    if let Some(v) = a.data {
-        config.server.data = v;
-    }
-    if let Some(v) = a.dev_mode {
-        config.auth.dev_mode = v;
-    }
-    let mut from_env = Vec::new();
-    for (key, var) in SECRET_KEYS {
-        if let Ok(v) = std::env::var(var)
-            && !v.is_empty()
-            && let Some(secret) = config.secret_mut(key)
-        {
-            *secret = v;
-            from_env.push(key);
-        }
-    }
+    let Layered {
+        config,
+        secrets_from_env: from_env,
+    } = Config::layered(file, &|var| std::env::var(var).ok(), &flags)?;
     config.validate()?;
     if a.print_config {
         print!("{}", config.to_redacted_toml(&from_env));
