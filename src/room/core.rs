@@ -26,7 +26,8 @@
 //!   and nothing after.
 //! - A durable change that ends memberships (a destruction) takes effect only once the store has
 //!   it: [`Core::submit`] returns [`Effect::Store`], and [`Core::stored`] releases its effects
-//!   when the shell reports the outcome, in the order the changes were submitted.
+//!   when the shell reports the outcome (in the store's order); a refused change leaves no
+//!   trace.
 
 use super::records::Op;
 use super::ring::JoinPoint;
@@ -456,9 +457,8 @@ impl Core {
     }
 
     /// The store took (`ok`) or refused change `id`: a taken change takes effect now, with the
-    /// room's position from `point`; a refused one leaves everything as it was. Changes before
-    /// `id` still pending are settled first, as refused: the store acknowledges in order, so an
-    /// older change still pending was lost.
+    /// room's position from `point`; a refused one leaves everything as it was. The shell
+    /// reports each change once, in the store's order.
     pub fn stored(
         &mut self,
         id: ChangeId,
@@ -468,8 +468,7 @@ impl Core {
         let Some(i) = self.pending.iter().position(|(c, _)| *c == id) else {
             return Vec::new();
         };
-        self.pending.drain(..i);
-        let Some((_, after)) = self.pending.pop_front() else {
+        let Some((_, after)) = self.pending.remove(i) else {
             return Vec::new();
         };
         if !ok {

@@ -288,6 +288,35 @@ fn a_membership_moves_to_a_live_device_when_its_only_connection_goes() {
     core.check().unwrap();
 }
 
+#[test]
+fn members_page_in_join_order_both_ways_with_cursor() {
+    let rings = Rings::default();
+    let mut core = core_with(cfg(8, false, 30_000), &["r"]);
+    for (i, u) in ["a", "b", "c", "d"].iter().enumerate() {
+        core.conn_up(i as u64, u, &mut rings.point());
+        let fx = core
+            .join(100 + i as u64, i as u64, u, "r", &mut rings.point())
+            .unwrap();
+        assert!(matches!(&fx[0], Effect::Joined { .. }));
+    }
+    core.conn_up(9, "b", &mut rings.point());
+    let fx = core.join(999, 9, "b", "r", &mut rings.point()).unwrap();
+    assert!(
+        !fx.iter().any(|e| matches!(e, Effect::Joined { .. })),
+        "second device of a member is not a new member"
+    );
+    let names = |v: Vec<(String, u64, u64)>| v.into_iter().map(|t| t.0).collect::<Vec<_>>();
+    let r = core.room("r").unwrap();
+    assert_eq!(names(r.page(false, 2, None)), ["a", "b"]);
+    assert_eq!(names(r.page(false, 2, Some(1))), ["c", "d"]);
+    assert_eq!(names(r.page(true, 3, None)), ["d", "c", "b"]);
+    assert_eq!(names(r.page(true, 3, Some(1))), ["a"]);
+    assert_eq!(r.page(false, 1, None)[0].1, 100);
+    core.kick("r", "b", KickReason::Banned, &mut rings.point());
+    let r = core.room("r").unwrap();
+    assert_eq!(names(r.page(false, 10, None)), ["a", "c", "d"]);
+}
+
 // ---- §5 moderation ----
 
 #[test]
@@ -368,7 +397,7 @@ fn a_ban_kicks_only_once_stored_after_what_was_published_before() {
 // ---- §2 lifecycle: the end of a room ends its memberships ----
 
 #[test]
-fn a_destruction_ends_every_membership_once_stored_and_settles_in_order() {
+fn a_destruction_ends_every_membership_once_stored() {
     let rings = Rings::default();
     let mut core = core_with(cfg(8, false, 30_000), &["r", "s"]);
     core.conn_up(1, "u", &mut rings.point());
@@ -387,11 +416,15 @@ fn a_destruction_ends_every_membership_once_stored_and_settles_in_order() {
     let Effect::Store { id: second, .. } = core.submit(vec![], destroy("s", 2)) else {
         panic!("a change is stored first")
     };
-    // The store acknowledges in order: settling the second settles the first as lost.
+    // Each change takes effect when the store has it, whatever else is pending.
     let fx = core.stored(second, true, &mut rings.point());
     assert!(matches!(&fx[..], [Effect::Left { how: Ended::Destroyed, room, .. }] if room == "s"));
-    assert!(core.stored(first, true, &mut rings.point()).is_empty());
     assert!(core.is_member("r", "u"));
+    let fx = core.stored(first, true, &mut rings.point());
+    assert!(matches!(&fx[..], [Effect::Left { how: Ended::Destroyed, room, .. }] if room == "r"));
+    // Reported twice, it changes nothing more.
+    assert!(core.stored(first, true, &mut rings.point()).is_empty());
+    assert_eq!(core.footprint(), (0, 1, 1, 0));
     assert_eq!(core.pending(), 0);
     core.check().unwrap();
 }
@@ -459,6 +492,25 @@ fn race_two_devices_joining_two_rooms_at_once_end_in_one_room() {
         );
         core.check().unwrap();
     }
+    // The old shell's order, reproduced on the same inputs: each device read the user's rooms
+    // (to leave them) before either join was recorded, then joined. Both stay.
+    let rings = Rings::default();
+    let mut old = core_with(cfg(8, false, 30_000), &["a", "b"]);
+    old.conn_up(1, "u", &mut rings.point());
+    old.conn_up(2, "u", &mut rings.point());
+    let read_by_1 = old.rooms_of("u");
+    let read_by_2 = old.rooms_of("u");
+    for (conn, room, read) in [(1, "a", read_by_1), (2, "b", read_by_2)] {
+        for (other, _) in read.iter().filter(|(r, _)| r != room) {
+            old.kick(other, "u", KickReason::SingleRoom, &mut rings.point());
+        }
+        old.join(0, conn, "u", room, &mut rings.point()).unwrap();
+    }
+    assert_eq!(
+        old.rooms_of("u").len(),
+        2,
+        "the old order leaves the user in both rooms"
+    );
 }
 
 /// A connection that arrived while the membership was served, and went again, must leave no
@@ -503,6 +555,8 @@ mod props {
         Ban(usize, usize, bool),
         Destroy(usize, bool),
         Create(usize),
+        /// A late destruction of an older incarnation of the room.
+        Stale(usize),
         Tick(u64),
     }
 
@@ -516,6 +570,7 @@ mod props {
             1 => (0..3usize, 0..3usize, any::<bool>()).prop_map(|(u, r, ok)| Input::Ban(u, r, ok)),
             1 => (0..3usize, any::<bool>()).prop_map(|(r, ok)| Input::Destroy(r, ok)),
             1 => (0..3usize).prop_map(Input::Create),
+            1 => (0..3usize).prop_map(Input::Stale),
             2 => (0..1_500u64).prop_map(Input::Tick),
         ]
     }
@@ -538,6 +593,8 @@ mod props {
         core: Core,
         rings: Rings,
         epochs: BTreeMap<String, u64>,
+        /// Destroyed incarnations per room.
+        dead: BTreeMap<String, Vec<u64>>,
         next_epoch: u64,
         now: u64,
         next_conn: ConnId,
@@ -557,6 +614,7 @@ mod props {
                 core: Core::new(cfg(2, single_room, GRACE)),
                 rings: Rings::default(),
                 epochs: BTreeMap::new(),
+                dead: BTreeMap::new(),
                 next_epoch: 1,
                 now: 0,
                 next_conn: 1,
@@ -773,6 +831,10 @@ mod props {
                     let fx = self.core.stored(id, ok, &mut self.rings.point());
                     if ok {
                         self.epochs.remove(ROOMS[r]);
+                        self.dead
+                            .entry(ROOMS[r].to_owned())
+                            .or_default()
+                            .push(epoch);
                         // A late destruction of the old incarnation changes nothing.
                         assert!(self.core.room_destroyed(ROOMS[r], epoch).is_empty());
                     }
@@ -780,6 +842,15 @@ mod props {
                 }
                 Input::Create(r) => {
                     self.create(ROOMS[r]);
+                    return;
+                }
+                Input::Stale(r) => {
+                    let Some(&epoch) = self.dead.get(ROOMS[r]).and_then(|d| d.first()) else {
+                        return;
+                    };
+                    let before = format!("{:?}", self.core.room(ROOMS[r]));
+                    assert!(self.core.room_destroyed(ROOMS[r], epoch).is_empty());
+                    assert_eq!(before, format!("{:?}", self.core.room(ROOMS[r])));
                     return;
                 }
                 Input::Tick(dt) => {

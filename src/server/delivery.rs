@@ -221,8 +221,8 @@ impl<L: Link, E: EventSink> Delivery<L, E> {
                     return;
                 }
                 // A membership that is ending keeps its place (before this one) until it is read
-                // to its end, so its messages and its Kicked come before the new membership's.
-                subs.retain(|s| s.leaving.is_some() || s.room.id != room.id);
+                // to its end, so its messages and its Kicked come before the new membership's;
+                // so does one of an older incarnation of the id, until its end is read.
                 if let Some(frame) = first {
                     notice(subs, out, &room.id, frame);
                 }
@@ -239,13 +239,15 @@ impl<L: Link, E: EventSink> Delivery<L, E> {
             }
             DeliveryCmd::Unsubscribe {
                 room,
+                epoch,
                 kicked,
                 until,
             } => {
-                // The next drain delivers what was published while a member, then ends it.
+                // The next drain delivers what was published while a member, then ends it. The
+                // epoch tells a membership of this incarnation of the id from an older one.
                 match subs
                     .iter_mut()
-                    .find(|s| s.leaving.is_none() && s.room.id == room)
+                    .find(|s| s.leaving.is_none() && s.room.id == room && s.room.epoch == epoch)
                 {
                     Some(sub) => {
                         sub.leaving = Some(Leaving {
