@@ -606,6 +606,9 @@ mod props {
         spans: BTreeMap<(String, String, u64), Span>,
         /// Connections told `Kicked` for (room, epoch), that must get nothing more of it.
         ended: BTreeSet<(ConnId, String, u64)>,
+        /// Where each connection's last subscription of (room, epoch) ended: a later one starts
+        /// at or after it, so no message reaches a connection twice and positions only grow.
+        read_to: BTreeMap<(ConnId, String, u64), u64>,
     }
 
     impl World {
@@ -623,6 +626,7 @@ mod props {
                 deliveries: BTreeMap::new(),
                 spans: BTreeMap::new(),
                 ended: BTreeSet::new(),
+                read_to: BTreeMap::new(),
             };
             for r in ROOMS {
                 w.create(r);
@@ -668,6 +672,10 @@ mod props {
                         let d = self.deliveries.entry(conn).or_default();
                         let old = d.subs.insert((room.clone(), epoch), at.messages);
                         assert!(old.is_none(), "{conn} subscribed twice to {room}@{epoch}");
+                        let key = (conn, room.clone(), epoch);
+                        if let Some(&end) = self.read_to.get(&key) {
+                            assert!(at.messages >= end, "{conn} would read {room} again");
+                        }
                         self.ended.remove(&(conn, room.clone(), epoch));
                         let span = self
                             .spans
@@ -699,6 +707,8 @@ mod props {
                             panic!("{conn} unsubscribed from {room}@{epoch}, not read")
                         });
                         assert!(from <= until.messages);
+                        self.read_to
+                            .insert((conn, room.clone(), epoch), until.messages);
                         assert_eq!(until.messages, self.rings.at(&room).messages);
                         if kicked.is_some() {
                             self.ended.insert((conn, room, epoch));
