@@ -29,6 +29,14 @@
 //!   when the shell reports the outcome (in the store's order); a refused change leaves no
 //!   trace.
 
+//!
+//! # What it does not hold
+//! The rest of a room stays where it was, plain data the shell keeps under the room's lock:
+//! its moderation lists, policies and attributes ([`super::RoomState`]), the decisions on them
+//! ([`crate::policy`]), and its sequencing and fan-out ([`super::Ring`]: a message is stamped
+//! and, with `sync` durability, held until its append is durable). The core reads the
+//! moderation lists as arguments ([`Core::check_join`], [`Core::check_send`]).
+
 use super::records::Op;
 use super::ring::JoinPoint;
 use crate::policy::{GlobalPolicy, Moderation};
