@@ -553,6 +553,7 @@ mod props {
         Leave(usize, usize),
         Send(usize, usize),
         Ban(usize, usize, bool),
+        Mute(usize, usize),
         Destroy(usize, bool),
         Create(usize),
         /// A late destruction of an older incarnation of the room.
@@ -568,6 +569,7 @@ mod props {
             1 => (0..8usize, 0..3usize).prop_map(|(c, r)| Input::Leave(c, r)),
             4 => (0..3usize, 0..3usize).prop_map(|(u, r)| Input::Send(u, r)),
             1 => (0..3usize, 0..3usize, any::<bool>()).prop_map(|(u, r, ok)| Input::Ban(u, r, ok)),
+            1 => (0..3usize, 0..3usize).prop_map(|(u, r)| Input::Mute(u, r)),
             1 => (0..3usize, any::<bool>()).prop_map(|(r, ok)| Input::Destroy(r, ok)),
             1 => (0..3usize).prop_map(Input::Create),
             1 => (0..3usize).prop_map(Input::Stale),
@@ -595,6 +597,8 @@ mod props {
         epochs: BTreeMap<String, u64>,
         /// Destroyed incarnations per room.
         dead: BTreeMap<String, Vec<u64>>,
+        /// Each room's moderation lists (bans and mutes last `GRACE` ms).
+        moderation: BTreeMap<String, Moderation>,
         next_epoch: u64,
         now: u64,
         next_conn: ConnId,
@@ -618,6 +622,7 @@ mod props {
                 rings: Rings::default(),
                 epochs: BTreeMap::new(),
                 dead: BTreeMap::new(),
+                moderation: BTreeMap::new(),
                 next_epoch: 1,
                 now: 0,
                 next_conn: 1,
@@ -765,6 +770,15 @@ mod props {
                 }
                 Input::Join(i, r) => {
                     let Some((c, u)) = self.conn(i) else { return };
+                    let m = self.moderation.get(ROOMS[r]).cloned().unwrap_or_default();
+                    if self.core.check_join(ROOMS[r], &u, &m, self.now).is_err() {
+                        // Refused: a live room that bans the user, or no room.
+                        assert!(
+                            !self.epochs.contains_key(ROOMS[r])
+                                || m.banned_until(&u, self.now).is_some()
+                        );
+                        return;
+                    }
                     match self
                         .core
                         .join(self.now, c, &u, ROOMS[r], &mut self.rings.point())
@@ -786,7 +800,8 @@ mod props {
                         .unwrap_or_default()
                 }
                 Input::Send(u, r) => {
-                    let (m, g) = (Moderation::default(), GlobalPolicy::default());
+                    let m = self.moderation.get(ROOMS[r]).cloned().unwrap_or_default();
+                    let g = GlobalPolicy::default();
                     if self
                         .core
                         .check_send(ROOMS[r], USERS[u], &m, &g, self.now)
@@ -822,7 +837,18 @@ mod props {
                     let Effect::Store { id, .. } = self.core.submit(vec![], after) else {
                         unreachable!("submit stores")
                     };
+                    if ok {
+                        let until = self.now + GRACE;
+                        let m = self.moderation.entry(ROOMS[r].to_owned()).or_default();
+                        m.bans.insert(USERS[u].into(), until);
+                    }
                     self.core.stored(id, ok, &mut self.rings.point())
+                }
+                Input::Mute(u, r) => {
+                    let until = self.now + GRACE;
+                    let m = self.moderation.entry(ROOMS[r].to_owned()).or_default();
+                    m.mutes.insert(USERS[u].into(), until);
+                    return;
                 }
                 Input::Destroy(r, ok) => {
                     let Some(&epoch) = self.epochs.get(ROOMS[r]) else {
@@ -845,6 +871,8 @@ mod props {
                             .entry(ROOMS[r].to_owned())
                             .or_default()
                             .push(epoch);
+                        // A room's bans and mutes go with it.
+                        self.moderation.remove(ROOMS[r]);
                         // A late destruction of the old incarnation changes nothing.
                         assert!(self.core.room_destroyed(ROOMS[r], epoch).is_empty());
                     }
@@ -890,6 +918,17 @@ mod props {
 
         fn invariants(&self) {
             self.core.check().unwrap();
+            // A user banned from a room is not in it.
+            for (room, m) in &self.moderation {
+                for u in m.bans.keys() {
+                    if m.banned_until(u, self.now).is_some() {
+                        assert!(
+                            !self.core.is_member(room, u),
+                            "{u} banned from {room} is in it"
+                        );
+                    }
+                }
+            }
             // Every membership the core holds, the model holds, and the reverse.
             let mut held = BTreeSet::new();
             for r in ROOMS {
