@@ -4,8 +4,8 @@
 //! A refused token is told in words ("token expired", "token is not a JWT: ..."), never with the
 //! decoder's internal error, and never echoes the token or a long user id back.
 
+use crate::protocol::validate_id;
 use crate::protocol::{ErrorCode, MAX_TOKEN_LEN, WireError};
-use crate::room::validate_id;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 

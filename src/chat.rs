@@ -12,7 +12,8 @@
 //! (kick, ban, room destroyed) or the connection (exit status 1, with the reason). It does not
 //! reconnect.
 
-use crate::{ChatArgs, Target, connect, shutdown_signal};
+use crate::cli::{Target, connect};
+use crate::{ChatArgs, shutdown_signal};
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use roomcast::client::ClientEvent;

@@ -761,6 +761,87 @@ pub const ENV_VARS: [&str; 6] = [
     "ROOMCAST_TOKEN_SECRET",
 ];
 
+/// The environment variables that stand for `serve`'s flags, with the key each sets.
+pub const FLAG_VARS: [(&str, &str); 3] = [
+    ("ROOMCAST_QUIC", "server.quic"),
+    ("ROOMCAST_ADMIN", "server.admin"),
+    ("ROOMCAST_DATA", "server.data"),
+];
+
+/// What `serve`'s flags set: `None` for a flag not given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Flags {
+    /// `--quic`.
+    pub quic: Option<SocketAddr>,
+    /// `--admin`.
+    pub admin: Option<SocketAddr>,
+    /// `--data`.
+    pub data: Option<PathBuf>,
+    /// `--dev-mode[=BOOL]`.
+    pub dev_mode: Option<bool>,
+}
+
+/// A configuration and where its secrets came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layered {
+    /// The merged configuration (not validated yet).
+    pub config: Config,
+    /// The secret keys ([`SECRET_KEYS`]) set from the environment.
+    pub secrets_from_env: Vec<&'static str>,
+}
+
+impl Config {
+    /// The configuration `serve` runs with, by precedence: the `flags` over the environment
+    /// (`env` reads a variable: [`FLAG_VARS`] and the secrets of [`SECRET_KEYS`]; an empty value
+    /// counts as unset) over the `file` (already read) over the defaults.
+    pub fn layered(
+        file: Option<Config>,
+        env: &dyn Fn(&str) -> Option<String>,
+        flags: &Flags,
+    ) -> Result<Layered, ConfigError> {
+        let mut config = file.unwrap_or_default();
+        let var = |name: &str| env(name).filter(|v| !v.is_empty());
+        let addr = |name: &str| -> Result<Option<SocketAddr>, ConfigError> {
+            var(name)
+                .map(|v| {
+                    v.parse().map_err(|e| {
+                        ConfigError::Invalid(format!("{name}={v:?} is not an address: {e}"))
+                    })
+                })
+                .transpose()
+        };
+        if let Some(v) = flags.quic.or(addr("ROOMCAST_QUIC")?) {
+            config.server.quic = v;
+        }
+        if let Some(v) = flags.admin.or(addr("ROOMCAST_ADMIN")?) {
+            config.server.admin = v;
+        }
+        if let Some(v) = flags
+            .data
+            .clone()
+            .or(var("ROOMCAST_DATA").map(PathBuf::from))
+        {
+            config.server.data = v;
+        }
+        if let Some(v) = flags.dev_mode {
+            config.auth.dev_mode = v;
+        }
+        let mut secrets_from_env = Vec::new();
+        for (key, name) in SECRET_KEYS {
+            if let Some(v) = var(name)
+                && let Some(secret) = config.secret_mut(key)
+            {
+                *secret = v;
+                secrets_from_env.push(key);
+            }
+        }
+        Ok(Layered {
+            config,
+            secrets_from_env,
+        })
+    }
+}
+
 /// The keys that hold secrets, with the environment variable that sets each. A printed
 /// configuration never shows their values.
 pub const SECRET_KEYS: [(&str, &str); 2] = [
@@ -993,6 +1074,115 @@ fn push_doc(out: &mut String, key: &str) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn flags_win_over_the_environment_over_the_file_over_the_defaults() {
+        let a = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        let file = Config::from_toml(
+            "[server]\nquic = \"127.0.0.1:1\"\nadmin = \"127.0.0.1:2\"\ndata = \"file\"\n\
+             [auth]\ndev_mode = true\nadmin_key = \"from-file\"\n",
+        )
+        .unwrap();
+        let vars: std::collections::BTreeMap<&str, &str> = [
+            ("ROOMCAST_QUIC", "127.0.0.1:11"),
+            ("ROOMCAST_DATA", "env"),
+            ("ROOMCAST_TOKEN_SECRET", "from-env"),
+            ("ROOMCAST_ADMIN_KEY", ""),
+        ]
+        .into();
+        let env = |name: &str| vars.get(name).map(|v| (*v).to_owned());
+        let none = |_: &str| None;
+        let flags = Flags {
+            quic: Some(a(21)),
+            ..Flags::default()
+        };
+        // Defaults alone.
+        let d = Config::layered(None, &none, &Flags::default()).unwrap();
+        assert_eq!(d.config, Config::default());
+        assert!(d.secrets_from_env.is_empty());
+        // The file over the defaults.
+        let f = Config::layered(Some(file.clone()), &none, &Flags::default()).unwrap();
+        assert_eq!(f.config.server.quic, a(1));
+        assert_eq!(f.config.rooms, Config::default().rooms);
+        // The environment over the file (an empty variable is unset).
+        let e = Config::layered(Some(file.clone()), &env, &Flags::default()).unwrap();
+        assert_eq!(e.config.server.quic, a(11));
+        assert_eq!(e.config.server.admin, a(2));
+        assert_eq!(e.config.server.data, PathBuf::from("env"));
+        assert_eq!(e.config.auth.token_secret, "from-env");
+        assert_eq!(e.config.auth.admin_key, "from-file");
+        assert_eq!(e.secrets_from_env, ["auth.token_secret"]);
+        // Flags over the environment.
+        let l = Config::layered(Some(file.clone()), &env, &flags).unwrap();
+        assert_eq!(l.config.server.quic, a(21));
+        assert_eq!(l.config.server.data, PathBuf::from("env"));
+        assert!(l.config.auth.dev_mode);
+        let off = Flags {
+            dev_mode: Some(false),
+            ..Flags::default()
+        };
+        assert!(
+            !Config::layered(Some(file), &env, &off)
+                .unwrap()
+                .config
+                .auth
+                .dev_mode
+        );
+    }
+
+    #[test]
+    fn a_bad_address_in_the_environment_is_named() {
+        let env = |name: &str| (name == "ROOMCAST_ADMIN").then(|| "nowhere".to_owned());
+        let e = Config::layered(None, &env, &Flags::default()).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("ROOMCAST_ADMIN=\"nowhere\" is not an address"),
+            "{text}"
+        );
+        // A flag given instead is not read from the environment at all.
+        let flags = Flags {
+            admin: Some(SocketAddr::from(([127, 0, 0, 1], 9))),
+            ..Flags::default()
+        };
+        assert!(
+            Config::layered(None, &env, &flags).is_err(),
+            "the variable is still checked"
+        );
+    }
+
+    #[test]
+    fn every_key_of_the_readme_table_is_documented_here() {
+        let readme = include_str!("../README.md");
+        let start = readme
+            .find("| key | default | what |")
+            .expect("the README's key table");
+        let mut documented = 0;
+        for line in readme[start..].lines().skip(2) {
+            let Some(first) = line.strip_prefix("| ").and_then(|l| l.split(" |").next()) else {
+                break;
+            };
+            let mut section = "";
+            for key in first.split('`').skip(1).step_by(2) {
+                let full = match key.split_once('.') {
+                    Some((sec, _)) => {
+                        section = sec;
+                        key.to_owned()
+                    }
+                    None => format!("{section}.{key}"),
+                };
+                let named = |k: &str| match full.strip_suffix('*') {
+                    Some(prefix) => k.starts_with(prefix),
+                    None => k == full,
+                };
+                assert!(
+                    KEY_DOCS.iter().any(|(k, _)| named(k)),
+                    "the README's table names {full}, which the configuration does not document"
+                );
+                documented += 1;
+            }
+        }
+        assert!(documented >= 5, "read {documented} keys from the table");
+    }
     use super::*;
 
     fn keys(v: &toml::Value, prefix: &str, out: &mut Vec<String>) {

@@ -359,16 +359,4 @@ mod tests {
         let every = HISTOGRAM_SAMPLE_EVERY as usize;
         assert_eq!(taken, vec![0, every, 2 * every, 3 * every]);
     }
-
-    #[test]
-    fn per_class_counters_follow_the_ring_class_index() {
-        use crate::room::ring::class_index;
-        // `delivery()` registers its per-class counters in this order.
-        for (i, c) in [Class::Protected, Class::Normal, Class::Low]
-            .into_iter()
-            .enumerate()
-        {
-            assert_eq!(class_index(c), i);
-        }
-    }
 }

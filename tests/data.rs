@@ -12,8 +12,9 @@ use common::{
 };
 use roomcast::client::{Client, ClientConfig, ClientError, ClientEvent};
 use roomcast::config::Config;
+use roomcast::node::Server;
 use roomcast::protocol::{Attribute, Class, ErrorCode, Event, HistoryEntry, KickReason, WireError};
-use roomcast::server::{Relay, Secrets, Server};
+use roomcast::server::{Relay, Secrets};
 use roomcast::store::Durability;
 use roomcast::tls::ServerIdentity;
 use serde_json::{Value, json};

@@ -415,6 +415,7 @@ impl Served {
     }
 
     /// A connected library client for `user`.
+    #[cfg(feature = "bench")]
     async fn client(&self, user: &str) -> roomcast::client::Client {
         let cfg =
             roomcast::client::ClientConfig::new(self.quic, self.ca_pem.clone(), self.token(user));
@@ -596,6 +597,7 @@ async fn refused_tokens_say_why_in_words() {
 // ---------------- bounded handshakes ----------------
 
 /// The resident set size of process `pid`, KiB.
+#[cfg(feature = "bench")]
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
     status
@@ -607,7 +609,8 @@ fn rss_kib(pid: u32) -> u64 {
 
 /// 10,000 real ClientHellos from 100 source ports, never answered, against a real `roomcast
 /// serve`: its RSS stays within the bound the README states, and a real client connects and
-/// joins during the flood.
+/// joins during the flood. The flood generator is the harness's (feature `bench`).
+#[cfg(feature = "bench")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_hello_flood_keeps_memory_bounded_and_real_clients_connect() {
     const HELLOS: usize = 10_000;

@@ -1,7 +1,6 @@
 //! Admin routes for room data: attributes, recall and history.
 
-use super::routes::{parse, path, query};
-use super::{AdminState, ApiError, ApiErrorBody};
+use super::{AdminState, ApiError, ApiErrorBody, parse, path, query};
 use crate::protocol::{ErrorCode, HistoryEntry, WireError};
 use crate::server::data::{Actor, AttrResults, MAX_VALUE};
 use axum::Json;

@@ -23,17 +23,23 @@ mod policy_routes;
 mod routes;
 pub mod serve;
 
+pub use openapi::ApiDoc;
+
 use crate::auth::admin_key_matches;
 use crate::metrics as m;
 use crate::protocol::{ErrorCode, WireError};
 use crate::server::Relay;
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use std::sync::Arc;
 
 /// Shared state of the admin handlers.
@@ -102,10 +108,18 @@ pub fn router(relay: Arc<Relay>, prometheus: Option<PrometheusHandle>) -> Router
         prometheus,
         bucket: Arc::new(std::sync::Mutex::new(bucket)),
     };
-    let v1 = routes::v1().layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        require_admin_key,
-    ));
+    let v1 = Router::new()
+        .route(
+            "/v1/rooms/{id}/messages",
+            post(routes::send_room_message).get(data_routes::history),
+        )
+        .merge(routes::routes())
+        .merge(policy_routes::routes())
+        .merge(data_routes::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_admin_key,
+        ));
     Router::new()
         .merge(v1)
         .merge(routes::open())
@@ -123,6 +137,44 @@ pub fn router(relay: Arc<Relay>, prometheus: Option<PrometheusHandle>) -> Router
         .layer(axum::middleware::from_fn(count_requests))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+/// Parses a JSON body, answering `BAD_REQUEST` with serde's message on failure. A number with
+/// a zero fraction (`60.0`, `6e1`) is an integer, as JSON Schema counts it.
+pub(crate) fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    let bad = |e: serde_json::Error| ApiError::bad(format!("invalid JSON body: {e}"));
+    let mut value: serde_json::Value = serde_json::from_slice(body).map_err(bad)?;
+    whole_numbers(&mut value);
+    serde_json::from_value(value).map_err(bad)
+}
+
+/// Rewrites every float with a zero fraction that fits a `u64` or an `i64` as that integer.
+fn whole_numbers(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            let Some(f) = n.as_f64() else { return };
+            // `as` saturates: the round trip tells whether the value fits.
+            if f.fract() == 0.0 && f >= 0.0 && f < u64::MAX as f64 && f as u64 as f64 == f {
+                *v = Value::from(f as u64);
+            } else if f.fract() == 0.0 && f < 0.0 && f >= i64::MIN as f64 && f as i64 as f64 == f {
+                *v = Value::from(f as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(whole_numbers),
+        Value::Object(fields) => fields.values_mut().for_each(whole_numbers),
+        _ => {}
+    }
+}
+
+pub(crate) fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
+    p.map(|Path(v)| v)
+        .map_err(|e| ApiError::bad(format!("invalid path: {e}")))
+}
+
+pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(v)| v)
+        .map_err(|e| ApiError::bad(format!("invalid query: {e}")))
 }
 
 async fn require_admin_key(State(state): State<AdminState>, req: Request, next: Next) -> Response {

@@ -1,8 +1,7 @@
 //! Admin routes for room policy: lifecycle, keepalive, bans, mutes, mute-all, whitelists and the
 //! app-wide message-type lists.
 
-use super::routes::{parse, path, query};
-use super::{AdminState, ApiError, ApiErrorBody};
+use super::{AdminState, ApiError, ApiErrorBody, parse, path, query};
 use crate::policy::DestroyPolicy;
 use crate::server::moderation::{TypeList, UserUntil};
 use axum::Router;

@@ -1,6 +1,6 @@
 //! Handlers, their request and response bodies, and the OpenAPI document built from them.
 
-use super::{AdminState, ApiError, ApiErrorBody};
+use super::{AdminState, ApiError, ApiErrorBody, parse, path, query};
 use crate::protocol::{ErrorCode, RoomInfo, WireError};
 use crate::room::MemberOrder;
 use crate::server::moderation::RoomAdminView;
@@ -12,52 +12,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use utoipa::OpenApi;
 
 use axum::Json;
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
-/// Parses a JSON body, answering `BAD_REQUEST` with serde's message on failure. A number with
-/// a zero fraction (`60.0`, `6e1`) is an integer, as JSON Schema counts it.
-pub(super) fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    let bad = |e: serde_json::Error| ApiError::bad(format!("invalid JSON body: {e}"));
-    let mut value: serde_json::Value = serde_json::from_slice(body).map_err(bad)?;
-    whole_numbers(&mut value);
-    serde_json::from_value(value).map_err(bad)
-}
-
-/// Rewrites every float with a zero fraction that fits a `u64` or an `i64` as that integer.
-fn whole_numbers(v: &mut serde_json::Value) {
-    use serde_json::Value;
-    match v {
-        Value::Number(n) if n.is_f64() => {
-            let Some(f) = n.as_f64() else { return };
-            // `as` saturates: the round trip tells whether the value fits.
-            if f.fract() == 0.0 && f >= 0.0 && f < u64::MAX as f64 && f as u64 as f64 == f {
-                *v = Value::from(f as u64);
-            } else if f.fract() == 0.0 && f < 0.0 && f >= i64::MIN as f64 && f as i64 as f64 == f {
-                *v = Value::from(f as i64);
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(whole_numbers),
-        Value::Object(fields) => fields.values_mut().for_each(whole_numbers),
-        _ => {}
-    }
-}
-
-pub(super) fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
-    p.map(|Path(v)| v)
-        .map_err(|e| ApiError::bad(format!("invalid path: {e}")))
-}
-
-pub(super) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    q.map(|Query(v)| v)
-        .map_err(|e| ApiError::bad(format!("invalid query: {e}")))
-}
-
-pub(super) fn v1() -> Router<AdminState> {
+/// The routes of this file under `/v1` (tokens, rooms, members, messages).
+pub(super) fn routes() -> Router<AdminState> {
     Router::new()
         .route("/v1/tokens", post(mint_token))
         .route("/v1/rooms", post(create_room).get(list_rooms))
@@ -65,14 +26,8 @@ pub(super) fn v1() -> Router<AdminState> {
         .route("/v1/rooms/{id}", get(get_room).delete(destroy_room))
         .route("/v1/rooms/{id}/members", get(list_members))
         .route("/v1/rooms/{id}/members:check", post(check_members))
-        .route(
-            "/v1/rooms/{id}/messages",
-            post(send_room_message).get(super::data_routes::history),
-        )
         .route("/v1/messages", post(send_messages))
         .route("/v1/broadcast", post(broadcast))
-        .merge(super::policy_routes::routes())
-        .merge(super::data_routes::routes())
 }
 
 pub(super) fn open() -> Router<AdminState> {
@@ -96,7 +51,7 @@ pub struct Health {
 #[utoipa::path(get, path = "/healthz", responses(
     (status = 200, description = "The relay is serving and its store takes writes", body = Health),
     (status = 503, description = "The store cannot write (e.g. its disk is full): changes are refused until it recovers by itself", body = Health)))]
-async fn healthz(State(st): State<AdminState>) -> Response {
+pub(super) async fn healthz(State(st): State<AdminState>) -> Response {
     let store = st.relay.store().health();
     let (status, word) = match store {
         crate::store::StoreHealth::Healthy => (StatusCode::OK, "ok"),
@@ -113,12 +68,12 @@ async fn healthz(State(st): State<AdminState>) -> Response {
 }
 
 #[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "This document")))]
-async fn openapi_json(State(st): State<AdminState>) -> Json<serde_json::Value> {
+pub(super) async fn openapi_json(State(st): State<AdminState>) -> Json<serde_json::Value> {
     Json(super::openapi::document(&st.relay.config))
 }
 
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", body = String)))]
-async fn render_metrics(State(st): State<AdminState>) -> Response {
+pub(super) async fn render_metrics(State(st): State<AdminState>) -> Response {
     match &st.prometheus {
         Some(h) => (
             [(
@@ -161,7 +116,10 @@ pub struct TokenResponse {
 #[utoipa::path(post, path = "/v1/tokens", request_body = TokenRequest,
     responses((status = 200, body = TokenResponse), (status = 400, body = ApiErrorBody)),
     security(("admin_key" = [])))]
-async fn mint_token(State(st): State<AdminState>, body: Bytes) -> ApiResult<TokenResponse> {
+pub(super) async fn mint_token(
+    State(st): State<AdminState>,
+    body: Bytes,
+) -> ApiResult<TokenResponse> {
     let req: TokenRequest = parse(&body)?;
     let max = st.relay.config.auth.max_token_ttl_secs;
     let ttl = req.ttl_secs.unwrap_or(86_400);
@@ -234,7 +192,10 @@ impl From<RoomInfo> for RoomView {
 #[utoipa::path(post, path = "/v1/rooms", request_body = CreateRoom,
     responses((status = 201, body = RoomAdminView), (status = 409, description = "ROOM_EXISTS", body = ApiErrorBody)),
     security(("admin_key" = [])))]
-async fn create_room(State(st): State<AdminState>, body: Bytes) -> Result<Response, ApiError> {
+pub(super) async fn create_room(
+    State(st): State<AdminState>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let req: CreateRoom = parse(&body)?;
     let info = st.relay.create_room(NewRoom {
         id: req.id,
@@ -273,7 +234,7 @@ pub struct RoomList {
 
 #[utoipa::path(get, path = "/v1/rooms", params(ListParams),
     responses((status = 200, body = RoomList)), security(("admin_key" = [])))]
-async fn list_rooms(
+pub(super) async fn list_rooms(
     State(st): State<AdminState>,
     q: Result<Query<ListParams>, QueryRejection>,
 ) -> ApiResult<RoomList> {
@@ -301,7 +262,7 @@ fn page_limit(given: Option<usize>, default: usize, max: usize) -> Result<usize,
 #[utoipa::path(get, path = "/v1/rooms/{id}", params(("id" = String, Path, description = "Room id")),
     responses((status = 200, body = RoomAdminView), (status = 404, description = "ROOM_NOT_FOUND", body = ApiErrorBody)),
     security(("admin_key" = [])))]
-async fn get_room(
+pub(super) async fn get_room(
     State(st): State<AdminState>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<RoomAdminView> {
@@ -321,7 +282,7 @@ pub struct Destroyed {
 #[utoipa::path(delete, path = "/v1/rooms/{id}", params(("id" = String, Path, description = "Room id")),
     responses((status = 200, body = Destroyed), (status = 404, body = ApiErrorBody)),
     security(("admin_key" = [])))]
-async fn destroy_room(
+pub(super) async fn destroy_room(
     State(st): State<AdminState>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Destroyed> {
@@ -347,7 +308,10 @@ pub struct DestroyMany {
 #[utoipa::path(post, path = "/v1/rooms:destroy", request_body = DestroyMany,
     responses((status = 200, body = Destroyed), (status = 400, body = ApiErrorBody)),
     security(("admin_key" = [])))]
-async fn destroy_rooms(State(st): State<AdminState>, body: Bytes) -> ApiResult<Destroyed> {
+pub(super) async fn destroy_rooms(
+    State(st): State<AdminState>,
+    body: Bytes,
+) -> ApiResult<Destroyed> {
     let req: DestroyMany = parse(&body)?;
     let max = st.relay.config.limits.rooms_per_destroy;
     if req.ids.is_empty() || req.ids.len() > max {
@@ -419,7 +383,7 @@ pub struct MemberList {
     params(("id" = String, Path, description = "Room id"), MemberParams),
     responses((status = 200, body = MemberList), (status = 404, body = ApiErrorBody)),
     security(("admin_key" = [])))]
-async fn list_members(
+pub(super) async fn list_members(
     State(st): State<AdminState>,
     id: Result<Path<String>, PathRejection>,
     q: Result<Query<MemberParams>, QueryRejection>,
@@ -477,7 +441,7 @@ pub struct MemberCheckItem {
     params(("id" = String, Path, description = "Room id")),
     responses((status = 200, body = MemberCheck), (status = 400, body = ApiErrorBody)),
     security(("admin_key" = [])))]
-async fn check_members(
+pub(super) async fn check_members(
     State(st): State<AdminState>,
     id: Result<Path<String>, PathRejection>,
     body: Bytes,
@@ -554,7 +518,7 @@ pub struct Sent {
     params(("id" = String, Path, description = "Room id")),
     responses((status = 200, body = Sent), (status = 404, body = ApiErrorBody), (status = 413, body = ApiErrorBody)),
     security(("admin_key" = [])))]
-async fn send_room_message(
+pub(super) async fn send_room_message(
     State(st): State<AdminState>,
     id: Result<Path<String>, PathRejection>,
     body: Bytes,
@@ -620,7 +584,10 @@ pub struct MultiSent {
 #[utoipa::path(post, path = "/v1/messages", request_body = MultiMessage,
     responses((status = 200, body = MultiSent), (status = 400, body = ApiErrorBody)),
     security(("admin_key" = [])))]
-async fn send_messages(State(st): State<AdminState>, body: Bytes) -> ApiResult<MultiSent> {
+pub(super) async fn send_messages(
+    State(st): State<AdminState>,
+    body: Bytes,
+) -> ApiResult<MultiSent> {
     let req: MultiMessage = parse(&body)?;
     for r in &req.rooms {
         crate::room::validate_id("room id", r)?;
@@ -692,7 +659,7 @@ pub struct Broadcasted {
 #[utoipa::path(post, path = "/v1/broadcast", request_body = Broadcast,
     responses((status = 200, body = Broadcasted), (status = 400, body = ApiErrorBody)),
     security(("admin_key" = [])))]
-async fn broadcast(State(st): State<AdminState>, body: Bytes) -> ApiResult<Broadcasted> {
+pub(super) async fn broadcast(State(st): State<AdminState>, body: Bytes) -> ApiResult<Broadcasted> {
     let req: Broadcast = parse(&body)?;
     let msg = AdminMessage {
         body: body_bytes(&req.body, &req.body_b64)?,
@@ -705,81 +672,3 @@ async fn broadcast(State(st): State<AdminState>, body: Bytes) -> ApiResult<Broad
         rooms: st.relay.broadcast(&msg)?,
     }))
 }
-
-struct SecurityAddon;
-
-impl utoipa::Modify for SecurityAddon {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "admin_key",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-    }
-}
-
-/// Every call that changes something may be refused with `503 UNAVAILABLE` while the store
-/// cannot write: documented once here for every `POST`, `PUT` and `DELETE` under `/v1`.
-struct UnavailableAddon;
-
-impl utoipa::Modify for UnavailableAddon {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
-        let unavailable = ResponseBuilder::new()
-            .description(
-                "UNAVAILABLE: the store cannot write (e.g. its disk is full); nothing was changed. \
-                 Retry later; /healthz tells when the store takes writes again.",
-            )
-            .content(
-                "application/json",
-                ContentBuilder::new()
-                    .schema(Some(Ref::from_schema_name("ApiErrorBody")))
-                    .build(),
-            )
-            .build();
-        for (path, item) in openapi.paths.paths.iter_mut() {
-            if !path.starts_with("/v1/") || path == "/v1/tokens" {
-                continue;
-            }
-            for op in [&mut item.post, &mut item.put, &mut item.delete]
-                .into_iter()
-                .flatten()
-            {
-                op.responses
-                    .responses
-                    .entry("503".to_owned())
-                    .or_insert_with(|| unavailable.clone().into());
-            }
-        }
-    }
-}
-
-/// The OpenAPI document of the admin API.
-#[derive(OpenApi)]
-#[openapi(
-    info(title = "roomcast admin API", description = "Rooms, members, messages and tokens of a roomcast relay."),
-    paths(mint_token, create_room, list_rooms, get_room, destroy_room, destroy_rooms,
-          list_members, check_members, send_room_message, send_messages, broadcast,
-          healthz, render_metrics, openapi_json,
-          super::policy_routes::put_destroy_policy, super::policy_routes::put_destroy_at,
-          super::policy_routes::delete_destroy_at, super::policy_routes::put_keepalive,
-          super::policy_routes::delete_keepalive, super::policy_routes::get_keepalive,
-          super::policy_routes::post_bans, super::policy_routes::delete_ban, super::policy_routes::get_bans,
-          super::policy_routes::post_mutes, super::policy_routes::delete_mute, super::policy_routes::get_mutes,
-          super::policy_routes::put_mute_all, super::policy_routes::delete_mute_all,
-          super::policy_routes::post_mute_all_whitelist, super::policy_routes::delete_mute_all_whitelist,
-          super::policy_routes::get_mute_all_whitelist, super::policy_routes::post_user_whitelist,
-          super::policy_routes::delete_user_whitelist, super::policy_routes::get_user_whitelist,
-          super::policy_routes::post_global_mutes, super::policy_routes::delete_global_mute,
-          super::policy_routes::get_global_mutes, super::policy_routes::post_type_whitelist,
-          super::policy_routes::delete_type_whitelist, super::policy_routes::get_type_whitelist,
-          super::policy_routes::post_low_types, super::policy_routes::delete_low_type,
-          super::policy_routes::get_low_types,
-          super::data_routes::get_attributes, super::data_routes::put_attributes,
-          super::data_routes::delete_attribute, super::data_routes::delete_attributes,
-          super::data_routes::recall, super::data_routes::history),
-    components(schemas(ApiErrorBody, ErrorCode, Health)),
-    modifiers(&SecurityAddon, &UnavailableAddon)
-)]
-pub struct ApiDoc;

@@ -322,7 +322,7 @@ impl ClientEndpoint {
             SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
             SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
         };
-        let socket = crate::server::udp_socket(bind, SHARED_BUFFER, SHARED_BUFFER, false)
+        let socket = crate::net::udp_socket(bind, SHARED_BUFFER, SHARED_BUFFER, false)
             .map_err(ClientError::Endpoint)?;
         let runtime = quinn::default_runtime().ok_or_else(|| {
             ClientError::Endpoint(std::io::Error::other("no async runtime for QUIC"))

@@ -1,5 +1,5 @@
 //! A roomcast client over the WebSocket transport (`/ws` on the relay's public listener), with
-//! the same calls and events as the QUIC [`super::Client`]. The load harness uses it to measure
+//! the same calls and events as the QUIC [`Client`](crate::client::Client). The load harness uses it to measure
 //! the WebSocket transport; applications in Rust normally use QUIC.
 
 use super::{ClientError, ClientEvent, calls, to_client_event};

@@ -40,7 +40,7 @@ pub fn check_users(users: &[String]) -> Result<(), WireError> {
         )));
     }
     for u in users {
-        crate::room::validate_id("user id", u)?;
+        crate::protocol::validate_id("user id", u)?;
     }
     Ok(())
 }

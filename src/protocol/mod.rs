@@ -273,6 +273,7 @@
 mod codec;
 mod error;
 mod frames;
+mod ids;
 
 pub use codec::{
     DecodeError, FrameReader, HelloFrame, REQUEST_VARIANTS, decode_body, decode_client_frame,
@@ -280,6 +281,7 @@ pub use codec::{
 };
 pub use error::{CloseCode, ErrorCode, WireError};
 pub use frames::*;
+pub use ids::{validate_id, validate_msg_type};
 
 /// WebSocket envelope: the rest of the message is length-delimited [`ServerFrame`]s, as on the
 /// control stream.

@@ -4,7 +4,8 @@
 //! - the **publish side**, [`Ring`] plus [`Watchers`]: senders publish into the ring and wake the
 //!   subscribed connections; subscribers read at their own cursor and never block a publisher;
 //! - the **control side**, [`RoomState`] behind a mutex that only joins, leaves, sends (for the
-//!   membership check) and the admin API take; delivery tasks never touch it.
+//!   mute check) and the admin API take; delivery tasks never touch it. Who is a member, over
+//!   which connections, is [`core::Core`]'s: one state machine across rooms.
 //!
 //! The [`Fanout`] trait is the publish side's interface, so a clustered transport can stand in for
 //! the local ring later without touching the code that sends.
@@ -14,56 +15,19 @@
 //! acknowledgement to the change in memory, so the store sees them in the order memory makes them
 //! and nothing becomes visible before it is durable.
 
+pub mod core;
+pub mod records;
 pub mod ring;
 
 use crate::policy::{BudgetConfig, DestroyPolicy, IngressBudget, Moderation};
-use crate::protocol::{
-    Class, DestroyReason, ErrorCode, Event, Message, WireError, encode_datagram, encode_frame,
-};
-use crate::store::{AttrRecord, RoomRecord};
+use crate::protocol::{Class, DestroyReason, Event, Message, encode_datagram, encode_frame};
+pub use crate::protocol::{validate_id, validate_msg_type};
 use bytes::Bytes;
+use records::{AttrRecord, RoomRecord};
 pub use ring::{Entry, Hold, JoinPoint, Payload, Read, Refused, Ring, Signal, Watchers};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-
-/// Checks a room or user id: 1–64 characters from `[A-Za-z0-9_.:@-]`.
-pub fn validate_id(what: &str, id: &str) -> Result<(), WireError> {
-    if id.is_empty() || id.len() > 64 || !id.bytes().all(is_id_byte) {
-        // A long id is not echoed back (it may be kilobytes): its length says enough.
-        let got = if id.len() > 64 {
-            format!("{} bytes", id.len())
-        } else {
-            format!("{id:?}")
-        };
-        return Err(WireError::new(
-            ErrorCode::BadRequest,
-            format!("{what} must be 1-64 characters from [A-Za-z0-9_.:@-], got {got}"),
-        ));
-    }
-    Ok(())
-}
-
-/// Checks a client message type: 1–32 characters from the id set, not starting with `rc:`.
-pub fn validate_msg_type(t: &str) -> Result<(), WireError> {
-    if t.is_empty() || t.len() > 32 || !t.bytes().all(is_id_byte) {
-        return Err(WireError::new(
-            ErrorCode::BadRequest,
-            format!("message type must be 1-32 characters from [A-Za-z0-9_.:@-], got {t:?}"),
-        ));
-    }
-    if t.starts_with("rc:") {
-        return Err(WireError::new(
-            ErrorCode::BadRequest,
-            "message types starting with \"rc:\" are reserved for system messages",
-        ));
-    }
-    Ok(())
-}
-
-fn is_id_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b'-')
-}
 
 /// A message about to be published.
 #[derive(Debug, Clone)]
@@ -105,30 +69,9 @@ pub trait Fanout: Send + Sync {
     fn resolve(&self, seq: u64, keep: bool);
 }
 
-/// One member of a room.
-#[derive(Debug, Clone)]
-pub struct Member {
-    /// Join order, unique in the room.
-    pub order: u64,
-    /// Join time, ms since the epoch.
-    pub joined_ms: u64,
-    /// The user's connections subscribed to the room.
-    pub conns: HashSet<u64>,
-    /// Since when the user has had no connection (offline grace running).
-    pub offline_since: Option<u64>,
-    /// Messages the room had published ([`JoinPoint::messages`]) when the user went offline.
-    pub offline_messages: u64,
-    /// Messages the room had published when another connection of the user arrived while this
-    /// membership was still served (a reconnect before the old connection was noticed gone).
-    pub reconnect_messages: Option<u64>,
-}
-
 /// The control-side state of a room.
 #[derive(Debug, Default)]
 pub struct RoomState {
-    members: HashMap<String, Member>,
-    by_join: BTreeMap<u64, String>,
-    next_order: u64,
     /// Bans, mutes, mute-all and the whitelists.
     pub moderation: Moderation,
     /// How the room ends by itself.
@@ -165,112 +108,6 @@ pub enum MemberOrder {
     Asc,
     /// Newest joins first.
     Desc,
-}
-
-impl RoomState {
-    /// Adds `conn` of `user`; returns true if the user was not a member before.
-    pub fn add(&mut self, user: &str, conn: u64, now_ms: u64) -> bool {
-        if let Some(m) = self.members.get_mut(user) {
-            m.conns.insert(conn);
-            return false;
-        }
-        let order = self.next_order;
-        self.next_order += 1;
-        self.by_join.insert(order, user.to_owned());
-        self.members.insert(
-            user.to_owned(),
-            Member {
-                order,
-                joined_ms: now_ms,
-                conns: HashSet::from([conn]),
-                offline_since: None,
-                offline_messages: 0,
-                reconnect_messages: None,
-            },
-        );
-        true
-    }
-
-    /// Removes the user; returns its member record.
-    pub fn remove(&mut self, user: &str) -> Option<Member> {
-        let m = self.members.remove(user)?;
-        self.by_join.remove(&m.order);
-        Some(m)
-    }
-
-    /// Removes one connection of `user`; returns true if that left the user with none.
-    pub fn remove_conn(&mut self, user: &str, conn: u64) -> bool {
-        match self.members.get_mut(user) {
-            Some(m) => {
-                m.conns.remove(&conn);
-                m.conns.is_empty()
-            }
-            None => false,
-        }
-    }
-
-    /// The member record of `user`.
-    pub fn member(&self, user: &str) -> Option<&Member> {
-        self.members.get(user)
-    }
-
-    /// Whether `conn` of `user` has joined.
-    pub fn has_conn(&self, user: &str, conn: u64) -> bool {
-        self.members
-            .get(user)
-            .is_some_and(|m| m.conns.contains(&conn))
-    }
-
-    /// Member count.
-    pub fn len(&self) -> usize {
-        self.members.len()
-    }
-
-    /// Whether the room has no member.
-    pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
-    }
-
-    /// Up to `limit` members in join order, starting after the join order `after` (a cursor from a
-    /// previous page). Returns `(user, joined_ms, order)` triples.
-    pub fn page(
-        &self,
-        order: MemberOrder,
-        limit: usize,
-        after: Option<u64>,
-    ) -> Vec<(String, u64, u64)> {
-        let pick = |(o, u): (&u64, &String)| {
-            let joined = self.members.get(u).map_or(0, |m| m.joined_ms);
-            (u.clone(), joined, *o)
-        };
-        match (order, after) {
-            (MemberOrder::Asc, None) => self.by_join.iter().take(limit).map(pick).collect(),
-            (MemberOrder::Asc, Some(a)) => self
-                .by_join
-                .range(a.saturating_add(1)..)
-                .take(limit)
-                .map(pick)
-                .collect(),
-            (MemberOrder::Desc, None) => self.by_join.iter().rev().take(limit).map(pick).collect(),
-            (MemberOrder::Desc, Some(a)) => self
-                .by_join
-                .range(..a)
-                .rev()
-                .take(limit)
-                .map(pick)
-                .collect(),
-        }
-    }
-
-    /// Every member's user id and connections.
-    pub fn members(&self) -> impl Iterator<Item = (&String, &Member)> {
-        self.members.iter()
-    }
-
-    /// A member's record, to change it.
-    pub fn member_mut(&mut self, user: &str) -> Option<&mut Member> {
-        self.members.get_mut(user)
-    }
 }
 
 /// A live room.
@@ -446,46 +283,6 @@ pub type RoomRef = Arc<Room>;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ids_follow_the_spec_charset_and_length() {
-        assert!(validate_id("room id", "lobby-1_a.b:c@d").is_ok());
-        assert!(validate_id("room id", "").is_err());
-        assert!(validate_id("room id", &"a".repeat(64)).is_ok());
-        assert!(validate_id("room id", &"a".repeat(65)).is_err());
-        assert!(validate_id("room id", "a b").is_err());
-        assert!(validate_id("room id", "ü").is_err());
-    }
-
-    #[test]
-    fn message_types_are_short_and_not_reserved() {
-        assert!(validate_msg_type("chat").is_ok());
-        assert!(validate_msg_type(&"t".repeat(32)).is_ok());
-        assert!(validate_msg_type(&"t".repeat(33)).is_err());
-        let err = validate_msg_type("rc:kick").unwrap_err();
-        assert_eq!(err.code, ErrorCode::BadRequest);
-    }
-
-    #[test]
-    fn members_page_in_join_order_both_ways_with_cursor() {
-        let mut st = RoomState::default();
-        for (i, u) in ["a", "b", "c", "d"].iter().enumerate() {
-            assert!(st.add(u, i as u64, 100 + i as u64));
-        }
-        assert!(
-            !st.add("b", 9, 999),
-            "second device of a member is not a new member"
-        );
-        let names = |v: Vec<(String, u64, u64)>| v.into_iter().map(|t| t.0).collect::<Vec<_>>();
-        assert_eq!(names(st.page(MemberOrder::Asc, 2, None)), ["a", "b"]);
-        assert_eq!(names(st.page(MemberOrder::Asc, 2, Some(1))), ["c", "d"]);
-        assert_eq!(names(st.page(MemberOrder::Desc, 3, None)), ["d", "c", "b"]);
-        assert_eq!(names(st.page(MemberOrder::Desc, 3, Some(1))), ["a"]);
-        st.remove("b");
-        assert_eq!(names(st.page(MemberOrder::Asc, 10, None)), ["a", "c", "d"]);
-        assert!(st.remove_conn("a", 0));
-        assert!(!st.remove_conn("zz", 0));
-    }
 
     #[test]
     fn publish_encodes_once_and_keeps_history_only_when_asked() {

@@ -144,7 +144,7 @@ pub struct PublishState {
 }
 
 /// A consistent snapshot of the publish side, taken by a joining member.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct JoinPoint {
     /// The ring position the member reads from.
     pub pos: u64,
@@ -536,6 +536,18 @@ impl Watchers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_class_counters_follow_the_ring_class_index() {
+        // `crate::metrics::delivery()` registers its per-class counters in this order (the
+        // test lives here: metrics is below room in the stack).
+        for (i, c) in [Class::Protected, Class::Normal, Class::Low]
+            .into_iter()
+            .enumerate()
+        {
+            assert_eq!(class_index(c), i);
+        }
+    }
 
     fn payload(seq: u64, class: Class) -> Payload {
         Payload {

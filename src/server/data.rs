@@ -101,9 +101,9 @@ impl Relay {
         Ok(())
     }
 
-    fn check_member(room: &Room, st: &RoomState, actor: Actor<'_>) -> Result<(), WireError> {
+    fn check_member(&self, room: &Room, actor: Actor<'_>) -> Result<(), WireError> {
         if let Actor::Client(u) = actor
-            && st.member(u).is_none()
+            && !self.is_member(room, u)
         {
             return Err(werr(
                 ErrorCode::NotInRoom,
@@ -228,7 +228,7 @@ impl Relay {
             };
             let (ops, planned) = {
                 let st = room.state();
-                Self::check_member(&room, &st, actor)?;
+                relay.check_member(&room, actor)?;
                 plan(&room, &st, &user)
             };
             let target = room.clone();
@@ -261,7 +261,7 @@ impl Relay {
         let room = self.room(room_id)?;
         let st = room.state();
         if let Some(a) = actor {
-            Self::check_member(&room, &st, a)?;
+            self.check_member(&room, a)?;
         }
         let attrs = if keys.is_empty() {
             attributes_of(&st)
@@ -290,7 +290,7 @@ impl Relay {
             let users: Vec<String> = st
                 .departed
                 .iter()
-                .filter(|u| st.member(u).is_none())
+                .filter(|u| !self.is_member(room, u))
                 .cloned()
                 .collect();
             let doomed: Vec<String> = st
@@ -327,11 +327,11 @@ impl Relay {
 
     /// After a restart: marks the owners of `auto_delete` attributes who are not members as
     /// departed, for [`Relay::sweep`].
-    pub(crate) fn mark_orphaned_attrs(st: &mut RoomState) {
+    pub(crate) fn mark_orphaned_attrs(&self, room: &Room, st: &mut RoomState) {
         let orphans: Vec<String> = st
             .attrs
             .values()
-            .filter(|a| a.auto_delete && st.member(&a.owner).is_none())
+            .filter(|a| a.auto_delete && !self.is_member(room, &a.owner))
             .map(|a| a.owner.clone())
             .collect();
         st.departed.extend(orphans);

@@ -221,8 +221,8 @@ impl<L: Link, E: EventSink> Delivery<L, E> {
                     return;
                 }
                 // A membership that is ending keeps its place (before this one) until it is read
-                // to its end, so its messages and its Kicked come before the new membership's.
-                subs.retain(|s| s.leaving.is_some() || s.room.id != room.id);
+                // to its end, so its messages and its Kicked come before the new membership's;
+                // so does one of an older incarnation of the id, until its end is read.
                 if let Some(frame) = first {
                     notice(subs, out, &room.id, frame);
                 }
@@ -239,14 +239,12 @@ impl<L: Link, E: EventSink> Delivery<L, E> {
             }
             DeliveryCmd::Unsubscribe {
                 room,
+                epoch,
                 kicked,
                 until,
             } => {
                 // The next drain delivers what was published while a member, then ends it.
-                match subs
-                    .iter_mut()
-                    .find(|s| s.leaving.is_none() && s.room.id == room)
-                {
+                match live_sub(subs, &room, epoch) {
                     Some(sub) => {
                         sub.leaving = Some(Leaving {
                             until,
@@ -421,6 +419,13 @@ fn backlog(subs: &[Sub]) -> u64 {
         .sum()
 }
 
+/// The live (not ending) subscription of the incarnation `epoch` of `room`: an older
+/// incarnation of the id, still read to its end, is another membership.
+fn live_sub<'a>(subs: &'a mut [Sub], room: &str, epoch: u64) -> Option<&'a mut Sub> {
+    subs.iter_mut()
+        .find(|s| s.leaving.is_none() && s.room.id == room && s.room.epoch == epoch)
+}
+
 /// Queues a notice about `room`: next, ahead of the coming drain, unless a membership of `room`
 /// is still ending; then right after that membership's `Kicked`.
 fn notice(subs: &mut [Sub], out: &mut Vec<Bytes>, room: &str, frame: Bytes) {
@@ -465,6 +470,38 @@ impl Read {
 mod tests {
     use super::*;
     use std::time::Instant;
+
+    /// A room destroyed and created again while this connection still reads the old one: the
+    /// new membership's end (a kick) must end the new subscription, not the old one, which
+    /// still reads to its own end. Matched by id alone (the old order) it found the old one.
+    #[test]
+    fn a_membership_ends_on_its_own_incarnation_of_the_room() {
+        let budget = crate::policy::BudgetConfig {
+            window_ms: 1000,
+            total: 100,
+            reserved: 0,
+            protected_extra: 0,
+        };
+        let sub = |epoch| Sub {
+            room: Arc::new(Room::new("r".into(), "R".into(), epoch, 0, 8, budget)),
+            cursor: 0,
+            cum: [0; 3],
+            missed: [0; 3],
+            leaving: None,
+        };
+        let mut subs = vec![sub(1), sub(2)];
+        assert_eq!(live_sub(&mut subs, "r", 2).map(|s| s.room.epoch), Some(2));
+        assert_eq!(live_sub(&mut subs, "r", 1).map(|s| s.room.epoch), Some(1));
+        assert!(live_sub(&mut subs, "r", 3).is_none());
+        assert!(live_sub(&mut subs, "other", 2).is_none());
+        subs[1].leaving = Some(Leaving {
+            until: JoinPoint::default(),
+            kicked: Some(KickReason::Banned),
+            then: Vec::new(),
+        });
+        // An ending membership is not live: a second end finds nothing.
+        assert!(live_sub(&mut subs, "r", 2).is_none());
+    }
 
     #[test]
     fn the_write_window_holds_only_dense_traffic_with_a_small_backlog() {

@@ -1,7 +1,7 @@
 //! What a session and its delivery task need of a client connection, whatever carries it:
 //! native QUIC (`roomcast/1`), a WebTransport session (`h3` on the same UDP port) or a WebSocket
-//! on the public listener. Each transport implements [`Link`] (close, closed, datagrams),
-//! [`ReplySink`] (the control stream's write side) and [`EventSink`] (the delivery stream), so
+//! on the public listener. Each transport implements `Link` (close, closed, datagrams),
+//! `ReplySink` (the control stream's write side) and `EventSink` (the delivery stream), so
 //! the request loop and the delivery task are one code for all three.
 
 use crate::protocol::CloseCode;

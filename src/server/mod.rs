@@ -1,16 +1,15 @@
-//! The relay server: the QUIC endpoint, per-connection sessions, the room registry, and the admin
-//! listener, all stopped by one shutdown future.
-//!
-//! [`Server::bind`] takes a configuration and binds both sockets (use port 0 in tests and read the
-//! bound addresses back); [`Server::run`] serves until the shutdown future completes, then closes
-//! every client with [`CloseCode::Shutdown`] and the reason `server shutting down`, waits up to
-//! `shutdown_grace_ms` for the closes to be sent, and returns once every task it owns has ended.
+//! The shell around the room core: [`Relay`] feeds the core its inputs and applies its effects,
+//! and the client side of a relay lives here: the QUIC endpoints, one session per connection
+//! (control stream, delivery task) over every transport, the public web listener, and the data
+//! folder bootstrap. [`Listeners`] serves them until told to stop; `node::Server` (one layer up) runs
+//! them with the admin listener.
 
 mod admission;
 mod bootstrap;
 pub mod data;
 mod delivery;
 pub mod durable;
+#[cfg(feature = "bench")]
 pub(crate) use delivery::window_wait;
 pub mod link;
 pub mod moderation;
@@ -26,11 +25,9 @@ pub mod ws;
 pub use bootstrap::{DataFolder, Prepared, SERVER_FILE, ServerFile};
 pub use relay::Relay;
 
-use crate::auth::TokenAuth;
 use crate::config::Config;
 use crate::protocol::CloseCode;
 use crate::tls::{Certs, ServerIdentity, TlsError};
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,160 +71,76 @@ pub struct Secrets {
     pub token_secret: String,
 }
 
-/// A bound, not yet running relay.
-pub struct Server {
-    relay: Arc<Relay>,
-    endpoints: Vec<quinn::Endpoint>,
-    admin: tokio::net::TcpListener,
-    quic_addr: SocketAddr,
-    admin_addr: SocketAddr,
-    /// The public web listener (WebSocket, SDK, demo page), unless `server.web = "off"`.
-    web: Option<tokio::net::TcpListener>,
-    web_addr: Option<SocketAddr>,
-    certs: Arc<Certs>,
+/// The relay's client listeners, bound and not yet serving: the QUIC endpoints (native clients
+/// and WebTransport on one UDP port) and the public web listener (WebSocket, SDK, demo page).
+/// `node::Server` (one layer up) binds them beside the admin listener and runs them.
+pub struct Listeners {
+    /// The relay they serve.
+    pub relay: Arc<Relay>,
+    /// The QUIC endpoints on one port.
+    pub endpoints: Vec<quinn::Endpoint>,
+    /// The bound QUIC address.
+    pub quic_addr: SocketAddr,
+    /// The public web listener, unless `server.web = "off"`.
+    pub web: Option<tokio::net::TcpListener>,
+    /// The certificate the relay presents (and renews, for a development one).
+    pub certs: Arc<Certs>,
 }
 
 /// How often a running relay checks whether its development certificate is due for renewal.
 const CERT_CHECK: Duration = Duration::from_secs(3600);
 
-impl Server {
-    /// Opens the store in the data folder, then binds the QUIC endpoint and the admin listener.
-    pub async fn bind(
-        config: Config,
-        secrets: Secrets,
-        identity: &ServerIdentity,
-    ) -> Result<Self, ServerError> {
-        config.validate()?;
-        std::fs::create_dir_all(&config.server.data)
-            .map_err(|e| ServerError::Data(format!("{}: {e}", config.server.data.display())))?;
-        let store = crate::store::RedbStore::open(
-            &config.server.data.join(STORE_FILE),
-            config.store_config(),
-        )?;
-        Self::bind_with_store(config, secrets, identity, Arc::new(store)).await
-    }
-
-    /// [`Server::bind`] on a store the caller opened (a [`crate::store::RedbStore`] on a
-    /// [`crate::store::StoreFile`] of its own, for instance); the data folder holds the rest.
-    pub async fn bind_with_store(
-        config: Config,
-        secrets: Secrets,
-        identity: &ServerIdentity,
-        store: Arc<dyn crate::store::Store>,
-    ) -> Result<Self, ServerError> {
-        config.validate()?;
-        let config = Arc::new(config);
-        let certs = identity.certs()?;
-        let endpoints = endpoints(&config, &certs)?;
-        let quic_addr = endpoints[0]
-            .local_addr()
-            .map_err(|source| ServerError::Bind {
-                what: "QUIC",
-                addr: config.server.quic,
-                source,
-            })?;
-        let admin = tokio::net::TcpListener::bind(config.server.admin)
-            .await
-            .map_err(|source| ServerError::Bind {
-                what: "admin",
-                addr: config.server.admin,
-                source,
-            })?;
-        let admin_addr = admin.local_addr().map_err(|source| ServerError::Bind {
-            what: "admin",
-            addr: config.server.admin,
+/// Binds the QUIC endpoints of `config` (`server.quic`, `transport.endpoints`); returns them with
+/// the bound address.
+pub fn bind_quic(
+    config: &Config,
+    certs: &Arc<Certs>,
+) -> Result<(Vec<quinn::Endpoint>, SocketAddr), ServerError> {
+    let endpoints = endpoints(config, certs)?;
+    let quic_addr = endpoints[0]
+        .local_addr()
+        .map_err(|source| ServerError::Bind {
+            what: "QUIC",
+            addr: config.server.quic,
             source,
         })?;
-        let (web, web_addr) = match config.server.web_addr(quic_addr)? {
-            Some(addr) => {
-                let bind_err = |source| ServerError::Bind {
-                    what: "web",
-                    addr,
-                    source,
-                };
-                let listener = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(bind_err)?;
-                let bound = listener.local_addr().map_err(bind_err)?;
-                (Some(listener), Some(bound))
-            }
-            None => (None, None),
-        };
-        let auth = TokenAuth::new(
-            secrets.token_secret.as_bytes(),
-            config.auth.leeway_secs,
-            config.auth.dev_mode,
-        );
-        let snapshot = store.load()?;
-        let relay = Arc::new(Relay::new(config, auth, secrets.admin_key, store));
-        relay.restore(snapshot);
-        Ok(Server {
+    Ok((endpoints, quic_addr))
+}
+
+/// Binds the public web listener of `config` (`server.web`), given the bound QUIC address;
+/// `None` when it is off.
+pub async fn bind_web(
+    config: &Config,
+    quic_addr: SocketAddr,
+) -> Result<Option<(tokio::net::TcpListener, SocketAddr)>, ServerError> {
+    let Some(addr) = config.server.web_addr(quic_addr)? else {
+        return Ok(None);
+    };
+    let bind_err = |source| ServerError::Bind {
+        what: "web",
+        addr,
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(bind_err)?;
+    let bound = listener.local_addr().map_err(bind_err)?;
+    Ok(Some((listener, bound)))
+}
+
+impl Listeners {
+    /// Serves until `stop` turns true, then closes every client with [`CloseCode::Shutdown`] and
+    /// the reason `server shutting down`, waits up to `shutdown_grace_ms` for the closes to be
+    /// sent, and returns once every task it owns has ended. The timer pass runs meanwhile.
+    pub async fn run(self, stop_rx: tokio::sync::watch::Receiver<bool>) {
+        let Listeners {
             relay,
             endpoints,
-            admin,
-            quic_addr,
-            admin_addr,
-            web,
-            web_addr,
-            certs,
-        })
-    }
-
-    /// The bound QUIC address.
-    pub fn quic_addr(&self) -> SocketAddr {
-        self.quic_addr
-    }
-
-    /// The bound admin address.
-    pub fn admin_addr(&self) -> SocketAddr {
-        self.admin_addr
-    }
-
-    /// The bound public web listener address, unless it is off.
-    pub fn web_addr(&self) -> Option<SocketAddr> {
-        self.web_addr
-    }
-
-    /// The certificate the relay presents (and renews, for a development one).
-    pub fn certs(&self) -> &Arc<Certs> {
-        &self.certs
-    }
-
-    /// The shared core, for in-process inspection.
-    pub fn relay(&self) -> &Arc<Relay> {
-        &self.relay
-    }
-
-    /// Serves until `shutdown` completes, then closes every connection and returns.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Server {
-            relay,
-            endpoints,
-            admin,
             quic_addr,
             web,
             certs,
-            ..
         } = self;
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut sessions = tokio::task::JoinSet::new();
-        let prometheus = crate::metrics::prometheus();
-        let router = crate::admin::router(relay.clone(), prometheus.clone());
-        // Histogram samples are folded into their buckets on this timer, not only when scraped.
-        let upkeep = prometheus.map(|handle| {
-            let mut stop = stop_rx.clone();
-            tokio::spawn(crate::metrics::upkeep(handle, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            }))
-        });
-        let mut admin_rx = stop_rx.clone();
-        let admin_limits = crate::admin::serve::ServeLimits::of(&relay.config);
-        let admin_task = tokio::spawn(async move {
-            let stop = async move {
-                let _ = admin_rx.wait_for(|s| *s).await;
-            };
-            crate::admin::serve::serve(admin, router, admin_limits, stop).await;
-        });
         let ticker = {
             let relay = relay.clone();
             let mut stop = stop_rx.clone();
@@ -312,11 +225,11 @@ impl Server {
             });
         }
         drop(incoming_tx);
-        tokio::pin!(shutdown);
+        let mut stop = stop_rx.clone();
         loop {
             tokio::select! {
                 biased;
-                _ = &mut shutdown => break,
+                _ = stop.wait_for(|s| *s) => break,
                 // Reaped before taking more, so a stream of connections cannot pile up ended
                 // sessions in the set.
                 Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
@@ -330,12 +243,8 @@ impl Server {
         }
         acceptors.abort_all();
         tracing::info!("shutting down");
-        let _ = stop_tx.send(true);
         let _ = ticker.await;
         let _ = renewer.await;
-        if let Some(upkeep) = upkeep {
-            let _ = upkeep.await;
-        }
         let reason = b"server shutting down";
         relay.close_all(CloseCode::Shutdown, "server shutting down");
         for ep in &endpoints {
@@ -349,12 +258,6 @@ impl Server {
             // It drains its own connections within the grace period.
             let _ = task.await;
         }
-        if tokio::time::timeout(grace, admin_task).await.is_err() {
-            tracing::warn!("admin listener did not stop in time");
-        }
-        drop(stop_rx);
-        relay.store().close();
-        tracing::info!("stopped");
     }
 }
 
@@ -462,8 +365,8 @@ fn endpoint_with(
         addr,
         source,
     };
-    let socket =
-        udp_socket(addr, t.udp_recv_buffer, t.udp_send_buffer, reuse_port).map_err(bind_err)?;
+    let socket = crate::net::udp_socket(addr, t.udp_recv_buffer, t.udp_send_buffer, reuse_port)
+        .map_err(bind_err)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| ServerError::Data("no async runtime for QUIC".into()))?;
     quinn::Endpoint::new(
@@ -474,119 +377,6 @@ fn endpoint_with(
     )
     .map_err(bind_err)
 }
-
-/// A UDP socket bound to `addr` with (up to) the given buffer sizes; the relay's endpoints and
-/// shared client endpoints use it.
-pub(crate) fn udp_socket(
-    addr: SocketAddr,
-    recv_buffer: usize,
-    send_buffer: usize,
-    reuse_port: bool,
-) -> std::io::Result<std::net::UdpSocket> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::DGRAM,
-        Some(socket2::Protocol::UDP),
-    )?;
-    if addr.is_ipv6() {
-        let _ = socket.set_only_v6(false);
-    }
-    #[cfg(unix)]
-    if reuse_port {
-        socket.set_reuse_port(true)?;
-    }
-    #[cfg(not(unix))]
-    let _ = reuse_port;
-    // The kernel's default UDP buffers (208 KiB) drop packets at a few hundred busy connections:
-    // every connection's acknowledgements and requests land in one socket. Ask for more; the
-    // kernel caps SO_RCVBUF at net.core.rmem_max, so try SO_RCVBUFFORCE (root or CAP_NET_ADMIN)
-    // when the cap bites, and say so when neither works.
-    set_buffer(&socket, recv_buffer, BufferKind::Recv);
-    set_buffer(&socket, send_buffer, BufferKind::Send);
-    socket.bind(&addr.into())?;
-    Ok(socket.into())
-}
-
-#[derive(Clone, Copy)]
-enum BufferKind {
-    Recv,
-    Send,
-}
-
-fn set_buffer(socket: &socket2::Socket, want: usize, kind: BufferKind) {
-    let (set, get, force, name) = match kind {
-        BufferKind::Recv => (
-            socket2::Socket::set_recv_buffer_size
-                as fn(&socket2::Socket, usize) -> std::io::Result<()>,
-            socket2::Socket::recv_buffer_size as fn(&socket2::Socket) -> std::io::Result<usize>,
-            force_opt(libc_opt::SO_RCVBUFFORCE),
-            "receive",
-        ),
-        BufferKind::Send => (
-            socket2::Socket::set_send_buffer_size
-                as fn(&socket2::Socket, usize) -> std::io::Result<()>,
-            socket2::Socket::send_buffer_size as fn(&socket2::Socket) -> std::io::Result<usize>,
-            force_opt(libc_opt::SO_SNDBUFFORCE),
-            "send",
-        ),
-    };
-    let _ = set(socket, want);
-    // Linux reports twice the usable size.
-    if get(socket).unwrap_or(0) >= want {
-        return;
-    }
-    if let Some(opt) = force {
-        force_buffer(socket, opt, want);
-    }
-    let got = get(socket).unwrap_or(0);
-    if got < want {
-        tracing::warn!(
-            wanted = want,
-            got,
-            "UDP {name} buffer is smaller than configured; raise net.core.{}mem_max",
-            if matches!(kind, BufferKind::Recv) {
-                "r"
-            } else {
-                "w"
-            }
-        );
-    }
-}
-
-#[cfg(target_os = "linux")]
-mod libc_opt {
-    pub const SO_RCVBUFFORCE: i32 = libc::SO_RCVBUFFORCE;
-    pub const SO_SNDBUFFORCE: i32 = libc::SO_SNDBUFFORCE;
-}
-#[cfg(not(target_os = "linux"))]
-mod libc_opt {
-    pub const SO_RCVBUFFORCE: i32 = -1;
-    pub const SO_SNDBUFFORCE: i32 = -1;
-}
-
-fn force_opt(opt: i32) -> Option<i32> {
-    (opt >= 0).then_some(opt)
-}
-
-#[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
-fn force_buffer(socket: &socket2::Socket, opt: i32, want: usize) {
-    use std::os::fd::AsRawFd;
-    let val = i32::try_from(want).unwrap_or(i32::MAX);
-    // SAFETY: a plain setsockopt on a socket we own, with a pointer to a live i32 and its size.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            opt,
-            (&val as *const i32).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        );
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn force_buffer(_: &socket2::Socket, _: i32, _: usize) {}
 
 /// Raises this process's open-file limit (`RLIMIT_NOFILE`) to its hard limit; returns the soft
 /// limit before and after. Every admin connection and client socket takes a descriptor, and the

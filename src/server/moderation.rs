@@ -84,7 +84,7 @@ impl Relay {
             name: room.name.clone(),
             epoch: room.epoch,
             created_ms: room.created_ms,
-            member_count: st.len() as u64,
+            member_count: self.member_count(room) as u64,
             destroy_policy: st.policy,
             destroy_at_ms: st.destroy_at_ms,
             keepalive,
@@ -169,6 +169,7 @@ impl Relay {
         let dur = policy::check_minutes(minutes)?;
         let banned = users.to_vec();
         let told = users.to_vec();
+        let s_relay = self.clone();
         let durable = self.room_change(
             id,
             move |s, room, st, ops| {
@@ -180,7 +181,9 @@ impl Relay {
                     .attrs
                     .iter()
                     .filter(|(_, a)| {
-                        a.auto_delete && banned.contains(&a.owner) && st.member(&a.owner).is_some()
+                        a.auto_delete
+                            && banned.contains(&a.owner)
+                            && s_relay.is_member(room, &a.owner)
                     })
                     .map(|(k, _)| k.clone())
                     .collect();
@@ -196,7 +199,7 @@ impl Relay {
             move |relay, room, st, (until, doomed)| {
                 let now = now_ms();
                 for u in &told {
-                    relay.remove_member(room, st, u, Some(KickReason::Banned), now);
+                    relay.remove_member(room, st, u, KickReason::Banned, now);
                 }
                 for key in doomed {
                     if st.attrs.contains_key(key) {
@@ -587,14 +590,22 @@ impl Relay {
     /// (state locked: published and checked under one lock, so a target that leaves or joins
     /// meanwhile gets the notice once, from the room or directly).
     fn notify(&self, room: &Room, st: &RoomState, users: &[String], event: &Event, notify: bool) {
-        if notify {
-            room.publish_event(event, now_ms());
-        }
-        for u in users {
-            let in_room = notify && st.member(u).is_some();
-            if !in_room {
-                self.tell_user(u, event);
+        let _ = st;
+        // Published and checked under the core's lock: no membership of the room begins or
+        // ends in between.
+        let direct: Vec<&String> = {
+            let core = self.core();
+            if notify {
+                room.publish_event(event, now_ms());
             }
+            let live = core.room(&room.id).filter(|r| r.epoch == room.epoch);
+            users
+                .iter()
+                .filter(|u| !(notify && live.is_some_and(|r| r.member(u).is_some())))
+                .collect()
+        };
+        for u in direct {
+            self.tell_user(u, event);
         }
     }
 

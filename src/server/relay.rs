@@ -1,7 +1,16 @@
 //! The registry of rooms, users and connections, and every operation on them that the QUIC
 //! sessions and the admin API share.
 //!
-//! Lock order, always: `rooms` → `creating` → a room's state → `users` → `conns`. Nothing here
+//! Who is a member of which room over which connections is decided by the membership core
+//! ([`crate::room::core::Core`]): the relay feeds it every join, leave, kick, connection up or
+//! down, room creation and destruction and timer pass, with the time and the room's publish
+//! position, and applies the effects it returns. The connections' effects (subscribe,
+//! unsubscribe) are applied under the core's lock, so a kick that follows a join cannot reach
+//! a delivery task before its subscription; the rooms' (member events, counts, departed
+//! owners) once it is released, each under its room's state lock.
+//!
+//! Lock order, always: `rooms` → `creating` → a room's state → `core` → (`rooms`, read, held
+//! for a lookup only) → `conns`. `rooms` is never held while taking `core`. Nothing here
 //! awaits while holding one of these, and nothing on the delivery path takes any of them. The
 //! async change locks (see [`super::durable`]) come before all of them: a room's, then the
 //! app-wide lists'.
@@ -22,13 +31,14 @@ use crate::policy::{self, DestroyPolicy, GlobalPolicy};
 use crate::protocol::{
     Class, DestroyReason, ErrorCode, Event, JoinInfo, KickReason, RoomInfo, WireError, encode_frame,
 };
+use crate::room::core::{After, Core, CoreConfig, Effect, Ended};
 use crate::room::{
     Fanout, Hold, JoinPoint, MemberOrder, Outgoing, Refused, Room, RoomState, Signal, validate_id,
     validate_msg_type,
 };
 use crate::store::{Ack, Durability, Op, Snapshot, Store, StoredMessage, Then};
 use bytes::Bytes;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -50,6 +60,8 @@ pub enum DeliveryCmd {
     Unsubscribe {
         /// Room id.
         room: String,
+        /// The room's epoch: a membership of an older incarnation of the id is not this one.
+        epoch: u64,
         /// Why, when the client did not ask for it.
         kicked: Option<KickReason>,
         /// Where the membership ended: the first position after it, and the class counts before.
@@ -106,12 +118,6 @@ pub struct ConnHandle {
     pub transport: super::link::TransportKind,
 }
 
-#[derive(Default)]
-struct UserState {
-    conns: HashSet<u64>,
-    rooms: HashSet<String>,
-}
-
 /// Fields of a room creation.
 #[derive(Debug, Clone, Default)]
 pub struct NewRoom {
@@ -155,19 +161,6 @@ pub struct AdminMessage {
     pub low: bool,
 }
 
-/// A subscription to `room` from `at` that first tells the client `Resumed{missed}`.
-fn resume(room: &Arc<Room>, at: JoinPoint, missed: u64) -> DeliveryCmd {
-    DeliveryCmd::Subscribe {
-        room: room.clone(),
-        at,
-        first: Some(encode_frame(&Event::Resumed {
-            room: room.id.clone(),
-            missed,
-            last_seq: at.last_seq,
-        })),
-    }
-}
-
 /// A message's `(seq, ts)`.
 pub type Stamped = (u64, u64);
 
@@ -204,7 +197,8 @@ pub struct Relay {
     store: Arc<dyn Store>,
     rooms: RwLock<HashMap<String, Arc<Room>>>,
     global: RwLock<GlobalPolicy>,
-    users: Mutex<HashMap<String, UserState>>,
+    /// Memberships (see the module doc).
+    core: Mutex<Core>,
     conns: Mutex<HashMap<u64, ConnHandle>>,
     next_conn: AtomicU64,
     last_epoch: AtomicU64,
@@ -244,6 +238,11 @@ impl Relay {
         admin_key: String,
         store: Arc<dyn Store>,
     ) -> Self {
+        let core = Core::new(CoreConfig {
+            rooms_per_user: config.limits.rooms_per_user,
+            single_room: config.rooms.single_room,
+            offline_grace_ms: config.rooms.offline_grace_ms,
+        });
         Relay {
             config,
             auth,
@@ -251,7 +250,7 @@ impl Relay {
             store,
             rooms: RwLock::new(HashMap::new()),
             global: RwLock::new(GlobalPolicy::default()),
-            users: Mutex::new(HashMap::new()),
+            core: Mutex::new(core),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             last_epoch: AtomicU64::new(0),
@@ -343,9 +342,205 @@ impl Relay {
         }
         metrics::gauge!(m::ROOMS).set(rooms.len() as f64);
         tracing::info!(rooms = rooms.len(), "rooms restored from the store");
+        let live: Vec<(String, u64)> = rooms.values().map(|r| (r.id.clone(), r.epoch)).collect();
+        drop(rooms);
+        let mut core = self.core();
+        for (id, epoch) in live {
+            core.room_created(&id, epoch);
+        }
     }
 
     // ---- connections ----
+
+    /// The membership core, locked (see the module doc for the order).
+    pub(crate) fn core(&self) -> MutexGuard<'_, Core> {
+        lock(&self.core)
+    }
+
+    /// Where the live room `id` stands now (a zero point for a room that is gone).
+    fn point(&self, id: &str) -> JoinPoint {
+        self.room(id)
+            .map(|r| r.ring.join_point())
+            .unwrap_or_default()
+    }
+
+    /// Whether `user` is a member of `room` now.
+    pub(crate) fn is_member(&self, room: &Room, user: &str) -> bool {
+        let core = self.core();
+        core.room(&room.id)
+            .is_some_and(|r| r.epoch == room.epoch && r.member(user).is_some())
+    }
+
+    /// Member count of `room`.
+    pub(crate) fn member_count(&self, room: &Room) -> usize {
+        let core = self.core();
+        core.room(&room.id)
+            .filter(|r| r.epoch == room.epoch)
+            .map_or(0, |r| r.len())
+    }
+
+    /// Applies the core's effects in order, its lock held by the caller (so they reach the
+    /// delivery queues and the rings in the core's order): the connections' (subscribe,
+    /// unsubscribe) and those of `held` (its state locked by the caller: the member gauge,
+    /// events, departed owners). Returns the other rooms' effects, for [`Relay::other_rooms`]
+    /// once both locks are released (a room's state is never taken while another's is held).
+    ///
+    /// A join's subscription (no `resumed`) starts where the ring is when it is applied: after
+    /// the join's own `MemberJoined`, applied just before it. A resumed one starts exactly where
+    /// the core counted what the connection missed; `started` is set to a join's.
+    fn apply(
+        &self,
+        fx: Vec<Effect>,
+        mut held: Option<(&Room, &mut RoomState)>,
+        now: u64,
+        started: &mut Option<JoinPoint>,
+    ) -> Vec<Effect> {
+        let mut others = Vec::new();
+        for e in fx {
+            match e {
+                Effect::Subscribe {
+                    conn,
+                    room,
+                    epoch,
+                    at,
+                    resumed,
+                } => {
+                    let Some(target) = self.room(&room).ok().filter(|r| r.epoch == epoch) else {
+                        continue;
+                    };
+                    let (at, first) = match resumed {
+                        None => {
+                            let at = target.ring.join_point();
+                            *started = Some(at);
+                            (at, None)
+                        }
+                        Some(missed) => {
+                            tracing::debug!(room = %room, conn, missed, "membership resumed");
+                            let frame = encode_frame(&Event::Resumed {
+                                room: room.clone(),
+                                missed,
+                                last_seq: at.last_seq,
+                            });
+                            (at, Some(frame))
+                        }
+                    };
+                    self.tell(
+                        conn,
+                        DeliveryCmd::Subscribe {
+                            room: target,
+                            at,
+                            first,
+                        },
+                    );
+                }
+                Effect::Unsubscribe {
+                    conn,
+                    room,
+                    epoch,
+                    kicked,
+                    until,
+                } => self.tell(
+                    conn,
+                    DeliveryCmd::Unsubscribe {
+                        room,
+                        epoch,
+                        kicked,
+                        until,
+                    },
+                ),
+                Effect::Joined {
+                    ref room, epoch, ..
+                }
+                | Effect::Left {
+                    ref room, epoch, ..
+                } => match held.as_mut() {
+                    Some((r, st)) if r.id == *room && r.epoch == epoch => {
+                        self.room_effect(r, st, e, now)
+                    }
+                    _ => others.push(e),
+                },
+                Effect::Store { .. } => others.push(e),
+            }
+        }
+        others
+    }
+
+    /// Applies the rooms' effects of the core, each under its own room's lock (none held).
+    fn other_rooms(&self, fx: Vec<Effect>, now: u64) {
+        for e in fx {
+            let (Effect::Joined {
+                room: id, epoch, ..
+            }
+            | Effect::Left {
+                room: id, epoch, ..
+            }) = &e
+            else {
+                continue;
+            };
+            match self.room(id) {
+                Ok(room) if room.epoch == *epoch => {
+                    let mut st = room.state();
+                    self.room_effect(&room, &mut st, e, now);
+                }
+                // Gone meanwhile: only the gauge still counts it.
+                _ => {
+                    if let Effect::Left { .. } = e {
+                        metrics::gauge!(m::MEMBERS).decrement(1.0);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One room effect: the member gauge and counters, activity, departed owners of
+    /// auto-delete attributes, `MemberJoined`/`MemberLeft` when the room has member events.
+    fn room_effect(&self, room: &Room, st: &mut RoomState, e: Effect, now: u64) {
+        match e {
+            Effect::Joined { user, members, .. } => {
+                metrics::gauge!(m::MEMBERS).increment(1.0);
+                if self.member_events_on(st, members) {
+                    room.publish_event(
+                        &Event::MemberJoined {
+                            room: room.id.clone(),
+                            user,
+                        },
+                        now,
+                    );
+                    st.count_announced = None;
+                }
+            }
+            Effect::Left {
+                user, how, members, ..
+            } => {
+                metrics::gauge!(m::MEMBERS).decrement(1.0);
+                if how == Ended::Destroyed {
+                    return;
+                }
+                if let Ended::Kicked(k) = how
+                    && k != KickReason::OtherDevice
+                {
+                    metrics::counter!(m::MEMBERS_REMOVED, "reason" => k.as_str()).increment(1);
+                }
+                st.last_activity_ms = now;
+                // Its auto-delete attributes go too, durably first (see `Relay::sweep`).
+                if st.attrs.values().any(|a| a.auto_delete && a.owner == user) {
+                    st.departed.insert(user.clone());
+                }
+                if self.member_events_on(st, members) {
+                    room.publish_event(
+                        &Event::MemberLeft {
+                            room: room.id.clone(),
+                            user,
+                        },
+                        now,
+                    );
+                    // Members track the count from events again; a later crossing re-announces it.
+                    st.count_announced = None;
+                }
+            }
+            _ => {}
+        }
+    }
 
     /// Registers an authenticated connection; returns its id. Memberships the user kept through
     /// the offline grace period move to this connection: it is subscribed to them at once and told
@@ -353,188 +548,84 @@ impl Relay {
     pub fn register_conn(&self, handle: ConnHandle) -> u64 {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let user = handle.user.clone();
-        let tx = handle.tx.clone();
         let transport = handle.transport;
-        // In `conns` before `users`: a connection another one hands a room over to (found in
-        // `users`, see `unregister_conn`) must already be reachable by `tell`.
+        // In `conns` before the core hears of it: its subscriptions must reach it. A fresh
+        // queue of 256 holds them (at most rooms_per_user).
         lock(&self.conns).insert(id, handle);
-        let rooms: Vec<String> = {
-            let mut users = lock(&self.users);
-            let u = users.entry(user.clone()).or_default();
-            u.conns.insert(id);
-            u.rooms.iter().cloned().collect()
-        };
         metrics::gauge!(m::CONNECTIONS, "transport" => transport.as_str()).increment(1.0);
-        for room_id in rooms {
-            let Ok(room) = self.room(&room_id) else {
-                continue;
-            };
-            let mut st = room.state();
-            let published = room.ring.join_point().messages;
-            let Some(member) = st.member_mut(&user) else {
-                continue;
-            };
-            if member.conns.contains(&id) {
-                // Handed over to this connection already, by another one that closed meanwhile.
-                continue;
-            }
-            if member.offline_since.take().is_none() {
-                // Still served by another connection, maybe one that died unnoticed: should that
-                // one go, this connection takes over from here (see `unregister_conn`).
-                member.reconnect_messages.get_or_insert(published);
-                continue;
-            }
-            member.conns.insert(id);
-            let at = room.ring.join_point();
-            let missed = at.messages.saturating_sub(member.offline_messages);
-            // Queued under the room's lock, so a kick or ban of this membership that follows
-            // cannot reach the delivery task first. A fresh queue of 256 holds these (at most
-            // rooms_per_user).
-            let _ = tx.try_send(resume(&room, at, missed));
-            drop(st);
-            tracing::debug!(room = %room_id, user = %user, missed, "membership resumed");
-        }
+        let mut core = self.core();
+        let fx = core.conn_up(id, &user, &mut |r| self.point(r));
+        let rest = self.apply(fx, None, now_ms(), &mut None);
+        drop(core);
+        self.other_rooms(rest, now_ms());
         id
     }
 
     /// Removes a closed connection. A member left with no connection goes offline: it is removed
-    /// after `offline_grace_ms` unless it reconnects (see [`Relay::tick`]).
+    /// after `offline_grace_ms` unless it reconnects (see [`Relay::tick`]); one the user's other
+    /// connections can serve moves to them.
     pub fn unregister_conn(&self, id: u64) {
         let Some(handle) = lock(&self.conns).remove(&id) else {
             return;
         };
         metrics::gauge!(m::CONNECTIONS, "transport" => handle.transport.as_str()).decrement(1.0);
-        let rooms: Vec<String> = {
-            let mut users = lock(&self.users);
-            let Some(u) = users.get_mut(&handle.user) else {
-                return;
-            };
-            u.conns.remove(&id);
-            u.rooms.iter().cloned().collect()
-        };
         let now = now_ms();
-        let grace = self.config.rooms.offline_grace_ms;
-        for room_id in rooms {
-            let Ok(room) = self.room(&room_id) else {
-                continue;
-            };
-            let mut st = room.state();
-            if !st.remove_conn(&handle.user, id) {
-                continue;
-            }
-            // The user's live connections, read under the room's lock: one that closes
-            // meanwhile either is gone from `users` already or finds itself handed over here
-            // when its own pass reaches this room.
-            let live: Vec<u64> = lock(&self.users)
-                .get(&handle.user)
-                .map(|u| u.conns.iter().copied().collect())
-                .unwrap_or_default();
-            if !live.is_empty() {
-                // The user is still connected (a reconnect that came before this connection was
-                // noticed gone): its live connections take the membership over.
-                self.hand_over(&room, &mut st, &handle.user, &live);
-                continue;
-            }
-            if grace == 0 {
-                self.remove_member(&room, &mut st, &handle.user, None, now);
-            } else if let Some(m) = st.member_mut(&handle.user) {
-                m.offline_since = Some(now);
-                m.offline_messages = room.ring.join_point().messages;
-            }
-        }
-        self.drop_user_if_unused(&handle.user);
+        let mut core = self.core();
+        let fx = core.conn_down(now, id, &mut |r| self.point(r));
+        let rest = self.apply(fx, None, now, &mut None);
+        drop(core);
+        self.other_rooms(rest, now);
     }
 
-    /// Subscribes `conns` to a room whose member lost its last subscribed connection, telling them
-    /// what they missed since they connected (state locked).
-    fn hand_over(&self, room: &Arc<Room>, st: &mut RoomState, user: &str, conns: &[u64]) {
-        let at = room.ring.join_point();
-        let Some(member) = st.member_mut(user) else {
-            return;
-        };
-        let missed = at
-            .messages
-            .saturating_sub(member.reconnect_messages.take().unwrap_or(at.messages));
-        member.conns.extend(conns.iter().copied());
-        let cmd = resume(room, at, missed);
-        for c in conns {
-            self.tell(*c, cmd.clone());
-        }
-    }
-
-    fn drop_user_if_unused(&self, user: &str) {
-        let mut users = lock(&self.users);
-        if users
-            .get(user)
-            .is_some_and(|u| u.conns.is_empty() && u.rooms.is_empty())
-        {
-            users.remove(user);
-        }
-    }
-
-    fn forget_membership(&self, user: &str, room: &str) {
-        let mut users = lock(&self.users);
-        if let Some(u) = users.get_mut(user) {
-            u.rooms.remove(room);
-            if u.conns.is_empty() && u.rooms.is_empty() {
-                users.remove(user);
-            }
-        }
-    }
-
-    /// Removes `user` from `room` (state already locked): its connections stop reading the room,
-    /// told `kicked` when set; members get `MemberLeft` when the room has member events. Its
-    /// `auto_delete` attributes are marked for [`Relay::sweep`], which removes them once that is
-    /// durable. Memberships are not stored (they do not survive a restart), so this needs no
-    /// store.
+    /// Removes `user` from `room` (state already locked) now: its connections stop reading the
+    /// room after what was published before, told `kicked`; members get `MemberLeft` when the
+    /// room has member events. Its `auto_delete` attributes are marked for [`Relay::sweep`],
+    /// which removes them once that is durable. Memberships are not stored (they do not survive
+    /// a restart), so this needs no store.
     pub(crate) fn remove_member(
         &self,
         room: &Room,
         st: &mut RoomState,
         user: &str,
-        kicked: Option<KickReason>,
+        kicked: KickReason,
         now: u64,
     ) -> bool {
-        let Some(member) = st.remove(user) else {
+        let mut core = self.core();
+        if core.room(&room.id).is_none_or(|r| r.epoch != room.epoch) {
             return false;
-        };
-        metrics::gauge!(m::MEMBERS).decrement(1.0);
-        if let Some(k) = kicked.filter(|k| *k != KickReason::OtherDevice) {
-            metrics::counter!(m::MEMBERS_REMOVED, "reason" => k.as_str()).increment(1);
         }
-        self.forget_membership(user, &room.id);
-        let until = room.ring.join_point();
-        for c in member.conns {
-            self.tell(
-                c,
-                DeliveryCmd::Unsubscribe {
-                    room: room.id.clone(),
-                    kicked,
-                    until,
-                },
-            );
-        }
-        st.last_activity_ms = now;
-        // Its auto-delete attributes go too, durably first (see `Relay::sweep`).
-        if st.attrs.values().any(|a| a.auto_delete && a.owner == user) {
-            st.departed.insert(user.to_owned());
-        }
-        if self.member_events_on(st) {
-            room.publish_event(
-                &Event::MemberLeft {
-                    room: room.id.clone(),
-                    user: user.to_owned(),
-                },
-                now,
-            );
-            // Members track the count from events again; a later crossing re-announces it.
-            st.count_announced = None;
-        }
-        true
+        let fx = core.kick(&room.id, user, kicked, &mut |r| self.point(r));
+        let removed = !fx.is_empty();
+        // A kick concerns this room only.
+        let others = self.apply(fx, Some((room, st)), now, &mut None);
+        debug_assert!(others.is_empty());
+        removed
     }
 
-    fn member_events_on(&self, st: &RoomState) -> bool {
-        st.member_events && st.len() <= self.config.rooms.member_events_max
+    /// The timer pass of the memberships of `room` (state locked): members offline past the
+    /// grace go; returns who.
+    pub(crate) fn tick_members(&self, room: &Room, st: &mut RoomState, now: u64) -> Vec<String> {
+        let whitelist = st.moderation.user_whitelist.clone();
+        let mut core = self.core();
+        if core.room(&room.id).is_none_or(|r| r.epoch != room.epoch) {
+            return Vec::new();
+        }
+        let keeps = |u: &str| whitelist.contains(u);
+        let fx = core.tick(now, &room.id, &keeps, &mut |r| self.point(r));
+        let gone = fx
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Left { user, .. } => Some(user.clone()),
+                _ => None,
+            })
+            .collect();
+        let others = self.apply(fx, Some((room, st)), now, &mut None);
+        debug_assert!(others.is_empty());
+        gone
+    }
+
+    fn member_events_on(&self, st: &RoomState, members: usize) -> bool {
+        st.member_events && members <= self.config.rooms.member_events_max
     }
 
     pub(crate) fn tell(&self, conn: u64, cmd: DeliveryCmd) {
@@ -550,10 +641,7 @@ impl Relay {
 
     /// Sends `event` to every connection of `user`.
     pub(crate) fn tell_user(&self, user: &str, event: &Event) {
-        let conns: Vec<u64> = lock(&self.users)
-            .get(user)
-            .map(|u| u.conns.iter().copied().collect())
-            .unwrap_or_default();
+        let conns: Vec<u64> = self.core().conns_of(user);
         if conns.is_empty() {
             return;
         }
@@ -694,6 +782,10 @@ impl Relay {
                 }
                 rooms.insert(room.id.clone(), room.clone());
             }
+            // An older incarnation still in the core (its destruction being applied) is
+            // replaced: a membership of it is not one of this room.
+            let fx = relay.core().room_created(&room.id, room.epoch);
+            relay.other_rooms(fx, now_ms());
             metrics::gauge!(m::ROOMS).increment(1.0);
             tracing::info!(room = %room.id, epoch = room.epoch, "room created");
             Some(relay.info_of(&room, members))
@@ -761,15 +853,25 @@ impl Relay {
             global.keepalive.remove(&room.id);
             ops.push(Op::PutGlobal(global));
         }
+        let after = After::Destroy {
+            room: room.id.clone(),
+            epoch: room.epoch,
+        };
+        let Effect::Store { id: change, ops } = self.core().submit(ops, after) else {
+            return Ok(None);
+        };
         let relay = self.clone();
         let room = room.clone();
         self.commit(NOT_MADE, ops, move |ok| {
             let _locked = (guard, global_guard);
             if !ok {
+                relay
+                    .core()
+                    .stored(change, false, &mut |_| JoinPoint::default());
                 room.ring.freeze(false);
                 return None;
             }
-            relay.finish_destroy(&room, reason, kept);
+            relay.finish_destroy(&room, change, reason, kept);
             Some(Some(reason))
         })
         .await
@@ -791,9 +893,9 @@ impl Relay {
         Some(reason)
     }
 
-    /// Takes a destroyed room out of memory: the registry, its ring, its members, the keepalive
-    /// list (when `kept`).
-    fn finish_destroy(&self, room: &Arc<Room>, reason: DestroyReason, kept: bool) {
+    /// Takes a destroyed room out of memory: the registry, its ring, its members (the core's
+    /// stored `change`), the keepalive list (when `kept`).
+    fn finish_destroy(&self, room: &Arc<Room>, change: u64, reason: DestroyReason, kept: bool) {
         let id = room.id.as_str();
         {
             let mut rooms = self.rooms.write().unwrap_or_else(|p| p.into_inner());
@@ -802,24 +904,18 @@ impl Relay {
             }
         }
         room.close(reason);
-        let users: Vec<String> = {
-            let mut st = room.state();
-            let users: Vec<String> = st.members().map(|(u, _)| u.clone()).collect();
-            for u in &users {
-                st.remove(u);
-            }
-            users
-        };
-        metrics::gauge!(m::MEMBERS).decrement(users.len() as f64);
-        for u in &users {
-            self.forget_membership(u, id);
-        }
+        // The members learn it from the room's end (`RoomDestroyed` after its last message).
+        let fx = self
+            .core()
+            .stored(change, true, &mut |_| room.ring.join_point());
+        let users = fx.len();
+        metrics::gauge!(m::MEMBERS).decrement(users as f64);
         if kept {
             self.global_mut().keepalive.remove(id);
         }
         metrics::gauge!(m::ROOMS).decrement(1.0);
         metrics::counter!(m::ROOMS_DESTROYED, "reason" => reason.as_str()).increment(1);
-        tracing::info!(room = %id, reason = reason.as_str(), members = users.len(), "room destroyed");
+        tracing::info!(room = %id, reason = reason.as_str(), members = users, "room destroyed");
     }
 
     /// Room info with up to `members` members.
@@ -830,7 +926,26 @@ impl Relay {
 
     fn info_of(&self, room: &Room, members: usize) -> RoomInfo {
         let st = room.state();
-        info_from(room, &st, members)
+        self.info_from(room, &st, members)
+    }
+
+    pub(crate) fn info_from(&self, room: &Room, st: &RoomState, members: usize) -> RoomInfo {
+        let core = self.core();
+        let live = core.room(&room.id).filter(|r| r.epoch == room.epoch);
+        RoomInfo {
+            id: room.id.clone(),
+            name: room.name.clone(),
+            epoch: room.epoch,
+            created_ms: room.created_ms,
+            member_count: live.map_or(0, |r| r.len()) as u64,
+            members: live
+                .map(|r| r.page(false, members, None))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(u, _, _)| u)
+                .collect(),
+            mute_all: st.moderation.mute_all,
+        }
     }
 
     /// Rooms in id order after `after`, at most `limit`, with the total count.
@@ -865,14 +980,17 @@ impl Relay {
             ));
         }
         let room = self.room(id)?;
-        let st = room.state();
-        let page = st.page(order, limit, after);
+        let core = self.core();
+        let live = core.room(&room.id).filter(|r| r.epoch == room.epoch);
+        let page = live
+            .map(|r| r.page(order == MemberOrder::Desc, limit, after))
+            .unwrap_or_default();
         let next = (page.len() == limit)
             .then(|| page.last().map(|p| p.2))
             .flatten();
         Ok(MemberPage {
             members: page.into_iter().map(|(u, j, _)| (u, j)).collect(),
-            total: st.len(),
+            total: live.map_or(0, |r| r.len()),
             next,
         })
     }
@@ -887,8 +1005,7 @@ impl Relay {
             ));
         }
         let room = self.room(id)?;
-        let st = room.state();
-        Ok(users.iter().map(|u| st.member(u).is_some()).collect())
+        Ok(users.iter().map(|u| self.is_member(&room, u)).collect())
     }
 
     // ---- membership ----
@@ -961,66 +1078,33 @@ impl Relay {
             n => Some(self.stored_history(room, None, n)?),
         };
         let now = now_ms();
-        if self.config.rooms.single_room {
-            // Check first: a refused join must not take the user out of its current room.
-            Self::check_joinable(room, &room.state(), user, now)?;
-            self.leave_others(user, room_id, now);
-        }
         let mut st = room.state();
-        Self::check_joinable(room, &st, user, now)?;
-        let already = st.has_conn(user, conn);
-        {
-            // Counted and recorded under one lock: two devices joining two rooms at once cannot
-            // both pass the limit.
-            let mut users = lock(&self.users);
-            let u = users.entry(user.to_owned()).or_default();
-            let n = u.rooms.len();
-            if st.member(user).is_none() && n >= limits.rooms_per_user {
-                return Err(err(
-                    ErrorCode::TooManyRooms,
-                    format!(
-                        "user {user:?} is already in {n} rooms, the most allowed (rooms_per_user)"
-                    ),
-                ));
-            }
-            u.rooms.insert(room_id.to_owned());
+        if room.is_closed() {
+            return Err(room_not_found(&room.id));
         }
-        let new_member = st.add(user, conn, now);
+        // One input of the core: in `single_room` mode the user's other memberships end in the
+        // same step, so two devices joining two rooms at once cannot both stay.
+        let mut core = self.core();
+        core.check_join(&room.id, user, &st.moderation, now)?;
+        if core.room(&room.id).is_none_or(|r| r.epoch != room.epoch) {
+            return Err(room_not_found(&room.id));
+        }
+        let fx = core.join(now, conn, user, &room.id, &mut |r| self.point(r))?;
         st.departed.remove(user);
-        if let Some(m) = st.member_mut(user) {
-            m.offline_since = None;
-        }
         st.last_activity_ms = now;
-        if new_member {
-            metrics::gauge!(m::MEMBERS).increment(1.0);
-            if self.member_events_on(&st) {
-                room.publish_event(
-                    &Event::MemberJoined {
-                        room: room.id.clone(),
-                        user: user.to_owned(),
-                    },
-                    now,
-                );
-                st.count_announced = None;
-            }
-        }
-        let at = room.ring.join_point();
-        let info = info_from(room, &st, limits.room_info_members);
+        // In `single_room` mode, the rooms left: once this room's lock is released.
+        let mut started = None;
+        let others = self.apply(fx, Some((room, &mut st)), now, &mut started);
+        // Where the subscription started (after the join's own event), as the reply says.
+        let at = started.unwrap_or_else(|| room.ring.join_point());
+        drop(core);
+        let info = self.info_from(room, &st, limits.room_info_members);
         let muted = policy::check_send(user, &st.moderation, &self.global(), now).is_err();
         let attributes = attributes_of(&st);
         let attr_version = st.attr_version;
         let recalls = st.recent_recalls.clone();
-        if !already {
-            self.tell(
-                conn,
-                DeliveryCmd::Subscribe {
-                    room: room.clone(),
-                    at,
-                    first: None,
-                },
-            );
-        }
         drop(st);
+        self.other_rooms(others, now);
         let history = match stored {
             None => Vec::new(),
             Some(stored) => {
@@ -1038,37 +1122,6 @@ impl Relay {
         })
     }
 
-    fn check_joinable(room: &Room, st: &RoomState, user: &str, now: u64) -> Result<(), WireError> {
-        if room.is_closed() {
-            return Err(room_not_found(&room.id));
-        }
-        if let Some(until) = st.moderation.banned_until(user, now) {
-            return Err(err(
-                ErrorCode::Banned,
-                format!(
-                    "user {user:?} is banned from room {:?} until {} ({until} ms since the epoch)",
-                    room.id,
-                    crate::protocol::utc_text(until)
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// `single_room` mode: removes `user` from every room but `keep`, telling all its devices.
-    fn leave_others(&self, user: &str, keep: &str, now: u64) {
-        let rooms: Vec<String> = lock(&self.users)
-            .get(user)
-            .map(|u| u.rooms.iter().filter(|r| *r != keep).cloned().collect())
-            .unwrap_or_default();
-        for r in rooms {
-            if let Ok(room) = self.room(&r) {
-                let mut st = room.state();
-                self.remove_member(&room, &mut st, user, Some(KickReason::SingleRoom), now);
-            }
-        }
-    }
-
     /// `user` leaves a room from `conn`; the user's other connections are told `Kicked{other_device}`.
     /// Its auto-delete attributes go before the wait returns (or, when that cannot be stored
     /// now, on a later timer tick).
@@ -1081,39 +1134,20 @@ impl Relay {
         validate_id("room id", room_id)?;
         let room = self.room(room_id)?;
         let mut st = room.state();
-        let conns: Vec<u64> = st
-            .member(user)
-            .map(|m| m.conns.iter().copied().collect())
-            .ok_or_else(|| {
-                err(
-                    ErrorCode::NotInRoom,
-                    format!("user {user:?} is not in room {room_id:?}"),
-                )
-            })?;
         // The leaving connection is told nothing; the user's other devices get Kicked. All get
         // what was published before the leave, and nothing after (not even the leave's events).
-        let until = room.ring.join_point();
-        if let Some(m) = st.member_mut(user) {
-            m.conns.retain(|c| *c != conn);
+        let mut core = self.core();
+        if core.room(room_id).is_none_or(|r| r.epoch != room.epoch) {
+            return Err(err(
+                ErrorCode::NotInRoom,
+                format!("user {user:?} is not in room {room_id:?}"),
+            ));
         }
-        self.remove_member(
-            &room,
-            &mut st,
-            user,
-            Some(KickReason::OtherDevice),
-            now_ms(),
-        );
-        if conns.contains(&conn) {
-            self.tell(
-                conn,
-                DeliveryCmd::Unsubscribe {
-                    room: room_id.to_owned(),
-                    kicked: None,
-                    until,
-                },
-            );
-        }
+        let fx = core.leave(conn, user, room_id, &mut |r| self.point(r))?;
+        let others = self.apply(fx, Some((&room, &mut st)), now_ms(), &mut None);
+        drop(core);
         drop(st);
+        self.other_rooms(others, now_ms());
         let relay = self.clone();
         Ok(Durable::later(async move {
             relay.sweep_logged(&room).await;
@@ -1148,14 +1182,9 @@ impl Relay {
         let now = now_ms();
         let class = {
             let mut st = room.state();
-            if st.member(user).is_none() {
-                return Err(err(
-                    ErrorCode::NotInRoom,
-                    format!("join room {room_id:?} before sending to it"),
-                ));
-            }
             let global = self.global();
-            policy::check_send(user, &st.moderation, &global, now)?;
+            self.core()
+                .check_send(room_id, user, &st.moderation, &global, now)?;
             let class = policy::classify(Some(user), &msg_type, low, &st.moderation, &global);
             drop(global);
             st.last_activity_ms = now;
@@ -1405,22 +1434,6 @@ impl Relay {
     }
 }
 
-fn info_from(room: &Room, st: &RoomState, members: usize) -> RoomInfo {
-    RoomInfo {
-        id: room.id.clone(),
-        name: room.name.clone(),
-        epoch: room.epoch,
-        created_ms: room.created_ms,
-        member_count: st.len() as u64,
-        members: st
-            .page(MemberOrder::Asc, members, None)
-            .into_iter()
-            .map(|(u, _, _)| u)
-            .collect(),
-        mute_all: st.moderation.mute_all,
-    }
-}
-
 // ---- memory footprint ----
 
 /// How many entries the registry's maps hold: each is bounded by live rooms, users and
@@ -1443,11 +1456,12 @@ impl Relay {
     /// The sizes of the registry's maps now.
     pub fn footprint(&self) -> Footprint {
         let rooms = self.all_rooms();
+        let (_, users, _, members) = self.core().footprint();
         Footprint {
             rooms: rooms.len(),
-            users: lock(&self.users).len(),
+            users,
             conns: lock(&self.conns).len(),
-            members: rooms.iter().map(|r| r.state().len()).sum(),
+            members,
             watchers: rooms.iter().map(|r| r.watchers.len()).sum(),
         }
     }

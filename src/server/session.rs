@@ -631,7 +631,7 @@ fn handle(relay: &Arc<Relay>, user: &str, conn_id: u64, request: Request) -> Pen
             before_seq,
             limit,
         } => {
-            let member = relay.room(&room).map(|r| r.state().member(user).is_some());
+            let member = relay.room(&room).map(|r| relay.is_member(&r, user));
             match member {
                 Ok(true) => ready(
                     relay

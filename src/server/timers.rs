@@ -6,7 +6,7 @@
 
 use super::relay::Relay;
 use crate::policy::{self, Lifecycle};
-use crate::protocol::{DestroyReason, Event, KickReason};
+use crate::protocol::{DestroyReason, Event};
 use crate::room::RoomState;
 use crate::store::Op;
 use std::sync::Arc;
@@ -85,35 +85,20 @@ impl Relay {
                     at_ms: st.last_activity_ms,
                 }]);
             }
-            let gone: Vec<String> = st
-                .members()
-                .filter(|(u, m)| {
-                    m.offline_since.is_some_and(|since| {
-                        policy::offline_due(
-                            since,
-                            rooms_cfg.offline_grace_ms,
-                            st.moderation.user_whitelist.contains(*u),
-                            now,
-                        )
-                    })
-                })
-                .map(|(u, _)| u.clone())
-                .collect();
-            for u in gone {
-                if self.remove_member(room, &mut st, &u, Some(KickReason::Offline), now) {
-                    tracing::debug!(room = %room.id, user = %u, "offline member removed");
-                    report.offline_removed.push((room.id.clone(), u));
-                }
+            for u in self.tick_members(room, &mut st, now) {
+                tracing::debug!(room = %room.id, user = %u, "offline member removed");
+                report.offline_removed.push((room.id.clone(), u));
             }
             if st
                 .restored_at
                 .is_some_and(|t| now >= t.saturating_add(rooms_cfg.offline_grace_ms))
             {
                 st.restored_at = None;
-                Self::mark_orphaned_attrs(&mut st);
+                self.mark_orphaned_attrs(room, &mut st);
             }
-            let count = st.len() as u64;
-            let large = st.len() > rooms_cfg.member_events_max;
+            let members = self.member_count(room);
+            let count = members as u64;
+            let large = members > rooms_cfg.member_events_max;
             if !large {
                 // Back to join/leave events; a later crossing announces the count afresh.
                 st.count_announced = None;

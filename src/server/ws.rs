@@ -1,11 +1,11 @@
 //! The WebSocket transport (`GET /ws` on the public listener): one socket carries both
 //! directions of roomcast/1 (see the protocol module doc, "WebSocket").
 //!
-//! - Client → server: each binary message is one postcard [`ClientFrame`] body, at most
+//! - Client → server: each binary message is one postcard [`ClientFrame`](crate::protocol::ClientFrame) body, at most
 //!   `limits.max_frame` bytes; the first must be the hello, within `transport.hello_timeout_ms`.
 //! - Server → client: each binary message starts with an envelope byte,
-//!   [`WS_CONTROL`](crate::protocol::WS_CONTROL) (length-delimited `ServerFrame`s, as on the
-//!   control stream) or [`WS_EVENTS`](crate::protocol::WS_EVENTS) (length-delimited `Event`s, as
+//!   [`WS_CONTROL`] (length-delimited `ServerFrame`s, as on the
+//!   control stream) or [`WS_EVENTS`] (length-delimited `Event`s, as
 //!   on the delivery stream: one message carries a whole delivery batch).
 //!
 //! Backpressure: the socket has one bounded send queue (`web.send_queue_bytes`), written by one

@@ -10,8 +10,9 @@
 use roomcast::auth::{TokenAuth, unix_secs};
 use roomcast::client::{Client, ClientConfig, ClientError, ClientEvent};
 use roomcast::config::Config;
+use roomcast::node::Server;
 use roomcast::protocol::{CloseCode, Event, Message};
-use roomcast::server::{Relay, Secrets, Server};
+use roomcast::server::{Relay, Secrets};
 use roomcast::tls::ServerIdentity;
 use serde_json::Value;
 use std::future::Future;
