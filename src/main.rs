@@ -70,6 +70,17 @@ struct ServeArgs {
         default_missing_value = "true"
     )]
     dev_mode: Option<bool>,
+    // ---- cluster ----
+    /// Cluster mode: a NATS server URL (repeatable, or comma-separated) [default: cluster.nats
+    /// of the config file; none: a single node on the embedded store].
+    #[arg(
+        long,
+        env = "ROOMCAST_CLUSTER_NATS",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    cluster_nats: Vec<String>,
+    // ---- end cluster ----
     /// Print the full configuration (defaults merged with --config, environment and flags)
     /// after validating it, and exit. Secret values are not shown.
     #[arg(long)]
@@ -226,6 +237,11 @@ async fn serve(a: ServeArgs) -> Result<()> {
     if let Some(v) = a.dev_mode {
         config.auth.dev_mode = v;
     }
+    // ---- cluster ----
+    if !a.cluster_nats.is_empty() {
+        config.cluster.nats = a.cluster_nats.clone();
+    }
+    // ---- end cluster ----
     let mut from_env = Vec::new();
     for (key, var) in SECRET_KEYS {
         if let Ok(v) = std::env::var(var)

@@ -8,6 +8,9 @@
 
 mod admission;
 mod bootstrap;
+// ---- cluster ----
+pub mod cluster;
+// ---- end cluster ----
 pub mod data;
 mod delivery;
 pub mod durable;
@@ -91,7 +94,8 @@ pub struct Server {
 const CERT_CHECK: Duration = Duration::from_secs(3600);
 
 impl Server {
-    /// Opens the store in the data folder, then binds the QUIC endpoint and the admin listener.
+    /// Opens the store (the file in the data folder, or JetStream in cluster mode), then binds
+    /// the QUIC endpoint and the admin listener.
     pub async fn bind(
         config: Config,
         secrets: Secrets,
@@ -100,11 +104,10 @@ impl Server {
         config.validate()?;
         std::fs::create_dir_all(&config.server.data)
             .map_err(|e| ServerError::Data(format!("{}: {e}", config.server.data.display())))?;
-        let store = crate::store::RedbStore::open(
-            &config.server.data.join(STORE_FILE),
-            config.store_config(),
-        )?;
-        Self::bind_with_store(config, secrets, identity, Arc::new(store)).await
+        // ---- cluster: redb, or JetStream when [cluster] nats is set ----
+        let store = cluster::open_store(&config)?;
+        // ---- end cluster ----
+        Self::bind_with_store(config, secrets, identity, store).await
     }
 
     /// [`Server::bind`] on a store the caller opened (a [`crate::store::RedbStore`] on a
