@@ -135,6 +135,7 @@ struct State {
 /// The NATS side: the client, the stream, the bucket, and everything the writer knows.
 struct Nats {
     client: async_nats::Client,
+    js: jetstream::Context,
     history: stream::Stream,
     state_kv: kv::Store,
     names: Names,
@@ -342,6 +343,7 @@ impl NatsStore {
         };
         let nats = Nats {
             client,
+            js: js.clone(),
             history,
             state_kv,
             names,
@@ -684,10 +686,8 @@ impl Nats {
         payload: Bytes,
         expected: u64,
     ) -> Result<u64, async_nats::jetstream::context::PublishError> {
-        let js = jetstream::ContextBuilder::new()
-            .timeout(self.timeout)
-            .build(self.client.clone());
-        let ack = js
+        let ack = self
+            .js
             .send_publish(
                 subject.to_owned(),
                 jetstream::message::PublishMessage::build()
@@ -786,15 +786,13 @@ impl Nats {
         let payload = Bytes::from(
             postcard::to_stdvec(&msg).map_err(|e| StoreError::Damaged(format!("encoding: {e}")))?,
         );
-        let js = jetstream::ContextBuilder::new()
-            .timeout(self.timeout)
-            .build(self.client.clone());
         let uncertain = || Uncertain::Marker {
             room: room.to_owned(),
             seq,
         };
         let marker = timed("recall", async {
-            js.publish(self.names.history(HistoryKind::Recall, room), payload)
+            self.js
+                .publish(self.names.history(HistoryKind::Recall, room), payload)
                 .await?
                 .await
         })
