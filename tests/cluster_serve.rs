@@ -11,25 +11,15 @@ use bytes::Bytes;
 use common::{body, code, metric};
 use reqwest::Method;
 use roomcast::protocol::ErrorCode;
-use roomcast::store::{NatsAuth, NatsConfig, NatsStore};
+use roomcast::store::NatsStore;
 use roomcast::tls::ServerIdentity;
 use serde_json::json;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 use store_support::{Node, next_text};
 
 fn nats_store(url: &str, data: &Path) -> Arc<NatsStore> {
-    let nats = NatsConfig {
-        servers: vec![url.to_owned()],
-        node_id: "serve-test".into(),
-        prefix: "roomcast".into(),
-        replicas: 1,
-        request_timeout: Duration::from_secs(2),
-        auth: NatsAuth::None,
-        tls_ca: None,
-        tls_client: None,
-    };
+    let nats = nats_support::store_config(url, "serve-test");
     Arc::new(NatsStore::open(nats, Node::config(data).store_config()).expect("the store opens"))
 }
 

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use roomcast::policy::{DestroyPolicy, GlobalPolicy, Moderation};
 use roomcast::protocol::Class;
 use roomcast::store::{
-    AttrRecord, Durability, NatsAuth, NatsConfig, NatsStore, Op, RedbStore, RoomRecord, Store,
-    StoreConfig, StoreError, StoreHealth, StoredMessage,
+    AttrRecord, Durability, NatsConfig, NatsStore, Op, RedbStore, RoomRecord, Store, StoreConfig,
+    StoreError, StoreHealth, StoredMessage,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -29,16 +29,7 @@ fn cfg(history_max: usize, max_age_ms: u64) -> StoreConfig {
 }
 
 fn nats_cfg(url: &str) -> NatsConfig {
-    NatsConfig {
-        servers: vec![url.to_owned()],
-        node_id: "test".into(),
-        prefix: "roomcast".into(),
-        replicas: 1,
-        request_timeout: Duration::from_secs(2),
-        auth: NatsAuth::None,
-        tls_ca: None,
-        tls_client: None,
-    }
+    nats_support::store_config(url, "test")
 }
 
 /// A store backend the shared cases open, close and open again.

@@ -156,3 +156,18 @@ impl Drop for NatsServer {
         self.kill();
     }
 }
+
+/// A JetStream store configuration for one server at `url`: no credentials, the default
+/// prefix, one replica, a 2 s request timeout.
+pub fn store_config(url: &str, node_id: &str) -> roomcast::store::NatsConfig {
+    roomcast::store::NatsConfig {
+        servers: vec![url.to_owned()],
+        node_id: node_id.to_owned(),
+        prefix: "roomcast".into(),
+        replicas: 1,
+        request_timeout: Duration::from_secs(2),
+        auth: roomcast::store::NatsAuth::None,
+        tls_ca: None,
+        tls_client: None,
+    }
+}
