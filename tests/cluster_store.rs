@@ -268,7 +268,7 @@ fn delete_room_removes_its_attrs_and_history_only_and_a_new_life_starts_empty() 
     on_both("delete_room_removes_its_attrs_and_history_only", |b| {
         let store = b.open(cfg(100, 3_600_000));
         let _ = store.load().expect("load");
-        for id in ["a", "a.b"] {
+        for id in ["a", "a.b", "gone"] {
             apply(
                 &*store,
                 vec![
@@ -285,6 +285,7 @@ fn delete_room_removes_its_attrs_and_history_only_and_a_new_life_starts_empty() 
             .expect("room");
         }
         apply(&*store, vec![Op::DeleteRoom("a".into())]).expect("delete");
+        apply(&*store, vec![Op::DeleteRoom("gone".into())]).expect("delete");
         assert!(store.history("a", None, 10).expect("read").is_empty());
         assert_eq!(seqs(&store.history("a.b", None, 10).expect("read")), [1, 2]);
         let mut again = room("a");
@@ -298,6 +299,7 @@ fn delete_room_removes_its_attrs_and_history_only_and_a_new_life_starts_empty() 
         let store = b.open(cfg(100, 3_600_000));
         let mut s = store.load().expect("reload");
         s.rooms.sort_by(|a, b| a.record.id.cmp(&b.record.id));
+        assert_eq!(s.rooms.len(), 2, "a deleted room stays deleted");
         assert_eq!(s.rooms[0].record, again);
         assert!(s.rooms[0].attrs.is_empty(), "attributes went with the room");
         assert_eq!(s.rooms[1].attrs.len(), 1);

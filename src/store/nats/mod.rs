@@ -37,8 +37,9 @@
 //! [`NatsStore`] implements the store trait with the redb store's semantics: submits are applied
 //! in order by one writer; an ack resolves (in `sync` mode) after JetStream acknowledged every
 //! op; a write that fails takes no effect and the caller answers `UNAVAILABLE`. Loading reads the
-//! bucket and scans the stream once with one short-lived ordered consumer, to learn, per room,
-//! the stream sequence of each stored message and of the room's last one. A room's record and
+//! bucket's stream (last value per key) and the history stream once each, with one short-lived
+//! ordered consumer apiece, to learn the rooms and, per room, the stream sequence of each stored
+//! message and of the room's last one (an index kept in memory, at most `history_max` per room). A room's record and
 //! its attributes are one KV value, so an attribute change and the room's attribute version are
 //! one atomic write; other ops of one submit (a room's deletion and the app-wide lists) are
 //! applied in order, each atomic.

@@ -262,9 +262,18 @@ impl NatsStore {
         runtime.spawn(async move {
             let _ = done_tx.send(Self::open_async(nats, cfg, h).await);
         });
-        let (nats, state, snapshot) = done_rx
+        let opened = done_rx
             .recv()
-            .map_err(|_| unavailable("opening", "the runtime stopped"))??;
+            .map_err(|_| unavailable("opening", "the runtime stopped"))
+            .and_then(|r| r);
+        let (nats, state, snapshot) = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                // Dropping a runtime blocks, which an async caller must not do.
+                runtime.shutdown_background();
+                return Err(e);
+            }
+        };
         let (tx, rx) = flume::bounded(QUEUE);
         let nats = Arc::new(nats);
         metrics::gauge!(m::NATS_CONNECTED).set(1.0);
@@ -422,62 +431,53 @@ impl Nats {
             global_revision: 0,
             uncertain: Vec::new(),
         };
-        let mut keys = self
-            .state_kv
-            .keys()
+        // The bucket's stream, last value per key: one pass, not a request per key.
+        let bucket = self.names.state_bucket();
+        let kv_stream = self
+            .js
+            .get_stream(format!("KV_{bucket}"))
             .await
-            .map_err(|e| unavailable("listing the state bucket", e))?;
-        let mut all = Vec::new();
-        while let Some(key) = keys.next().await {
-            all.push(key.map_err(|e| unavailable("listing the state bucket", e))?);
-        }
-        let entries = futures_util::stream::iter(all.into_iter().map(|key| {
-            let kv = self.state_kv.clone();
-            async move { (key.clone(), kv.entry(key).await) }
-        }))
-        .buffer_unordered(READ_CONCURRENCY)
-        .collect::<Vec<_>>()
-        .await;
-        for (key, entry) in entries {
-            let entry = entry.map_err(|e| unavailable("reading the state bucket", e))?;
-            let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
-                continue;
-            };
-            if key == Names::GLOBAL_KEY {
-                state.global = decode_json(&entry.value, "the app-wide lists")?;
-                state.global_revision = entry.revision;
-            } else if let Some(room) = self.names.parse_room_key(&key) {
-                let value: RoomValue = decode_json(&entry.value, &format!("room {room:?}"))?;
-                let r = state.rooms.entry(room).or_default();
-                r.value = value;
-                r.revision = entry.revision;
-            }
-        }
-        let mut info = self.history.clone();
-        let info = info
-            .info()
-            .await
-            .map_err(|e| unavailable("reading the history stream", e))?;
-        if info.state.messages > 0 {
-            let consumer = self
-                .history
-                .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
-                .await
-                .map_err(|e| unavailable("scanning history", e))?;
-            let mut messages = consumer
-                .messages()
-                .await
-                .map_err(|e| unavailable("scanning history", e))?;
-            loop {
-                let next = tokio::time::timeout(self.timeout, messages.next())
-                    .await
-                    .map_err(|_| unavailable("scanning history", "no answer in time"))?;
-                let Some(msg) = next else { break };
-                let msg = msg.map_err(|e| unavailable("scanning history", e))?;
-                let (sseq, pending) = {
-                    let i = msg.info().map_err(|e| unavailable("scanning history", e))?;
-                    (i.stream_sequence, i.pending)
+            .map_err(|e| unavailable("opening the state bucket's stream", e))?;
+        let prefix = format!("$KV.{bucket}.");
+        let last_per_key = jetstream::consumer::DeliverPolicy::LastPerSubject;
+        self.scan(
+            &kv_stream,
+            last_per_key,
+            format!("{prefix}>"),
+            "reading the state bucket",
+            |msg, sseq| {
+                let deleted = msg
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("KV-Operation"))
+                    .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
+                let Some(key) = msg.subject.strip_prefix(prefix.as_str()) else {
+                    return Ok(());
                 };
+                if deleted {
+                    return Ok(());
+                }
+                if key == Names::GLOBAL_KEY {
+                    state.global = decode_json(&msg.payload, "the app-wide lists")?;
+                    state.global_revision = sseq;
+                } else if let Some(room) = self.names.parse_room_key(key) {
+                    let value: RoomValue = decode_json(&msg.payload, &format!("room {room:?}"))?;
+                    let r = state.rooms.entry(room).or_default();
+                    r.value = value;
+                    r.revision = sseq;
+                }
+                Ok(())
+            },
+        )
+        .await?;
+        let all = jetstream::consumer::DeliverPolicy::All;
+        let every_room = self.names.history_subjects();
+        self.scan(
+            &self.history,
+            all,
+            every_room,
+            "scanning history",
+            |msg, sseq| {
                 if let Some((kind, room)) = self.names.parse_history(&msg.subject) {
                     let stored: StoredMessage = decode_msg(&msg.payload, &room, sseq)?;
                     self.index_insert(&room, stored.seq, sseq);
@@ -489,12 +489,56 @@ impl Nats {
                         r.newest = Some((stored.seq, stored.ts));
                     }
                 }
-                if pending == 0 {
-                    break;
-                }
+                Ok(())
+            },
+        )
+        .await?;
+        Ok(state)
+    }
+
+    /// Reads `stream` (its subjects matching `filter_subject`) once with one short-lived ordered
+    /// consumer, calling `f` with each message and its stream sequence, until nothing is pending.
+    async fn scan(
+        &self,
+        stream: &stream::Stream,
+        deliver_policy: jetstream::consumer::DeliverPolicy,
+        filter_subject: String,
+        what: &str,
+        mut f: impl FnMut(&jetstream::Message, u64) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let info = stream.get_info().await.map_err(|e| unavailable(what, e))?;
+        if info.state.messages == 0 {
+            return Ok(());
+        }
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                deliver_policy,
+                filter_subject,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable(what, e))?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| unavailable(what, e))?;
+        loop {
+            let next = tokio::time::timeout(self.timeout, messages.next())
+                .await
+                .map_err(|_| unavailable(what, "no answer in time"))?;
+            let Some(msg) = next else {
+                return Ok(());
+            };
+            let msg = msg.map_err(|e| unavailable(what, e))?;
+            let (sseq, pending) = {
+                let i = msg.info().map_err(|e| unavailable(what, e))?;
+                (i.stream_sequence, i.pending)
+            };
+            f(&msg, sseq)?;
+            if pending == 0 {
+                return Ok(());
             }
         }
-        Ok(state)
     }
 
     /// Records where message `seq` of `room` is, keeping the newest `history_max`.
