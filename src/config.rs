@@ -54,7 +54,132 @@ pub struct Config {
     pub admin: AdminSection,
     /// The public web listener: WebSocket, the JavaScript SDK and the demo page.
     pub web: Web,
+    // ---- [cluster] ----
+    /// Cluster mode: the store in NATS JetStream instead of the embedded file.
+    pub cluster: ClusterSection,
+    // ---- end [cluster] ----
 }
+
+// ---- [cluster] ----
+/// `[cluster]`: the NATS servers and how to reach them. No `nats` URL: a single node on the
+/// embedded store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSection {
+    /// NATS server URLs (`nats://host:port`, `tls://host:port`); empty: single node.
+    pub nats: Vec<String>,
+    /// This relay's node id; empty: generated once and kept in the data folder (`node.id`).
+    pub node_id: String,
+    /// Prefix of every stream, bucket and subject roomcast makes, so several deployments can
+    /// share one NATS account.
+    pub prefix: String,
+    /// Replicas of the streams and buckets (1, or 3 on a NATS cluster of three or more).
+    pub replicas: usize,
+    /// A NATS request (an append, a KV write, a read) not answered within this fails, ms.
+    pub request_timeout_ms: u64,
+    /// NATS credentials file (`.creds`: a user JWT and its nkey seed).
+    pub creds: String,
+    /// NATS user name (with `password`).
+    pub user: String,
+    /// NATS password.
+    pub password: String,
+    /// NATS token.
+    pub token: String,
+    /// File holding an nkey seed (`SU...`) to authenticate with.
+    pub nkey_seed_file: String,
+    /// PEM CA to trust for TLS to NATS (besides the system roots); also makes TLS required.
+    pub tls_ca: String,
+    /// PEM client certificate for TLS to NATS (with `tls_key`).
+    pub tls_cert: String,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: String,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection {
+            nats: Vec::new(),
+            node_id: String::new(),
+            prefix: "roomcast".into(),
+            replicas: 1,
+            request_timeout_ms: 5000,
+            creds: String::new(),
+            user: String::new(),
+            password: String::new(),
+            token: String::new(),
+            nkey_seed_file: String::new(),
+            tls_ca: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+        }
+    }
+}
+
+impl ClusterSection {
+    /// Whether cluster mode is on.
+    pub fn enabled(&self) -> bool {
+        !self.nats.is_empty()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if !self.enabled() {
+            return Ok(());
+        }
+        for url in &self.nats {
+            let scheme_ok = ["nats://", "tls://", "ws://", "wss://"]
+                .iter()
+                .any(|s| url.starts_with(s));
+            if !scheme_ok || url.len() < 10 {
+                return bad(format!(
+                    "cluster.nats: {url:?} is not a NATS URL (nats://host:port or tls://host:port)"
+                ));
+            }
+        }
+        let prefix_ok = !self.prefix.is_empty()
+            && self.prefix.len() <= 32
+            && self
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !prefix_ok {
+            return bad("cluster.prefix must be 1..=32 of A-Z a-z 0-9 _ -".into());
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return bad("cluster.replicas must be 1..=5".into());
+        }
+        if self.request_timeout_ms == 0 {
+            return bad("cluster.request_timeout_ms must be above 0".into());
+        }
+        if self.user.is_empty() != self.password.is_empty() {
+            return bad("cluster.user and cluster.password must be set together".into());
+        }
+        let ways = [
+            !self.creds.is_empty(),
+            !self.user.is_empty(),
+            !self.token.is_empty(),
+            !self.nkey_seed_file.is_empty(),
+        ];
+        if ways.iter().filter(|w| **w).count() > 1 {
+            return bad(
+                "cluster: set at most one of creds, user/password, token and nkey_seed_file".into(),
+            );
+        }
+        if self.tls_cert.is_empty() != self.tls_key.is_empty() {
+            return bad("cluster.tls_cert and cluster.tls_key must be set together".into());
+        }
+        let id_ok = self.node_id.len() <= 64
+            && self
+                .node_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !id_ok {
+            return bad("cluster.node_id must be at most 64 of A-Z a-z 0-9 _ -".into());
+        }
+        Ok(())
+    }
+}
+// ---- end [cluster] ----
 
 // ---- [admin] ----
 /// `[admin]`: the admin HTTP listener's timeouts and connection cap.
@@ -692,6 +817,55 @@ const KEY_DOCS: &[(&str, &str)] = &[
         "Admin connections open at once; past it a new one gets 429 and is closed at once.",
     ),
     // ---- end [admin] ----
+    // ---- [cluster] ----
+    (
+        "cluster",
+        "Cluster mode: the store in NATS JetStream (streams and KV buckets) instead of the embedded file. No nats URL: a single node. Supported NATS servers: 2.11 and later, with JetStream.",
+    ),
+    (
+        "cluster.nats",
+        "NATS server URLs, e.g. [\"nats://127.0.0.1:4222\"] (tls:// for TLS); empty: single node on the embedded store. Also --cluster-nats URL (repeatable, or comma-separated).",
+    ),
+    (
+        "cluster.node_id",
+        "This relay's id in the cluster (A-Z a-z 0-9 _ -); empty: generated once and kept in the data folder as node.id.",
+    ),
+    (
+        "cluster.prefix",
+        "Prefix of the streams, KV buckets and subjects roomcast makes, so several deployments can share a NATS account.",
+    ),
+    (
+        "cluster.replicas",
+        "Replicas of the streams and buckets: 1, or 3 on a NATS cluster of three or more servers.",
+    ),
+    (
+        "cluster.request_timeout_ms",
+        "A NATS request (append, KV write, read) not answered within this fails, ms; the relay then answers UNAVAILABLE and refuses writes until NATS answers again.",
+    ),
+    ("cluster.creds", "NATS credentials file (.creds)."),
+    ("cluster.user", "NATS user name (with password)."),
+    (
+        "cluster.password",
+        "NATS password; or the environment variable ROOMCAST_NATS_PASSWORD.",
+    ),
+    (
+        "cluster.token",
+        "NATS token; or the environment variable ROOMCAST_NATS_TOKEN.",
+    ),
+    (
+        "cluster.nkey_seed_file",
+        "File holding an nkey seed (SU...) to authenticate with.",
+    ),
+    (
+        "cluster.tls_ca",
+        "PEM CA to trust for TLS to NATS; setting it requires TLS.",
+    ),
+    (
+        "cluster.tls_cert",
+        "PEM client certificate for TLS to NATS (with tls_key).",
+    ),
+    ("cluster.tls_key", "PEM private key of tls_cert."),
+    // ---- end [cluster] ----
     (
         "transport.udp_recv_buffer",
         "UDP receive buffer asked of the kernel, bytes (the 208 KiB default loses packets at a few hundred connections).",
@@ -779,6 +953,8 @@ pub struct Flags {
     pub data: Option<PathBuf>,
     /// `--dev-mode[=BOOL]`.
     pub dev_mode: Option<bool>,
+    /// `--cluster-nats URL[,URL...]` (empty: not given).
+    pub cluster_nats: Vec<String>,
 }
 
 /// A configuration and where its secrets came from.
@@ -826,6 +1002,22 @@ impl Config {
         if let Some(v) = flags.dev_mode {
             config.auth.dev_mode = v;
         }
+        // ---- cluster ----
+        let nats_env = || -> Option<Vec<String>> {
+            let urls: Vec<String> = var("ROOMCAST_CLUSTER_NATS")?
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect();
+            (!urls.is_empty()).then_some(urls)
+        };
+        if !flags.cluster_nats.is_empty() {
+            config.cluster.nats = flags.cluster_nats.clone();
+        } else if let Some(urls) = nats_env() {
+            config.cluster.nats = urls;
+        }
+        // ---- end cluster ----
         let mut secrets_from_env = Vec::new();
         for (key, name) in SECRET_KEYS {
             if let Some(v) = var(name)
@@ -844,9 +1036,13 @@ impl Config {
 
 /// The keys that hold secrets, with the environment variable that sets each. A printed
 /// configuration never shows their values.
-pub const SECRET_KEYS: [(&str, &str); 2] = [
+pub const SECRET_KEYS: [(&str, &str); 4] = [
     ("auth.admin_key", "ROOMCAST_ADMIN_KEY"),
     ("auth.token_secret", "ROOMCAST_TOKEN_SECRET"),
+    // ---- [cluster] ----
+    ("cluster.password", "ROOMCAST_NATS_PASSWORD"),
+    ("cluster.token", "ROOMCAST_NATS_TOKEN"),
+    // ---- end [cluster] ----
 ];
 
 impl Config {
@@ -855,6 +1051,10 @@ impl Config {
         match key {
             "auth.admin_key" => Some(&mut self.auth.admin_key),
             "auth.token_secret" => Some(&mut self.auth.token_secret),
+            // ---- [cluster] ----
+            "cluster.password" => Some(&mut self.cluster.password),
+            "cluster.token" => Some(&mut self.cluster.token),
+            // ---- end [cluster] ----
             _ => None,
         }
     }
@@ -924,6 +1124,40 @@ impl Config {
             history_max_age_ms: self.store.history_max_age_secs * 1000,
         }
     }
+
+    // ---- [cluster] ----
+    /// The NATS settings of cluster mode, with `node_id` as given (the caller fills in a
+    /// generated one when it is empty); `None` for a single node.
+    pub fn nats_config(&self) -> Option<crate::store::NatsConfig> {
+        use crate::store::NatsAuth;
+        let c = &self.cluster;
+        if !c.enabled() {
+            return None;
+        }
+        let path = |s: &str| (!s.is_empty()).then(|| PathBuf::from(s));
+        let auth = if let Some(p) = path(&c.creds) {
+            NatsAuth::Creds(p)
+        } else if !c.user.is_empty() {
+            NatsAuth::UserPassword(c.user.clone(), c.password.clone())
+        } else if !c.token.is_empty() {
+            NatsAuth::Token(c.token.clone())
+        } else if let Some(p) = path(&c.nkey_seed_file) {
+            NatsAuth::NkeySeedFile(p)
+        } else {
+            NatsAuth::None
+        };
+        Some(crate::store::NatsConfig {
+            servers: c.nats.clone(),
+            node_id: c.node_id.clone(),
+            prefix: c.prefix.clone(),
+            replicas: c.replicas,
+            request_timeout: std::time::Duration::from_millis(c.request_timeout_ms),
+            auth,
+            tls_ca: path(&c.tls_ca),
+            tls_client: path(&c.tls_cert).zip(path(&c.tls_key)),
+        })
+    }
+    // ---- end [cluster] ----
 
     /// The per-room ingress budget settings.
     pub fn budget(&self) -> crate::policy::BudgetConfig {
@@ -1030,6 +1264,7 @@ impl Config {
         if self.tls.cert.is_empty() != self.tls.key.is_empty() {
             return bad("tls.cert and tls.key must be set together");
         }
+        self.cluster.validate()?;
         Ok(())
     }
 
@@ -1074,6 +1309,31 @@ fn push_doc(out: &mut String, key: &str) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn cluster_servers_come_from_the_flag_over_the_environment_over_the_file() {
+        let file = Config::from_toml("[cluster]\nnats = [\"nats://127.0.0.1:1\"]\n").unwrap();
+        let vars: std::collections::BTreeMap<&str, &str> = [(
+            "ROOMCAST_CLUSTER_NATS",
+            " nats://127.0.0.1:2, nats://127.0.0.1:3 ,",
+        )]
+        .into();
+        let env = |name: &str| vars.get(name).map(|v| (*v).to_owned());
+        let none = |_: &str| None;
+        let f = Config::layered(Some(file.clone()), &none, &Flags::default()).unwrap();
+        assert_eq!(f.config.cluster.nats, ["nats://127.0.0.1:1"]);
+        let e = Config::layered(Some(file.clone()), &env, &Flags::default()).unwrap();
+        assert_eq!(
+            e.config.cluster.nats,
+            ["nats://127.0.0.1:2", "nats://127.0.0.1:3"]
+        );
+        let flags = Flags {
+            cluster_nats: vec!["nats://127.0.0.1:4".into()],
+            ..Flags::default()
+        };
+        let l = Config::layered(Some(file), &env, &flags).unwrap();
+        assert_eq!(l.config.cluster.nats, ["nats://127.0.0.1:4"]);
+    }
 
     #[test]
     fn flags_win_over_the_environment_over_the_file_over_the_defaults() {
@@ -1301,6 +1561,49 @@ mod tests {
         assert_eq!(c.web.plain_http, PlainHttp::Never);
         assert!(Config::from_toml("[web]\nplain_http = \"sometimes\"\n").is_err());
     }
+
+    // ---- [cluster] ----
+    #[test]
+    fn cluster_mode_is_off_by_default_and_its_options_are_checked() {
+        let c = Config::default();
+        assert!(!c.cluster.enabled() && c.nats_config().is_none());
+        let c = Config::from_toml(
+            "[cluster]\nnats = [\"nats://127.0.0.1:4222\", \"tls://10.0.0.2:4222\"]\n\
+             user = \"relay\"\npassword = \"pw\"\ntls_ca = \"/etc/nats/ca.pem\"\n",
+        )
+        .expect("parses");
+        c.validate().expect("valid");
+        let n = c.nats_config().expect("cluster mode");
+        assert_eq!(n.servers.len(), 2);
+        assert!(
+            matches!(n.auth, crate::store::NatsAuth::UserPassword(ref u, ref p) if u == "relay" && p == "pw")
+        );
+        assert!(
+            !format!("{:?}", n.auth).contains("pw"),
+            "the password is never shown"
+        );
+        assert_eq!(n.tls_ca, Some(PathBuf::from("/etc/nats/ca.pem")));
+        let refused = [
+            "nats = [\"127.0.0.1:4222\"]",
+            "nats = [\"nats://a:1\"]\nuser = \"u\"",
+            "nats = [\"nats://a:1\"]\ntoken = \"t\"\ncreds = \"/x.creds\"",
+            "nats = [\"nats://a:1\"]\nprefix = \"a.b\"",
+            "nats = [\"nats://a:1\"]\nreplicas = 0",
+            "nats = [\"nats://a:1\"]\ntls_cert = \"c.pem\"",
+            "nats = [\"nats://a:1\"]\nnode_id = \"has space\"",
+        ];
+        for body in refused {
+            let c = Config::from_toml(&format!("[cluster]\n{body}\n")).expect("parses");
+            let err = c.validate().expect_err(body).to_string();
+            assert!(err.contains("cluster"), "{body}: {err}");
+        }
+        let mut c = Config::default();
+        c.cluster.nats = vec!["nats://127.0.0.1:4222".into()];
+        c.cluster.token = "s3cret-token".into();
+        let printed = c.to_redacted_toml(&[]);
+        assert!(!printed.contains("s3cret-token"), "{printed}");
+    }
+    // ---- end [cluster] ----
 
     #[test]
     fn out_of_range_values_are_refused() {

@@ -69,6 +69,13 @@ struct ServeArgs {
         default_missing_value = "true"
     )]
     dev_mode: Option<bool>,
+    // ---- cluster ----
+    /// Cluster mode: a NATS server URL (repeatable, or comma-separated) [env:
+    /// ROOMCAST_CLUSTER_NATS] [default: cluster.nats of the config file; none: a single node on
+    /// the embedded store].
+    #[arg(long, value_name = "URL", value_delimiter = ',')]
+    cluster_nats: Vec<String>,
+    // ---- end cluster ----
     /// Print the full configuration (defaults merged with --config, environment and flags)
     /// after validating it, and exit. Secret values are not shown.
     #[arg(long)]
@@ -217,6 +224,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
         admin: a.admin,
         data: a.data.clone(),
         dev_mode: a.dev_mode,
+        cluster_nats: a.cluster_nats.clone(),
     };
     let Layered {
         config,

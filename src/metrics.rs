@@ -75,6 +75,18 @@ pub const STORE_WRITE_FAILURES: &str = "roomcast_store_write_failures_total";
 /// Gauge: 1 while the store takes writes, 0 while it is failing (or closed).
 pub const STORE_HEALTHY: &str = "roomcast_store_healthy";
 // ---- end store faults ----
+// ---- cluster: NATS ----
+/// Gauge: 1 while the relay is connected to NATS (cluster mode), 0 while it is not.
+pub const NATS_CONNECTED: &str = "roomcast_nats_connected";
+/// Histogram: NATS round trips of the store (append, KV writes, reads), by `op`, seconds.
+pub const NATS_REQUEST_SECONDS: &str = "roomcast_nats_request_seconds";
+/// Counter: payload bytes received from NATS.
+pub const NATS_BYTES_IN: &str = "roomcast_nats_bytes_in_total";
+/// Counter: payload bytes sent to NATS.
+pub const NATS_BYTES_OUT: &str = "roomcast_nats_bytes_out_total";
+/// Counter: store submits refused because the NATS store's queue was full.
+pub const NATS_QUEUE_FULL: &str = "roomcast_nats_store_queue_full_total";
+// ---- end cluster: NATS ----
 
 /// The delivery histograms record one write in this many, per connection (the first of them,
 /// counting writes that carried messages).
@@ -184,6 +196,27 @@ pub fn describe() {
         "1 while the store takes writes; 0 while it is failing and changes are refused."
     );
     // ---- end store faults ----
+    // ---- cluster: NATS ----
+    describe_gauge!(
+        NATS_CONNECTED,
+        "1 while the relay is connected to NATS (cluster mode); 0 while it is not."
+    );
+    describe_histogram!(
+        NATS_REQUEST_SECONDS,
+        Unit::Seconds,
+        "NATS round trips of the JetStream store, by op (append, kv_update, kv_create, get, ...)."
+    );
+    describe_counter!(
+        NATS_BYTES_IN,
+        Unit::Bytes,
+        "Payload bytes received from NATS."
+    );
+    describe_counter!(NATS_BYTES_OUT, Unit::Bytes, "Payload bytes sent to NATS.");
+    describe_counter!(
+        NATS_QUEUE_FULL,
+        "Store submits refused at once because the NATS store's queue was full."
+    );
+    // ---- end cluster: NATS ----
 }
 
 /// Folds the histogram samples `handle`'s recorder holds into their buckets every

@@ -9,7 +9,7 @@
 
 use crate::auth::TokenAuth;
 use crate::config::Config;
-use crate::server::{Listeners, Relay, STORE_FILE, Secrets, ServerError};
+use crate::server::{Listeners, Relay, Secrets, ServerError};
 use crate::tls::{Certs, ServerIdentity};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,7 +25,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the store in the data folder, then binds the QUIC endpoint, the admin listener and
+    /// Opens the store (the file in the data folder, or NATS JetStream when `[cluster] nats` is
+    /// set), then binds the QUIC endpoint, the admin listener and
     /// the public web listener.
     pub async fn bind(
         config: Config,
@@ -35,11 +36,10 @@ impl Server {
         config.validate()?;
         std::fs::create_dir_all(&config.server.data)
             .map_err(|e| ServerError::Data(format!("{}: {e}", config.server.data.display())))?;
-        let store = crate::store::RedbStore::open(
-            &config.server.data.join(STORE_FILE),
-            config.store_config(),
-        )?;
-        Self::bind_with_store(config, secrets, identity, Arc::new(store)).await
+        // ---- cluster: redb, or JetStream when [cluster] nats is set ----
+        let store = crate::server::cluster::open_store(&config)?;
+        // ---- end cluster ----
+        Self::bind_with_store(config, secrets, identity, store).await
     }
 
     /// [`Server::bind`] on a store the caller opened (a [`crate::store::RedbStore`] on a

@@ -1,5 +1,8 @@
 //! Crash safety: a real `roomcast serve` process is killed with SIGKILL in the middle of a load
 //! and restarted on the same data folder; everything it acknowledged must be there, nothing twice.
+//! The same on the JetStream store, against a real nats-server (`tests/nats_support`).
+
+mod nats_support;
 
 use bytes::Bytes;
 use rand::Rng;
@@ -23,6 +26,11 @@ struct Relay {
 
 /// Starts `roomcast serve` on `data` and waits for its "listening" line on stderr.
 fn start(data: &Path) -> Relay {
+    start_with(data, "")
+}
+
+/// [`start`] with `extra` appended to its configuration file.
+fn start_with(data: &Path, extra: &str) -> Relay {
     let config = data.join("crash.toml");
     std::fs::write(
         &config,
@@ -44,6 +52,7 @@ admin_burst = 100000
 [store]
 durability = "sync"
 history_max = 100000
+{extra}
 "#,
             data.display()
         ),
@@ -149,9 +158,25 @@ async fn all_history(relay: &Relay, room: &str) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_load_loses_nothing_acknowledged() {
+    sigkill_during_load("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_load_on_jetstream_loses_nothing_acknowledged() {
+    let Some(bin) = nats_support::binary("sigkill_during_load_on_jetstream") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = nats_support::NatsServer::start(&bin, dir.path());
+    sigkill_during_load(&format!("[cluster]\nnats = [\"{}\"]\n", nats.url())).await;
+    drop(nats);
+}
+
+/// The crash test on the store `extra` configures (nothing: the embedded file).
+async fn sigkill_during_load(extra: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let data: PathBuf = dir.path().to_owned();
-    let relay = start(&data);
+    let relay = start_with(&data, extra);
     use reqwest::Method;
 
     // A known set of admin changes, each acknowledged.
@@ -276,7 +301,7 @@ async fn sigkill_during_load_loses_nothing_acknowledged() {
     assert!(acked.len() < total, "the kill happened during the load");
 
     // Restart on the same folder.
-    let relay = start(&data);
+    let relay = start_with(&data, extra);
     let (status, room) = relay.admin(Method::GET, "/v1/rooms/crash", None).await;
     assert_eq!(status, 200, "{room}");
     assert_eq!(room["name"], "Crash room");
@@ -351,6 +376,11 @@ async fn sigkill_during_load_loses_nothing_acknowledged() {
         later.len(),
         history.len() + 1,
         "pages stay complete after more traffic"
+    );
+    assert_eq!(
+        data.join(roomcast::server::STORE_FILE).exists(),
+        extra.is_empty(),
+        "the store file exists exactly when the relay runs on the embedded store"
     );
 }
 

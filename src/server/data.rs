@@ -574,7 +574,7 @@ fn history_entry(room: &str, m: StoredMessage, recalls: &BTreeSet<u64>) -> Histo
 /// (retry later), `INTERNAL` for a damaged record.
 fn read_error(e: StoreError) -> WireError {
     match e {
-        StoreError::Unavailable(m) => werr(
+        StoreError::Unavailable(m) | StoreError::Fenced(m) => werr(
             ErrorCode::Unavailable,
             format!("the store cannot be read now ({m}); retry later"),
         ),

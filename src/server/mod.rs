@@ -6,6 +6,9 @@
 
 mod admission;
 mod bootstrap;
+// ---- cluster ----
+pub mod cluster;
+// ---- end cluster ----
 pub mod data;
 mod delivery;
 pub mod durable;

@@ -20,11 +20,18 @@
 //! (see [`RedbStore`]); the relay answers `UNAVAILABLE` meanwhile.
 
 mod guard;
+mod health;
+// ---- cluster: the JetStream store ----
+pub mod nats;
+// ---- end cluster ----
 mod quota;
 mod redb_store;
 
 pub use quota::{Quota, QuotaFile};
 pub use redb_store::{DiskFile, RedbStore, StoreFile, StoreStats};
+// ---- cluster ----
+pub use nats::{NatsAuth, NatsConfig, NatsStore};
+// ---- end cluster ----
 
 pub use crate::room::records::{
     AttrRecord, Durability, LoadedRoom, Op, RoomRecord, Snapshot, StoredMessage,
@@ -41,13 +48,17 @@ pub enum StoreError {
     /// The file or a value in it is damaged: retrying does not help.
     #[error("{0}")]
     Damaged(String),
+    /// Another writer changed what this store wrote (a shared store: its history fence or a
+    /// KV revision refused the write); this store must reload before it writes it again.
+    #[error("{0}")]
+    Fenced(String),
 }
 
 impl StoreError {
     /// The message, without the kind.
     pub fn message(&self) -> &str {
         match self {
-            StoreError::Unavailable(m) | StoreError::Damaged(m) => m,
+            StoreError::Unavailable(m) | StoreError::Damaged(m) | StoreError::Fenced(m) => m,
         }
     }
 }

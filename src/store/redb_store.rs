@@ -1,6 +1,7 @@
 //! The redb implementation of [`Store`]: see [`RedbStore`].
 
 use super::guard::{contained, guarded};
+use super::health::{Health, closed_error, now_ms};
 use super::{
     Ack, AttrRecord, Durability, LoadedRoom, Op, RoomRecord, Snapshot, Store, StoreConfig,
     StoreError, StoreHealth, StoredMessage, Then,
@@ -20,7 +21,7 @@ use std::fmt::Display;
 use std::io;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -224,84 +225,6 @@ pub struct StoreStats {
     pub ops: u64,
     /// Submits waiting in the channel for the writer.
     pub queued: usize,
-}
-
-const HEALTHY: u8 = 0;
-const FAILING: u8 = 1;
-const CLOSED: u8 = 2;
-
-/// Whether the store takes writes, and why not; shared by the writer, submitters and readers.
-struct Health {
-    state: AtomicU8,
-    /// `(since_ms, last error, failures)` while failing.
-    detail: Mutex<(u64, String, u64)>,
-}
-
-impl Health {
-    fn new() -> Self {
-        metrics::gauge!(m::STORE_HEALTHY).set(1.0);
-        Health {
-            state: AtomicU8::new(HEALTHY),
-            detail: Mutex::new((0, String::new(), 0)),
-        }
-    }
-
-    fn writable(&self) -> bool {
-        self.state.load(Ordering::Acquire) == HEALTHY
-    }
-
-    /// Records a failed write (a transaction or a probe).
-    fn failed(&self, e: &StoreError) {
-        metrics::counter!(m::STORE_WRITE_FAILURES).increment(1);
-        metrics::gauge!(m::STORE_HEALTHY).set(0.0);
-        let mut d = self.detail.lock().unwrap_or_else(|p| p.into_inner());
-        if self.state.load(Ordering::Acquire) == HEALTHY {
-            *d = (now_ms(), String::new(), 0);
-        }
-        d.1 = e.message().to_owned();
-        d.2 += 1;
-        let _ = self
-            .state
-            .compare_exchange(HEALTHY, FAILING, Ordering::AcqRel, Ordering::Acquire);
-    }
-
-    fn recovered(&self) {
-        let _ = self
-            .state
-            .compare_exchange(FAILING, HEALTHY, Ordering::AcqRel, Ordering::Acquire);
-        metrics::gauge!(m::STORE_HEALTHY).set(1.0);
-    }
-
-    fn close(&self) {
-        self.state.store(CLOSED, Ordering::Release);
-        metrics::gauge!(m::STORE_HEALTHY).set(0.0);
-    }
-
-    /// Why a submit is refused now.
-    fn refusal(&self) -> StoreError {
-        match self.state.load(Ordering::Acquire) {
-            CLOSED => closed_error(),
-            _ => {
-                let d = self.detail.lock().unwrap_or_else(|p| p.into_inner());
-                StoreError::Unavailable(format!("the store cannot write: {}", d.1))
-            }
-        }
-    }
-
-    fn snapshot(&self) -> StoreHealth {
-        match self.state.load(Ordering::Acquire) {
-            HEALTHY => StoreHealth::Healthy,
-            CLOSED => StoreHealth::Closed,
-            _ => {
-                let d = self.detail.lock().unwrap_or_else(|p| p.into_inner());
-                StoreHealth::Failing {
-                    since_ms: d.0,
-                    error: d.1.clone(),
-                    failures: d.2,
-                }
-            }
-        }
-    }
 }
 
 /// The durable store in one redb file, with one writer thread and group commit.
@@ -1362,17 +1285,6 @@ fn ctx<E: Into<redb::Error>>(what: impl Display) -> impl FnOnce(E) -> StoreError
         redb::Error::Corrupted(detail) => StoreError::Damaged(format!("{what}: {detail}")),
         other => StoreError::Unavailable(format!("{what}: {other}")),
     }
-}
-
-/// Milliseconds since the Unix epoch.
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn closed_error() -> StoreError {
-    StoreError::Unavailable("the store is closed".into())
 }
 
 fn not_open() -> StoreError {

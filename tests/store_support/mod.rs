@@ -12,7 +12,7 @@ use roomcast::client::{Client, ClientConfig, ClientEvent};
 use roomcast::config::Config;
 use roomcast::node::Server;
 use roomcast::server::{Relay, Secrets};
-use roomcast::store::{RedbStore, StoreFile};
+use roomcast::store::{RedbStore, Store, StoreFile};
 use roomcast::tls::ServerIdentity;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -35,7 +35,15 @@ pub struct Node {
 impl Node {
     /// A relay with its data folder `data` and its store in `file`; limits no test reaches.
     pub async fn start(data: &Path, identity: &ServerIdentity, file: Arc<dyn StoreFile>) -> Node {
-        roomcast::metrics::prometheus().expect("the Prometheus recorder installs");
+        let config = Self::config(data);
+        std::fs::create_dir_all(data).expect("data folder");
+        let store = RedbStore::open_with(file, config.store_config()).expect("the store opens");
+        Self::start_on(data, identity, Arc::new(store)).await
+    }
+
+    /// The configuration of these relays: data in `data`, loopback ports the kernel picks,
+    /// limits no test reaches.
+    pub fn config(data: &Path) -> Config {
         let mut config = Config::default();
         config.server.data = data.to_owned();
         config.server.quic = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -49,13 +57,20 @@ impl Node {
         l.room_budget_reserved = 0;
         l.admin_rate_per_sec = 1_000_000;
         l.admin_burst = 1_000_000;
+        config
+    }
+
+    /// A relay with its data folder `data` on `store` (opened with [`Node::config`]'s store
+    /// settings).
+    pub async fn start_on(data: &Path, identity: &ServerIdentity, store: Arc<dyn Store>) -> Node {
+        roomcast::metrics::prometheus().expect("the Prometheus recorder installs");
+        let config = Self::config(data);
         std::fs::create_dir_all(data).expect("data folder");
-        let store = RedbStore::open_with(file, config.store_config()).expect("the store opens");
         let secrets = Secrets {
             admin_key: ADMIN_KEY.into(),
             token_secret: TOKEN_SECRET.into(),
         };
-        let server = Server::bind_with_store(config, secrets, identity, Arc::new(store))
+        let server = Server::bind_with_store(config, secrets, identity, store)
             .await
             .expect("server binds");
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();

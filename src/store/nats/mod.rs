@@ -1,0 +1,134 @@
+//! The store in NATS JetStream ([`NatsStore`]), and the design of cluster mode it is part of.
+//!
+//! Cluster mode lets any number of relays share rooms through NATS: members of one room sit on
+//! different relays, and a relay can die without losing a message it acknowledged. Nothing of
+//! it is home-made consensus: ordering comes from one owner per room under a KV lease, safety
+//! from JetStream's compare-and-set on the KV revision and on a subject's last sequence.
+//! **Built so far** (marked *now* below): this store, with its names, fence, outage behaviour
+//! and metrics, and `roomcast serve --cluster-nats URL` running one relay on it. **Still to
+//! build** on the room core (marked *next*): leases, forwarding, live fan-out, KV-watch caches,
+//! member counts; a second relay on the same NATS is fenced off by the store meanwhile.
+//!
+//! # Names
+//! Everything lives under `cluster.prefix` (`P`, default `roomcast`). A room id becomes one
+//! subject token `R` by [`encode_room`] (`A-Z a-z 0-9 - _` kept, any other byte as `=XX`, so a
+//! `.` in an id never splits a subject; `eu.lobby` is `eu=2Elobby`). NATS' guidance is followed:
+//! **no stream and no consumer per room or per client** — one stream and a few buckets for the
+//! whole deployment, subjects per room inside them.
+//!
+//! | what | name | kind | key / subject |
+//! |---|---|---|---|
+//! | history (*now*) | `P_history` | stream, file, `cluster.replicas` | `P.hist.m.R` messages, `P.hist.x.R` recall markers |
+//! | room state (*now*) | `P_state` | KV, history 1 | `room.R` → `{record, attrs}` (JSON), `global` → the app-wide lists |
+//! | leases (*next*) | `P_leases` | KV, per-entry TTL | `room.R` → `{node, term}` |
+//! | member counts (*next*) | `P_members` | KV, TTL | `R.<node>` → that relay's count |
+//! | live traffic (*next*) | — | core NATS | `P.live.R` |
+//! | forwarded requests (*next*) | — | core NATS request/reply | `P.fwd.R` |
+//!
+//! History retention is the stream's own: `max_msgs_per_subject = store.history_max` (count per
+//! room) and `max_age = store.history_max_age_secs` (age since stored), with direct gets so any
+//! replica answers reads. Normal and protected messages share the room's subject (the class is in
+//! the message). A recall publishes a marker (the message without its body) on `P.hist.x.R` and
+//! then deletes the original: the body is gone from NATS, the marker keeps the sequence number.
+//! If one stream's throughput ever limits (one Raft group at R3), the scale-out path is a fixed
+//! number of partitioned streams `P_history_<n>` chosen by a hash of `R`, not one per room.
+//!
+//! # The store (*now*)
+//! [`NatsStore`] implements the store trait with the redb store's semantics: submits are applied
+//! in order by one writer; an ack resolves (in `sync` mode) after JetStream acknowledged every
+//! op; a write that fails takes no effect and the caller answers `UNAVAILABLE`. Loading reads the
+//! bucket's stream (last value per key) and the history stream once each, with one short-lived
+//! ordered consumer apiece, to learn the rooms and, per room, the stream sequence of each stored
+//! message and of the room's last one (an index kept in memory, at most `history_max` per room). A room's record and
+//! its attributes are one KV value, so an attribute change and the room's attribute version are
+//! one atomic write; other ops of one submit (a room's deletion and the app-wide lists) are
+//! applied in order, each atomic.
+//!
+//! **The fence.** Every append carries `Nats-Expected-Last-Subject-Sequence` with the stream
+//! sequence of the room's last message as this store knows it (0: none), and every KV write
+//! expects the revision it last saw (`create` for a key it has not seen). A second writer's
+//! append or write moves them on, so the first writer's next one is refused:
+//! [`crate::store::StoreError::Fenced`], surfaced as `UNAVAILABLE`, and the store stays healthy
+//! for other rooms. Known pitfalls handled: the expected value is a *stream* sequence, not a
+//! count; when every message of a room expired or was purged the subject is empty, so a refused
+//! append looks the subject up and, only if it is empty, expects 0; `create` after a delete or a
+//! purge needs the tombstone's revision (async-nats' `create` looks it up and updates on it), and
+//! a writer racing it there makes it fail as "already exists", which is then a fence as well;
+//! KV wrong-revision errors come as 10071 or 10164 depending on the path, both of which
+//! async-nats reports as a wrong last revision.
+//!
+//! **Outages.** While the connection is down (the client's event), or after a request that is not
+//! answered within `cluster.request_timeout_ms`, the store is failing: that submit fails, those
+//! queued behind it fail, later ones are refused at once with a message that names NATS,
+//! `/healthz` answers 503 with the reason, `roomcast_store_healthy` and `roomcast_nats_connected`
+//! are 0. The writer probes (a stream info request) with back-off up to 2 s and takes writes
+//! again by itself. A write whose answer was lost in flight may have landed: before taking writes
+//! again the writer looks, and undoes it (deletes the message, restores the KV value) if it did,
+//! so what a client was told (refused) is what a restart finds.
+//!
+//! # Ownership and the lease (*next*)
+//! One relay at a time sequences a room: the owner. `acquire` = KV `create(room.R)` in
+//! `P_leases` with `{node, term}`, the entry's TTL = the lease TTL; `renew` = `update` on the
+//! revision it holds, every TTL/3. Only the holder's revision matches, so renewals are
+//! compare-and-set, and an owner that cannot renew loses the entry when its TTL runs out. A stale
+//! owner learns it lost in three ways, the last of which needs no clock: (1) a renewal refused on
+//! the revision; (2) its own timer: it stops sequencing once TTL minus a safety margin has passed
+//! since its last *acknowledged* renewal, before anyone else can acquire; (3) the fence: a new
+//! owner, right after acquiring, reloads the room (KV value and the subject's last sequence),
+//! reserves sequence numbers above `seq_reserved` (KV compare-and-set, as after a restart), and
+//! appends a fence marker (an empty message with a `Roomcast-Fence: term` header, skipped by
+//! readers) to `P.hist.m.R`; every later append of the old owner is refused (`Fenced`), so no
+//! sequence number is ever durable twice. `Fenced` turns into the core input "ownership lost":
+//! the core steps down (drops its sequencer and timers; sends are forwarded from then on).
+//! **Failover time**: a dead owner's rooms move within one lease TTL plus one renewal interval.
+//!
+//! # Sends, fan-out and interest routing (*next*)
+//! A member's send on a relay that does not own the room is a request on `P.fwd.R`, answered by
+//! the owner with `{seq, ts}` once the append is durable (or with the owner's error); no
+//! responder means no owner: the relay tries to acquire the lease and handles it itself. The
+//! owner publishes every accepted message once on `P.live.R` (the event frame, encoded once, with
+//! seq and class headers); low-priority messages that history does not keep go the same way,
+//! unstored. A relay subscribes to `P.live.R` only while it has members in the room: NATS sends a
+//! message to each relay with members once, and none to a relay without. Each relay puts what
+//! arrives into the room's local ring, so classes, shedding, datagrams and exact `Gap` counts are
+//! the single-node ones. Admin changes made on any relay are requests to the owner on the same
+//! subject; their result is the KV write, which every relay sees through one `watch_all` on
+//! `P_state` (one consumer per relay, not per room) to keep its cache of rooms, moderation lists
+//! and attributes current. Member lists and counts: each relay writes its count per room to
+//! `P_members` (on change, at most every `rooms.member_count_interval_ms`); a total is a listing
+//! of `R.*`, bounded by the number of relays. Timers (idle destroy, lifetime, scheduled
+//! destroy) run once per room, on its owner; offline exit runs where the member's session was.
+//!
+//! # Resume (*next*, client side first)
+//! Resume is client-driven so it works on any relay: the client rejoins a room telling the epoch
+//! and the last seq it received. The relay subscribes to live traffic first and buffers it, then
+//! replays the missed seqs from its ring or, beyond the ring, from history (direct gets by
+//! stream sequence), then drains the buffer from where the replay ended. All or nothing: seqs
+//! it cannot replay (low-priority ones history does not keep, trimmed ones) are counted in
+//! `Resumed{missed}`, never silently skipped; a room whose epoch changed is reported destroyed.
+//!
+//! # Guarantees
+//! - **Ordering**: per room, `seq` is contiguous and assigned by one writer; every member
+//!   receives in seq order, and a skipped range is an exact `Gap`.
+//! - **Durability**: a `{seq, ts}` reply (and an admin call's answer) means JetStream acknowledged
+//!   the write: with one NATS server it is in that server's store (written through to its file;
+//!   fsynced per the server's `sync_interval`, `always` for power-loss safety); with
+//!   `cluster.replicas = 3` on three servers it is on a quorum. A SIGKILLed relay loses nothing
+//!   acknowledged (tested).
+//! - **Availability**: while NATS is unreachable, changes and kept messages are refused with
+//!   `UNAVAILABLE` (nothing half-made), reads of history fail the same way, and writes resume by
+//!   themselves when NATS answers.
+//!
+//! # Mapping onto the room core
+//! The core takes inputs with `now` and returns effects. Cluster mode adds inputs — a message
+//! from `P.live.R`, a KV change of `room.R`, "ownership acquired", "ownership lost" (from a
+//! refused renewal, the lease timer, or `Fenced`), a forwarded request — and effects: store ops
+//! (this store, fenced), "publish live", "forward to the owner", "subscribe / unsubscribe
+//! `P.live.R`" (on the first member in / last member out), "renew / release the lease". A relay
+//! that does not own a room runs the same core without a sequencer: it only fans out what arrives.
+
+mod names;
+mod store;
+
+pub use names::{HistoryKind, Names, decode as decode_room, encode as encode_room};
+pub use store::{NatsAuth, NatsConfig, NatsStore};
