@@ -15,6 +15,29 @@ use roomcast::protocol::{
 use std::sync::Arc;
 use tokio::task::JoinSet;
 
+/// A raw QUIC connection (no client library) that has sent a hello with `token`: the connection,
+/// its control stream's send half and the server's first frame on it.
+async fn raw_hello(
+    server: &TestServer,
+    token: String,
+) -> (
+    common::RawConn,
+    quinn::SendStream,
+    Result<Option<ServerFrame>, roomcast::protocol::DecodeError>,
+) {
+    let raw = server.raw_connect().await;
+    let (mut send, recv) = raw.conn.open_bi().await.expect("control stream");
+    send.write_all(&encode_frame(&ClientFrame::Hello {
+        version: PROTOCOL_VERSION,
+        token,
+    }))
+    .await
+    .expect("hello written");
+    let mut reader = roomcast::protocol::FrameReader::new(recv, 1 << 20);
+    let first = within("the server's first frame", reader.read::<ServerFrame>()).await;
+    (raw, send, first)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_returns_room_info_and_leave_ends_membership() {
     let server = TestServer::start(|_| {}).await;
@@ -250,16 +273,8 @@ async fn forged_and_expired_tokens_are_refused_and_counted() {
     }
 
     // On the wire: the refusal arrives on the control stream, then the close with its own code.
-    let raw = server.raw_connect().await;
-    let (mut send, recv) = raw.conn.open_bi().await.expect("control stream");
-    send.write_all(&encode_frame(&ClientFrame::Hello {
-        version: PROTOCOL_VERSION,
-        token: server.forged_token("mallory"),
-    }))
-    .await
-    .expect("hello written");
-    let mut reader = roomcast::protocol::FrameReader::new(recv, 1 << 20);
-    match within("the refusal", reader.read::<ServerFrame>()).await {
+    let (raw, _send, first) = raw_hello(&server, server.forged_token("mallory")).await;
+    match first {
         Ok(Some(ServerFrame::Refused(e))) => assert_eq!(e.code, ErrorCode::Unauthorized),
         other => panic!("expected Refused, got {other:?}"),
     }
@@ -351,16 +366,8 @@ async fn oversized_bodies_are_too_large_and_oversized_frames_close_the_connectio
 
     // ...and a client that writes one anyway is closed: the server refuses it from its length
     // prefix alone.
-    let raw = server.raw_connect().await;
-    let (mut send, recv) = raw.conn.open_bi().await.expect("control stream");
-    send.write_all(&encode_frame(&ClientFrame::Hello {
-        version: PROTOCOL_VERSION,
-        token: server.token("mallory"),
-    }))
-    .await
-    .expect("hello written");
-    let mut reader = roomcast::protocol::FrameReader::new(recv, 1 << 20);
-    match within("the welcome", reader.read::<ServerFrame>()).await {
+    let (raw, mut send, first) = raw_hello(&server, server.token("mallory")).await;
+    match first {
         Ok(Some(ServerFrame::Welcome { .. })) => {}
         other => panic!("expected Welcome, got {other:?}"),
     }
@@ -382,16 +389,8 @@ async fn garbage_on_the_control_stream_closes_with_protocol() {
     server.create_room("lobby").await;
 
     // 1. A valid hello, then a well-delimited frame whose body is not a frame.
-    let raw = server.raw_connect().await;
-    let (mut send, recv) = raw.conn.open_bi().await.expect("control stream");
-    send.write_all(&encode_frame(&ClientFrame::Hello {
-        version: PROTOCOL_VERSION,
-        token: server.token("mallory"),
-    }))
-    .await
-    .expect("hello written");
-    let mut reader = roomcast::protocol::FrameReader::new(recv, 1 << 20);
-    match within("the welcome", reader.read::<ServerFrame>()).await {
+    let (raw, mut send, first) = raw_hello(&server, server.token("mallory")).await;
+    match first {
         Ok(Some(ServerFrame::Welcome {
             user, max_frame, ..
         })) => {
