@@ -1179,3 +1179,71 @@ async fn low_datagrams_dropped_on_a_full_client_buffer_are_reported_as_a_gap() {
     }
     assert!(low_gap > 0, "a two-event buffer could not hold the burst");
 }
+
+/// Joins and leaves racing the destruction and re-creation of their room never deadlock the
+/// relay: a destruction once took the room registry before the room's state, the reverse of a
+/// join's order, and a queued registry writer (a creation or destruction being applied) then
+/// closed the cycle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn joins_and_leaves_racing_room_destruction_never_deadlock() {
+    const ROUNDS: usize = 300;
+    const MEMBERS: usize = 12;
+    // A deadlock blocks the runtime's workers, and with them its timers: a plain thread ends
+    // the test binary with a message instead of letting it hang.
+    let (done, watched) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+            watched.recv_timeout(std::time::Duration::from_secs(60))
+        {
+            eprintln!("the relay deadlocked: joins, leaves and room destructions did not end");
+            std::process::exit(101);
+        }
+    });
+    let server =
+        TestServer::start(|c| c.store.durability = roomcast::store::Durability::Batched).await;
+    let rooms = ["x", "y", "z"];
+    for r in rooms {
+        server.create_room(r).await;
+    }
+    let mut tasks = JoinSet::new();
+    for i in 0..MEMBERS {
+        let c = server.client(&format!("m{i}")).await;
+        tasks.spawn(async move {
+            for _ in 0..ROUNDS {
+                // Either may be refused (the room is gone for a moment); neither may hang.
+                let _ = c.join("x", -1).await;
+                let _ = c.leave("x").await;
+            }
+        });
+    }
+    for r in rooms {
+        let relay = server.relay().clone();
+        tasks.spawn(async move {
+            for _ in 0..ROUNDS {
+                if let Ok(d) = relay.destroy_room(r, DestroyReason::Manual) {
+                    let _ = d.wait().await;
+                }
+                let new = roomcast::server::relay::NewRoom {
+                    id: r.into(),
+                    ..Default::default()
+                };
+                if let Ok(d) = relay.create_room(new) {
+                    let _ = d.wait().await;
+                }
+            }
+        });
+    }
+    for _ in 0..MEMBERS + rooms.len() {
+        within(
+            "the racing joins, leaves, destructions and creations to end",
+            tasks.join_next(),
+        )
+        .await
+        .expect("a task")
+        .expect("no task panics");
+    }
+    let _ = done.send(());
+    // The relay still serves.
+    let alice = server.client("alice").await;
+    alice.join("y", -1).await.expect("joins after the race");
+}

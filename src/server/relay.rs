@@ -9,8 +9,10 @@
 //! a delivery task before its subscription; the rooms' (member events, counts, departed
 //! owners) once it is released, each under its room's state lock.
 //!
-//! Lock order, always: `rooms` → `creating` → a room's state → `core` → (`rooms`, read, held
-//! for a lookup only) → `conns`. `rooms` is never held while taking `core`. Nothing here
+//! Lock order, always: a room's state → `core` → `rooms` (read, for a lookup or a check
+//! only) → `creating` → `conns`. `rooms` is never held while taking a room's state or `core`
+//! (a queued writer of `rooms` blocks new readers, so any other order could deadlock); the
+//! one exception is a room being created, whose state nobody else can hold yet. Nothing here
 //! awaits while holding one of these, and nothing on the delivery path takes any of them. The
 //! async change locks (see [`super::durable`]) come before all of them: a room's, then the
 //! app-wide lists'.
@@ -386,12 +388,14 @@ impl Relay {
     /// once both locks are released (a room's state is never taken while another's is held).
     ///
     /// A join's subscription (no `resumed`) starts where the ring is when it is applied: after
-    /// the join's own `MemberJoined`, applied just before it. A resumed one starts exactly where
+    /// the join's own `MemberJoined`, applied just before it. `joined`: the room a join holds,
+    /// subscribed to even when its destruction took it out of the registry meanwhile. A resumed one starts exactly where
     /// the core counted what the connection missed; `started` is set to a join's.
     fn apply(
         &self,
         fx: Vec<Effect>,
         mut held: Option<(&Room, &mut RoomState)>,
+        joined: Option<&Arc<Room>>,
         now: u64,
         started: &mut Option<JoinPoint>,
     ) -> Vec<Effect> {
@@ -405,7 +409,12 @@ impl Relay {
                     at,
                     resumed,
                 } => {
-                    let Some(target) = self.room(&room).ok().filter(|r| r.epoch == epoch) else {
+                    // The room a join holds, even if its destruction has taken it out of the
+                    // registry meanwhile (the member then reads the ring's end: `RoomDestroyed`).
+                    let held_room = joined.filter(|r| r.id == room && r.epoch == epoch).cloned();
+                    let Some(target) =
+                        held_room.or_else(|| self.room(&room).ok().filter(|r| r.epoch == epoch))
+                    else {
                         continue;
                     };
                     let (at, first) = match resumed {
@@ -480,6 +489,15 @@ impl Relay {
             match self.room(id) {
                 Ok(room) if room.epoch == *epoch => {
                     let mut st = room.state();
+                    // Back in the room since the core ended this membership (another device
+                    // joined it, or the user reconnected): its end is not announced, and the
+                    // user's auto-delete attributes stay.
+                    if let Effect::Left { user, .. } = &e
+                        && self.is_member(&room, user)
+                    {
+                        metrics::gauge!(m::MEMBERS).decrement(1.0);
+                        continue;
+                    }
                     self.room_effect(&room, &mut st, e, now);
                 }
                 // Gone meanwhile: only the gauge still counts it.
@@ -555,7 +573,7 @@ impl Relay {
         metrics::gauge!(m::CONNECTIONS, "transport" => transport.as_str()).increment(1.0);
         let mut core = self.core();
         let fx = core.conn_up(id, &user, &mut |r| self.point(r));
-        let rest = self.apply(fx, None, now_ms(), &mut None);
+        let rest = self.apply(fx, None, None, now_ms(), &mut None);
         drop(core);
         self.other_rooms(rest, now_ms());
         id
@@ -572,7 +590,7 @@ impl Relay {
         let now = now_ms();
         let mut core = self.core();
         let fx = core.conn_down(now, id, &mut |r| self.point(r));
-        let rest = self.apply(fx, None, now, &mut None);
+        let rest = self.apply(fx, None, None, now, &mut None);
         drop(core);
         self.other_rooms(rest, now);
     }
@@ -597,7 +615,7 @@ impl Relay {
         let fx = core.kick(&room.id, user, kicked, &mut |r| self.point(r));
         let removed = !fx.is_empty();
         // A kick concerns this room only.
-        let others = self.apply(fx, Some((room, st)), now, &mut None);
+        let others = self.apply(fx, Some((room, st)), None, now, &mut None);
         debug_assert!(others.is_empty());
         removed
     }
@@ -619,7 +637,7 @@ impl Relay {
                 _ => None,
             })
             .collect();
-        let others = self.apply(fx, Some((room, st)), now, &mut None);
+        let others = self.apply(fx, Some((room, st)), None, now, &mut None);
         debug_assert!(others.is_empty());
         gone
     }
@@ -768,6 +786,13 @@ impl Relay {
         let members = self.config.limits.room_info_members;
         self.commit(NOT_MADE, ops, move |ok| {
             let _locked = guard;
+            // The core first, then the registry: a room anyone can find is one it can join.
+            // An older incarnation still in the core (its destruction being applied) is
+            // replaced: a membership of it is not one of this room.
+            let fx = match ok {
+                true => relay.core().room_created(&room.id, room.epoch),
+                false => Vec::new(),
+            };
             {
                 let mut rooms = relay.rooms.write().unwrap_or_else(|p| p.into_inner());
                 let mut creating = lock(&relay.creating);
@@ -782,9 +807,6 @@ impl Relay {
                 }
                 rooms.insert(room.id.clone(), room.clone());
             }
-            // An older incarnation still in the core (its destruction being applied) is
-            // replaced: a membership of it is not one of this room.
-            let fx = relay.core().room_created(&room.id, room.epoch);
             relay.other_rooms(fx, now_ms());
             metrics::gauge!(m::ROOMS).increment(1.0);
             tracing::info!(room = %room.id, epoch = room.epoch, "room created");
@@ -877,18 +899,24 @@ impl Relay {
         .await
     }
 
-    /// Decides a destruction with the registry and the room's state locked; freezes the ring
+    /// Decides a destruction with the room's state and the registry locked; freezes the ring
     /// when it is decided.
     fn decide_destroy(
         &self,
         room: &Arc<Room>,
         decide: impl FnOnce(&mut RoomState) -> Option<DestroyReason>,
     ) -> Option<DestroyReason> {
-        let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
-        if !rooms.get(&room.id).is_some_and(|r| Arc::ptr_eq(r, room)) {
+        // The room's state first, then the registry (read, for the check only): the order of
+        // every other path (state → core → rooms), so no cycle can form with a join or a leave.
+        let mut st = room.state();
+        let live = {
+            let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
+            rooms.get(&room.id).is_some_and(|r| Arc::ptr_eq(r, room))
+        };
+        if !live {
             return None;
         }
-        let reason = decide(&mut room.state())?;
+        let reason = decide(&mut st)?;
         room.ring.freeze(true);
         Some(reason)
     }
@@ -1094,7 +1122,7 @@ impl Relay {
         st.last_activity_ms = now;
         // In `single_room` mode, the rooms left: once this room's lock is released.
         let mut started = None;
-        let others = self.apply(fx, Some((room, &mut st)), now, &mut started);
+        let others = self.apply(fx, Some((room, &mut st)), Some(room), now, &mut started);
         // Where the subscription started (after the join's own event), as the reply says.
         let at = started.unwrap_or_else(|| room.ring.join_point());
         drop(core);
@@ -1144,7 +1172,7 @@ impl Relay {
             ));
         }
         let fx = core.leave(conn, user, room_id, &mut |r| self.point(r))?;
-        let others = self.apply(fx, Some((&room, &mut st)), now_ms(), &mut None);
+        let others = self.apply(fx, Some((&room, &mut st)), None, now_ms(), &mut None);
         drop(core);
         drop(st);
         self.other_rooms(others, now_ms());
