@@ -4,12 +4,11 @@
 
 mod common;
 
-use common::{TestServer, within};
+use common::{TestServer, poll, within};
 use roomcast::protocol::{
     ClientFrame, CloseCode, ErrorCode, Event, FrameReader, PROTOCOL_VERSION, Request, Response,
     ServerFrame, encode_frame,
 };
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -448,20 +447,6 @@ impl Drop for Served {
     }
 }
 
-/// Polls `check` every 20 ms until it yields a value, for at most [`common::SAFETY`]: waiting
-/// for a condition another process makes true, which sends no event this test could await.
-async fn poll<T, F: Future<Output = Option<T>>>(what: &str, mut check: impl FnMut() -> F) -> T {
-    within(what, async {
-        loop {
-            if let Some(v) = check().await {
-                return v;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    })
-    .await
-}
-
 // ---------------- metrics of the opening ----------------
 
 /// A connection in its opening is counted as handshaking, not as connected; a hello timeout is
@@ -654,9 +639,11 @@ async fn a_client_hello_flood_keeps_memory_bounded_and_real_clients_connect() {
         let peak = peak.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
+            // The RSS is sampled every 20 ms: the peak is what the test bounds.
+            let mut every = tokio::time::interval(std::time::Duration::from_millis(20));
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                every.tick().await;
                 peak.fetch_max(rss_kib(pid), std::sync::atomic::Ordering::Relaxed);
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
         })
     };

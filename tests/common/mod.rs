@@ -53,6 +53,34 @@ pub async fn until(what: &str, done: impl Fn() -> bool) {
     .await
 }
 
+/// Polls `check` every 20 ms until it yields a value, for at most [`SAFETY`]: for a condition
+/// of another process (its RSS, its `/metrics`, its `/healthz`) that sends no event a test
+/// could await.
+pub async fn poll<T, F: Future<Output = Option<T>>>(what: &str, check: impl FnMut() -> F) -> T {
+    poll_for(what, SAFETY, check).await
+}
+
+/// [`poll`] for at most `limit`.
+pub async fn poll_for<T, F: Future<Output = Option<T>>>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let polling = async {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            tick.tick().await;
+            if let Some(v) = check().await {
+                return v;
+            }
+        }
+    };
+    match tokio::time::timeout(limit, polling).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {limit:?} waiting for {what}"),
+    }
+}
+
 /// A relay serving on loopback for one test.
 pub struct TestServer {
     /// The bound QUIC address.

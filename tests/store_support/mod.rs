@@ -5,7 +5,7 @@
 // Each test binary that includes this module uses a different part of it.
 #![allow(dead_code)]
 
-use crate::common::{ADMIN_KEY, ApiReply, TOKEN_SECRET, admin_call, next_event, within};
+use crate::common::{ADMIN_KEY, ApiReply, TOKEN_SECRET, admin_call, next_event, poll_for, within};
 use reqwest::Method;
 use roomcast::auth::{TokenAuth, unix_secs};
 use roomcast::client::{Client, ClientConfig, ClientEvent};
@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A running relay.
 pub struct Node {
@@ -142,19 +142,12 @@ impl Node {
     /// Polls `/healthz` until it answers `status` (the store recovers on its own thread);
     /// returns its JSON.
     pub async fn health_becomes(&self, status: u16) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        let what = format!("/healthz to say {status}");
+        poll_for(&what, Duration::from_secs(30), || async {
             let r = self.api(Method::GET, "/healthz", None).await;
-            if r.status == status {
-                return r.json;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "/healthz never said {status}: {}",
-                r.text
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            (r.status == status).then_some(r.json)
+        })
+        .await
     }
 
     /// An admin message history does not keep: it needs no disk, so it goes out during an
