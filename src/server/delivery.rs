@@ -524,3 +524,7 @@ mod tests {
         assert_eq!(window_wait(Some(t0), w, at(10), || WINDOW_BACKLOG), None);
     }
 }
+
+#[cfg(test)]
+#[path = "delivery_props.rs"]
+mod props;
