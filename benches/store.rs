@@ -50,6 +50,7 @@ impl Fixture {
             flush_ms: 10,
             history_max: 1000,
             history_max_age_ms: 7 * 24 * 3600 * 1000,
+            cache_bytes: 1 << 30,
         };
         let store = RedbStore::open(&dir.path().join("roomcast.redb"), cfg).expect("open store");
         Fixture {

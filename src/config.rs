@@ -424,6 +424,8 @@ pub struct StoreSection {
     pub history_low: bool,
     /// How long a sender may recall its own message, ms.
     pub recall_window_ms: u64,
+    /// Page cache of the embedded store, MiB: the most memory it keeps of the file.
+    pub cache_mb: usize,
 }
 
 impl Default for StoreSection {
@@ -435,6 +437,7 @@ impl Default for StoreSection {
             history_max_age_secs: 7 * 24 * 3600,
             history_low: false,
             recall_window_ms: 120_000,
+            cache_mb: 1024,
         }
     }
 }
@@ -774,6 +777,10 @@ const KEY_DOCS: &[(&str, &str)] = &[
     (
         "store.recall_window_ms",
         "How long a sender may recall its own message, ms (the admin may recall any).",
+    ),
+    (
+        "store.cache_mb",
+        "Page cache of the embedded store, MiB (1..=65536): the most memory it keeps of the store file; it fills as history is read and written. Lower it on small machines. Not used in cluster mode.",
     ),
     (
         "transport.endpoints",
@@ -1122,6 +1129,7 @@ impl Config {
             flush_ms: self.store.flush_ms,
             history_max: self.store.history_max,
             history_max_age_ms: self.store.history_max_age_secs * 1000,
+            cache_bytes: self.store.cache_mb << 20,
         }
     }
 
@@ -1233,6 +1241,9 @@ impl Config {
         }
         if self.store.history_max == 0 || self.store.flush_ms == 0 {
             return bad("store.history_max and store.flush_ms must be above 0");
+        }
+        if !(1..=65536).contains(&self.store.cache_mb) {
+            return bad("store.cache_mb must be 1..=65536 (MiB)");
         }
         let t = &self.transport;
         if t.handshake_timeout_ms == 0 || t.hello_timeout_ms == 0 {
@@ -1619,6 +1630,23 @@ mod tests {
             c.transport.ack_every_packets = acks;
             let err = c.validate().err().map(|e| e.to_string());
             assert_eq!(err.is_none(), ok, "window {window} acks {acks}: {err:?}");
+        }
+        for (mb, ok) in [
+            (0, false),
+            (1, true),
+            (1024, true),
+            (65536, true),
+            (65537, false),
+        ] {
+            let mut c = Config::default();
+            c.store.cache_mb = mb;
+            let err = c.validate().err().map(|e| e.to_string());
+            assert_eq!(err.is_none(), ok, "cache_mb {mb}: {err:?}");
+            if ok {
+                assert_eq!(c.store_config().cache_bytes, mb * 1024 * 1024);
+            } else {
+                assert!(err.is_some_and(|e| e.contains("store.cache_mb")));
+            }
         }
     }
 }

@@ -25,6 +25,7 @@ fn cfg(history_max: usize, max_age_ms: u64) -> StoreConfig {
         flush_ms: 10,
         history_max,
         history_max_age_ms: max_age_ms,
+        cache_bytes: 16 << 20,
     }
 }
 

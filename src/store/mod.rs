@@ -93,6 +93,8 @@ pub struct StoreConfig {
     pub history_max: usize,
     /// Oldest message kept, ms of age.
     pub history_max_age_ms: u64,
+    /// Page cache of the embedded store, bytes (the JetStream store has none of its own).
+    pub cache_bytes: usize,
 }
 
 /// Resolves when the ops it was returned for are durable (per [`Durability`]).

@@ -339,7 +339,7 @@ impl RedbStore {
                  was truncated or replaced; {DAMAGED_ADVICE}"
             )));
         }
-        let db = open_database(file.as_ref(), true)?;
+        let db = open_database(file.as_ref(), true, cfg.cache_bytes)?;
         let counts = guarded(
             || format!("the store file {shown} is damaged; {DAMAGED_ADVICE}. Opening it"),
             || {
@@ -687,8 +687,13 @@ fn load(db: &Database) -> Result<Snapshot, StoreError> {
 }
 
 /// Opens the database in `file`, with redb's integrity check when `check` (at start; a reopen
-/// after a failed write trusts the file redb itself wrote). Every failure names the file.
-fn open_database(file: &dyn StoreFile, check: bool) -> Result<Database, StoreError> {
+/// after a failed write trusts the file redb itself wrote) and a page cache of `cache_bytes`.
+/// Every failure names the file.
+fn open_database(
+    file: &dyn StoreFile,
+    check: bool,
+    cache_bytes: usize,
+) -> Result<Database, StoreError> {
     let shown = file.path().display().to_string();
     let backend = file
         .open()
@@ -696,6 +701,7 @@ fn open_database(file: &dyn StoreFile, check: bool) -> Result<Database, StoreErr
     let opened = contained(|| {
         let mut builder = Database::builder();
         builder.set_check_integrity_on_open(check);
+        builder.set_cache_size(cache_bytes);
         builder.create_with_backend(Boxed(backend))
     });
     match opened {
@@ -905,7 +911,11 @@ impl Writer {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
-        let db = Arc::new(open_database(self.file.as_ref(), false)?);
+        let db = Arc::new(open_database(
+            self.file.as_ref(),
+            false,
+            self.cfg.cache_bytes,
+        )?);
         self.latched = false;
         self.shared.store(Some(db.clone()));
         self.db = Some(db);
@@ -1304,6 +1314,7 @@ mod tests {
             flush_ms: 10,
             history_max: 1000,
             history_max_age_ms: 7 * 24 * 3600 * 1000,
+            cache_bytes: 16 << 20,
         }
     }
 
