@@ -107,12 +107,14 @@ pub enum ClientEvent {
         /// Why.
         reason: KickReason,
     },
-    /// After a reconnect within the offline grace period, this connection took over the user's
-    /// membership of `room`; `missed` messages went out while the user was offline.
+    /// This connection took over the user's membership of `room`: after a reconnect within the
+    /// offline grace period (`missed` messages went out while the user was offline), or after
+    /// [`Client::resume`] (`missed`: the messages after the resumed `last_seq` that are not
+    /// replayed; every other one follows, in order).
     Resumed {
         /// Room id.
         room: String,
-        /// Messages published while offline.
+        /// Messages this connection will not receive.
         missed: u64,
         /// The newest sequence number at the resume.
         last_seq: u64,
@@ -527,6 +529,19 @@ impl Client {
         calls::joined(self.request(calls::join(room, history)).await?)
     }
 
+    /// Rejoins the incarnation `epoch` of `room` after a reconnect, having received its messages
+    /// up to `last_seq`: the relay then sends `Resumed{missed}` and every message after
+    /// `last_seq` it can replay, then live traffic (the protocol module doc, "Resume after a
+    /// reconnect").
+    pub async fn resume(
+        &self,
+        room: &str,
+        epoch: u64,
+        last_seq: u64,
+    ) -> Result<JoinInfo, ClientError> {
+        calls::joined(self.request(calls::resume(room, epoch, last_seq)).await?)
+    }
+
     /// Leaves a room.
     pub async fn leave(&self, room: &str) -> Result<(), ClientError> {
         calls::left(self.request(calls::leave(room)).await?)
@@ -703,6 +718,14 @@ pub(crate) mod calls {
         match r {
             Response::Joined(info) => Ok(info),
             other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn resume(room: &str, epoch: u64, last_seq: u64) -> Request {
+        Request::Resume {
+            room: room.into(),
+            epoch,
+            last_seq,
         }
     }
 
