@@ -105,9 +105,11 @@ impl Relay {
         }
         // Read before anything changes: a resume whose history cannot be read is refused whole.
         let recalls = room.state().recent_recalls.clone();
-        let stored = match last_seq < newest {
-            true => self.history_of(&room, None, REPLAY_MAX, &recalls)?,
-            false => Vec::new(),
+        // At most as many as there are numbers to replay.
+        let wanted = usize::try_from(newest - last_seq).map_or(REPLAY_MAX, |n| n.min(REPLAY_MAX));
+        let stored = match wanted {
+            0 => Vec::new(),
+            n => self.history_of(&room, None, n, &recalls)?,
         };
         let now = super::now_ms();
         let mut st = room.state();

@@ -80,6 +80,8 @@ export class Client {
   getAttributes(room: string, keys?: string[]): Promise<{ version: number; attributes: Attribute[] }>;
   recall(room: string, seq: number): Promise<void>;
   history(room: string, opts?: { beforeSeq?: number; limit?: number }): Promise<HistoryEntry[]>;
+  /** Rejoins the incarnation `epoch` of a room after a reconnect, from the newest seq received. */
+  resume(room: string, epoch: number, lastSeq: number): Promise<JoinInfo>;
   ping(): Promise<void>;
   events(): AsyncIterable<RoomEvent>;
   [Symbol.asyncIterator](): AsyncIterator<RoomEvent>;

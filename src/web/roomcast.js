@@ -75,6 +75,7 @@ const Request = T.enumOf([
   ["GetAttributes", T.struct([room, ["keys", T.vec(T.string)]])],
   ["Recall", T.struct([room, ["seq", T.u64]])],
   ["History", T.struct([room, ["before_seq", T.u64], ["limit", T.u32]])],
+  ["Resume", T.struct([room, ["epoch", T.u64], ["last_seq", T.u64]])],
 ]);
 const ClientFrame = T.enumOf([
   ["Hello", T.struct([["version", T.u16], ["token", T.string]])],
@@ -650,6 +651,14 @@ export class Client {
   /** A page of history, oldest first: up to `limit` messages before `beforeSeq` (0: newest). */
   async history(room, { beforeSeq = 0, limit = 20 } = {}) {
     return (await this.request({ History: { room, before_seq: beforeSeq, limit } })).History;
+  }
+  /**
+   * Rejoins the incarnation `epoch` of a room after a reconnect, having received its messages
+   * up to `lastSeq`: a `resumed` event follows (with what cannot be replayed), then every other
+   * message after `lastSeq` in order, then live traffic.
+   */
+  async resume(room, epoch, lastSeq) {
+    return (await this.request({ Resume: { room, epoch, last_seq: lastSeq } })).Joined;
   }
   /** A round trip. */
   async ping() { await this.request("Ping"); }
