@@ -5,14 +5,14 @@
 //! none twice.
 
 mod nats_support;
+mod serve_support;
 
 use bytes::Bytes;
 use roomcast::client::{Client, ClientConfig, ClientEvent, FailoverClient, FailoverConfig};
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 const ADMIN_KEY: &str = "failover-test-admin-key";
@@ -71,37 +71,12 @@ durability = "sync"
             ),
         )
         .expect("config written");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_roomcast"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("roomcast starts");
-        let stderr = child.stderr.take().expect("stderr piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("admin API on") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        rx.recv_timeout(LIMIT)
-            .expect("the server says it is listening");
-        let file: Value = serde_json::from_str(
-            &std::fs::read_to_string(data.join("server.json")).expect("server.json written"),
-        )
-        .expect("server.json parses");
-        let addr =
-            |k: &str| -> SocketAddr { file[k].as_str().expect("address").parse().expect("addr") };
+        let served = serve_support::serve(&config, data, LIMIT);
         Relay {
-            child,
+            child: served.child,
             data: data.to_owned(),
-            quic: addr("quic"),
-            admin: addr("admin"),
+            quic: served.quic,
+            admin: served.admin,
         }
     }
 

@@ -223,10 +223,15 @@ impl FailoverClient {
         }
     }
 
-    /// The connection to use: the current one, or the next one within `reconnect_for`.
+    /// The connection to use: the current one, or the next one within `reconnect_for` (also
+    /// when the current one is closed and the client has not moved on yet).
     async fn client(&self) -> Result<Arc<Client>, ClientError> {
         let mut rx = self.shared.link.subscribe();
-        let wait = rx.wait_for(|l| !matches!(l, Link::Reconnecting));
+        let wait = rx.wait_for(|l| match l {
+            Link::Up(c) => c.connection().close_reason().is_none(),
+            Link::Reconnecting => false,
+            Link::Gone(..) => true,
+        });
         match tokio::time::timeout(self.shared.cfg.reconnect_for, wait).await {
             Ok(Ok(l)) => match &*l {
                 Link::Up(c) => Ok(c.clone()),
