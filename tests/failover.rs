@@ -226,19 +226,18 @@ fn strictly_increasing(seqs: &[u64]) -> bool {
     seqs.windows(2).all(|w| w[0] < w[1])
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_given_two_relays_moves_to_the_second_when_the_first_is_sigkilled() {
-    let Some(bin) = nats_support::binary("a_client_given_two_relays_moves_to_the_second") else {
-        return;
-    };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let nats = nats_support::NatsServer::start(&bin, &dir.path().join("nats"));
+/// Two relays on one nats-server: `a` with room `lobby` (3 messages in it), and `b`, a
+/// standby on the same store started after them (it shares the room, its epoch and history,
+/// and the CA). `None` when there is no nats-server to run.
+async fn standby_pair(test: &str, dir: &Path) -> Option<(nats_support::NatsServer, Relay, Relay)> {
+    let bin = nats_support::binary(test)?;
+    let nats = nats_support::NatsServer::start(&bin, &dir.join("nats"));
     let extra = format!("[cluster]\nnats = [\"{}\"]\n", nats.url());
-    let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
+    let (data_a, data_b) = (dir.join("a"), dir.join("b"));
     std::fs::create_dir_all(&data_a).expect("dir a");
     std::fs::create_dir_all(&data_b).expect("dir b");
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
-    let mut a = Relay::start(&data_a, any, &extra);
+    let a = Relay::start(&data_a, any, &extra);
     a.create_room("lobby").await;
     let early = a.client("pub").await;
     early.join("lobby", -1).await.expect("joins on a");
@@ -249,11 +248,35 @@ async fn a_client_given_two_relays_moves_to_the_second_when_the_first_is_sigkill
             .expect("sent on a");
     }
     early.close().await;
-    // The standby relay shares the store (and so the room, its epoch and history) and the CA.
     for f in ["ca.pem", "ca.key"] {
         std::fs::copy(data_a.join(f), data_b.join(f)).expect("CA shared");
     }
     let b = Relay::start(&data_b, any, &extra);
+    Some((nats, a, b))
+}
+
+/// Publishes `n` messages on `relay` as `pub`; their seqs.
+async fn publish(relay: &Relay, n: usize) -> Vec<u64> {
+    let publisher = relay.client("pub").await;
+    publisher.join("lobby", -1).await.expect("pub joins");
+    let mut acked = Vec::new();
+    for i in 0..n {
+        let (seq, _) = publisher
+            .send("lobby", "chat", Bytes::from(format!("m{i}")), false)
+            .await
+            .expect("sent");
+        acked.push(seq);
+    }
+    publisher.close().await;
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_given_two_relays_moves_to_the_second_when_the_first_is_sigkilled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some((nats, mut a, b)) = standby_pair("a_client_given_two_relays", dir.path()).await else {
+        return;
+    };
 
     let sub = failover(&a, vec![a.quic, b.quic], "sub", 8192).await;
     assert_eq!(sub.server(), Some(a.quic));
@@ -263,16 +286,7 @@ async fn a_client_given_two_relays_moves_to_the_second_when_the_first_is_sigkill
     a.kill();
     // Published on b while the subscriber has not noticed yet, and after it moved: every one
     // reaches it once, in order, after its Resumed.
-    let publisher = b.client("pub").await;
-    publisher.join("lobby", -1).await.expect("joins on b");
-    let mut acked = Vec::new();
-    for i in 0..10 {
-        let (seq, _) = publisher
-            .send("lobby", "chat", Bytes::from(format!("on b {i}")), false)
-            .await
-            .expect("sent on b");
-        acked.push(seq);
-    }
+    let acked = publish(&b, 10).await;
     let mut seen = Seen::default();
     read_until(&sub, &mut seen, *acked.last().expect("sent")).await;
     assert_eq!(seen.reconnected, [(0, b.quic)], "{seen:?}");
@@ -399,4 +413,80 @@ async fn a_relay_restarted_under_a_paced_publisher_resumes_its_subscriber_exactl
     assert_eq!(room["epoch"].as_u64(), Some(epoch), "{room}");
     sub.close().await;
     drop(relay);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roomcast_sub_with_two_servers_moves_to_the_second_when_the_first_is_sigkilled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some((nats, mut a, b)) = standby_pair("roomcast_sub_with_two_servers", dir.path()).await
+    else {
+        return;
+    };
+    let token = roomcast::auth::TokenAuth::new(SECRET.as_bytes(), 0, false)
+        .mint("sub", roomcast::auth::unix_secs() + 600)
+        .expect("token");
+    let servers = format!("{},{}", a.quic, b.quic);
+    let ca = a.data.join("ca.pem");
+    let mut sub = std::process::Command::new(env!("CARGO_BIN_EXE_roomcast"))
+        .args([
+            "sub", "--room", "lobby", "--user", "sub", "--count", "5", "--server",
+        ])
+        .arg(&servers)
+        .arg("--ca")
+        .arg(&ca)
+        .args(["--token", &token, "--data"])
+        .arg(dir.path().join("no-data"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("roomcast sub starts");
+    let stdout = sub.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Ok(v) = serde_json::from_str(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let next = |what: &str| -> Value {
+        rx.recv_timeout(LIMIT)
+            .unwrap_or_else(|_| panic!("sub printed no {what}"))
+    };
+    let joined = next("joined line");
+    assert_eq!(joined["event"], "joined", "{joined}");
+    assert_eq!(joined["last_seq"], 3, "{joined}");
+    a.kill();
+    let acked = publish(&b, 5).await;
+    let mut lines = Vec::new();
+    while lines
+        .iter()
+        .filter(|l: &&Value| l["event"] == "message")
+        .count()
+        < 5
+    {
+        lines.push(next("line after the kill"));
+    }
+    let status = tokio::task::spawn_blocking(move || sub.wait())
+        .await
+        .expect("waits")
+        .expect("exit status");
+    assert!(status.success(), "{lines:?}");
+    let events: Vec<&str> = lines.iter().filter_map(|l| l["event"].as_str()).collect();
+    assert_eq!(events[..2], ["reconnected", "resumed"], "{lines:?}");
+    assert_eq!(lines[0]["server"], b.quic.to_string());
+    assert_eq!(lines[1]["missed"], 0);
+    let seqs: Vec<u64> = lines
+        .iter()
+        .filter(|l| l["event"] == "message")
+        .filter_map(|l| l["seq"].as_u64())
+        .collect();
+    assert_eq!(seqs, acked);
+    drop(b);
+    drop(nats);
 }
