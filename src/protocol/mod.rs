@@ -126,8 +126,8 @@
 //!
 //! The replay is all or nothing per message and never silently partial: what cannot be
 //! replayed exactly (low-priority messages, which history does not keep; messages trimmed from
-//! history by `store.history_max` or its age; recalled ones; beyond `store.history_max`
-//! messages of replay) is counted in `missed`, and what the ring sheds after the resume comes
+//! history by `store.history_max` or its age; recalled ones; the oldest beyond 1000 messages
+//! or 8 MiB of replay) is counted in `missed`, and what the ring sheds after the resume comes
 //! as a `Gap`, as for any member. Sequence numbers a relay reserved and never used before it
 //! restarted are not messages and are not counted (so neither are low-priority messages a
 //! relay sent after its last stored message, just before a crash: nothing records them).
