@@ -36,6 +36,7 @@ export type RoomEvent =
   | { event: "room_destroyed"; room: string; reason: "manual" | "idle" | "lifetime" | "scheduled" }
   | { event: "kicked"; room: string; reason: "banned" | "other_device" | "single_room" | "offline" }
   | { event: "resumed"; room: string; missed: number; last_seq: number }
+  | { event: "resume_failed"; room: string; error: string; message: string }
   | { event: "notice"; notice: Record<string, unknown> }
   | { event: "closed"; code: number | null; reason: string };
 
