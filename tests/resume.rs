@@ -113,6 +113,26 @@ async fn a_resume_beyond_the_ring_replays_history_and_counts_what_it_cannot() {
         .await
         .expect("u sends");
     assert_eq!(next_seqs(&second, 1).await, [seq]);
+    // Counted (the recorder is the process's: other tests add theirs).
+    let text = server.metrics().await;
+    let count = |name: &str, labels: &[(&str, &str)]| metric(&text, name, labels).unwrap_or(0.0);
+    assert!(
+        count("roomcast_resume_missed_messages_total", &[]) >= 3.0,
+        "{text}"
+    );
+    assert!(
+        count(
+            "roomcast_resume_replayed_messages_total",
+            &[("from", "history")]
+        ) >= 6.0
+    );
+    assert!(
+        count(
+            "roomcast_resume_replayed_messages_total",
+            &[("from", "ring")]
+        ) >= 4.0
+    );
+    assert!(count("roomcast_resumes_total", &[("outcome", "replayed")]) >= 1.0);
     server.shutdown().await;
 }
 

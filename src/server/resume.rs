@@ -10,7 +10,7 @@
 //! the messages from history that precede what the ring still holds. So nothing falls between
 //! the replay and the live messages, and nothing comes twice.
 
-use super::{DeliveryCmd, Relay, attributes_of};
+use super::{DeliveryCmd, Relay, attributes_of, m};
 use crate::protocol::{ErrorCode, Event, JoinInfo, WireError, encode_frame};
 use crate::room::core::{CoreError, Effect, resume_missed};
 use crate::room::ring::{ClassCounts, class_index};
@@ -31,6 +31,8 @@ struct RingStart {
     cum: ClassCounts,
     /// The ring replays every message from this sequence number on.
     from_seq: u64,
+    /// Messages between `pos` and the room's position (what the ring replays).
+    messages: u64,
 }
 
 /// The ring position from which the ring holds every message after `after`, looking back no
@@ -43,6 +45,7 @@ fn ring_start(ring: &Ring, at: &JoinPoint, after: u64, first_of_run: u64) -> Rin
         pos: at.pos,
         cum: at.cum,
         from_seq: at.last_seq.saturating_add(1),
+        messages: 0,
     };
     let mut pos = at.pos;
     while pos > floor {
@@ -60,6 +63,7 @@ fn ring_start(ring: &Ring, at: &JoinPoint, after: u64, first_of_run: u64) -> Rin
         start.cum = cum;
         if e.seq != 0 {
             start.from_seq = e.seq;
+            start.messages += 1;
         }
     }
     if pos == 0 {
@@ -74,6 +78,21 @@ impl Relay {
     /// received everything up to `last_seq`: checked like a join, then replayed (see the module
     /// doc). A membership this connection already serves is confirmed, nothing replayed.
     pub fn resume(
+        &self,
+        conn: u64,
+        user: &str,
+        room_id: &str,
+        epoch: u64,
+        last_seq: u64,
+    ) -> Result<JoinInfo, WireError> {
+        let done = self.resume_counted(conn, user, room_id, epoch, last_seq);
+        if done.is_err() {
+            metrics::counter!(m::RESUMES, "outcome" => "refused").increment(1);
+        }
+        done
+    }
+
+    fn resume_counted(
         &self,
         conn: u64,
         user: &str,
@@ -154,6 +173,11 @@ impl Relay {
                 unused,
             );
             tracing::debug!(room = %room.id, conn, last_seq, missed, replayed = replay.len(), "membership resumed by the client");
+            metrics::counter!(m::RESUMES, "outcome" => "replayed").increment(1);
+            metrics::counter!(m::RESUME_REPLAYED, "from" => "history")
+                .increment(replay.len() as u64);
+            metrics::counter!(m::RESUME_REPLAYED, "from" => "ring").increment(start.messages);
+            metrics::counter!(m::RESUME_MISSED).increment(missed);
             let mut first = BytesMut::new();
             first.put(encode_frame(&Event::Resumed {
                 room: room.id.clone(),
@@ -175,6 +199,9 @@ impl Relay {
                     first: Some(first.freeze()),
                 },
             );
+        }
+        if mine.is_empty() {
+            metrics::counter!(m::RESUMES, "outcome" => "confirmed").increment(1);
         }
         let others = self.apply(fx, Some((&room, &mut st)), Some(&room), now, &mut None);
         drop(core);
