@@ -3,9 +3,9 @@
 //! protocol module doc, "Resume after a reconnect", is the contract).
 //!
 //! The order that keeps it exact: history is read first (a resume whose history cannot be read
-//! is refused whole); then, under the room's lock and the core's, the core takes the resume as a
-//! join ([`Core::resume`]) and the connection is subscribed at a ring position at or before the
-//! room's position now. From there on the connection's delivery task buffers live traffic in the
+//! is refused whole); then, under the room's lock and the core's, the core takes the resume as
+//! a join ([`Core::resume`](crate::room::core::Core::resume)) and the connection is subscribed
+//! at a ring position at or before the room's position now. From there on the connection's delivery task buffers live traffic in the
 //! ring like any member's; the subscription carries, ahead of the ring, `Resumed{missed}` and
 //! the messages from history that precede what the ring still holds. So nothing falls between
 //! the replay and the live messages, and nothing comes twice.
