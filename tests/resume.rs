@@ -229,5 +229,8 @@ async fn a_resume_is_checked_like_a_join() {
         server.relay().check_members("r", &["u".into()]).ok(),
         Some(vec![false])
     );
+    let text = server.metrics().await;
+    let refused = metric(&text, "roomcast_resumes_total", &[("outcome", "refused")]);
+    assert!(refused.is_some_and(|n| n >= 3.0), "{text}");
     server.shutdown().await;
 }

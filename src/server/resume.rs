@@ -85,21 +85,6 @@ impl Relay {
         epoch: u64,
         last_seq: u64,
     ) -> Result<JoinInfo, WireError> {
-        let done = self.resume_counted(conn, user, room_id, epoch, last_seq);
-        if done.is_err() {
-            metrics::counter!(m::RESUMES, "outcome" => "refused").increment(1);
-        }
-        done
-    }
-
-    fn resume_counted(
-        &self,
-        conn: u64,
-        user: &str,
-        room_id: &str,
-        epoch: u64,
-        last_seq: u64,
-    ) -> Result<JoinInfo, WireError> {
         validate_id("room id", room_id)?;
         let destroyed = |live| -> WireError {
             CoreError::Destroyed {

@@ -633,6 +633,9 @@ fn handle(relay: &Arc<Relay>, user: &str, conn_id: u64, request: Request) -> Pen
         } => ready(
             relay
                 .resume(conn_id, user, &room, epoch, last_seq)
+                .inspect_err(|_| {
+                    metrics::counter!(crate::metrics::RESUMES, "outcome" => "refused").increment(1)
+                })
                 .map(Response::Joined),
         ),
         Request::History {
