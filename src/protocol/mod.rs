@@ -139,8 +139,11 @@
 //!   `BAD_REQUEST`).
 //! - A user whose membership the relay still holds (a reconnect within `rooms.offline_grace_ms`
 //!   to the same relay) has it moved to the new connection at the hello, with `Resumed{missed}`
-//!   as described above under "Membership belongs to the user"; a `Resume` then only confirms
-//!   it (`Joined`, nothing replayed).
+//!   as described above under "Membership belongs to the user" (counted from when the relay saw
+//!   the old connection go: what it wrote to the dead connection before is not counted); a
+//!   `Resume` then only confirms it (`Joined`, nothing replayed). While the relay still counts
+//!   the old connection live, the new one is not subscribed at the hello, and its `Resume`
+//!   replays as above.
 //!
 //! # Browsers
 //! - **WebTransport** (HTTP/3, ALPN `h3`) on the same UDP port: the session is `CONNECT
