@@ -234,3 +234,25 @@ async fn a_resume_is_checked_like_a_join() {
     assert!(refused.is_some_and(|n| n >= 3.0), "{text}");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_resume_while_the_old_connection_still_counts_replays_to_the_new_one() {
+    // The relay has not noticed the old connection is gone (it is still open here): the new
+    // connection is not subscribed at its hello, and its resume replays what it lacks.
+    let server = TestServer::start(|_| {}).await;
+    server.create_room("r").await;
+    let publisher = server.client("p").await;
+    publisher.join("r", -1).await.expect("p joins");
+    // Low-priority messages on the stream, so all come in seq order.
+    let old = server.client_with("u", |c| c.datagrams = false).await;
+    let epoch = old.join("r", -1).await.expect("u joins").room.epoch;
+    send_all(&publisher, "r", 5, &[4]).await;
+    assert_eq!(next_seqs(&old, 5).await, [1, 2, 3, 4, 5]);
+    let new = server.client_with("u", |c| c.datagrams = false).await;
+    new.resume("r", epoch, 2).await.expect("resumed");
+    assert_eq!(next_resumed(&new).await, (0, 5));
+    send_all(&publisher, "r", 1, &[]).await;
+    assert_eq!(next_seqs(&new, 4).await, [3, 4, 5, 6]);
+    assert_eq!(next_seqs(&old, 1).await, [6]);
+    server.shutdown().await;
+}
