@@ -498,9 +498,15 @@ fn chat_event(ev: &ClientEvent, me: &str, room: &str) -> ChatLine {
             KickReason::Offline => format!("you were removed from {r} after being offline"),
         }),
         ClientEvent::RoomDestroyed { .. } | ClientEvent::Kicked { .. } => Skip,
+        ClientEvent::Resumed { missed: 0, .. } => Show("* back in the room: nothing missed".into()),
         ClientEvent::Resumed { missed, .. } => Show(format!(
             "* back in the room: {missed} messages went out while you were away"
         )),
+        ClientEvent::Reconnected { server } => Show(format!("* reconnected, to {server}")),
+        ClientEvent::ResumeFailed { room: r, error } if r == room => {
+            End(format!("could not rejoin {r} after reconnecting: {error}"))
+        }
+        ClientEvent::ResumeFailed { .. } => Skip,
         ClientEvent::Closed { reason, .. } => End(format!("connection closed: {reason}")),
         ClientEvent::Notice(event) => Show(match event {
             Event::Muted {

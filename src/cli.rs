@@ -4,7 +4,7 @@
 use crate::{Conn, PubArgs, SubArgs, TokenArgs};
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
-use roomcast::client::{Client, ClientConfig, ClientError, ClientEvent};
+use roomcast::client::{ClientConfig, ClientError, ClientEvent, FailoverClient, FailoverConfig};
 use roomcast::config::Config;
 use roomcast::protocol::{ErrorCode, Message, utc_text};
 use roomcast::server::{DataFolder, SERVER_FILE, ServerFile};
@@ -48,7 +48,8 @@ pub(crate) fn token(a: TokenArgs) -> Result<()> {
 /// The relay a client command talks to, and where its address came from (for error hints).
 pub(crate) struct Target {
     data: DataFolder,
-    server: SocketAddr,
+    /// The relays to try, in order (`--server a,b,c`).
+    servers: Vec<SocketAddr>,
     /// The running relay's `server.json`, when there is one.
     file: Option<ServerFile>,
     /// Whether `--ca` named the CA (else the data folder's).
@@ -72,13 +73,17 @@ impl Target {
     pub(crate) fn new(c: &Conn) -> Self {
         let data = DataFolder::new(&c.data);
         let file = data.server_file();
-        let server = c
-            .server
-            .or_else(|| file.as_ref().map(|f| reachable(f.quic)))
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7700)));
+        let servers = match c.server.is_empty() {
+            false => c.server.clone(),
+            true => vec![
+                file.as_ref()
+                    .map(|f| reachable(f.quic))
+                    .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7700))),
+            ],
+        };
         Target {
             data,
-            server,
+            servers,
             file,
             ca_flag: c.ca.is_some(),
         }
@@ -87,7 +92,9 @@ impl Target {
     /// Where the server address came from, as a hint line.
     fn origin(&self, c: &Conn) -> String {
         let server_json = self.data.path.join(SERVER_FILE);
-        if c.server.is_some() {
+        if c.server.len() > 1 {
+            "(none of the addresses given with --server answered)".into()
+        } else if !c.server.is_empty() {
             "(the address given with --server)".into()
         } else if let Some(f) = &self.file {
             // A relay killed without its cleanup (SIGKILL, a crash) leaves its file behind.
@@ -166,7 +173,10 @@ fn room_of(message: &str) -> Option<&str> {
     message.split('"').nth(1)
 }
 
-pub(crate) async fn connect(c: &Conn, target: &Target, user: &str) -> Result<Client> {
+/// How long a client command's connection may stay silent before it moves to the next relay.
+const CLI_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(crate) async fn connect(c: &Conn, target: &Target, user: &str) -> Result<FailoverClient> {
     let data = &target.data;
     let ca_pem = match &c.ca {
         Some(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
@@ -183,13 +193,20 @@ pub(crate) async fn connect(c: &Conn, target: &Target, user: &str) -> Result<Cli
         Some(t) => t.clone(),
         None => mint(data, user, 3600)?.0,
     };
-    let mut cfg = ClientConfig::new(target.server, ca_pem, token);
+    let mut cfg = ClientConfig::new(target.servers[0], ca_pem, token);
     cfg.server_name = c.server_name.clone();
     cfg.connect_timeout = Duration::try_from_secs_f64(c.connect_timeout)
         .ok()
         .filter(|d| !d.is_zero())
         .context("--connect-timeout must be a positive number of seconds")?;
-    Client::connect(cfg).await.map_err(|e| target.explain(c, e))
+    cfg.idle_timeout = CLI_IDLE_TIMEOUT;
+    let mut failover = FailoverConfig::new(target.servers.clone(), cfg);
+    failover.reconnect_for = Duration::try_from_secs_f64(c.reconnect_for)
+        .ok()
+        .context("--reconnect-for must be 0 or a positive number of seconds")?;
+    FailoverClient::connect(failover)
+        .await
+        .map_err(|e| target.explain(c, e))
 }
 
 fn body_json(body: &Bytes) -> (&'static str, serde_json::Value) {
@@ -236,6 +253,12 @@ fn event_json(ev: &ClientEvent) -> serde_json::Value {
             last_seq,
         } => json!({"event": "resumed", "room": room, "missed": missed, "last_seq": last_seq}),
         ClientEvent::Notice(event) => json!({"event": "notice", "notice": event}),
+        ClientEvent::Reconnected { server } => {
+            json!({"event": "reconnected", "server": server.to_string()})
+        }
+        ClientEvent::ResumeFailed { room, error } => {
+            json!({"event": "resume_failed", "room": room, "error": error.code.as_str(), "message": error.message})
+        }
         ClientEvent::Closed { code, reason } => {
             json!({"event": "closed", "code": code.map(|c| c.code()), "reason": reason})
         }
@@ -290,8 +313,13 @@ pub(crate) async fn sub(a: SubArgs) -> Result<()> {
         match ev {
             ClientEvent::Message { .. } => got += 1,
             ClientEvent::Closed { reason, .. } => bail!("connection closed: {reason}"),
-            ClientEvent::RoomDestroyed { .. } | ClientEvent::Kicked { .. } => break,
-            ClientEvent::Gap { .. } | ClientEvent::Resumed { .. } | ClientEvent::Notice(_) => {}
+            ClientEvent::RoomDestroyed { .. }
+            | ClientEvent::Kicked { .. }
+            | ClientEvent::ResumeFailed { .. } => break,
+            ClientEvent::Gap { .. }
+            | ClientEvent::Resumed { .. }
+            | ClientEvent::Reconnected { .. }
+            | ClientEvent::Notice(_) => {}
         }
     }
     client.close().await;
@@ -301,7 +329,7 @@ pub(crate) async fn sub(a: SubArgs) -> Result<()> {
 /// Sends `body` as a member of `room`. A user who is not a member yet joins for the send and
 /// leaves after it, so no member is left behind for the offline grace; a user who is already a
 /// member (another device of it is in the room) stays one.
-async fn send_once(client: &Client, a: &PubArgs) -> Result<(u64, u64), ClientError> {
+async fn send_once(client: &FailoverClient, a: &PubArgs) -> Result<(u64, u64), ClientError> {
     let body = Bytes::from(a.body.clone());
     match client.send(&a.room, &a.msg_type, body.clone(), a.low).await {
         Err(e) if e.code() == Some(ErrorCode::NotInRoom) => {}

@@ -84,9 +84,11 @@ struct ServeArgs {
 
 #[derive(Args, Clone)]
 struct Conn {
-    /// Server QUIC address [default: from the data folder's server.json, else 127.0.0.1:7700].
-    #[arg(long)]
-    server: Option<SocketAddr>,
+    /// Server QUIC address, or several comma-separated (a,b,c): the first that answers is used,
+    /// and when its connection dies the client moves to the next and resumes its rooms there
+    /// [default: from the data folder's server.json, else 127.0.0.1:7700].
+    #[arg(long, value_delimiter = ',', num_args = 1)]
+    server: Vec<SocketAddr>,
     /// Name the server certificate is checked against.
     #[arg(long, default_value = "localhost")]
     server_name: String,
@@ -102,6 +104,10 @@ struct Conn {
     /// Seconds to wait for the relay to answer before giving up.
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     connect_timeout: f64,
+    /// Seconds to keep reconnecting (round robin over --server, with back-off) after the
+    /// connection died, before giving up; 0: do not reconnect.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    reconnect_for: f64,
 }
 
 #[derive(Args)]

@@ -87,6 +87,15 @@ pub const NATS_BYTES_OUT: &str = "roomcast_nats_bytes_out_total";
 /// Counter: store submits refused because the NATS store's queue was full.
 pub const NATS_QUEUE_FULL: &str = "roomcast_nats_store_queue_full_total";
 // ---- end cluster: NATS ----
+// ---- client-driven resume ----
+/// Counter: `Resume` requests, by `outcome`: `replayed` (subscribed with a replay),
+/// `confirmed` (the connection already served the membership), `refused`.
+pub const RESUMES: &str = "roomcast_resumes_total";
+/// Counter: messages resumes replayed, by `from` (`ring`, `history`).
+pub const RESUME_REPLAYED: &str = "roomcast_resume_replayed_messages_total";
+/// Counter: messages resumes could not replay (the sum of their `Resumed{missed}`).
+pub const RESUME_MISSED: &str = "roomcast_resume_missed_messages_total";
+// ---- end client-driven resume ----
 
 /// The delivery histograms record one write in this many, per connection (the first of them,
 /// counting writes that carried messages).
@@ -217,6 +226,20 @@ pub fn describe() {
         "Store submits refused at once because the NATS store's queue was full."
     );
     // ---- end cluster: NATS ----
+    // ---- client-driven resume ----
+    describe_counter!(
+        RESUMES,
+        "Resume requests, by outcome (replayed, confirmed: the connection already served the membership, refused)."
+    );
+    describe_counter!(
+        RESUME_REPLAYED,
+        "Messages resumes replayed to reconnected members, by where from (ring, history)."
+    );
+    describe_counter!(
+        RESUME_MISSED,
+        "Messages resumes could not replay (told to the members in Resumed{missed})."
+    );
+    // ---- end client-driven resume ----
 }
 
 /// Folds the histogram samples `handle`'s recorder holds into their buckets every

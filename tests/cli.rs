@@ -633,12 +633,30 @@ fn chat_leaves_at_end_of_input_and_ends_when_the_relay_stops() {
     assert!(status.success(), "{stderr}");
     assert_eq!(relay.members("lobby"), Vec::<String>::new(), "dave left");
 
-    let erin = chat(&relay, "lobby", "erin");
+    // A relay going away: the chat tries to reconnect (here for 1 s), then says why it ended.
+    let erin = Proc::spawn(
+        relay.cli(&[
+            "chat",
+            "--room",
+            "lobby",
+            "--user",
+            "erin",
+            "--reconnect-for",
+            "1",
+        ]),
+        "chat erin",
+    );
+    erin.wait_stdout("the greeting", |o| o.contains("joined lobby"));
     let (_, _data, _dir) = relay.stop("TERM");
     let (status, stdout, stderr) = erin.finish();
     assert_eq!(status.code(), Some(1), "{stdout}\n{stderr}");
+    let why = error_text(&stderr);
     assert!(
-        error_text(&stderr).contains("connection closed: server shutting down"),
+        why.contains("connection closed: server shutting down"),
+        "{stderr}"
+    );
+    assert!(
+        why.contains("no relay of 1 answered within 1 s"),
         "{stderr}"
     );
 }

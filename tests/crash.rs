@@ -3,15 +3,15 @@
 //! The same on the JetStream store, against a real nats-server (`tests/nats_support`).
 
 mod nats_support;
+mod serve_support;
 
 use bytes::Bytes;
 use rand::Rng;
 use roomcast::client::{Client, ClientConfig};
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -58,38 +58,11 @@ history_max = 100000
         ),
     )
     .expect("config written");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_roomcast"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("roomcast starts");
-    let stderr = child.stderr.take().expect("stderr piped");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("admin API on") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(30))
-        .expect("the server says it is listening");
-    let file: Value = serde_json::from_str(
-        &std::fs::read_to_string(data.join("server.json")).expect("server.json written"),
-    )
-    .expect("server.json parses");
+    let served = serve_support::serve(&config, data, Duration::from_secs(30));
     Relay {
-        child,
-        quic: file["quic"].as_str().expect("quic").parse().expect("addr"),
-        admin: file["admin"]
-            .as_str()
-            .expect("admin")
-            .parse()
-            .expect("addr"),
+        child: served.child,
+        quic: served.quic,
+        admin: served.admin,
     }
 }
 

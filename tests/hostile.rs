@@ -279,7 +279,7 @@ async fn an_unknown_request_variant_is_refused_by_id_and_the_connection_goes_on(
     assert_eq!(e.code, ErrorCode::BadRequest);
     assert_eq!(
         e.message,
-        "unknown request variant 42: this server knows variants 0 to 9 of protocol 1"
+        "unknown request variant 42: this server knows variants 0 to 10 of protocol 1"
     );
     assert_eq!(control.reply(78).await, Ok(Response::Pong));
 }

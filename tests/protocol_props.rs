@@ -178,6 +178,7 @@ fn request_index(r: &Request) -> u8 {
         Request::GetAttributes { .. } => 7,
         Request::Recall { .. } => 8,
         Request::History { .. } => 9,
+        Request::Resume { .. } => 10,
     }
 }
 
@@ -439,6 +440,13 @@ fn request() -> impl Strategy<Value = Request> {
                 room,
                 before_seq,
                 limit,
+            }
+        }),
+        (text(), any::<u64>(), any::<u64>()).prop_map(|(room, epoch, last_seq)| {
+            Request::Resume {
+                room,
+                epoch,
+                last_seq,
             }
         }),
     ]

@@ -109,6 +109,11 @@ fn vectors() -> Vec<Value> {
             before_seq: 0,
             limit: 200,
         },
+        Request::Resume {
+            room: "lobby".into(),
+            epoch: 1_795_671_510_989_000,
+            last_seq: 300,
+        },
     ];
     for (i, r) in requests.into_iter().enumerate() {
         v.push(vector("ClientFrame", &req(u32::MAX - i as u32, r)));

@@ -343,6 +343,11 @@ fn fill_room(a: &Arena<'_>, event: &ClientEvent, ev: &mut rc_event) {
             ev.last_seq = *last_seq;
         }
         ClientEvent::Notice(notice) => fill_notice(a, notice, ev),
+        // Events of `FailoverClient` only: this ABI's client connects once and ends with
+        // `RC_EVENT_CLOSED`; kept total for safety.
+        ClientEvent::Reconnected { .. } | ClientEvent::ResumeFailed { .. } => {
+            ev.kind = RC_EVENT_NONE;
+        }
         // A poll turns `Closed` into `Item::Closed`; kept total for safety.
         ClientEvent::Closed { reason, .. } => {
             ev.kind = RC_EVENT_CLOSED;

@@ -17,6 +17,9 @@
 /// The WebSocket transport's client.
 pub mod ws;
 
+mod failover;
+pub use failover::{FailoverClient, FailoverConfig};
+
 use crate::protocol::{
     Attribute, ClientFrame, CloseCode, DecodeError, DestroyReason, ErrorCode, Event, FrameReader,
     HistoryEntry, JoinInfo, KickReason, Message, PROTOCOL_VERSION, Request, Response, RoomInfo,
@@ -52,7 +55,15 @@ pub struct ClientConfig {
     /// packets on a poor network). When no handshake completes in that time the connect fails
     /// with [`ClientError::NoAnswer`]: nothing answers at that address.
     pub connect_timeout: Duration,
+    /// How long a connection may stay silent before the client counts it dead (QUIC idle
+    /// timeout; the smaller of both sides' applies; default [`DEFAULT_IDLE_TIMEOUT`], 30 s). The
+    /// client sends keep-alives at a third of it (at most every 10 s), so only a dead path or
+    /// relay stays silent that long; [`FailoverClient`] reconnects after it.
+    pub idle_timeout: Duration,
 }
+
+/// The default of [`ClientConfig::idle_timeout`]: the relay's own default.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The default of [`ClientConfig::connect_timeout`]. QUIC retransmits a lost first flight after
 /// about 1 s, then doubling: 10 s leaves room for three or four losses.
@@ -69,6 +80,7 @@ impl ClientConfig {
             datagrams: true,
             event_buffer: 8192,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
@@ -107,12 +119,14 @@ pub enum ClientEvent {
         /// Why.
         reason: KickReason,
     },
-    /// After a reconnect within the offline grace period, this connection took over the user's
-    /// membership of `room`; `missed` messages went out while the user was offline.
+    /// This connection took over the user's membership of `room`: after a reconnect within the
+    /// offline grace period (`missed` messages went out while the user was offline), or after a
+    /// resume ([`Client::resume`], [`FailoverClient`]; `missed`: the messages after the resumed
+    /// `last_seq` that are not replayed; every other one follows, in order).
     Resumed {
         /// Room id.
         room: String,
-        /// Messages published while offline.
+        /// Messages this connection will not receive.
         missed: u64,
         /// The newest sequence number at the resume.
         last_seq: u64,
@@ -120,6 +134,21 @@ pub enum ClientEvent {
     /// A room notice: moderation (muted, banned, mute-all ...) or presence (member joined, left,
     /// count), as the protocol event.
     Notice(Event),
+    /// [`FailoverClient`]: the connection died and the client is connected again, to `server`;
+    /// the memberships follow, each with its `Resumed` (or [`ClientEvent::ResumeFailed`]).
+    Reconnected {
+        /// The relay now connected to.
+        server: SocketAddr,
+    },
+    /// [`FailoverClient`]: a membership could not be resumed after a reconnect, and the client
+    /// is no longer a member: the room was destroyed (`ROOM_NOT_FOUND`; it may have been
+    /// created anew, to be joined again), the user was banned meanwhile, ...
+    ResumeFailed {
+        /// Room id.
+        room: String,
+        /// The relay's refusal.
+        error: WireError,
+    },
     /// The connection closed; the last event.
     Closed {
         /// The server's close code, when it closed the connection.
@@ -274,8 +303,8 @@ pub struct Client {
 }
 
 /// The transport settings of a client: one incoming unidirectional stream (delivery), datagrams on,
-/// a delivery window large enough for bursts.
-fn client_transport() -> quinn::TransportConfig {
+/// a delivery window large enough for bursts; dead after `idle` of silence.
+fn client_transport(idle: Duration) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     // The delivery window bounds how much a client that reads slowly lets the server hand over:
     // beyond it the backlog stays in the room's ring on the server, where low and normal
@@ -285,11 +314,14 @@ fn client_transport() -> quinn::TransportConfig {
         .stream_receive_window((256u32 << 10).into())
         .receive_window((512u32 << 10).into())
         .datagram_receive_buffer_size(Some(1 << 20))
-        .keep_alive_interval(Some(Duration::from_secs(10)))
+        .keep_alive_interval(Some((idle / 3).min(Duration::from_secs(10))))
         // A client sends small requests: a larger path MTU toward the server would not carry
         // more of them, and each discovery probe is a padded packet the server must process.
         // (The server keeps discovering its own path MTU: fan-out packets do fill it.)
         .mtu_discovery_config(None);
+    if let Ok(idle) = quinn::IdleTimeout::try_from(idle) {
+        t.max_idle_timeout(Some(idle));
+    }
     t
 }
 
@@ -311,9 +343,20 @@ impl ClientEndpoint {
     /// `ca_pem`; `datagrams` as in [`ClientConfig::datagrams`]. Its socket asks for 2 MiB
     /// buffers, since many connections may share it.
     pub fn new(server: SocketAddr, ca_pem: &[u8], datagrams: bool) -> Result<Self, ClientError> {
+        Self::with_idle(server, ca_pem, datagrams, DEFAULT_IDLE_TIMEOUT)
+    }
+
+    /// [`ClientEndpoint::new`] whose connections count as dead after `idle` of silence (see
+    /// [`ClientConfig::idle_timeout`]).
+    pub fn with_idle(
+        server: SocketAddr,
+        ca_pem: &[u8],
+        datagrams: bool,
+        idle: Duration,
+    ) -> Result<Self, ClientError> {
         let crypto = crate::tls::quic_client_crypto(ca_pem)?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        let mut transport = client_transport();
+        let mut transport = client_transport(idle);
         if !datagrams {
             transport.datagram_receive_buffer_size(None);
         }
@@ -337,7 +380,8 @@ impl ClientEndpoint {
 impl Client {
     /// Connects on an endpoint of its own, sends the hello and waits for the welcome.
     pub async fn connect(cfg: ClientConfig) -> Result<Client, ClientError> {
-        let endpoint = ClientEndpoint::new(cfg.server, &cfg.ca_pem, cfg.datagrams)?;
+        let endpoint =
+            ClientEndpoint::with_idle(cfg.server, &cfg.ca_pem, cfg.datagrams, cfg.idle_timeout)?;
         Self::connect_inner(&endpoint, cfg, true).await
     }
 
@@ -527,6 +571,19 @@ impl Client {
         calls::joined(self.request(calls::join(room, history)).await?)
     }
 
+    /// Rejoins the incarnation `epoch` of `room` after a reconnect, having received its messages
+    /// up to `last_seq`: the relay then sends `Resumed{missed}` and every message after
+    /// `last_seq` it can replay, then live traffic (the protocol module doc, "Resume after a
+    /// reconnect"). [`FailoverClient`] does this by itself.
+    pub async fn resume(
+        &self,
+        room: &str,
+        epoch: u64,
+        last_seq: u64,
+    ) -> Result<JoinInfo, ClientError> {
+        calls::joined(self.request(calls::resume(room, epoch, last_seq)).await?)
+    }
+
     /// Leaves a room.
     pub async fn leave(&self, room: &str) -> Result<(), ClientError> {
         calls::left(self.request(calls::leave(room)).await?)
@@ -703,6 +760,14 @@ pub(crate) mod calls {
         match r {
             Response::Joined(info) => Ok(info),
             other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn resume(room: &str, epoch: u64, last_seq: u64) -> Request {
+        Request::Resume {
+            room: room.into(),
+            epoch,
+            last_seq,
         }
     }
 

@@ -70,7 +70,7 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
 
 /// How many variants [`Request`](super::Request) has: a request whose variant index is at least this is unknown
 /// to this server. Raise it with every variant appended to [`Request`](super::Request).
-pub const REQUEST_VARIANTS: u32 = 10;
+pub const REQUEST_VARIANTS: u32 = 11;
 
 /// Decodes a control-stream frame from a client.
 ///
@@ -336,10 +336,10 @@ mod tests {
     #[test]
     fn request_variants_counts_every_request() {
         // The last variant's index is one below the count.
-        let last = postcard::to_allocvec(&Request::History {
+        let last = postcard::to_allocvec(&Request::Resume {
             room: "r".into(),
-            before_seq: 0,
-            limit: 1,
+            epoch: 1,
+            last_seq: 0,
         })
         .expect("encodes");
         assert_eq!(u32::from(last[0]) + 1, REQUEST_VARIANTS);
@@ -347,15 +347,15 @@ mod tests {
 
     #[test]
     fn an_unknown_request_variant_is_reported_with_its_id() {
-        // Request frame (1), id 300 (varint ac 02), variant 10, then fields of a future request.
-        let body = [1, 0xac, 0x02, 10, 3, b'a', b'b', b'c'];
+        // Request frame (1), id 300 (varint ac 02), variant 11, then fields of a future request.
+        let body = [1, 0xac, 0x02, 11, 3, b'a', b'b', b'c'];
         let err = decode_client_frame(&body).unwrap_err();
         assert!(
             matches!(
                 err,
                 DecodeError::UnknownRequest {
                     id: 300,
-                    variant: 10
+                    variant: 11
                 }
             ),
             "{err}"

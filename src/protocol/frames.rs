@@ -100,6 +100,18 @@ pub enum Request {
         /// Page size.
         limit: u32,
     },
+    /// 10: rejoin a room after a reconnect (to this relay or another): the incarnation `epoch`
+    /// the client was a member of and the newest `seq` it received. Checked like a join;
+    /// answered with [`Response::Joined`] (no history), then [`Event::Resumed`] with what cannot
+    /// be replayed, then every other message after `last_seq` in order, then live traffic.
+    Resume {
+        /// Room id.
+        room: String,
+        /// The room's epoch the membership was of ([`RoomInfo::epoch`]).
+        epoch: u64,
+        /// The newest sequence number received from the room (0: none).
+        last_seq: u64,
+    },
 }
 
 /// Server → client, on the control stream.
@@ -355,12 +367,13 @@ pub enum Event {
         /// Why.
         reason: KickReason,
     },
-    /// 5: after a reconnect within the offline grace period, this connection took over the user's
-    /// membership; `missed` messages were sent while the user had no connection.
+    /// 5: this connection took over the user's membership: after a reconnect within the offline
+    /// grace period (`missed` messages were sent while the user had no connection), or after a
+    /// [`Request::Resume`] (`missed`: the messages after its `last_seq` that are not replayed).
     Resumed {
         /// Room id.
         room: String,
-        /// Messages published while the user was offline.
+        /// Messages this connection will not receive (see above).
         missed: u64,
         /// Sequence number of the newest message at the moment of the resume.
         last_seq: u64,

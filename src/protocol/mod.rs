@@ -108,6 +108,43 @@
 //!   from the room (its members see `MemberLeft` where member events are on). Members on the
 //!   room's user whitelist are never removed for being offline.
 //!
+//! # Resume after a reconnect
+//! A client that lost its connection (the relay died, restarted, or the network failed) and
+//! reconnected, to the same relay or another one of the deployment, rejoins each room with
+//! [`Request::Resume`]: the room, the epoch of the incarnation it was a member of, and the
+//! newest `seq` it received from it (0 if none). The relay checks it like a join (the room
+//! exists, the user is not banned, `limits.rooms_per_user`) and answers [`Response::Joined`]
+//! (its `history` is empty; `last_seq` is the room's newest message at the resume). Then, on the
+//! delivery stream and before anything else of the room:
+//! 1. [`Event::Resumed`] with `missed`: how many messages after the request's `last_seq` this
+//!    connection will **not** get (and `last_seq`: the newest at the resume);
+//! 2. every other message with `seq` above the request's `last_seq`, in `seq` order: from the
+//!    relay's ring where it still holds them, from history (normal and protected messages)
+//!    beyond it;
+//! 3. live traffic, which the relay buffered from the moment of the resume: nothing falls
+//!    between the replay and the live messages, and nothing is delivered twice.
+//!
+//! The replay is all or nothing per message and never silently partial: what cannot be
+//! replayed exactly (low-priority messages, which history does not keep; messages trimmed from
+//! history by `store.history_max` or its age; recalled ones; the oldest beyond 1000 messages
+//! or 8 MiB of replay) is counted in `missed`, and what the ring sheds after the resume comes
+//! as a `Gap`, as for any member. Sequence numbers a relay reserved and never used before it
+//! restarted are not messages and are not counted (so neither are low-priority messages a
+//! relay sent after its last stored message, just before a crash: nothing records them).
+//!
+//! - A room destroyed meanwhile (or destroyed and created anew under the same id: another
+//!   `epoch`) is refused with `ROOM_NOT_FOUND` and a message saying the incarnation was
+//!   destroyed; join it anew to be a member of the new one. A ban, a full `rooms_per_user` and a
+//!   `last_seq` above the room's newest are refused as for a join (`BANNED`, `TOO_MANY_ROOMS`,
+//!   `BAD_REQUEST`).
+//! - A user whose membership the relay still holds (a reconnect within `rooms.offline_grace_ms`
+//!   to the same relay) has it moved to the new connection at the hello, with `Resumed{missed}`
+//!   as described above under "Membership belongs to the user" (counted from when the relay saw
+//!   the old connection go: what it wrote to the dead connection before is not counted); a
+//!   `Resume` then only confirms it (`Joined`, nothing replayed). While the relay still counts
+//!   the old connection live, the new one is not subscribed at the hello, and its `Resume`
+//!   replays as above.
+//!
 //! # Browsers
 //! - **WebTransport** (HTTP/3, ALPN `h3`) on the same UDP port: the session is `CONNECT
 //!   https://HOST:PORT/roomcast` (append `?datagrams=0` to get low-priority events on the delivery
@@ -243,6 +280,20 @@
 //! 01                               Result variant 1: Err
 //! 07                               code: ErrorCode variant 7, NOT_IN_ROOM
 //! 0a 6a 6f 69 6e 20 66 69 72 73 74    message: 10 bytes, "join first"
+//! ```
+//!
+//! ## Example: Resume
+//! `ClientFrame::Request { id: 3, request: Request::Resume { room: "lobby", epoch:
+//! 1767225600000000, last_seq: 41 } }` (an epoch is microseconds since the epoch at the room's
+//! creation), client → relay:
+//! ```text
+//! 00 00 00 12                      frame length: 18
+//! 01                               ClientFrame variant 1: Request
+//! 03                               id: 3
+//! 0a                               Request variant 10: Resume
+//! 05 6c 6f 62 62 79                room: "lobby"
+//! 80 80 81 b1 84 e9 91 03          epoch: 1767225600000000
+//! 29                               last_seq: 41
 //! ```
 //!
 //! ## Example: Ready
@@ -428,6 +479,17 @@ mod tests {
                 encode_frame(&ServerFrame::Reply {
                     id: 2,
                     result: Err(WireError::new(ErrorCode::NotInRoom, "join first")),
+                }),
+            ),
+            (
+                "Resume",
+                encode_frame(&ClientFrame::Request {
+                    id: 3,
+                    request: Request::Resume {
+                        room: "lobby".into(),
+                        epoch: 1_767_225_600_000_000,
+                        last_seq: 41,
+                    },
                 }),
             ),
             ("Ready", encode_frame(&Event::Ready { conn_id: 1 })),

@@ -74,6 +74,19 @@ pub enum CoreError {
         /// The room.
         room: String,
     },
+    /// A resume names an incarnation of the room that is gone (destroyed, perhaps created anew).
+    #[error(
+        "room {room:?} was destroyed: its incarnation of epoch {epoch} is gone (a resume cannot \
+         carry a membership over to a room created anew); join it anew"
+    )]
+    Destroyed {
+        /// The room.
+        room: String,
+        /// The epoch the resume named.
+        epoch: u64,
+        /// The live incarnation's epoch, if any.
+        live: Option<u64>,
+    },
     /// The user is in as many rooms as allowed.
     #[error("user {user:?} is already in {n} rooms, the most allowed (rooms_per_user)")]
     TooManyRooms {
@@ -87,7 +100,7 @@ pub enum CoreError {
 impl From<CoreError> for WireError {
     fn from(e: CoreError) -> Self {
         let code = match &e {
-            CoreError::NoRoom(_) => ErrorCode::RoomNotFound,
+            CoreError::NoRoom(_) | CoreError::Destroyed { .. } => ErrorCode::RoomNotFound,
             CoreError::NoConn(_) => ErrorCode::Internal,
             CoreError::NotInRoom { .. } => ErrorCode::NotInRoom,
             CoreError::TooManyRooms { .. } => ErrorCode::TooManyRooms,
@@ -221,6 +234,11 @@ pub struct Member {
 pub struct RoomMembers {
     /// The incarnation.
     pub epoch: u64,
+    /// Sequence numbers this run of the relay knows no message has: `(newest, first)` when the
+    /// room was restored, its newest stored message and the first number this run assigns;
+    /// the numbers strictly between were reserved by an earlier run and are not counted as
+    /// missed by a resume ([`resume_missed`]).
+    pub unused: (u64, u64),
     members: BTreeMap<String, Member>,
     by_join: BTreeMap<u64, String>,
     next_order: u64,
@@ -425,6 +443,15 @@ impl Core {
             ..RoomMembers::default()
         });
         fx
+    }
+
+    /// The live incarnation `epoch` of `room` was restored after a restart: its newest stored
+    /// message is `newest` and this run numbers messages from `first` (the numbers between were
+    /// reserved by the earlier run).
+    pub fn room_restarted(&mut self, room: &str, epoch: u64, newest: u64, first: u64) {
+        if let Some(r) = self.rooms.get_mut(room).filter(|r| r.epoch == epoch) {
+            r.unused = (newest, first);
+        }
     }
 
     /// The incarnation `epoch` of `room` is destroyed: its memberships end (each
@@ -705,6 +732,31 @@ impl Core {
         Ok(fx)
     }
 
+    /// `conn` of `user` resumes its membership of the incarnation `epoch` of `room` (after a
+    /// reconnect, here or on another relay): refused with [`CoreError::Destroyed`] when that
+    /// incarnation is gone, else a [`Core::join`] (the same limits). The connection's
+    /// [`Effect::Subscribe`] (none when it already serves the membership) is the shell's to
+    /// place at the replay's start.
+    pub fn resume(
+        &mut self,
+        now: u64,
+        conn: ConnId,
+        user: &str,
+        room: &str,
+        epoch: u64,
+        point: &mut dyn FnMut(&str) -> JoinPoint,
+    ) -> Result<Vec<Effect>, CoreError> {
+        let live = self.rooms.get(room).map(|r| r.epoch);
+        if live != Some(epoch) {
+            return Err(CoreError::Destroyed {
+                room: room.to_owned(),
+                epoch,
+                live,
+            });
+        }
+        self.join(now, conn, user, room, point)
+    }
+
     /// `user` leaves `room` from `conn`: that connection stops reading the room untold, the
     /// user's other connections get `Kicked{other_device}`.
     pub fn leave(
@@ -886,6 +938,25 @@ impl Core {
         }
         Ok(())
     }
+}
+
+/// How many messages a resume from `from` (the newest `seq` the client received) cannot
+/// replay: the sequence numbers in `from < seq < below` (`below`: the first number the ring
+/// replays from, at most the room's newest `newest` + 1) that are not among the `replayed`
+/// messages from history, less those `unused` says no message has (see
+/// [`RoomMembers::unused`]). Within one run of the relay every number below the newest is a
+/// message (low-priority ones are not stored, so they count here), so the count is exact.
+pub fn resume_missed(from: u64, below: u64, newest: u64, replayed: u64, unused: (u64, u64)) -> u64 {
+    let hi = below.min(newest.saturating_add(1));
+    if hi <= from.saturating_add(1) {
+        return 0;
+    }
+    let span = hi - from - 1;
+    // Numbers strictly between unused.0 and unused.1, within from < seq < hi.
+    let lo_u = unused.0.max(from).saturating_add(1);
+    let hi_u = unused.1.min(hi);
+    let never = hi_u.saturating_sub(lo_u);
+    span.saturating_sub(replayed).saturating_sub(never)
 }
 
 #[cfg(test)]

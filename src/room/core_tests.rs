@@ -995,3 +995,87 @@ mod props {
         }
     }
 }
+
+// ---- client-driven resume ----
+
+#[test]
+fn a_resume_is_a_join_of_the_same_incarnation_only() {
+    let rings = Rings::default();
+    // Room "r" is epoch 1.
+    let mut core = core_with(cfg(1, false, 30_000), &["r", "s"]);
+    core.conn_up(1, "u", &mut rings.point());
+    // An incarnation that is gone: refused as destroyed, naming the epoch; nothing changes.
+    let e = core
+        .resume(0, 1, "u", "r", 7, &mut rings.point())
+        .unwrap_err();
+    assert_eq!(
+        e,
+        CoreError::Destroyed {
+            room: "r".into(),
+            epoch: 7,
+            live: Some(1)
+        }
+    );
+    let wire = WireError::from(e);
+    assert_eq!(wire.code, ErrorCode::RoomNotFound);
+    assert!(wire.message.contains("destroyed"), "{}", wire.message);
+    assert!(!core.is_member("r", "u"));
+    let e = core
+        .resume(0, 1, "u", "gone", 1, &mut rings.point())
+        .unwrap_err();
+    assert!(
+        matches!(e, CoreError::Destroyed { live: None, .. }),
+        "{e:?}"
+    );
+    // The live one: a join, with a join's subscription and a join's limits.
+    let fx = core.resume(5, 1, "u", "r", 1, &mut rings.point()).unwrap();
+    assert_eq!(subscribes(&fx), [(1, "r".to_owned(), None)]);
+    assert!(matches!(&fx[0], Effect::Joined { members: 1, .. }));
+    let e = core
+        .resume(5, 1, "u", "s", 2, &mut rings.point())
+        .unwrap_err();
+    assert_eq!(WireError::from(e).code, ErrorCode::TooManyRooms);
+    // Already served by this connection: nothing to do.
+    assert!(
+        core.resume(6, 1, "u", "r", 1, &mut rings.point())
+            .unwrap()
+            .is_empty()
+    );
+    core.check().unwrap();
+}
+
+#[test]
+fn a_restored_room_remembers_the_numbers_its_earlier_run_reserved() {
+    let mut core = core_with(cfg(8, false, 30_000), &["r"]);
+    assert_eq!(core.room("r").unwrap().unused, (0, 0));
+    core.room_restarted("r", 1, 40, 10_001);
+    assert_eq!(core.room("r").unwrap().unused, (40, 10_001));
+    // Another incarnation's restart does not touch this one.
+    core.room_restarted("r", 2, 5, 9);
+    assert_eq!(core.room("r").unwrap().unused, (40, 10_001));
+}
+
+#[test]
+fn resume_missed_counts_what_neither_history_nor_the_ring_replays() {
+    // Nothing after the client's newest: nothing missed.
+    assert_eq!(resume_missed(10, 11, 10, 0, (0, 0)), 0);
+    // The ring replays everything after 10.
+    assert_eq!(resume_missed(10, 11, 50, 0, (0, 0)), 0);
+    // The ring from 31: 11..=30 from history, 15 of them stored, 5 were low-priority.
+    assert_eq!(resume_missed(10, 31, 50, 15, (0, 0)), 5);
+    // All 20 stored.
+    assert_eq!(resume_missed(10, 31, 50, 20, (0, 0)), 0);
+    // `below` past the newest: bounded by the newest.
+    assert_eq!(resume_missed(10, 1_000, 20, 4, (0, 0)), 6);
+    // A restart: the earlier run stored up to 40 and reserved to 10_000; this run starts at
+    // 10_001 and its ring holds all of it. From 30: 31..=40 from history, of which 8 are
+    // stored; 41..=10_000 were never used.
+    assert_eq!(resume_missed(30, 10_001, 10_020, 8, (40, 10_001)), 2);
+    assert_eq!(resume_missed(30, 10_001, 10_020, 10, (40, 10_001)), 0);
+    // A client whose newest is inside the unused range (the previous run's low message) or at
+    // its end.
+    assert_eq!(resume_missed(45, 10_001, 10_020, 0, (40, 10_001)), 0);
+    assert_eq!(resume_missed(10_000, 10_001, 10_020, 0, (40, 10_001)), 0);
+    // This run's ring no longer holds its start: 10_001..=10_099 from history, 90 stored.
+    assert_eq!(resume_missed(30, 10_100, 10_200, 100, (40, 10_001)), 9);
+}

@@ -44,6 +44,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
+// ---- client-driven resume (Request::Resume) ----
+#[path = "resume.rs"]
+mod resume;
+// ---- end client-driven resume ----
+
 /// Work for a connection's delivery task.
 #[derive(Clone)]
 pub enum DeliveryCmd {
@@ -310,6 +315,7 @@ impl Relay {
     pub fn restore(&self, snap: Snapshot) {
         *self.global_mut() = snap.global;
         let mut rooms = self.rooms.write().unwrap_or_else(|p| p.into_inner());
+        let mut restarted = Vec::new();
         for loaded in snap.rooms {
             let rec = loaded.record;
             let room = Arc::new(Room::new(
@@ -321,8 +327,9 @@ impl Relay {
                 self.config.budget(),
             ));
             let newest = loaded.newest.unwrap_or((0, 0));
-            room.ring
-                .resume_seq(rec.seq_reserved.max(newest.0).saturating_add(1));
+            let first = rec.seq_reserved.max(newest.0).saturating_add(1);
+            restarted.push((rec.id.clone(), rec.epoch, newest.0, first));
+            room.ring.resume_seq(first);
             room.seq_reserved
                 .store(rec.seq_reserved.max(newest.0), Ordering::Release);
             {
@@ -349,6 +356,10 @@ impl Relay {
         let mut core = self.core();
         for (id, epoch) in live {
             core.room_created(&id, epoch);
+        }
+        // What a resume does not count as missed: the numbers the earlier run reserved.
+        for (id, epoch, newest, first) in restarted {
+            core.room_restarted(&id, epoch, newest, first);
         }
     }
 

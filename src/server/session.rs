@@ -626,6 +626,18 @@ fn handle(relay: &Arc<Relay>, user: &str, conn_id: u64, request: Request) -> Pen
         Request::Recall { room, seq } => {
             durable(relay.recall(Some(user), &room, seq), |_| Response::Recalled)
         }
+        Request::Resume {
+            room,
+            epoch,
+            last_seq,
+        } => ready(
+            relay
+                .resume(conn_id, user, &room, epoch, last_seq)
+                .inspect_err(|_| {
+                    metrics::counter!(crate::metrics::RESUMES, "outcome" => "refused").increment(1)
+                })
+                .map(Response::Joined),
+        ),
         Request::History {
             room,
             before_seq,

@@ -36,6 +36,7 @@ export type RoomEvent =
   | { event: "room_destroyed"; room: string; reason: "manual" | "idle" | "lifetime" | "scheduled" }
   | { event: "kicked"; room: string; reason: "banned" | "other_device" | "single_room" | "offline" }
   | { event: "resumed"; room: string; missed: number; last_seq: number }
+  | { event: "resume_failed"; room: string; error: string; message: string }
   | { event: "notice"; notice: Record<string, unknown> }
   | { event: "closed"; code: number | null; reason: string };
 
@@ -80,6 +81,8 @@ export class Client {
   getAttributes(room: string, keys?: string[]): Promise<{ version: number; attributes: Attribute[] }>;
   recall(room: string, seq: number): Promise<void>;
   history(room: string, opts?: { beforeSeq?: number; limit?: number }): Promise<HistoryEntry[]>;
+  /** Rejoins the incarnation `epoch` of a room after a reconnect, from the newest seq received. */
+  resume(room: string, epoch: number, lastSeq: number): Promise<JoinInfo>;
   ping(): Promise<void>;
   events(): AsyncIterable<RoomEvent>;
   [Symbol.asyncIterator](): AsyncIterator<RoomEvent>;

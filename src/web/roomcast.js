@@ -75,6 +75,7 @@ const Request = T.enumOf([
   ["GetAttributes", T.struct([room, ["keys", T.vec(T.string)]])],
   ["Recall", T.struct([room, ["seq", T.u64]])],
   ["History", T.struct([room, ["before_seq", T.u64], ["limit", T.u32]])],
+  ["Resume", T.struct([room, ["epoch", T.u64], ["last_seq", T.u64]])],
 ]);
 const ClientFrame = T.enumOf([
   ["Hello", T.struct([["version", T.u16], ["token", T.string]])],
@@ -503,6 +504,8 @@ export class Client {
     this.opts = opts;
     this.queue = new EventQueue(opts.eventBuffer || 8192);
     this.pending = new Map();
+    /** Joined rooms, resumed after a reconnect: room -> {epoch, lastSeq, dgrams}. */
+    this.rooms = new Map();
     this.nextId = 1;
     this.closing = false;
     this.transport = null;
@@ -551,7 +554,7 @@ export class Client {
       let ev;
       try { ev = decode(Event, body); } catch { return; } // an unknown (newer) event: skipped
       const sub = toSubEvent(ev, datagram);
-      if (sub) this.queue.push(sub);
+      if (sub && this.track(sub)) this.queue.push(sub);
     };
     const open = kind === "webtransport" ? openWebTransport : openWebSocket;
     const timeout = this.opts.connectTimeoutMs || 5000;
@@ -590,7 +593,8 @@ export class Client {
 
   async reconnect(c) {
     // Memberships kept through the relay's offline grace period resume on the new connection
-    // with a `resumed` event telling how many messages were missed.
+    // with a `resumed` event telling how many messages were missed; the others (the relay
+    // restarted) are resumed with `Resume`, which replays what the relay can.
     let delay = 250;
     const deadline = Date.now() + (this.opts.reconnectForMs || 60000);
     while (!this.closing && Date.now() < deadline) {
@@ -598,6 +602,7 @@ export class Client {
       try {
         const info = await relayInfo(this.opts.url);
         await this.openWith(this.transport, this.opts.url, info);
+        await this.resumeAll();
         return;
       } catch (e) {
         if (e instanceof RoomcastError && e.code === "UNAUTHORIZED") break;
@@ -620,10 +625,17 @@ export class Client {
   /** Joins a room; `history`: -1 none, 0 the relay's default, up to its maximum. */
   async join(room, { history = -1 } = {}) {
     const r = await this.request({ Join: { room, history } });
+    const known = this.rooms.get(room);
+    const epoch = r.Joined.room.epoch;
+    const had = known && known.epoch === epoch ? known.lastSeq : 0;
+    this.rooms.set(room, { epoch, lastSeq: Math.max(had, r.Joined.last_seq), dgrams: new Set() });
     return r.Joined;
   }
   /** Leaves a room. */
-  async leave(room) { await this.request({ Leave: { room } }); }
+  async leave(room) {
+    await this.request({ Leave: { room } });
+    this.rooms.delete(room);
+  }
   /** Sends a string or bytes; returns `{seq, ts}`. */
   async send(room, body, { type = "chat", low = false } = {}) {
     const bytes = typeof body === "string" ? utf8.encode(body) : body;
@@ -650,6 +662,53 @@ export class Client {
   /** A page of history, oldest first: up to `limit` messages before `beforeSeq` (0: newest). */
   async history(room, { beforeSeq = 0, limit = 20 } = {}) {
     return (await this.request({ History: { room, before_seq: beforeSeq, limit } })).History;
+  }
+  /**
+   * Rejoins the incarnation `epoch` of a room after a reconnect, having received its messages
+   * up to `lastSeq`: a `resumed` event follows (with what cannot be replayed), then every other
+   * message after `lastSeq` in order, then live traffic.
+   */
+  async resume(room, epoch, lastSeq) {
+    return (await this.request({ Resume: { room, epoch, last_seq: lastSeq } })).Joined;
+  }
+  /**
+   * After a reconnect: resumes every joined room from the newest seq received on the stream; a
+   * room that cannot be resumed is told as a `resume_failed` event.
+   */
+  async resumeAll() {
+    for (const [room, m] of [...this.rooms]) {
+      try {
+        await this.resume(room, m.epoch, m.lastSeq);
+      } catch (e) {
+        // The connection went again: the next reconnect resumes.
+        if (!(e instanceof RoomcastError) || e.code === "CLOSED") return;
+        this.rooms.delete(room);
+        this.queue.push({ event: "resume_failed", room, error: e.code, message: e.detail });
+      }
+    }
+  }
+  /**
+   * Follows each joined room's newest seq from the stream (which is in order); false for a
+   * datagram that came already and a replay repeats.
+   */
+  track(ev) {
+    const m = this.rooms.get(ev.room);
+    if (!m) return true;
+    if (ev.event === "message") {
+      if (ev.datagram) {
+        if (ev.seq <= m.lastSeq) return true;
+        if (m.dgrams.has(ev.seq)) return false;
+        m.dgrams.add(ev.seq);
+        if (m.dgrams.size > 4096) m.dgrams.delete(m.dgrams.values().next().value);
+        return true;
+      }
+      const came = m.dgrams.delete(ev.seq);
+      if (ev.seq > m.lastSeq) m.lastSeq = ev.seq;
+      for (const s of m.dgrams) if (s <= m.lastSeq) m.dgrams.delete(s);
+      return !came;
+    }
+    if (ev.event === "kicked" || ev.event === "room_destroyed") this.rooms.delete(ev.room);
+    return true;
   }
   /** A round trip. */
   async ping() { await this.request("Ping"); }

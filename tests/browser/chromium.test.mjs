@@ -229,6 +229,66 @@ for (const transport of ["webtransport", "websocket"]) {
   });
 }
 
+test("a page whose relay restarts resumes its room with what was published meanwhile", async () => {
+  // A relay of its own, restarted on the same data folder and port (over WebSocket: the killed
+  // relay's socket ends at once).
+  const own = mkdtempSync(join(tmpdir(), "roomcast-restart-"));
+  const data = join(own, "data");
+  const file = join(data, "server.json");
+  const serveOn = async (quic) => {
+    writeFileSync(join(own, "config.toml"), `[server]\nquic = "${quic}"\nadmin = "127.0.0.1:0"\ndata = "${data}"\n`);
+    rmSync(file, { force: true });
+    const child = start(["serve", "--config", join(own, "config.toml")]);
+    const at = await until("server.json", () => existsSync(file) && JSON.parse(readFileSync(file, "utf8")));
+    return { child, at };
+  };
+  const cli = (args) => execFileSync(BIN, [...args, "--data", data], { encoding: "utf8", timeout: SAFETY_MS });
+  const publish = (body) => JSON.parse(cli(["pub", "--room", "restart", "--user", "native-pub", body]));
+  let relay = await serveOn("127.0.0.1:0");
+  const key = readFileSync(join(data, "admin.key"), "utf8").trim();
+  const made = await fetch(`http://${relay.at.admin}/v1/rooms`, {
+    method: "POST", headers: { authorization: `Bearer ${key}` }, body: JSON.stringify({ id: "restart" }),
+  });
+  assert.equal(made.status, 201);
+  const token = cli(["token", "--user", "restarted"]).trim();
+  const web = relay.at.web.split(":").pop();
+  const p = await browser.newPage();
+  await p.goto(`http://127.0.0.1:${web}/`);
+  await p.evaluate(async ({ token }) => {
+    const sdk = await import("/roomcast.js");
+    let calls = 0;
+    // The reconnect waits for the test: messages go out on the restarted relay meanwhile.
+    window.gate = new Promise((r) => (window.release = r));
+    const client = await sdk.connect({
+      transport: "websocket",
+      token: async () => (calls++ === 0 ? token : window.gate.then(() => token)),
+    });
+    window.client = client;
+    window.events = [];
+    (async () => { for await (const ev of client.events()) window.events.push(ev); })();
+    await client.join("restart");
+  }, { token });
+  const before = publish("before");
+  await until("the first message", async () => (await events(p)).some((e) => e.seq === before.seq));
+  relay.child.kill("SIGKILL");
+  await relay.child.exited;
+  relay = await serveOn(`127.0.0.1:${web}`);
+  const meanwhile = [publish("meanwhile 1"), publish("meanwhile 2")];
+  await p.evaluate(() => window.release());
+  await until("the replay", async () => (await events(p)).some((e) => e.seq === meanwhile[1].seq));
+  const after = (await events(p)).slice((await events(p)).findIndex((e) => e.seq === before.seq) + 1);
+  const resumedAt = after.findIndex((e) => e.event === "resumed");
+  assert.deepEqual(after[resumedAt], { event: "resumed", room: "restart", missed: 0, last_seq: meanwhile[1].seq });
+  const seqs = after.filter((e) => e.event === "message").map((e) => e.seq);
+  assert.deepEqual(seqs, meanwhile.map((m) => m.seq), JSON.stringify(after));
+  assert.ok(after.findIndex((e) => e.event === "message") > resumedAt, JSON.stringify(after));
+  await p.evaluate(() => window.client.close());
+  await p.close();
+  relay.child.kill("SIGTERM");
+  await relay.child.exited;
+  rmSync(own, { recursive: true, force: true });
+});
+
 test("the demo page, with transport auto, chats over WebTransport", async () => {
   const token = run(["token", "--user", "demo-user"]).trim();
   const d = await browser.newPage();

@@ -1,0 +1,492 @@
+//! Client failover with real `roomcast serve` processes over real QUIC on loopback: a
+//! `FailoverClient` whose relay is SIGKILLed moves to the next one and resumes its room there;
+//! one whose relay is SIGKILLed and restarted on the same data folder under a paced publisher
+//! resumes with the exact `missed`, and gets every message after what it had, in seq order,
+//! none twice.
+
+mod nats_support;
+mod serve_support;
+
+use bytes::Bytes;
+use roomcast::client::{Client, ClientConfig, ClientEvent, FailoverClient, FailoverConfig};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::Duration;
+
+const ADMIN_KEY: &str = "failover-test-admin-key";
+const SECRET: &str = "failover-test-token-secret";
+
+/// Upper bound of one wait in these tests (a dead relay is noticed after the clients' 3 s idle
+/// timeout): only turns a hang into a failure.
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// How long the test clients' connections may stay silent before they count as dead.
+const IDLE: Duration = Duration::from_secs(3);
+
+async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(LIMIT, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {LIMIT:?} waiting for {what}"),
+    }
+}
+
+/// One `roomcast serve` process.
+struct Relay {
+    child: Child,
+    data: PathBuf,
+    quic: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Relay {
+    /// Starts `roomcast serve` on `data`, QUIC on `quic` (port 0: any), `extra` appended to its
+    /// configuration; returns once its log says it listens.
+    fn start(data: &Path, quic: SocketAddr, extra: &str) -> Relay {
+        let config = data.join("failover.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[server]
+quic = "{quic}"
+admin = "127.0.0.1:0"
+web = "off"
+data = "{}"
+[auth]
+admin_key = "{ADMIN_KEY}"
+token_secret = "{SECRET}"
+[limits]
+send_rate_per_sec = 100000
+send_burst = 100000
+room_budget_total = 1000000
+admin_rate_per_sec = 100000
+admin_burst = 100000
+[store]
+durability = "sync"
+{extra}
+"#,
+                data.display()
+            ),
+        )
+        .expect("config written");
+        let served = serve_support::serve(&config, data, LIMIT);
+        Relay {
+            child: served.child,
+            data: data.to_owned(),
+            quic: served.quic,
+            admin: served.admin,
+        }
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+
+    async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = reqwest::Client::new()
+            .request(method, format!("http://{}{path}", self.admin))
+            .bearer_auth(ADMIN_KEY);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("admin call");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn create_room(&self, id: &str) {
+        let (status, body) = self
+            .admin(
+                reqwest::Method::POST,
+                "/v1/rooms",
+                Some(json!({ "id": id })),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+
+    /// Every stored message's seq, oldest first.
+    async fn history(&self, room: &str) -> Vec<u64> {
+        let mut out: Vec<u64> = Vec::new();
+        let mut before: Option<u64> = None;
+        for _ in 0..100 {
+            let q = match before {
+                Some(b) => format!("/v1/rooms/{room}/messages?limit=200&before_seq={b}"),
+                None => format!("/v1/rooms/{room}/messages?limit=200"),
+            };
+            let (status, page) = self.admin(reqwest::Method::GET, &q, None).await;
+            assert_eq!(status, 200, "{page}");
+            let mut chunk: Vec<u64> = page["messages"]
+                .as_array()
+                .expect("messages")
+                .iter()
+                .map(|m| m["seq"].as_u64().expect("seq"))
+                .collect();
+            chunk.extend(out);
+            out = chunk;
+            match page["next_before_seq"].as_u64() {
+                Some(b) => before = Some(b),
+                None => break,
+            }
+        }
+        out
+    }
+
+    fn client_config(&self, user: &str) -> ClientConfig {
+        let token = roomcast::auth::TokenAuth::new(SECRET.as_bytes(), 0, false)
+            .mint(user, roomcast::auth::unix_secs() + 600)
+            .expect("token");
+        let ca = std::fs::read(self.data.join("ca.pem")).expect("ca.pem");
+        let mut cfg = ClientConfig::new(self.quic, ca, token);
+        cfg.idle_timeout = IDLE;
+        cfg.connect_timeout = Duration::from_secs(2);
+        cfg
+    }
+
+    async fn client(&self, user: &str) -> Client {
+        Client::connect(self.client_config(user))
+            .await
+            .expect("client connects")
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A failover client for `user` over `servers`, trusting `relay`'s CA (relays sharing a data
+/// folder or a store share it too).
+async fn failover(
+    relay: &Relay,
+    servers: Vec<SocketAddr>,
+    user: &str,
+    buffer: usize,
+) -> FailoverClient {
+    let mut cfg = relay.client_config(user);
+    cfg.event_buffer = buffer;
+    let mut fc = FailoverConfig::new(servers, cfg);
+    fc.backoff_min = Duration::from_millis(50);
+    fc.backoff_max = Duration::from_millis(500);
+    within("a failover client connects", FailoverClient::connect(fc))
+        .await
+        .expect("connects")
+}
+
+/// What a subscriber saw, in order.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Message seqs, as delivered.
+    seqs: Vec<u64>,
+    /// Where the stream moved to another connection: (index into `seqs`, the server).
+    reconnected: Vec<(usize, SocketAddr)>,
+    /// `Resumed{missed, last_seq}`, with the index into `seqs` where it came.
+    resumed: Vec<(usize, u64, u64)>,
+}
+
+impl Seen {
+    /// Takes one event; panics on an end of the membership or the connection.
+    fn take(&mut self, ev: ClientEvent) {
+        match ev {
+            ClientEvent::Message { message, .. } => self.seqs.push(message.seq),
+            ClientEvent::Reconnected { server } => self.reconnected.push((self.seqs.len(), server)),
+            ClientEvent::Resumed {
+                missed, last_seq, ..
+            } => self.resumed.push((self.seqs.len(), missed, last_seq)),
+            ClientEvent::Notice(_) => {}
+            other => panic!("the subscriber got {other:?}"),
+        }
+    }
+}
+
+/// Reads `sub`'s events into `seen` until it has the message `seq`.
+async fn read_until(sub: &FailoverClient, seen: &mut Seen, seq: u64) {
+    within(&format!("message {seq}"), async {
+        while !seen.seqs.contains(&seq) {
+            let ev = sub.next_event().await.expect("events go on");
+            seen.take(ev);
+        }
+    })
+    .await;
+}
+
+fn strictly_increasing(seqs: &[u64]) -> bool {
+    seqs.windows(2).all(|w| w[0] < w[1])
+}
+
+/// Two relays on one nats-server: `a` with room `lobby` (3 messages in it), and `b`, a
+/// standby on the same store started after them (it shares the room, its epoch and history,
+/// and the CA). `None` when there is no nats-server to run.
+async fn standby_pair(test: &str, dir: &Path) -> Option<(nats_support::NatsServer, Relay, Relay)> {
+    let bin = nats_support::binary(test)?;
+    let nats = nats_support::NatsServer::start(&bin, &dir.join("nats"));
+    let extra = format!("[cluster]\nnats = [\"{}\"]\n", nats.url());
+    let (data_a, data_b) = (dir.join("a"), dir.join("b"));
+    std::fs::create_dir_all(&data_a).expect("dir a");
+    std::fs::create_dir_all(&data_b).expect("dir b");
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let a = Relay::start(&data_a, any, &extra);
+    a.create_room("lobby").await;
+    let early = a.client("pub").await;
+    early.join("lobby", -1).await.expect("joins on a");
+    for i in 0..3 {
+        early
+            .send("lobby", "chat", Bytes::from(format!("early {i}")), false)
+            .await
+            .expect("sent on a");
+    }
+    early.close().await;
+    for f in ["ca.pem", "ca.key"] {
+        std::fs::copy(data_a.join(f), data_b.join(f)).expect("CA shared");
+    }
+    let b = Relay::start(&data_b, any, &extra);
+    Some((nats, a, b))
+}
+
+/// Publishes `n` messages on `relay` as `pub`; their seqs.
+async fn publish(relay: &Relay, n: usize) -> Vec<u64> {
+    let publisher = relay.client("pub").await;
+    publisher.join("lobby", -1).await.expect("pub joins");
+    let mut acked = Vec::new();
+    for i in 0..n {
+        let (seq, _) = publisher
+            .send("lobby", "chat", Bytes::from(format!("m{i}")), false)
+            .await
+            .expect("sent");
+        acked.push(seq);
+    }
+    publisher.close().await;
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_given_two_relays_moves_to_the_second_when_the_first_is_sigkilled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some((nats, mut a, b)) = standby_pair("a_client_given_two_relays", dir.path()).await else {
+        return;
+    };
+
+    let sub = failover(&a, vec![a.quic, b.quic], "sub", 8192).await;
+    assert_eq!(sub.server(), Some(a.quic));
+    let info = sub.join("lobby", -1).await.expect("joins on a");
+    assert_eq!(info.last_seq, 3);
+
+    a.kill();
+    // Published on b while the subscriber has not noticed yet, and after it moved: every one
+    // reaches it once, in order, after its Resumed.
+    let acked = publish(&b, 10).await;
+    let mut seen = Seen::default();
+    read_until(&sub, &mut seen, *acked.last().expect("sent")).await;
+    assert_eq!(seen.reconnected, [(0, b.quic)], "{seen:?}");
+    assert_eq!(sub.server(), Some(b.quic));
+    let (at, missed, _) = seen.resumed[0];
+    assert_eq!((at, missed), (0, 0), "{seen:?}");
+    assert_eq!(seen.seqs, acked, "every message once, in order");
+    // Still a member there: its own send comes back.
+    let (seq, _) = sub
+        .send("lobby", "chat", Bytes::from_static(b"moved"), false)
+        .await
+        .expect("sends on b");
+    read_until(&sub, &mut seen, seq).await;
+    sub.close().await;
+    drop(b);
+    drop(nats);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_restarted_under_a_paced_publisher_resumes_its_subscriber_exactly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_owned();
+    let mut relay = Relay::start(&data, SocketAddr::from(([127, 0, 0, 1], 0)), "");
+    let addr = relay.quic;
+    relay.create_room("live").await;
+
+    // A subscriber that reads slowly enough that the relay still holds messages for it when it
+    // dies: a small event buffer and large bodies fill its stream window.
+    let sub = failover(&relay, vec![addr], "sub", 4).await;
+    let info = sub.join("live", -1).await.expect("sub joins");
+    let epoch = info.room.epoch;
+    let publisher = failover(&relay, vec![addr], "pub", 1024).await;
+    publisher.join("live", -1).await.expect("pub joins");
+
+    let body = Bytes::from(vec![b'x'; 8 * 1024]);
+    let mut acked: Vec<u64> = Vec::new();
+    let mut failed = 0u32;
+    // Phase 1, fast: 100 messages while the subscriber reads nothing.
+    for _ in 0..100 {
+        match publisher.send("live", "chat", body.clone(), false).await {
+            Ok((seq, _)) => acked.push(seq),
+            Err(e) => panic!("the relay is up: {e}"),
+        }
+    }
+    relay.kill();
+    // Restarted on the same data folder and port.
+    let restarted = tokio::task::spawn_blocking(move || Relay::start(&data, addr, ""))
+        .await
+        .expect("restarts");
+    // Phase 2, paced: 50 more across the clients' reconnects (a send whose connection died
+    // may or may not have been made; the history says).
+    let sender = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for _ in 0..50 {
+            tick.tick().await;
+            match publisher
+                .send("live", "chat", Bytes::from_static(b"paced"), false)
+                .await
+            {
+                Ok((seq, _)) => acked.push(seq),
+                Err(_) => failed += 1,
+            }
+        }
+        publisher.close().await;
+        (acked, failed)
+    });
+    let mut seen = Seen::default();
+    // Everything of the first run the subscriber still gets, its move, and the replay, while
+    // the publisher goes on.
+    let mut sender = sender;
+    let (acked, failed) = within("the paced publisher", async {
+        loop {
+            tokio::select! {
+                ev = sub.next_event() => seen.take(ev.expect("events go on")),
+                done = &mut sender => break done.expect("publisher task"),
+            }
+        }
+    })
+    .await;
+    let last = *acked.last().expect("acked");
+    read_until(&sub, &mut seen, last).await;
+    assert!(
+        failed <= 1,
+        "at most the send in flight at the restart fails: {failed}"
+    );
+
+    let history = restarted.history("live").await;
+    // Nothing acknowledged is lost.
+    for s in &acked {
+        assert!(history.binary_search(s).is_ok(), "acked {s} not in history");
+    }
+    assert_eq!(seen.reconnected.len(), 1, "{:?}", seen.reconnected);
+    assert_eq!(seen.resumed.len(), 1, "{:?}", seen.resumed);
+    let (at, missed, resumed_last) = seen.resumed[0];
+    let (moved_at, server) = seen.reconnected[0];
+    assert_eq!((moved_at, server), (at, addr));
+    let from = seen.seqs[..at].last().copied().unwrap_or(info.last_seq);
+    // The old run still held messages for the subscriber when it died: the resume replayed
+    // them from history.
+    let old_run_last = acked[99];
+    assert!(from < old_run_last, "the subscriber had them all ({from})");
+    // Exact: `missed` is what history has after `from` up to the resume and the subscriber did
+    // not get; here, every such message is in history, so nothing.
+    let in_range = |s: &u64| *s > from && *s <= resumed_last;
+    let stored = history.iter().filter(|s| in_range(s)).count();
+    let got = seen.seqs.iter().filter(|s| in_range(s)).count();
+    assert_eq!(missed, (stored - got) as u64);
+    assert_eq!(missed, 0);
+    // Every stored message after the join, once, in seq order (history keeps every class the
+    // publisher sent), and nothing else.
+    assert!(strictly_increasing(&seen.seqs), "{:?}", seen.seqs);
+    let expected: Vec<u64> = history
+        .iter()
+        .copied()
+        .filter(|s| *s > info.last_seq)
+        .collect();
+    assert_eq!(seen.seqs, expected);
+    assert!(seen.seqs.contains(&old_run_last));
+    // Resumed in the same incarnation.
+    let (status, room) = restarted
+        .admin(reqwest::Method::GET, "/v1/rooms/live", None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(room["epoch"].as_u64(), Some(epoch), "{room}");
+    sub.close().await;
+    drop(relay);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roomcast_sub_with_two_servers_moves_to_the_second_when_the_first_is_sigkilled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some((nats, mut a, b)) = standby_pair("roomcast_sub_with_two_servers", dir.path()).await
+    else {
+        return;
+    };
+    let token = roomcast::auth::TokenAuth::new(SECRET.as_bytes(), 0, false)
+        .mint("sub", roomcast::auth::unix_secs() + 600)
+        .expect("token");
+    let servers = format!("{},{}", a.quic, b.quic);
+    let ca = a.data.join("ca.pem");
+    let mut sub = std::process::Command::new(env!("CARGO_BIN_EXE_roomcast"))
+        .args([
+            "sub", "--room", "lobby", "--user", "sub", "--count", "5", "--server",
+        ])
+        .arg(&servers)
+        .arg("--ca")
+        .arg(&ca)
+        .args(["--token", &token, "--data"])
+        .arg(dir.path().join("no-data"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("roomcast sub starts");
+    let stdout = sub.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Ok(v) = serde_json::from_str(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let next = |what: &str| -> Value {
+        rx.recv_timeout(LIMIT)
+            .unwrap_or_else(|_| panic!("sub printed no {what}"))
+    };
+    let joined = next("joined line");
+    assert_eq!(joined["event"], "joined", "{joined}");
+    assert_eq!(joined["last_seq"], 3, "{joined}");
+    a.kill();
+    let acked = publish(&b, 5).await;
+    let mut lines = Vec::new();
+    while lines
+        .iter()
+        .filter(|l: &&Value| l["event"] == "message")
+        .count()
+        < 5
+    {
+        lines.push(next("line after the kill"));
+    }
+    let status = tokio::task::spawn_blocking(move || sub.wait())
+        .await
+        .expect("waits")
+        .expect("exit status");
+    assert!(status.success(), "{lines:?}");
+    let events: Vec<&str> = lines.iter().filter_map(|l| l["event"].as_str()).collect();
+    assert_eq!(events[..2], ["reconnected", "resumed"], "{lines:?}");
+    assert_eq!(lines[0]["server"], b.quic.to_string());
+    assert_eq!(lines[1]["missed"], 0);
+    let seqs: Vec<u64> = lines
+        .iter()
+        .filter(|l| l["event"] == "message")
+        .filter_map(|l| l["seq"].as_u64())
+        .collect();
+    assert_eq!(seqs, acked);
+    drop(b);
+    drop(nats);
+}
