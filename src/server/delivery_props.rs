@@ -106,7 +106,7 @@ impl TestLink {
     }
 }
 
-impl super::super::link::Closer for TestLink {
+impl crate::server::link::Closer for TestLink {
     fn close(&self, _code: CloseCode, _reason: &str) {
         self.state().closed = true;
     }
@@ -146,7 +146,7 @@ impl Link for TestLink {
 struct Collect(Vec<Bytes>);
 
 impl EventSink for Collect {
-    async fn write_all(&mut self, frames: &mut [Bytes]) -> Result<(), super::super::link::Gone> {
+    async fn write_all(&mut self, frames: &mut [Bytes]) -> Result<(), crate::server::link::Gone> {
         self.0.extend(frames.iter().cloned());
         Ok(())
     }
