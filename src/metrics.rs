@@ -87,6 +87,28 @@ pub const NATS_BYTES_OUT: &str = "roomcast_nats_bytes_out_total";
 /// Counter: store submits refused because the NATS store's queue was full.
 pub const NATS_QUEUE_FULL: &str = "roomcast_nats_store_queue_full_total";
 // ---- end cluster: NATS ----
+// ---- cluster: rooms across relays ----
+/// Counter: messages this relay published on rooms' live subjects (as their owner).
+pub const CLUSTER_MESSAGES_OUT: &str = "roomcast_cluster_messages_out_total";
+/// Counter: messages this relay received on rooms' live subjects (from their owners).
+pub const CLUSTER_MESSAGES_IN: &str = "roomcast_cluster_messages_in_total";
+/// Counter: payload bytes of live messages and forwarded sends sent to NATS.
+pub const CLUSTER_BYTES_OUT: &str = "roomcast_cluster_bytes_out_total";
+/// Counter: payload bytes of live messages and forwarded sends received from NATS.
+pub const CLUSTER_BYTES_IN: &str = "roomcast_cluster_bytes_in_total";
+/// Counter: live messages not published because the queue to NATS was full.
+pub const CLUSTER_LIVE_DROPPED: &str = "roomcast_cluster_live_dropped_total";
+/// Gauge: rooms this relay owns (sequences) now.
+pub const CLUSTER_OWNED_ROOMS: &str = "roomcast_cluster_owned_rooms";
+/// Gauge: rooms whose live subject this relay is subscribed to (it has members there).
+pub const CLUSTER_LIVE_ROOMS: &str = "roomcast_cluster_live_rooms";
+/// Counter: room ownerships this relay took or lost, by `change` (acquired, renewal_refused,
+/// expired, fenced, released).
+pub const CLUSTER_OWNERSHIP_CHANGES: &str = "roomcast_cluster_ownership_changes_total";
+/// Counter: sends forwarded to a room's owner, by `outcome` (ok, refused, unavailable), and
+/// forwarded sends this relay answered as the owner (`outcome="served"`).
+pub const CLUSTER_FORWARDED: &str = "roomcast_cluster_forwarded_total";
+// ---- end cluster: rooms across relays ----
 
 /// The delivery histograms record one write in this many, per connection (the first of them,
 /// counting writes that carried messages).
@@ -217,6 +239,46 @@ pub fn describe() {
         "Store submits refused at once because the NATS store's queue was full."
     );
     // ---- end cluster: NATS ----
+    // ---- cluster: rooms across relays ----
+    describe_counter!(
+        CLUSTER_MESSAGES_OUT,
+        "Messages published on rooms' live subjects, as their owner (once per message)."
+    );
+    describe_counter!(
+        CLUSTER_MESSAGES_IN,
+        "Messages received on rooms' live subjects from their owners (once per message per relay with members)."
+    );
+    describe_counter!(
+        CLUSTER_BYTES_OUT,
+        Unit::Bytes,
+        "Payload bytes of live messages and forwarded sends sent to NATS."
+    );
+    describe_counter!(
+        CLUSTER_BYTES_IN,
+        Unit::Bytes,
+        "Payload bytes of live messages and forwarded sends received from NATS."
+    );
+    describe_counter!(
+        CLUSTER_LIVE_DROPPED,
+        "Live messages not published because the queue to NATS was full."
+    );
+    describe_gauge!(
+        CLUSTER_OWNED_ROOMS,
+        "Rooms this relay owns (sequences) now."
+    );
+    describe_gauge!(
+        CLUSTER_LIVE_ROOMS,
+        "Rooms whose live subject this relay is subscribed to (it has members there)."
+    );
+    describe_counter!(
+        CLUSTER_OWNERSHIP_CHANGES,
+        "Room ownerships taken or lost, by change (acquired, renewal_refused, expired, fenced, released)."
+    );
+    describe_counter!(
+        CLUSTER_FORWARDED,
+        "Sends forwarded to a room's owner, by outcome (ok, refused, unavailable); served: forwarded sends answered as the owner."
+    );
+    // ---- end cluster: rooms across relays ----
 }
 
 /// Folds the histogram samples `handle`'s recorder holds into their buckets every

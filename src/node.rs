@@ -76,8 +76,11 @@ impl Server {
             config.auth.dev_mode,
         );
         let snapshot = store.load()?;
-        let relay = Arc::new(Relay::new(config, auth, secrets.admin_key, store));
+        let relay = Arc::new(Relay::new(config.clone(), auth, secrets.admin_key, store));
         relay.restore(snapshot);
+        // ---- cluster: leases, forwarding, live fan-out ----
+        crate::server::cluster::start(&config, &relay).await?;
+        // ---- end cluster ----
         Ok(Server {
             listeners: Listeners {
                 relay,
@@ -153,6 +156,11 @@ impl Server {
             tracing::warn!("admin listener did not stop in time");
         }
         drop(stop_rx);
+        // ---- cluster: its rooms move at once ----
+        if let Some(cluster) = relay.cluster() {
+            cluster.release_all().await;
+        }
+        // ---- end cluster ----
         relay.store().close();
         tracing::info!("stopped");
     }

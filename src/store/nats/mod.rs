@@ -131,4 +131,4 @@ mod names;
 mod store;
 
 pub use names::{HistoryKind, Names, decode as decode_room, encode as encode_room};
-pub use store::{NatsAuth, NatsConfig, NatsStore};
+pub use store::{NatsAuth, NatsConfig, NatsStore, StateValue, connect_options, parse_state};

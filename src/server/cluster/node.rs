@@ -1,0 +1,863 @@
+//! One relay's part in a cluster (see [`crate::store::nats`] for the design): the room leases it
+//! holds, the sends it forwards to other rooms' owners and answers for its own, the live traffic
+//! it publishes and subscribes to, and its cache of every room's state from one KV watch.
+
+use super::lease::{Lease, LeaseStep};
+use crate::metrics as m;
+use crate::protocol::{Class, ErrorCode, Event, WireError, decode_body, encode_datagram};
+use crate::room::{Entry, Outgoing, Payload, Room};
+use crate::server::ServerError;
+use crate::server::relay::{Relay, SEQ_RESERVE, Stamped, now_ms};
+use crate::store::nats::{Names, StateValue, parse_state};
+use crate::store::{NatsConfig, Op};
+use async_nats::jetstream::{self, kv};
+use async_nats::{HeaderMap, RequestErrorKind};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+use tokio::task::{JoinHandle, JoinSet};
+
+/// Live messages queued for NATS at most; past it one is dropped and counted in
+/// [`m::CLUSTER_LIVE_DROPPED`].
+const LIVE_QUEUE: usize = 65_536;
+/// Forwarded sends an owner works on at once per room; past it a request is answered
+/// `UNAVAILABLE` at once.
+const SERVING: usize = 4_096;
+/// A forwarded send tries this many times to find or become the room's owner.
+const FORWARD_ATTEMPTS: u32 = 5;
+/// Header of a live message: present when join history may show it.
+const KEEP_HEADER: &str = "Roomcast-Keep";
+
+/// Why the cluster could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// NATS refused or did not answer.
+    #[error("cluster: {0}")]
+    Nats(String),
+}
+
+impl From<ClusterError> for ServerError {
+    fn from(e: ClusterError) -> Self {
+        ServerError::Data(e.to_string())
+    }
+}
+
+fn nats_err(what: &str, e: impl std::fmt::Display) -> ClusterError {
+    ClusterError::Nats(format!("NATS: {what}: {e}"))
+}
+
+fn unavailable(msg: impl Into<String>) -> WireError {
+    WireError::new(ErrorCode::Unavailable, msg)
+}
+
+/// A task stopped when its handle goes.
+struct Owned<T>(JoinHandle<T>);
+
+impl<T> Drop for Owned<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The lease value in `P_leases`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LeaseValue {
+    node: String,
+    /// The KV revision at which this owner acquired the lease (0 in the acquiring write).
+    term: u64,
+}
+
+/// A room this relay owns.
+struct Held {
+    lease: Lease,
+    revision: u64,
+    term: u64,
+    _responder: Owned<()>,
+}
+
+/// A room whose live subject this relay is subscribed to.
+struct LiveSub {
+    ready: tokio::sync::watch::Receiver<bool>,
+    _task: Owned<()>,
+}
+
+/// One live message on its way to NATS.
+struct LiveOut {
+    subject: String,
+    keep: bool,
+    frame: Bytes,
+}
+
+/// A send forwarded to a room's owner.
+#[derive(Debug, Serialize, Deserialize)]
+struct Forwarded {
+    from: String,
+    msg_type: String,
+    body: Bytes,
+    class: Class,
+    keep: bool,
+}
+
+/// The owner's answer to a forwarded send.
+#[derive(Debug, Serialize, Deserialize)]
+enum ForwardReply {
+    Sent { seq: u64, ts: u64 },
+    Refused(WireError),
+}
+
+/// A relay's part in the cluster.
+pub struct Cluster {
+    node: String,
+    names: Names,
+    client: async_nats::Client,
+    leases: kv::Store,
+    state: kv::Store,
+    ttl_ms: u64,
+    timeout: Duration,
+    started: Instant,
+    relay: Weak<Relay>,
+    held: Mutex<HashMap<String, Held>>,
+    live: Mutex<HashMap<String, LiveSub>>,
+    live_tx: flume::Sender<LiveOut>,
+    /// One acquisition at a time (they are rare: a room's first send, or a failover).
+    acquiring: tokio::sync::Mutex<()>,
+    tasks: Mutex<Vec<Owned<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Cluster {
+    /// Connects (a connection of its own, which never receives what it publishes), opens the
+    /// leases bucket (making it, or setting its age limit to the lease TTL) and the state
+    /// bucket, and starts the renewals, the live publisher and the state watch.
+    pub async fn start(
+        relay: &Arc<Relay>,
+        nats: NatsConfig,
+        ttl_ms: u64,
+    ) -> Result<Arc<Cluster>, ClusterError> {
+        let (opts, servers) = crate::store::nats::connect_options(&nats)
+            .await
+            .map_err(|e| ClusterError::Nats(e.to_string()))?;
+        let client = opts
+            .name(format!("roomcast {} cluster", nats.node_id))
+            .no_echo()
+            .event_callback(|event| async move {
+                tracing::debug!(event = %event, "NATS cluster connection event");
+            })
+            .connect(servers)
+            .await
+            .map_err(|e| nats_err(&format!("cannot connect to {}", nats.servers.join(", ")), e))?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(nats.request_timeout)
+            .build(client.clone());
+        let names = Names::new(&nats.prefix);
+        let ttl = Duration::from_millis(ttl_ms);
+        let leases = match js.get_key_value(names.leases_bucket()).await {
+            Ok(kv) => {
+                let stream_name = format!("KV_{}", names.leases_bucket());
+                let mut stream = js
+                    .get_stream(&stream_name)
+                    .await
+                    .map_err(|e| nats_err("opening the leases bucket", e))?;
+                let info = stream
+                    .info()
+                    .await
+                    .map_err(|e| nats_err("reading the leases bucket", e))?;
+                if info.config.max_age != ttl {
+                    let mut changed = info.config.clone();
+                    changed.max_age = ttl;
+                    js.update_stream(changed)
+                        .await
+                        .map_err(|e| nats_err("setting the leases bucket's TTL", e))?;
+                }
+                kv
+            }
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: names.leases_bucket(),
+                    history: 1,
+                    max_age: ttl,
+                    storage: jetstream::stream::StorageType::File,
+                    num_replicas: nats.replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| nats_err("creating the leases bucket", e))?,
+        };
+        let state = js
+            .get_key_value(names.state_bucket())
+            .await
+            .map_err(|e| nats_err("opening the state bucket", e))?;
+        let (live_tx, live_rx) = flume::bounded(LIVE_QUEUE);
+        let cluster = Arc::new(Cluster {
+            node: nats.node_id.clone(),
+            names,
+            client,
+            leases,
+            state,
+            ttl_ms,
+            timeout: nats.request_timeout,
+            started: Instant::now(),
+            relay: Arc::downgrade(relay),
+            held: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
+            live_tx,
+            acquiring: tokio::sync::Mutex::new(()),
+            tasks: Mutex::new(Vec::new()),
+        });
+        for room in relay.all_rooms() {
+            cluster.observe(&room);
+        }
+        let tasks = vec![
+            Owned(tokio::spawn(publisher(cluster.client.clone(), live_rx))),
+            Owned(tokio::spawn(renewer(Arc::downgrade(&cluster)))),
+            Owned(tokio::spawn(watcher(Arc::downgrade(&cluster)))),
+        ];
+        *lock(&cluster.tasks) = tasks;
+        metrics::gauge!(m::CLUSTER_OWNED_ROOMS).set(0.0);
+        metrics::gauge!(m::CLUSTER_LIVE_ROOMS).set(0.0);
+        tracing::info!(node = %cluster.node, lease_ttl_ms = ttl_ms, "cluster: rooms span relays");
+        Ok(cluster)
+    }
+
+    /// Milliseconds on this relay's monotonic clock (the lease's time base).
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    // ---- live traffic ----
+
+    /// Makes `room` publish every message it places (as its owner sequences them) once on its
+    /// live subject.
+    pub fn observe(&self, room: &Room) {
+        let tx = self.live_tx.clone();
+        let subject = self.names.live(&room.id);
+        room.ring.observe(Box::new(move |e: &Entry| {
+            let out = LiveOut {
+                subject: subject.clone(),
+                keep: e.history.is_some(),
+                frame: e.frame.clone(),
+            };
+            if tx.try_send(out).is_err() {
+                metrics::counter!(m::CLUSTER_LIVE_DROPPED).increment(1);
+            }
+        }));
+    }
+
+    /// This relay has members of `room` (`on`: its first came) or none any more: subscribes to
+    /// the room's live subject, or unsubscribes.
+    pub fn interest(self: &Arc<Self>, room: &str, on: bool) {
+        let mut live = lock(&self.live);
+        if !on {
+            if live.remove(room).is_some() {
+                metrics::gauge!(m::CLUSTER_LIVE_ROOMS).decrement(1.0);
+            }
+            return;
+        }
+        if live.contains_key(room) {
+            return;
+        }
+        let (ready_tx, ready) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(live_in(Arc::downgrade(self), room.to_owned(), ready_tx));
+        live.insert(
+            room.to_owned(),
+            LiveSub {
+                ready,
+                _task: Owned(task),
+            },
+        );
+        metrics::gauge!(m::CLUSTER_LIVE_ROOMS).increment(1.0);
+    }
+
+    /// Waits (at most the request timeout) until the live subscription of `room`, if this relay
+    /// has one, is in place at the NATS server: a join answered after it misses nothing the
+    /// owner publishes later.
+    pub async fn live_ready(&self, room: &str) {
+        let ready = lock(&self.live).get(room).map(|s| s.ready.clone());
+        if let Some(mut ready) = ready {
+            let waited = tokio::time::timeout(self.timeout, ready.wait_for(|r| *r)).await;
+            if !matches!(waited, Ok(Ok(_))) {
+                tracing::warn!(room, "the live subscription is not in place yet");
+            }
+        }
+    }
+
+    /// Puts a live message from the owner into the room's local ring.
+    fn place(&self, room_id: &str, msg: &async_nats::Message) {
+        let Some(relay) = self.relay.upgrade() else {
+            return;
+        };
+        metrics::counter!(m::CLUSTER_MESSAGES_IN).increment(1);
+        metrics::counter!(m::CLUSTER_BYTES_IN).increment(msg.payload.len() as u64);
+        let Ok(room) = relay.room(room_id) else {
+            return;
+        };
+        let frame = msg.payload.clone();
+        let event = match frame.get(4..).map(decode_body::<Event>) {
+            Some(Ok(Event::Message(m))) if m.room == room.id => m,
+            _ => {
+                tracing::warn!(room = room_id, "a live message that is not one; dropped");
+                return;
+            }
+        };
+        let keep = msg
+            .headers
+            .as_ref()
+            .is_some_and(|h| h.get(KEEP_HEADER).is_some());
+        let (seq, ts, class) = (event.seq, event.ts, event.class);
+        let datagram =
+            (class == Class::Low).then(|| encode_datagram(&Event::Message(event.clone())));
+        let payload = Payload {
+            class,
+            frame,
+            datagram,
+            history: keep.then_some(event),
+        };
+        if room.ring.place_remote(seq, ts, payload) {
+            room.watchers.notify_all();
+        }
+    }
+
+    // ---- ownership ----
+
+    /// Whether this relay sequences `room` now: it holds the lease and has not passed the point
+    /// where it must stop.
+    pub fn sequences(&self, room: &str) -> bool {
+        let now = self.now();
+        lock(&self.held)
+            .get(room)
+            .is_some_and(|h| h.lease.may_sequence(now))
+    }
+
+    /// Stops sequencing `room` (the store fenced a write, a renewal was refused, or the lease
+    /// ran out), counted by `why`.
+    pub fn step_down(&self, room: &str, why: &'static str) {
+        if lock(&self.held).remove(room).is_some() {
+            metrics::gauge!(m::CLUSTER_OWNED_ROOMS).decrement(1.0);
+            metrics::counter!(m::CLUSTER_OWNERSHIP_CHANGES, "change" => why).increment(1);
+            tracing::info!(room, why, "stepped down as the room's owner");
+        }
+    }
+
+    /// Tries to take `room`'s lease: `Ok(true)` when this relay owns it now (it reloaded the
+    /// room and reserved sequence numbers above everything the last owner may have used),
+    /// `Ok(false)` when another relay holds it.
+    async fn acquire(
+        self: &Arc<Self>,
+        relay: &Arc<Relay>,
+        room: &Arc<Room>,
+    ) -> Result<bool, WireError> {
+        let _one = self.acquiring.lock().await;
+        if self.sequences(&room.id) {
+            return Ok(true);
+        }
+        let key = self.names.room_key(&room.id);
+        let value = |term| {
+            serde_json::to_vec(&LeaseValue {
+                node: self.node.clone(),
+                term,
+            })
+            .map(Bytes::from)
+            .map_err(|e| unavailable(format!("encoding a lease: {e}")))
+        };
+        let sent = self.now();
+        let revision = match self.leases.create(&key, value(0)?).await {
+            Ok(r) => r,
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                match self.take_back(&key, value(0)?).await {
+                    Some(r) => r,
+                    None => return Ok(false),
+                }
+            }
+            Err(e) => {
+                return Err(unavailable(format!(
+                    "NATS: taking room {:?}'s lease: {e}",
+                    room.id
+                )));
+            }
+        };
+        let owned = async {
+            let term = revision;
+            let revision = self
+                .leases
+                .update(&key, value(term)?, revision)
+                .await
+                .map_err(|e| {
+                    unavailable(format!("NATS: writing room {:?}'s lease: {e}", room.id))
+                })?;
+            self.take_over(relay, room).await?;
+            Ok::<_, WireError>((term, revision))
+        }
+        .await;
+        let (term, revision) = match owned {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = self.leases.purge(&key).await;
+                return Err(e);
+            }
+        };
+        let responder = Owned(tokio::spawn(serve_forwarded(
+            Arc::downgrade(self),
+            room.id.clone(),
+            self.names.forward(&room.id),
+        )));
+        lock(&self.held).insert(
+            room.id.clone(),
+            Held {
+                lease: Lease::acquired(self.ttl_ms, sent),
+                revision,
+                term,
+                _responder: responder,
+            },
+        );
+        metrics::gauge!(m::CLUSTER_OWNED_ROOMS).increment(1.0);
+        metrics::counter!(m::CLUSTER_OWNERSHIP_CHANGES, "change" => "acquired").increment(1);
+        tracing::info!(room = %room.id, term, "this relay owns the room now");
+        Ok(true)
+    }
+
+    /// A lease held under this relay's own node id by an earlier run of it (it crashed, or
+    /// stopped without releasing): taken back at once, compare-and-set on its revision. `None`
+    /// when another relay holds it (or it changed meanwhile).
+    async fn take_back(&self, key: &str, value: Bytes) -> Option<u64> {
+        let entry = self.leases.entry(key).await.ok().flatten()?;
+        let held: LeaseValue = serde_json::from_slice(&entry.value).ok()?;
+        if entry.operation != kv::Operation::Put || held.node != self.node {
+            return None;
+        }
+        let revision = self.leases.update(key, value, entry.revision).await.ok()?;
+        tracing::info!(key, "took back a lease an earlier run of this relay held");
+        Some(revision)
+    }
+
+    /// As after a restart: reloads `room` from the store (the last owner's writes), continues
+    /// its numbering above every number that may have been handed out, and reserves more
+    /// (which moves the room's KV revision on: the last owner's next write of it is fenced).
+    async fn take_over(&self, relay: &Arc<Relay>, room: &Arc<Room>) -> Result<(), WireError> {
+        let store = relay.store().clone();
+        let id = room.id.clone();
+        let loaded = tokio::task::spawn_blocking(move || store.reload_room(&id))
+            .await
+            .map_err(|e| unavailable(format!("reloading a room: {e}")))?
+            .map_err(|e| unavailable(format!("room {:?}: {}", room.id, e.message())))?;
+        let Some(loaded) = loaded.filter(|l| l.record.epoch == room.epoch) else {
+            return Err(WireError::new(
+                ErrorCode::RoomNotFound,
+                format!("room {:?} does not exist any more", room.id),
+            ));
+        };
+        let newest = loaded.newest.map_or(0, |(seq, _)| seq);
+        let used = loaded
+            .record
+            .seq_reserved
+            .max(newest)
+            .max(room.ring.last_seq());
+        relay.refresh_room(room, &loaded.record, loaded.attrs);
+        room.ring.resume_seq(used + 1);
+        let upto = used + SEQ_RESERVE;
+        relay
+            .store()
+            .submit(vec![Op::ReserveSeq {
+                room: room.id.clone(),
+                upto,
+            }])
+            .wait()
+            .await
+            .map_err(|e| unavailable(format!("room {:?}: {}", room.id, e.message())))?;
+        room.seq_reserved.store(upto, Ordering::Release);
+        Ok(())
+    }
+
+    /// Renews the leases due at `now`; steps down where the time is up or NATS refused.
+    async fn renew_due(self: &Arc<Self>) {
+        let now = self.now();
+        let mut due = Vec::new();
+        {
+            let mut held = lock(&self.held);
+            let mut expired = Vec::new();
+            for (room, h) in held.iter_mut() {
+                match h.lease.step(now) {
+                    LeaseStep::Hold => {}
+                    LeaseStep::Renew => {
+                        h.lease.renewal_sent(now);
+                        due.push((room.clone(), h.revision, h.term));
+                    }
+                    LeaseStep::StepDown => expired.push(room.clone()),
+                }
+            }
+            drop(held);
+            for room in expired {
+                self.step_down(&room, "expired");
+            }
+        }
+        let renewals = due.into_iter().map(|(room, revision, term)| {
+            let this = self.clone();
+            async move {
+                let value = serde_json::to_vec(&LeaseValue {
+                    node: this.node.clone(),
+                    term,
+                })
+                .map(Bytes::from)
+                .unwrap_or_default();
+                let key = this.names.room_key(&room);
+                let out = this.leases.update(&key, value, revision).await;
+                (room, out)
+            }
+        });
+        let results: Vec<_> = futures_util::stream::iter(renewals)
+            .buffer_unordered(64)
+            .collect()
+            .await;
+        for (room, out) in results {
+            match out {
+                Ok(revision) => {
+                    if let Some(h) = lock(&self.held).get_mut(&room) {
+                        h.revision = revision;
+                        h.lease.renewed(now);
+                    }
+                }
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    self.step_down(&room, "renewal_refused");
+                }
+                Err(e) => {
+                    tracing::warn!(room = %room, error = %e, "a lease renewal failed; retrying");
+                    if let Some(h) = lock(&self.held).get_mut(&room) {
+                        h.lease.renewal_failed();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives up every lease this relay holds (a clean shutdown), so their rooms move at once,
+    /// and stops its tasks.
+    pub async fn release_all(&self) {
+        let held: Vec<(String, u64)> = lock(&self.held)
+            .drain()
+            .map(|(room, h)| (room, h.revision))
+            .collect();
+        for (room, revision) in held {
+            let key = self.names.room_key(&room);
+            let _ = self
+                .leases
+                .purge_expect_revision(&key, Some(revision))
+                .await;
+            metrics::gauge!(m::CLUSTER_OWNED_ROOMS).decrement(1.0);
+            metrics::counter!(m::CLUSTER_OWNERSHIP_CHANGES, "change" => "released").increment(1);
+        }
+        lock(&self.live).clear();
+        lock(&self.tasks).clear();
+        let _ = self.client.flush().await;
+    }
+
+    // ---- sends ----
+
+    /// A member's send to `room`, which this relay does not sequence: forwarded to its owner
+    /// and answered with the owner's `{seq, ts}` once the message is durable (or its refusal).
+    /// With no owner answering, this relay takes the lease and sequences it itself.
+    pub async fn forward(
+        self: &Arc<Self>,
+        relay: &Arc<Relay>,
+        room: &Arc<Room>,
+        out: Outgoing,
+        now: u64,
+        source: &'static str,
+    ) -> Result<Stamped, WireError> {
+        let request = Bytes::from(
+            postcard::to_stdvec(&Forwarded {
+                from: out.from.clone(),
+                msg_type: out.msg_type.clone(),
+                body: out.body.clone(),
+                class: out.class,
+                keep: out.keep_in_history,
+            })
+            .map_err(|e| unavailable(format!("encoding a forwarded send: {e}")))?,
+        );
+        let subject = self.names.forward(&room.id);
+        for attempt in 0..FORWARD_ATTEMPTS {
+            if self.sequences(&room.id) {
+                return relay.publish_stored(room, out, now, source)?.wait().await;
+            }
+            if self.client.connection_state() != async_nats::connection::State::Connected {
+                metrics::counter!(m::CLUSTER_FORWARDED, "outcome" => "unavailable").increment(1);
+                return Err(unavailable(
+                    "NATS is not reachable; the message was not sent to anyone",
+                ));
+            }
+            metrics::counter!(m::CLUSTER_BYTES_OUT).increment(request.len() as u64);
+            match self.client.request(subject.clone(), request.clone()).await {
+                Ok(reply) => {
+                    metrics::counter!(m::CLUSTER_BYTES_IN).increment(reply.payload.len() as u64);
+                    let answer: ForwardReply =
+                        postcard::from_bytes(&reply.payload).map_err(|e| {
+                            unavailable(format!("a malformed answer from the room's owner: {e}"))
+                        })?;
+                    return match answer {
+                        ForwardReply::Sent { seq, ts } => {
+                            metrics::counter!(m::CLUSTER_FORWARDED, "outcome" => "ok").increment(1);
+                            Ok((seq, ts))
+                        }
+                        ForwardReply::Refused(e) => {
+                            metrics::counter!(m::CLUSTER_FORWARDED, "outcome" => "refused")
+                                .increment(1);
+                            Err(e)
+                        }
+                    };
+                }
+                Err(e) if e.kind() == RequestErrorKind::NoResponders => {
+                    if self.acquire(relay, room).await? {
+                        continue;
+                    }
+                    // Held by a relay that does not answer (yet): its responder is starting, or
+                    // it died and its lease runs out within the TTL.
+                    let pause = Duration::from_millis(20u64 << attempt);
+                    tokio::time::sleep(pause).await;
+                }
+                Err(e) => {
+                    metrics::counter!(m::CLUSTER_FORWARDED, "outcome" => "unavailable")
+                        .increment(1);
+                    return Err(unavailable(format!(
+                        "NATS: forwarding to room {:?}'s owner: {e}; the message was not sent to anyone",
+                        room.id
+                    )));
+                }
+            }
+        }
+        metrics::counter!(m::CLUSTER_FORWARDED, "outcome" => "unavailable").increment(1);
+        Err(unavailable(format!(
+            "room {:?}'s owner does not answer (its lease runs out within {} ms); the message was not sent to anyone",
+            room.id, self.ttl_ms
+        )))
+    }
+
+    /// Answers one forwarded send as the room's owner.
+    async fn serve_one(self: &Arc<Self>, room_id: &str, msg: &async_nats::Message) -> ForwardReply {
+        let Some(relay) = self.relay.upgrade() else {
+            return ForwardReply::Refused(unavailable("the relay is stopping"));
+        };
+        metrics::counter!(m::CLUSTER_BYTES_IN).increment(msg.payload.len() as u64);
+        let fwd: Forwarded = match postcard::from_bytes(&msg.payload) {
+            Ok(f) => f,
+            Err(e) => {
+                return ForwardReply::Refused(WireError::new(
+                    ErrorCode::BadRequest,
+                    format!("a malformed forwarded send: {e}"),
+                ));
+            }
+        };
+        if !self.sequences(room_id) {
+            return ForwardReply::Refused(unavailable(format!(
+                "this relay no longer owns room {room_id:?}; the message was not sent to anyone"
+            )));
+        }
+        let room = match relay.room(room_id) {
+            Ok(r) => r,
+            Err(e) => return ForwardReply::Refused(e),
+        };
+        let out = Outgoing {
+            from: fwd.from,
+            msg_type: fwd.msg_type,
+            body: fwd.body,
+            class: fwd.class,
+            keep_in_history: fwd.keep,
+        };
+        let sent = match relay.publish_stored(&room, out, now_ms(), "forwarded") {
+            Ok(d) => d.wait().await,
+            Err(e) => Err(e),
+        };
+        metrics::counter!(m::CLUSTER_FORWARDED, "outcome" => "served").increment(1);
+        match sent {
+            Ok((seq, ts)) => ForwardReply::Sent { seq, ts },
+            Err(e) => ForwardReply::Refused(e),
+        }
+    }
+
+    // ---- state of every room ----
+
+    /// One change of the state bucket, as another relay (or this one) wrote it.
+    fn state_changed(self: &Arc<Self>, key: &str, value: Option<&[u8]>) {
+        let Some(relay) = self.relay.upgrade() else {
+            return;
+        };
+        let Some(value) = value else {
+            if let Some(id) = self.names.parse_room_key(key)
+                && !self.sequences(&id)
+                && relay.drop_room_here(&id)
+            {
+                self.interest(&id, false);
+            }
+            return;
+        };
+        match parse_state(&self.names, key, value) {
+            Ok(Some(StateValue::Global(global))) => *relay.global_mut() = global,
+            Ok(Some(StateValue::Room {
+                id,
+                record: Some(record),
+                attrs,
+            })) => {
+                // The owner's memory is the truth of its rooms; it wrote this value.
+                if self.sequences(&id) {
+                    return;
+                }
+                match relay.room(&id) {
+                    Ok(room) if room.epoch == record.epoch => {
+                        relay.refresh_room(&room, &record, attrs);
+                    }
+                    Ok(room) if room.epoch > record.epoch => {}
+                    _ => {
+                        let room = relay.adopt_room(record, attrs);
+                        self.observe(&room);
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(key, error = %e, "an unreadable state value; ignored"),
+        }
+    }
+}
+
+/// Publishes the live messages in the order the rings placed them.
+async fn publisher(client: async_nats::Client, rx: flume::Receiver<LiveOut>) {
+    while let Ok(out) = rx.recv_async().await {
+        let len = out.frame.len() as u64;
+        let sent = if out.keep {
+            let mut headers = HeaderMap::new();
+            headers.insert(KEEP_HEADER, "1");
+            client
+                .publish_with_headers(out.subject, headers, out.frame)
+                .await
+        } else {
+            client.publish(out.subject, out.frame).await
+        };
+        match sent {
+            Ok(()) => {
+                metrics::counter!(m::CLUSTER_MESSAGES_OUT).increment(1);
+                metrics::counter!(m::CLUSTER_BYTES_OUT).increment(len);
+            }
+            Err(e) => {
+                metrics::counter!(m::CLUSTER_LIVE_DROPPED).increment(1);
+                tracing::debug!(error = %e, "a live message was not published");
+            }
+        }
+    }
+}
+
+/// Renews the leases a little more often than each is due.
+async fn renewer(cluster: Weak<Cluster>) {
+    let every = match cluster.upgrade() {
+        Some(c) => Duration::from_millis((c.ttl_ms / 12).max(10)),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(c) = cluster.upgrade() else { return };
+        c.renew_due().await;
+    }
+}
+
+/// Follows the state bucket (one watch per relay, from the last value of every key), keeping
+/// this relay's rooms and app-wide lists as the bucket has them; watches again after an error.
+async fn watcher(cluster: Weak<Cluster>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some(c) = cluster.upgrade() else { return };
+        let watch = c.state.watch_with_history(">").await;
+        drop(c);
+        match watch {
+            Ok(mut entries) => {
+                while let Some(entry) = entries.next().await {
+                    let Some(c) = cluster.upgrade() else { return };
+                    match entry {
+                        Ok(e) => {
+                            backoff = Duration::from_millis(100);
+                            let value = (e.operation == kv::Operation::Put).then_some(&e.value[..]);
+                            c.state_changed(&e.key, value);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the state watch failed; watching again");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot watch the state bucket; retrying"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Receives `room`'s live subject into its ring while this relay has members there.
+async fn live_in(cluster: Weak<Cluster>, room: String, ready: tokio::sync::watch::Sender<bool>) {
+    let Some(c) = cluster.upgrade() else { return };
+    let subject = c.names.live(&room);
+    let client = c.client.clone();
+    drop(c);
+    let mut sub = match client.subscribe(subject).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(room, error = %e, "cannot subscribe to the room's live traffic");
+            return;
+        }
+    };
+    if client.flush().await.is_ok() {
+        let _ = ready.send(true);
+    }
+    while let Some(msg) = sub.next().await {
+        let Some(c) = cluster.upgrade() else { return };
+        c.place(&room, &msg);
+    }
+}
+
+/// Answers the sends forwarded to `room` while this relay owns it.
+async fn serve_forwarded(cluster: Weak<Cluster>, room: String, subject: String) {
+    let Some(c) = cluster.upgrade() else { return };
+    let client = c.client.clone();
+    drop(c);
+    let mut sub = match client.subscribe(subject).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(room, error = %e, "cannot take the room's forwarded sends");
+            return;
+        }
+    };
+    let _ = client.flush().await;
+    let mut serving = JoinSet::new();
+    loop {
+        tokio::select! {
+            msg = sub.next() => {
+                let Some(msg) = msg else { break };
+                let Some(reply) = msg.reply.clone() else { continue };
+                let Some(c) = cluster.upgrade() else { break };
+                let room = room.clone();
+                let client = client.clone();
+                if serving.len() >= SERVING {
+                    let busy = ForwardReply::Refused(unavailable(format!(
+                        "room {room:?}'s owner is busy; the message was not sent to anyone"
+                    )));
+                    let _ = client.publish(reply, encode_reply(&busy)).await;
+                    continue;
+                }
+                serving.spawn(async move {
+                    let answer = c.serve_one(&room, &msg).await;
+                    let bytes = encode_reply(&answer);
+                    metrics::counter!(m::CLUSTER_BYTES_OUT).increment(bytes.len() as u64);
+                    let _ = client.publish(reply, bytes).await;
+                });
+            }
+            Some(_) = serving.join_next(), if !serving.is_empty() => {}
+        }
+    }
+}
+
+fn encode_reply(reply: &ForwardReply) -> Bytes {
+    Bytes::from(postcard::to_stdvec(reply).unwrap_or_default())
+}

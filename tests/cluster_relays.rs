@@ -1,0 +1,281 @@
+//! Rooms that span relays: three real `roomcast serve` processes on one real `nats-server -js`
+//! (`tests/nats_support`), clients over real QUIC on loopback. A room's members sit on different
+//! relays; whichever relay a sender is on, its send reaches the room's owner (forwarded over a
+//! NATS request when that is another relay), is sequenced once, and reaches every member exactly
+//! once, in seq order, through one copy per relay with members. No sleeps: every wait is for an
+//! event, or a bounded poll of another process's `/metrics`.
+
+mod common;
+mod nats_support;
+
+use common::{body, metric, poll};
+use nats_support::serve::Serve;
+use reqwest::Method;
+use roomcast::client::{Client, ClientEvent};
+use roomcast::protocol::Class;
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+/// Upper bound on collecting one member's messages: only turns a hang into a failure.
+const COLLECT: Duration = Duration::from_secs(30);
+
+/// Three relays `relay-a`, `relay-b`, `relay-c` on the NATS at `url`.
+fn three(dir: &Path, url: &str) -> [Serve; 3] {
+    ["relay-a", "relay-b", "relay-c"].map(|node| Serve::start(dir, node, url, ""))
+}
+
+/// Creates `room` through `on`'s admin API and waits until every relay of `all` knows it
+/// (through its watch of the shared state).
+async fn create_everywhere(on: &Serve, all: &[Serve], room: &str) {
+    let (status, reply) = on
+        .admin(Method::POST, "/v1/rooms", Some(json!({"id": room})))
+        .await;
+    assert_eq!(status, 201, "{reply}");
+    for relay in all {
+        poll("the room on every relay", || async {
+            let (status, _) = relay
+                .admin(Method::GET, &format!("/v1/rooms/{room}"), None)
+                .await;
+            (status == 200).then_some(())
+        })
+        .await;
+    }
+}
+
+/// The value of `name` in `relay`'s metrics (0 when it has no sample yet).
+async fn counter(relay: &Serve, name: &str) -> f64 {
+    metric(&relay.metrics().await, name, &[]).unwrap_or(0.0)
+}
+
+/// What one member received of `room`: messages in arrival order with their lane, and any gap.
+struct Received {
+    messages: Vec<(roomcast::protocol::Message, bool)>,
+    gaps: Vec<ClientEvent>,
+}
+
+/// Reads `client`'s events until it holds `n` messages of `room`.
+async fn collect(client: &Client, room: &str, n: usize) -> Received {
+    let mut got = Received {
+        messages: Vec::new(),
+        gaps: Vec::new(),
+    };
+    let reading = async {
+        while got.messages.len() < n {
+            match client.next_event().await.expect("the event stream is open") {
+                ClientEvent::Message { message, datagram } if message.room == room => {
+                    got.messages.push((message, datagram));
+                }
+                gap @ ClientEvent::Gap { .. } => got.gaps.push(gap),
+                ClientEvent::Closed { code, reason } => {
+                    panic!("{}: closed ({code:?}): {reason}", client.user())
+                }
+                _ => {}
+            }
+        }
+    };
+    if tokio::time::timeout(COLLECT, reading).await.is_err() {
+        panic!(
+            "{}: {} of {n} messages of {room} within {COLLECT:?}",
+            client.user(),
+            got.messages.len()
+        );
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_on_three_relays_get_every_message_once_in_order_whoever_sends() {
+    let Some(bin) = nats_support::binary("members_on_three_relays_get_every_message_once") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = nats_support::NatsServer::start(&bin, &dir.path().join("nats"));
+    let relays = three(dir.path(), &nats.url());
+    create_everywhere(&relays[0], &relays, "hall").await;
+
+    // Two members on relay A, one on each of B and C; each of the three also sends.
+    let members = [
+        relays[0].client("ann").await,
+        relays[0].client("abe").await,
+        relays[1].client("bea").await,
+        relays[2].client("cid").await,
+    ];
+    for m in &members {
+        m.join("hall", -1).await.expect("joins");
+    }
+    const NORMAL: usize = 20;
+    const LOW: usize = 5;
+    // The three senders at once, from the three relays: the first sends race for the room's
+    // ownership, the rest are sequenced by the winner (forwarded from the other two relays).
+    let senders = [&members[0], &members[2], &members[3]];
+    let sends = senders.iter().map(|c| async move {
+        let mut sent = Vec::new();
+        for i in 0..NORMAL {
+            let text = format!("{} {i}", c.user());
+            let (seq, ts) = c
+                .send("hall", "chat", body(&text), false)
+                .await
+                .unwrap_or_else(|e| panic!("{text}: {e}"));
+            sent.push((seq, ts, text, Class::Normal));
+            if i < LOW {
+                let text = format!("{} low {i}", c.user());
+                let (seq, ts) = c
+                    .send("hall", "cursor", body(&text), true)
+                    .await
+                    .unwrap_or_else(|e| panic!("{text}: {e}"));
+                sent.push((seq, ts, text, Class::Low));
+            }
+        }
+        sent
+    });
+    let sent: Vec<(u64, u64, String, Class)> = futures_util::future::join_all(sends)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let total = 3 * (NORMAL + LOW);
+    assert_eq!(sent.len(), total);
+    let by_seq: BTreeMap<u64, (u64, String, Class)> = sent
+        .iter()
+        .map(|(seq, ts, text, class)| (*seq, (*ts, text.clone(), *class)))
+        .collect();
+    assert_eq!(by_seq.len(), total, "no seq was assigned twice");
+
+    for m in &members {
+        let got = collect(m, "hall", total).await;
+        assert!(got.gaps.is_empty(), "{}: {:?}", m.user(), got.gaps);
+        let mut seen = BTreeSet::new();
+        let mut last = [0u64; 2];
+        for (msg, datagram) in &got.messages {
+            assert!(seen.insert(msg.seq), "{}: seq {} twice", m.user(), msg.seq);
+            let (ts, text, class) = by_seq
+                .get(&msg.seq)
+                .unwrap_or_else(|| panic!("{}: seq {} was never sent", m.user(), msg.seq));
+            assert_eq!(
+                (
+                    &String::from_utf8_lossy(&msg.body).into_owned(),
+                    msg.ts,
+                    msg.class
+                ),
+                (text, *ts, *class),
+                "{}: seq {}",
+                m.user(),
+                msg.seq
+            );
+            // Each lane (the stream; datagrams) is in seq order; the two are not ordered with
+            // each other.
+            assert_eq!(*datagram, msg.class == Class::Low, "{}: {text}", m.user());
+            let lane = usize::from(*datagram);
+            assert!(
+                msg.seq > last[lane],
+                "{}: seq {} after {}",
+                m.user(),
+                msg.seq,
+                last[lane]
+            );
+            last[lane] = msg.seq;
+        }
+        assert_eq!(seen.len(), total, "{}", m.user());
+    }
+
+    // One relay sequenced the room; the other two forwarded their members' sends to it.
+    let mut owners = 0;
+    let mut forwarded = 0.0;
+    for r in &relays {
+        let text = r.metrics().await;
+        owners += metric(&text, "roomcast_cluster_owned_rooms", &[]).unwrap_or(0.0) as usize;
+        forwarded += metric(
+            &text,
+            "roomcast_cluster_forwarded_total",
+            &[("outcome", "ok")],
+        )
+        .unwrap_or(0.0);
+    }
+    assert_eq!(owners, 1, "one owner");
+    assert_eq!(
+        forwarded as usize,
+        2 * (NORMAL + LOW),
+        "two senders' messages were forwarded"
+    );
+    drop(members);
+    drop(relays);
+    drop(nats);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_gets_a_rooms_traffic_once_per_message_only_while_it_has_members_there() {
+    let Some(bin) = nats_support::binary("a_relay_gets_a_rooms_traffic_only_with_members") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = nats_support::NatsServer::start(&bin, &dir.path().join("nats"));
+    let relays = three(dir.path(), &nats.url());
+    let [a, b, c] = &relays;
+    create_everywhere(a, &relays, "r").await;
+    // Members on A (two) and B (two); none on C.
+    let on_a = [a.client("ann").await, a.client("abe").await];
+    let on_b = [b.client("bea").await, b.client("bob").await];
+    for m in on_a.iter().chain(&on_b) {
+        m.join("r", -1).await.expect("joins");
+    }
+    // A sends first and so owns the room; B's sends are forwarded to it.
+    const EACH: usize = 10;
+    for i in 0..EACH {
+        on_a[0]
+            .send("r", "chat", body(&format!("a {i}")), false)
+            .await
+            .expect("sent on the owner");
+    }
+    for i in 0..EACH {
+        on_b[0]
+            .send("r", "chat", body(&format!("b {i}")), false)
+            .await
+            .expect("forwarded");
+    }
+    for m in on_a.iter().chain(&on_b) {
+        assert_eq!(collect(m, "r", 2 * EACH).await.messages.len(), 2 * EACH);
+    }
+    // The owner published each message once; B, with two members, received one copy of each;
+    // C, with none, received nothing.
+    let out = counter(a, "roomcast_cluster_messages_out_total").await;
+    assert_eq!(out as usize, 2 * EACH, "published once per message");
+    assert_eq!(counter(a, "roomcast_cluster_messages_in_total").await, 0.0);
+    assert_eq!(
+        counter(b, "roomcast_cluster_messages_in_total").await as usize,
+        2 * EACH,
+        "one copy per message for two members"
+    );
+    assert_eq!(counter(c, "roomcast_cluster_messages_in_total").await, 0.0);
+    assert_eq!(counter(c, "roomcast_cluster_live_rooms").await, 0.0);
+    assert_eq!(counter(b, "roomcast_cluster_live_rooms").await, 1.0);
+
+    // B's last member leaves: B stops taking the room's traffic.
+    on_b[0].leave("r").await.expect("leaves");
+    on_b[1].leave("r").await.expect("leaves");
+    poll("B unsubscribed", || async {
+        (counter(b, "roomcast_cluster_live_rooms").await == 0.0).then_some(())
+    })
+    .await;
+    for i in 0..EACH {
+        on_a[1]
+            .send("r", "chat", body(&format!("later {i}")), false)
+            .await
+            .expect("sent");
+    }
+    let later = collect(&on_a[0], "r", EACH).await;
+    assert_eq!(later.messages.len(), EACH);
+    assert_eq!(
+        counter(a, "roomcast_cluster_messages_out_total").await as usize,
+        3 * EACH
+    );
+    assert_eq!(
+        counter(b, "roomcast_cluster_messages_in_total").await as usize,
+        2 * EACH,
+        "nothing after its last member left"
+    );
+    drop((on_a, on_b));
+    drop(relays);
+    drop(nats);
+}
