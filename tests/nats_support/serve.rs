@@ -1,6 +1,6 @@
-//! Real `roomcast serve` processes on one NATS: each with its own data folder, loopback ports
-//! it picks itself (read back from its `server.json`), ready once its log says the admin API is
-//! listening, killed when dropped.
+//! Real `roomcast serve` processes (on the embedded store, or on one NATS): each with its own
+//! data folder, loopback ports it picks itself (read back from its `server.json`), ready once
+//! its log says the admin API is listening, killed when dropped.
 
 use roomcast::client::{Client, ClientConfig};
 use serde_json::Value;
@@ -17,7 +17,8 @@ pub const SECRET: &str = "cluster-test-token-secret";
 
 /// One running `roomcast serve`.
 pub struct Serve {
-    child: Child,
+    /// The process.
+    pub child: Child,
     /// Its data folder.
     pub data: PathBuf,
     /// The bound QUIC address.
@@ -31,7 +32,15 @@ impl Serve {
     /// Starts relay `node` on the NATS at `nats_url`, with its data under `dir/node` and
     /// `extra` appended to its configuration.
     pub fn start(dir: &Path, node: &str, nats_url: &str, extra: &str) -> Serve {
-        let data = dir.join(node);
+        let cluster = format!("[cluster]\nnats = [\"{nats_url}\"]\nnode_id = \"{node}\"\n{extra}");
+        Self::start_in(&dir.join(node), &cluster)
+    }
+
+    /// Starts a relay on the data folder `data` (made if missing), with `extra` appended to its
+    /// configuration (nothing: a single node on the embedded store).
+    pub fn start_in(data: &Path, extra: &str) -> Serve {
+        let data = data.to_owned();
+        let name = data.display().to_string();
         std::fs::create_dir_all(&data).expect("data folder");
         let config = data.join("relay.toml");
         std::fs::write(
@@ -53,9 +62,7 @@ admin_rate_per_sec = 100000
 admin_burst = 100000
 [store]
 durability = "sync"
-[cluster]
-nats = ["{nats_url}"]
-node_id = "{node}"
+history_max = 100000
 {extra}
 "#,
                 data = data.display()
@@ -87,7 +94,7 @@ node_id = "{node}"
             }
         });
         rx.recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("relay {node} did not say it was listening"));
+            .unwrap_or_else(|_| panic!("the relay on {name} did not say it was listening"));
         let file: Value = serde_json::from_str(
             &std::fs::read_to_string(data.join("server.json")).expect("server.json written"),
         )

@@ -27,8 +27,8 @@ const LIVE_QUEUE: usize = 65_536;
 /// Forwarded sends an owner works on at once per room; past it a request is answered
 /// `UNAVAILABLE` at once.
 const SERVING: usize = 4_096;
-/// A forwarded send tries this many times to find or become the room's owner.
-const FORWARD_ATTEMPTS: u32 = 5;
+/// Longest pause between a forwarded send's tries to find or become the room's owner.
+const FORWARD_PAUSE_MAX: Duration = Duration::from_millis(200);
 /// Header of a live message: present when join history may show it.
 const KEEP_HEADER: &str = "Roomcast-Keep";
 
@@ -580,7 +580,10 @@ impl Cluster {
             .map_err(|e| unavailable(format!("encoding a forwarded send: {e}")))?,
         );
         let subject = self.names.forward(&room.id);
-        for attempt in 0..FORWARD_ATTEMPTS {
+        // Tried until the request timeout: an owner just elected may not answer yet.
+        let deadline = Instant::now() + self.timeout;
+        let mut pause = Duration::from_millis(10);
+        while Instant::now() < deadline {
             if self.sequences(&room.id) {
                 return relay.publish_stored(room, out, now, source)?.wait().await;
             }
@@ -616,8 +619,8 @@ impl Cluster {
                     }
                     // Held by a relay that does not answer (yet): its responder is starting, or
                     // it died and its lease runs out within the TTL.
-                    let pause = Duration::from_millis(20u64 << attempt);
                     tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(FORWARD_PAUSE_MAX);
                 }
                 Err(e) => {
                     metrics::counter!(m::CLUSTER_FORWARDED, "outcome" => "unavailable")
