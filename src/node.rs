@@ -129,6 +129,14 @@ impl Server {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let prometheus = crate::metrics::prometheus();
         let router = crate::admin::router(relay.clone(), prometheus.clone());
+        // ---- cluster: changes other relays forward run through this admin API ----
+        if let Some(cluster) = relay.cluster() {
+            cluster.set_admin(crate::admin::cluster_handler(
+                router.clone(),
+                relay.admin_key.clone(),
+            ));
+        }
+        // ---- end cluster ----
         // Histogram samples are folded into their buckets on this timer, not only when scraped.
         let upkeep = prometheus.map(|handle| {
             let mut stop = stop_rx.clone();

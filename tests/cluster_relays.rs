@@ -279,3 +279,93 @@ async fn a_relay_gets_a_rooms_traffic_once_per_message_only_while_it_has_members
     drop(relays);
     drop(nats);
 }
+
+/// Waits until `relay` reports `room`'s `field` as `want` (its cache of the shared state).
+async fn room_field_becomes(relay: &Serve, room: &str, field: &str, want: serde_json::Value) {
+    poll("the room's state on the relay", || async {
+        let (_, info) = relay
+            .admin(Method::GET, &format!("/v1/rooms/{room}"), None)
+            .await;
+        (info[field] == want).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_made_on_one_relay_and_changed_through_another_is_in_force_on_the_third() {
+    let Some(bin) = nats_support::binary("a_room_changed_through_any_relay_is_in_force") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = nats_support::NatsServer::start(&bin, &dir.path().join("nats"));
+    let relays = three(dir.path(), &nats.url());
+    let [a, b, c] = &relays;
+    create_everywhere(a, &relays, "stage").await;
+    let ann = a.client("ann").await;
+    let bea = b.client("bea").await;
+    let mallory = b.client("mallory").await;
+    for m in [&ann, &bea, &mallory] {
+        m.join("stage", -1).await.expect("joins");
+    }
+
+    // A ban through C, a relay with no member there: C takes the room (nobody owned it yet).
+    let (status, reply) = c
+        .admin(
+            Method::POST,
+            "/v1/rooms/stage/bans",
+            Some(json!({"user_ids": ["mallory"], "minutes": 5})),
+        )
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    // In force on B: its member there is removed, and may not come back, there or on A.
+    let kicked = tokio::time::timeout(COLLECT, async {
+        loop {
+            match mallory.next_event().await.expect("events") {
+                ClientEvent::Kicked { room, reason } => break (room, reason),
+                ClientEvent::Closed { reason, .. } => panic!("closed: {reason}"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("mallory is removed on B");
+    assert_eq!(
+        kicked,
+        ("stage".into(), roomcast::protocol::KickReason::Banned)
+    );
+    let refused = mallory.join("stage", -1).await.expect_err("banned on B");
+    assert_eq!(refused.code(), Some(roomcast::protocol::ErrorCode::Banned));
+    let on_a = a.client("mallory").await;
+    let refused = on_a.join("stage", -1).await.expect_err("banned on A");
+    assert_eq!(refused.code(), Some(roomcast::protocol::ErrorCode::Banned));
+    for relay in [a, b] {
+        let (_, bans) = relay.admin(Method::GET, "/v1/rooms/stage/bans", None).await;
+        assert_eq!(bans["users"][0]["user_id"], "mallory", "{bans}");
+    }
+
+    // Mute-all through A, which does not own the room: made by its owner, C, and in force on B.
+    let (status, reply) = a.admin(Method::PUT, "/v1/rooms/stage/mute-all", None).await;
+    assert!((200..300).contains(&status), "{status} {reply}");
+    room_field_becomes(b, "stage", "mute_all", json!(true)).await;
+    let refused = bea
+        .send("stage", "chat", body("hello?"), false)
+        .await
+        .expect_err("muted on B");
+    assert_eq!(refused.code(), Some(roomcast::protocol::ErrorCode::Muted));
+    room_field_becomes(a, "stage", "mute_all", json!(true)).await;
+    let refused = ann
+        .send("stage", "chat", body("hello?"), false)
+        .await
+        .expect_err("muted on A");
+    assert_eq!(refused.code(), Some(roomcast::protocol::ErrorCode::Muted));
+    assert_eq!(counter(c, "roomcast_cluster_owned_rooms").await, 1.0);
+    let served = metric(
+        &c.metrics().await,
+        "roomcast_cluster_forwarded_total",
+        &[("outcome", "served")],
+    );
+    assert_eq!(served, Some(1.0), "the mute-all was made by the owner");
+    drop((ann, bea, mallory, on_a));
+    drop(relays);
+    drop(nats);
+}

@@ -430,6 +430,22 @@ impl Relay {
         st.attrs = attrs.into_iter().collect();
         room.seq_reserved
             .fetch_max(record.seq_reserved, Ordering::AcqRel);
+        // Members here whom the room's owner banned go, as on the owner.
+        let now = now_ms();
+        let banned: Vec<String> = self
+            .core()
+            .room(&room.id)
+            .filter(|r| r.epoch == room.epoch)
+            .map(|r| {
+                r.members()
+                    .filter(|(u, _)| st.moderation.banned_until(u, now).is_some())
+                    .map(|(u, _)| u.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for user in banned {
+            self.remove_member(room, &mut st, &user, KickReason::Banned, now);
+        }
     }
 
     /// Ends here a room another relay destroyed: its members here learn it from the room's end.

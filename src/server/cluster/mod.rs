@@ -5,7 +5,7 @@
 pub mod lease;
 mod node;
 
-pub use node::{Cluster, ClusterError};
+pub use node::{AdminAnswer, AdminCall, AdminHandler, Cluster, ClusterError};
 
 use super::{STORE_FILE, ServerError};
 use crate::config::Config;

@@ -31,6 +31,8 @@ const SERVING: usize = 4_096;
 const FORWARD_PAUSE_MAX: Duration = Duration::from_millis(200);
 /// Header of a live message: present when join history may show it.
 const KEEP_HEADER: &str = "Roomcast-Keep";
+/// Header of a forwarded request that is an admin change ([`AdminCall`]), not a send.
+const ADMIN_HEADER: &str = "Roomcast-Admin";
 
 /// Why the cluster could not start.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +104,49 @@ struct Forwarded {
     keep: bool,
 }
 
+/// An admin API call forwarded to a room's owner.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdminCall {
+    /// HTTP method.
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// The `Content-Type` header, if any.
+    pub content_type: Option<String>,
+    /// The request body.
+    pub body: Bytes,
+}
+
+/// The owner's admin API answer to an [`AdminCall`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdminAnswer {
+    /// HTTP status.
+    pub status: u16,
+    /// The `Content-Type` header, if any.
+    pub content_type: Option<String>,
+    /// The response body.
+    pub body: Bytes,
+}
+
+impl AdminAnswer {
+    /// An error answer as the admin API gives it (`{"error", "message"}`).
+    pub fn error(code: ErrorCode, message: String) -> Self {
+        let body = serde_json::json!({"error": code, "message": message});
+        AdminAnswer {
+            status: code.http_status(),
+            content_type: Some("application/json".into()),
+            body: Bytes::from(body.to_string()),
+        }
+    }
+}
+
+/// Runs a forwarded admin call through this relay's admin API.
+pub type AdminHandler = Arc<
+    dyn Fn(AdminCall) -> std::pin::Pin<Box<dyn std::future::Future<Output = AdminAnswer> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// The owner's answer to a forwarded send.
 #[derive(Debug, Serialize, Deserialize)]
 enum ForwardReply {
@@ -125,6 +170,8 @@ pub struct Cluster {
     live_tx: flume::Sender<LiveOut>,
     /// One acquisition at a time (they are rare: a room's first send, or a failover).
     acquiring: tokio::sync::Mutex<()>,
+    /// This relay's admin API, for changes other relays forward (dropped at shutdown).
+    admin: Mutex<Option<AdminHandler>>,
     tasks: Mutex<Vec<Owned<()>>>,
 }
 
@@ -209,6 +256,7 @@ impl Cluster {
             live: Mutex::new(HashMap::new()),
             live_tx,
             acquiring: tokio::sync::Mutex::new(()),
+            admin: Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
         });
         for room in relay.all_rooms() {
@@ -553,6 +601,7 @@ impl Cluster {
         }
         lock(&self.live).clear();
         lock(&self.tasks).clear();
+        *lock(&self.admin) = None;
         let _ = self.client.flush().await;
     }
 
@@ -569,6 +618,7 @@ impl Cluster {
         now: u64,
         source: &'static str,
     ) -> Result<Stamped, WireError> {
+        const NOT_SENT: &str = "the message was not sent to anyone";
         let request = Bytes::from(
             postcard::to_stdvec(&Forwarded {
                 from: out.from.clone(),
@@ -579,39 +629,89 @@ impl Cluster {
             })
             .map_err(|e| unavailable(format!("encoding a forwarded send: {e}")))?,
         );
+        let Some(reply) = self.to_owner(relay, room, None, request, NOT_SENT).await? else {
+            return relay.publish_stored(room, out, now, source)?.wait().await;
+        };
+        let answer: ForwardReply = postcard::from_bytes(&reply)
+            .map_err(|e| unavailable(format!("a malformed answer from the room's owner: {e}")))?;
+        match answer {
+            ForwardReply::Sent { seq, ts } => {
+                metrics::counter!(m::CLUSTER_FORWARDED, "outcome" => "ok").increment(1);
+                Ok((seq, ts))
+            }
+            ForwardReply::Refused(e) => {
+                metrics::counter!(m::CLUSTER_FORWARDED, "outcome" => "refused").increment(1);
+                Err(e)
+            }
+        }
+    }
+
+    /// An admin change of `room` made through this relay, which does not sequence it: run by
+    /// the owner's admin API, whose answer it is. `None` when this relay owns the room (it may
+    /// have just taken the lease): the caller runs it here.
+    pub async fn forward_admin(
+        self: &Arc<Self>,
+        relay: &Arc<Relay>,
+        room: &Arc<Room>,
+        call: AdminCall,
+    ) -> Result<Option<AdminAnswer>, WireError> {
+        const NOT_MADE: &str = "the change was not made";
+        let request = Bytes::from(
+            postcard::to_stdvec(&call)
+                .map_err(|e| unavailable(format!("encoding a forwarded change: {e}")))?,
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(ADMIN_HEADER, "1");
+        let Some(reply) = self
+            .to_owner(relay, room, Some(headers), request, NOT_MADE)
+            .await?
+        else {
+            return Ok(None);
+        };
+        metrics::counter!(m::CLUSTER_FORWARDED, "outcome" => "ok").increment(1);
+        postcard::from_bytes(&reply)
+            .map(Some)
+            .map_err(|e| unavailable(format!("a malformed answer from the room's owner: {e}")))
+    }
+
+    /// Sends `request` to `room`'s owner and returns its answer; `None` once this relay owns
+    /// the room (it had, or took, the free lease). Tried until the request timeout, since an
+    /// owner just elected may not answer yet. `what` ends a refusal's message.
+    async fn to_owner(
+        self: &Arc<Self>,
+        relay: &Arc<Relay>,
+        room: &Arc<Room>,
+        headers: Option<HeaderMap>,
+        request: Bytes,
+        what: &str,
+    ) -> Result<Option<Bytes>, WireError> {
         let subject = self.names.forward(&room.id);
-        // Tried until the request timeout: an owner just elected may not answer yet.
         let deadline = Instant::now() + self.timeout;
         let mut pause = Duration::from_millis(10);
+        let refused = |m: String| {
+            metrics::counter!(m::CLUSTER_FORWARDED, "outcome" => "unavailable").increment(1);
+            unavailable(m)
+        };
         while Instant::now() < deadline {
             if self.sequences(&room.id) {
-                return relay.publish_stored(room, out, now, source)?.wait().await;
+                return Ok(None);
             }
             if self.client.connection_state() != async_nats::connection::State::Connected {
-                metrics::counter!(m::CLUSTER_FORWARDED, "outcome" => "unavailable").increment(1);
-                return Err(unavailable(
-                    "NATS is not reachable; the message was not sent to anyone",
-                ));
+                return Err(refused(format!("NATS is not reachable; {what}")));
             }
             metrics::counter!(m::CLUSTER_BYTES_OUT).increment(request.len() as u64);
-            match self.client.request(subject.clone(), request.clone()).await {
+            let sent = match &headers {
+                Some(h) => {
+                    self.client
+                        .request_with_headers(subject.clone(), h.clone(), request.clone())
+                        .await
+                }
+                None => self.client.request(subject.clone(), request.clone()).await,
+            };
+            match sent {
                 Ok(reply) => {
                     metrics::counter!(m::CLUSTER_BYTES_IN).increment(reply.payload.len() as u64);
-                    let answer: ForwardReply =
-                        postcard::from_bytes(&reply.payload).map_err(|e| {
-                            unavailable(format!("a malformed answer from the room's owner: {e}"))
-                        })?;
-                    return match answer {
-                        ForwardReply::Sent { seq, ts } => {
-                            metrics::counter!(m::CLUSTER_FORWARDED, "outcome" => "ok").increment(1);
-                            Ok((seq, ts))
-                        }
-                        ForwardReply::Refused(e) => {
-                            metrics::counter!(m::CLUSTER_FORWARDED, "outcome" => "refused")
-                                .increment(1);
-                            Err(e)
-                        }
-                    };
+                    return Ok(Some(reply.payload));
                 }
                 Err(e) if e.kind() == RequestErrorKind::NoResponders => {
                     if self.acquire(relay, room).await? {
@@ -623,20 +723,43 @@ impl Cluster {
                     pause = (pause * 2).min(FORWARD_PAUSE_MAX);
                 }
                 Err(e) => {
-                    metrics::counter!(m::CLUSTER_FORWARDED, "outcome" => "unavailable")
-                        .increment(1);
-                    return Err(unavailable(format!(
-                        "NATS: forwarding to room {:?}'s owner: {e}; the message was not sent to anyone",
+                    return Err(refused(format!(
+                        "NATS: forwarding to room {:?}'s owner: {e}; {what}",
                         room.id
                     )));
                 }
             }
         }
-        metrics::counter!(m::CLUSTER_FORWARDED, "outcome" => "unavailable").increment(1);
-        Err(unavailable(format!(
-            "room {:?}'s owner does not answer (its lease runs out within {} ms); the message was not sent to anyone",
+        Err(refused(format!(
+            "room {:?}'s owner does not answer (its lease runs out within {} ms); {what}",
             room.id, self.ttl_ms
         )))
+    }
+
+    /// Sets what runs a forwarded admin change on this relay (its admin API).
+    pub fn set_admin(&self, handler: AdminHandler) {
+        *lock(&self.admin) = Some(handler);
+    }
+
+    /// Runs one forwarded admin change as the room's owner.
+    async fn serve_admin(self: &Arc<Self>, room_id: &str, msg: &async_nats::Message) -> Bytes {
+        metrics::counter!(m::CLUSTER_BYTES_IN).increment(msg.payload.len() as u64);
+        let refuse = |code: ErrorCode, message: String| AdminAnswer::error(code, message);
+        let handler = lock(&self.admin).clone();
+        let answer = match (postcard::from_bytes::<AdminCall>(&msg.payload), handler) {
+            (Err(e), _) => refuse(
+                ErrorCode::BadRequest,
+                format!("a malformed forwarded change: {e}"),
+            ),
+            (Ok(_), None) => refuse(ErrorCode::Unavailable, "the relay is starting".into()),
+            (Ok(_), Some(_)) if !self.sequences(room_id) => refuse(
+                ErrorCode::Unavailable,
+                format!("this relay no longer owns room {room_id:?}; the change was not made"),
+            ),
+            (Ok(call), Some(handler)) => handler(call).await,
+        };
+        metrics::counter!(m::CLUSTER_FORWARDED, "outcome" => "served").increment(1);
+        Bytes::from(postcard::to_stdvec(&answer).unwrap_or_default())
     }
 
     /// Answers one forwarded send as the room's owner.
@@ -850,8 +973,11 @@ async fn serve_forwarded(cluster: Weak<Cluster>, room: String, subject: String) 
                     continue;
                 }
                 serving.spawn(async move {
-                    let answer = c.serve_one(&room, &msg).await;
-                    let bytes = encode_reply(&answer);
+                    let admin = msg.headers.as_ref().is_some_and(|h| h.get(ADMIN_HEADER).is_some());
+                    let bytes = match admin {
+                        true => c.serve_admin(&room, &msg).await,
+                        false => encode_reply(&c.serve_one(&room, &msg).await),
+                    };
                     metrics::counter!(m::CLUSTER_BYTES_OUT).increment(bytes.len() as u64);
                     let _ = client.publish(reply, bytes).await;
                 });

@@ -7,9 +7,9 @@
 //! **Built so far** (marked *now* below): this store, with its names, fence, outage behaviour
 //! and metrics; `roomcast serve --cluster-nats URL`; and several relays sharing rooms
 //! (`crate::server::cluster`): room leases, forwarded sends, live fan-out with interest routing,
-//! and one KV watch per relay keeping its rooms current. **Still to build** (marked *next*):
-//! admin changes through a relay that does not own the room (forwarded to the owner), member
-//! counts across relays, resume on another relay.
+//! admin changes of a room through any relay (forwarded to its owner), and one KV watch per
+//! relay keeping its rooms current. **Still to build** (marked *next*): the app-wide lists
+//! written through any relay, member counts across relays, resume on another relay.
 //!
 //! # Names
 //! Everything lives under `cluster.prefix` (`P`, default `roomcast`). A room id becomes one
@@ -25,7 +25,7 @@
 //! | leases (*now*) | `P_leases` | KV, history 1, age limit = `cluster.lease_ttl_ms` | `room.R` → `{node, term}` |
 //! | member counts (*next*) | `P_members` | KV, TTL | `R.<node>` → that relay's count |
 //! | live traffic (*now*) | — | core NATS | `P.live.R` |
-//! | forwarded requests (*now*: sends; *next*: admin changes) | — | core NATS request/reply | `P.fwd.R` |
+//! | forwarded requests (*now*) | — | core NATS request/reply | `P.fwd.R`: sends, and admin calls (`Roomcast-Admin` header) |
 //!
 //! History retention is the stream's own: `max_msgs_per_subject = store.history_max` (count per
 //! room) and `max_age = store.history_max_age_secs` (age since stored), with direct gets so any
@@ -91,7 +91,7 @@
 //! when to stop) are `crate::server::cluster::lease`, plain code taking `now`.
 //! **Failover time**: a dead owner's rooms move within one lease TTL plus one renewal interval.
 //!
-//! # Sends, fan-out and interest routing (*now*, but admin changes and member counts: *next*)
+//! # Sends, fan-out and interest routing (*now*, but member counts: *next*)
 //! A member's send on a relay that does not own the room is a request on `P.fwd.R`, answered by
 //! the owner with `{seq, ts}` once the append is durable (or with the owner's error); no
 //! responder means no owner: the relay tries to acquire the lease and handles it itself. The
@@ -106,8 +106,11 @@
 //! Every relay follows `P_state` through one watch (from the last value of each key; one
 //! consumer per relay, not per room) to keep its cache of rooms, policies, moderation lists,
 //! attributes and the app-wide lists current: rooms created or destroyed elsewhere appear and
-//! end here. (*next*) Admin changes made on a relay that does not own the room are requests to
-//! the owner on the same subject (today the store's fence refuses them there). Member lists and counts: each relay writes its count per room to
+//! end here, and members banned elsewhere are removed here. Admin changes of a room made on a
+//! relay that does not own it are requests to the owner on the same subject: the admin call
+//! itself (method, path, body), run by the owner's admin API, whose answer is returned as it is
+//! (no owner: the relay acquires and runs it). (*next*) The app-wide lists (`global`) have no
+//! owner yet: a write of them is fenced on a relay whose revision is stale. Member lists and counts: each relay writes its count per room to
 //! `P_members` (on change, at most every `rooms.member_count_interval_ms`); a total is a listing
 //! of `R.*`, bounded by the number of relays (*next*). Timers that store (idle destroy,
 //! lifetime, scheduled destroy, activity times, attribute sweeps) run once per room, on its
