@@ -369,3 +369,70 @@ async fn a_room_made_on_one_relay_and_changed_through_another_is_in_force_on_the
     drop(relays);
     drop(nats);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_end_comes_once_on_the_owner_and_every_relay_tells_its_members() {
+    let Some(bin) = nats_support::binary("a_scheduled_end_comes_once_on_the_owner") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = nats_support::NatsServer::start(&bin, &dir.path().join("nats"));
+    let relays = three(dir.path(), &nats.url());
+    let [a, b, c] = &relays;
+    create_everywhere(a, &relays, "show").await;
+    let ann = a.client("ann").await;
+    let cid = c.client("cid").await;
+    for m in [&ann, &cid] {
+        m.join("show", -1).await.expect("joins");
+    }
+    // Scheduled through B, which has no member there and takes the room (nobody owned it).
+    let at = roomcast::server::relay::now_ms() + 1_500;
+    let (status, reply) = b
+        .admin(
+            Method::PUT,
+            "/v1/rooms/show/destroy-at",
+            Some(json!({ "at": at })),
+        )
+        .await;
+    assert_eq!(status, 204, "{reply}");
+    for m in [&ann, &cid] {
+        let ended = tokio::time::timeout(COLLECT, async {
+            loop {
+                match m.next_event().await.expect("events") {
+                    ClientEvent::RoomDestroyed { room, reason } => break (room, reason),
+                    ClientEvent::Closed { reason, .. } => panic!("closed: {reason}"),
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .expect("the room ends for every member");
+        assert_eq!(
+            ended,
+            (
+                "show".to_owned(),
+                roomcast::protocol::DestroyReason::Scheduled
+            ),
+            "{}",
+            m.user()
+        );
+    }
+    let mut destroyed = 0.0;
+    for relay in &relays {
+        poll("the room gone on every relay", || async {
+            let (status, _) = relay.admin(Method::GET, "/v1/rooms/show", None).await;
+            (status == 404).then_some(())
+        })
+        .await;
+        destroyed += metric(
+            &relay.metrics().await,
+            "roomcast_rooms_destroyed_total",
+            &[("reason", "scheduled")],
+        )
+        .unwrap_or(0.0);
+    }
+    assert_eq!(destroyed, 1.0, "destroyed once, by its owner");
+    drop((ann, cid));
+    drop(relays);
+    drop(nats);
+}

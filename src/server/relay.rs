@@ -283,6 +283,15 @@ impl Relay {
     pub(crate) fn sequences(&self, room: &str) -> bool {
         self.cluster().is_none_or(|c| c.sequences(room))
     }
+
+    /// Takes `room` when it has no owner (its timers found it due here): whether this relay
+    /// sequences it now.
+    pub(crate) async fn claim(self: &Arc<Self>, room: &Arc<Room>) -> bool {
+        match self.cluster() {
+            None => true,
+            Some(c) => c.clone().claim(self, room).await,
+        }
+    }
     // ---- end cluster ----
 
     pub(crate) fn room(&self, id: &str) -> Result<Arc<Room>, WireError> {
@@ -448,7 +457,8 @@ impl Relay {
         }
     }
 
-    /// Ends here a room another relay destroyed: its members here learn it from the room's end.
+    /// Ends here a room another relay destroyed: its members here learn it from the room's end,
+    /// with the reason its timers give now (a scheduled, lifetime or idle end), else `manual`.
     /// False when it is not here.
     pub(crate) fn drop_room_here(&self, id: &str) -> bool {
         let Some(room) = ({
@@ -457,7 +467,19 @@ impl Relay {
         }) else {
             return false;
         };
-        room.close(DestroyReason::Manual);
+        let reason = {
+            let st = room.state();
+            let life = policy::Lifecycle {
+                policy: st.policy,
+                created_ms: room.created_ms,
+                last_activity_ms: st.last_activity_ms,
+                destroy_at_ms: st.destroy_at_ms,
+                keepalive: self.global().keepalive.contains(id),
+            };
+            let idle = u64::from(self.config.rooms.idle_destroy_minutes) * 60_000;
+            policy::destroy_due(&life, idle, now_ms()).unwrap_or(DestroyReason::Manual)
+        };
+        room.close(reason);
         let fx = self.core().room_destroyed(id, room.epoch);
         metrics::gauge!(m::MEMBERS).decrement(fx.len() as f64);
         metrics::gauge!(m::ROOMS).decrement(1.0);

@@ -47,10 +47,15 @@ impl Relay {
             };
             // Decided under the room's lock alone; if due, decided again with the registry
             // locked too, so activity in between keeps the room.
-            // ---- cluster: a room's destruction and stored timers run on its owner only ----
-            let owner = self.sequences(&room.id);
+            let mut due_now = due(&mut room.state()).is_some();
+            // ---- cluster: a room's destruction and stored timers run on its owner only; a due
+            // room with no owner is taken by the first relay whose timers find it ----
+            let mut owner = self.sequences(&room.id);
+            if due_now && !owner {
+                owner = self.claim(&room).await;
+            }
+            due_now &= owner;
             // ---- end cluster ----
-            let due_now = due(&mut room.state()).is_some() && owner;
             if due_now {
                 match self.destroy_if_due(&room, due).await {
                     Ok(Some(reason)) => {

@@ -393,6 +393,18 @@ impl Cluster {
         }
     }
 
+    /// Takes `room` if nobody owns it (or an earlier run of this relay did); whether this relay
+    /// sequences it now. Failures are logged: the caller's timers try again on their next pass.
+    pub async fn claim(self: Arc<Self>, relay: &Arc<Relay>, room: &Arc<Room>) -> bool {
+        match self.acquire(relay, room).await {
+            Ok(owned) => owned,
+            Err(e) => {
+                tracing::debug!(room = %room.id, error = %e.message, "cannot take the room now");
+                false
+            }
+        }
+    }
+
     /// Tries to take `room`'s lease: `Ok(true)` when this relay owns it now (it reloaded the
     /// room and reserved sequence numbers above everything the last owner may have used),
     /// `Ok(false)` when another relay holds it.

@@ -114,9 +114,10 @@
 //! `P_members` (on change, at most every `rooms.member_count_interval_ms`); a total is a listing
 //! of `R.*`, bounded by the number of relays (*next*). Timers that store (idle destroy,
 //! lifetime, scheduled destroy, activity times, attribute sweeps) run once per room, on its
-//! owner (*now*); offline exit runs where the member's session was. A room nobody has sent to
-//! since the relays started has no owner, and so no timers, until its next send (*next*: the
-//! relays' timer pass acquires a room whose destruction is due).
+//! owner (*now*); offline exit runs where the member's session was. A room whose destruction
+//! is due and that has no owner is acquired by the first relay whose timer pass finds it; the
+//! other relays learn the end from the state bucket (the key's deletion) and tell their members
+//! the reason their own timers give (scheduled, lifetime, idle; else manual).
 //!
 //! # Resume (*next*, client side first)
 //! Resume is client-driven so it works on any relay: the client rejoins a room telling the epoch
