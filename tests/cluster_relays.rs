@@ -23,7 +23,17 @@ const COLLECT: Duration = Duration::from_secs(30);
 
 /// Three relays `relay-a`, `relay-b`, `relay-c` on the NATS at `url`.
 fn three(dir: &Path, url: &str) -> [Serve; 3] {
-    ["relay-a", "relay-b", "relay-c"].map(|node| Serve::start(dir, node, url, ""))
+    three_with(dir, url, "")
+}
+
+/// [`three`] with `extra` appended to each configuration.
+fn three_with(dir: &Path, url: &str, extra: &str) -> [Serve; 3] {
+    ["relay-a", "relay-b", "relay-c"].map(|node| Serve::start(dir, node, url, extra))
+}
+
+/// Waits until `relay` reports `count` members of `room` (its own and the other relays').
+async fn member_count_becomes(relay: &Serve, room: &str, count: u64) {
+    room_field_becomes(relay, room, "member_count", json!(count)).await;
 }
 
 /// Creates `room` through `on`'s admin API and waits until every relay of `all` knows it
@@ -211,7 +221,8 @@ async fn a_relay_gets_a_rooms_traffic_once_per_message_only_while_it_has_members
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = nats_support::NatsServer::start(&bin, &dir.path().join("nats"));
-    let relays = three(dir.path(), &nats.url());
+    let counts = "[rooms]\nmember_count_interval_ms = 50\n";
+    let relays = three_with(dir.path(), &nats.url(), counts);
     let [a, b, c] = &relays;
     create_everywhere(a, &relays, "r").await;
     // Members on A (two) and B (two); none on C.
@@ -250,6 +261,10 @@ async fn a_relay_gets_a_rooms_traffic_once_per_message_only_while_it_has_members
     assert_eq!(counter(c, "roomcast_cluster_messages_in_total").await, 0.0);
     assert_eq!(counter(c, "roomcast_cluster_live_rooms").await, 0.0);
     assert_eq!(counter(b, "roomcast_cluster_live_rooms").await, 1.0);
+    // Every relay counts the room's members on all of them (`<prefix>_members`).
+    for relay in &relays {
+        member_count_becomes(relay, "r", 4).await;
+    }
 
     // B's last member leaves: B stops taking the room's traffic.
     on_b[0].leave("r").await.expect("leaves");
@@ -258,6 +273,9 @@ async fn a_relay_gets_a_rooms_traffic_once_per_message_only_while_it_has_members
         (counter(b, "roomcast_cluster_live_rooms").await == 0.0).then_some(())
     })
     .await;
+    for relay in &relays {
+        member_count_becomes(relay, "r", 2).await;
+    }
     for i in 0..EACH {
         on_a[1]
             .send("r", "chat", body(&format!("later {i}")), false)

@@ -509,12 +509,15 @@ impl Relay {
             .is_some_and(|r| r.epoch == room.epoch && r.member(user).is_some())
     }
 
-    /// Member count of `room`.
+    /// Member count of `room` (in a cluster, with the other relays' as they last wrote them).
     pub(crate) fn member_count(&self, room: &Room) -> usize {
         let core = self.core();
-        core.room(&room.id)
+        let here = core
+            .room(&room.id)
             .filter(|r| r.epoch == room.epoch)
-            .map_or(0, |r| r.len())
+            .map_or(0, |r| r.len());
+        // ---- cluster: and on the other relays ----
+        here + self.cluster().map_or(0, |c| c.remote_members(&room.id))
     }
 
     /// Applies the core's effects in order, its lock held by the caller (so they reach the
@@ -641,7 +644,7 @@ impl Relay {
                     if let Effect::Left { members, .. } = e {
                         metrics::gauge!(m::MEMBERS).decrement(1.0);
                         if let (0, Some(c)) = (members, self.cluster()) {
-                            c.interest(id, false);
+                            c.room_gone(id);
                         }
                     }
                 }
@@ -655,8 +658,10 @@ impl Relay {
         // ---- cluster: the room's live traffic while it has members here ----
         if let Some(c) = self.cluster() {
             match &e {
-                Effect::Joined { members: 1, .. } => c.interest(&room.id, true),
-                Effect::Left { members: 0, .. } => c.interest(&room.id, false),
+                Effect::Joined { members, .. } | Effect::Left { members, .. } => {
+                    c.interest(&room.id, *members > 0);
+                    c.count_changed(&room.id, *members);
+                }
                 _ => {}
             }
         }
@@ -1084,7 +1089,7 @@ impl Relay {
         }
         room.close(reason);
         if let Some(c) = self.cluster() {
-            c.interest(id, false);
+            c.room_gone(id);
         }
         // The members learn it from the room's end (`RoomDestroyed` after its last message).
         let fx = self
@@ -1119,7 +1124,10 @@ impl Relay {
             name: room.name.clone(),
             epoch: room.epoch,
             created_ms: room.created_ms,
-            member_count: live.map_or(0, |r| r.len()) as u64,
+            // ---- cluster: the members on the other relays too ----
+            member_count: (live.map_or(0, |r| r.len())
+                + self.cluster().map_or(0, |c| c.remote_members(&room.id)))
+                as u64,
             members: live
                 .map(|r| r.page(false, members, None))
                 .unwrap_or_default()

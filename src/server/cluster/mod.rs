@@ -24,7 +24,8 @@ pub async fn start(config: &Config, relay: &Arc<super::Relay>) -> Result<(), Ser
     if nats.node_id.is_empty() {
         nats.node_id = node_id(&config.server.data)?;
     }
-    let cluster = Cluster::start(relay, nats, config.cluster.lease_ttl_ms).await?;
+    let counts = std::time::Duration::from_millis(config.rooms.member_count_interval_ms);
+    let cluster = Cluster::start(relay, nats, config.cluster.lease_ttl_ms, counts).await?;
     relay.set_cluster(cluster);
     Ok(())
 }

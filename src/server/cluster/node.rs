@@ -31,6 +31,8 @@ const SERVING: usize = 4_096;
 const FORWARD_PAUSE_MAX: Duration = Duration::from_millis(200);
 /// Header of a live message: present when join history may show it.
 const KEEP_HEADER: &str = "Roomcast-Keep";
+/// A member count not rewritten for this many lease TTLs is gone (its relay is).
+const COUNT_TTLS: u32 = 3;
 /// Header of a forwarded request that is an admin change ([`AdminCall`]), not a send.
 const ADMIN_HEADER: &str = "Roomcast-Admin";
 
@@ -154,6 +156,9 @@ enum ForwardReply {
     Refused(WireError),
 }
 
+/// One room's member counts on the other relays: node → (count, when it was last written).
+type NodeCounts = HashMap<String, (usize, Instant)>;
+
 /// A relay's part in the cluster.
 pub struct Cluster {
     node: String,
@@ -172,6 +177,12 @@ pub struct Cluster {
     acquiring: tokio::sync::Mutex<()>,
     /// This relay's admin API, for changes other relays forward (dropped at shutdown).
     admin: Mutex<Option<AdminHandler>>,
+    members: kv::Store,
+    /// This relay's member count per room, and whether it is to be written.
+    counts: Mutex<HashMap<String, (usize, bool)>>,
+    /// The other relays' member counts per room, by node, with when each was last written.
+    remote_counts: Mutex<HashMap<String, NodeCounts>>,
+    count_interval: Duration,
     tasks: Mutex<Vec<Owned<()>>>,
 }
 
@@ -187,6 +198,7 @@ impl Cluster {
         relay: &Arc<Relay>,
         nats: NatsConfig,
         ttl_ms: u64,
+        count_interval: Duration,
     ) -> Result<Arc<Cluster>, ClusterError> {
         let (opts, servers) = crate::store::nats::connect_options(&nats)
             .await
@@ -241,6 +253,21 @@ impl Cluster {
             .get_key_value(names.state_bucket())
             .await
             .map_err(|e| nats_err("opening the state bucket", e))?;
+        // A relay rewrites its counts every lease TTL; a dead relay's go after three.
+        let members = match js.get_key_value(names.members_bucket()).await {
+            Ok(kv) => kv,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: names.members_bucket(),
+                    history: 1,
+                    max_age: ttl * COUNT_TTLS,
+                    storage: jetstream::stream::StorageType::Memory,
+                    num_replicas: nats.replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| nats_err("creating the members bucket", e))?,
+        };
         let (live_tx, live_rx) = flume::bounded(LIVE_QUEUE);
         let cluster = Arc::new(Cluster {
             node: nats.node_id.clone(),
@@ -257,6 +284,10 @@ impl Cluster {
             live_tx,
             acquiring: tokio::sync::Mutex::new(()),
             admin: Mutex::new(None),
+            members,
+            counts: Mutex::new(HashMap::new()),
+            remote_counts: Mutex::new(HashMap::new()),
+            count_interval,
             tasks: Mutex::new(Vec::new()),
         });
         for room in relay.all_rooms() {
@@ -266,6 +297,8 @@ impl Cluster {
             Owned(tokio::spawn(publisher(cluster.client.clone(), live_rx))),
             Owned(tokio::spawn(renewer(Arc::downgrade(&cluster)))),
             Owned(tokio::spawn(watcher(Arc::downgrade(&cluster)))),
+            Owned(tokio::spawn(count_writer(Arc::downgrade(&cluster)))),
+            Owned(tokio::spawn(count_watcher(Arc::downgrade(&cluster)))),
         ];
         *lock(&cluster.tasks) = tasks;
         metrics::gauge!(m::CLUSTER_OWNED_ROOMS).set(0.0);
@@ -369,6 +402,93 @@ impl Cluster {
         };
         if room.ring.place_remote(seq, ts, payload) {
             room.watchers.notify_all();
+        }
+    }
+
+    // ---- member counts across relays ----
+
+    /// This relay now has `members` members of `room`: written to the members bucket within
+    /// the member-count interval.
+    pub fn count_changed(&self, room: &str, members: usize) {
+        lock(&self.counts).insert(room.to_owned(), (members, true));
+    }
+
+    /// `room` ended here: no live traffic, no members.
+    pub fn room_gone(self: &Arc<Self>, room: &str) {
+        self.interest(room, false);
+        self.count_changed(room, 0);
+    }
+
+    /// Members of `room` on the other relays, as they last wrote their counts (a count not
+    /// rewritten for three lease TTLs is not counted: its relay is gone).
+    pub fn remote_members(&self, room: &str) -> usize {
+        let fresh = Duration::from_millis(self.ttl_ms) * COUNT_TTLS;
+        lock(&self.remote_counts).get(room).map_or(0, |nodes| {
+            nodes
+                .values()
+                .filter(|(_, at)| at.elapsed() < fresh)
+                .map(|(n, _)| n)
+                .sum()
+        })
+    }
+
+    /// Writes the counts that changed; every lease TTL, all of them again.
+    async fn write_counts(&self, all: bool) {
+        let due: Vec<(String, usize)> = {
+            let mut counts = lock(&self.counts);
+            let due = counts
+                .iter_mut()
+                .filter(|(_, (_, dirty))| all || *dirty)
+                .map(|(room, (n, dirty))| {
+                    *dirty = false;
+                    (room.clone(), *n)
+                })
+                .collect();
+            counts.retain(|_, (n, dirty)| *n > 0 || *dirty);
+            due
+        };
+        for (room, n) in due {
+            let key = self.names.members_key(&room, &self.node);
+            let written = match n {
+                0 => self.members.purge(&key).await.map_err(|e| e.to_string()),
+                n => self
+                    .members
+                    .put(&key, Bytes::from(n.to_string()))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+            };
+            if let Err(e) = written {
+                tracing::debug!(room = %room, error = %e, "a member count was not written");
+                lock(&self.counts).entry(room).or_insert((n, true)).1 = true;
+            }
+        }
+    }
+
+    /// Another relay's count changed.
+    fn remote_count(&self, key: &str, count: Option<usize>) {
+        let Some((room, node)) = self.names.parse_members_key(key) else {
+            return;
+        };
+        if node == self.node {
+            return;
+        }
+        let mut remote = lock(&self.remote_counts);
+        match count {
+            Some(n) => {
+                remote
+                    .entry(room)
+                    .or_default()
+                    .insert(node, (n, Instant::now()));
+            }
+            None => {
+                if let Some(nodes) = remote.get_mut(&room) {
+                    nodes.remove(&node);
+                    if nodes.is_empty() {
+                        remote.remove(&room);
+                    }
+                }
+            }
         }
     }
 
@@ -613,6 +733,13 @@ impl Cluster {
         }
         lock(&self.live).clear();
         lock(&self.tasks).clear();
+        let rooms: Vec<String> = lock(&self.counts).keys().cloned().collect();
+        for room in rooms {
+            let _ = self
+                .members
+                .purge(self.names.members_key(&room, &self.node))
+                .await;
+        }
         *lock(&self.admin) = None;
         let _ = self.client.flush().await;
     }
@@ -828,7 +955,7 @@ impl Cluster {
                 && !self.sequences(&id)
                 && relay.drop_room_here(&id)
             {
-                self.interest(&id, false);
+                self.room_gone(&id);
             }
             return;
         };
@@ -857,6 +984,60 @@ impl Cluster {
             Ok(_) => {}
             Err(e) => tracing::warn!(key, error = %e, "an unreadable state value; ignored"),
         }
+    }
+}
+
+/// Writes this relay's member counts as they change (at most every member-count interval) and
+/// all of them every lease TTL.
+async fn count_writer(cluster: Weak<Cluster>) {
+    let (every, refresh) = match cluster.upgrade() {
+        Some(c) => (c.count_interval, Duration::from_millis(c.ttl_ms)),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_all = Instant::now();
+    loop {
+        tick.tick().await;
+        let Some(c) = cluster.upgrade() else { return };
+        let all = last_all.elapsed() >= refresh;
+        if all {
+            last_all = Instant::now();
+        }
+        c.write_counts(all).await;
+    }
+}
+
+/// Follows the members bucket (one watch per relay) into the other relays' counts.
+async fn count_watcher(cluster: Weak<Cluster>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some(c) = cluster.upgrade() else { return };
+        let watch = c.members.watch_with_history(">").await;
+        drop(c);
+        match watch {
+            Ok(mut entries) => {
+                while let Some(entry) = entries.next().await {
+                    let Some(c) = cluster.upgrade() else { return };
+                    match entry {
+                        Ok(e) => {
+                            backoff = Duration::from_millis(100);
+                            let count = (e.operation == kv::Operation::Put)
+                                .then(|| std::str::from_utf8(&e.value).ok()?.parse().ok())
+                                .flatten();
+                            c.remote_count(&e.key, count);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the members watch failed; watching again");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot watch the members bucket; retrying"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 
