@@ -80,7 +80,9 @@ struct Held {
     lease: Lease,
     revision: u64,
     term: u64,
-    _responder: Owned<()>,
+    /// Answers the room's forwarded requests; told to stop when this relay steps down.
+    responder: Owned<()>,
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 /// A room whose live subject this relay is subscribed to.
@@ -177,6 +179,8 @@ pub struct Cluster {
     acquiring: tokio::sync::Mutex<()>,
     /// This relay's admin API, for changes other relays forward (dropped at shutdown).
     admin: Mutex<Option<AdminHandler>>,
+    /// Responders of rooms this relay stepped down from, answering what they had taken.
+    retired: Mutex<Vec<Owned<()>>>,
     members: kv::Store,
     /// This relay's member count per room, and whether it is to be written.
     counts: Mutex<HashMap<String, (usize, bool)>>,
@@ -284,6 +288,7 @@ impl Cluster {
             live_tx,
             acquiring: tokio::sync::Mutex::new(()),
             admin: Mutex::new(None),
+            retired: Mutex::new(Vec::new()),
             members,
             counts: Mutex::new(HashMap::new()),
             remote_counts: Mutex::new(HashMap::new()),
@@ -506,7 +511,12 @@ impl Cluster {
     /// Stops sequencing `room` (the store fenced a write, a renewal was refused, or the lease
     /// ran out), counted by `why`.
     pub fn step_down(&self, room: &str, why: &'static str) {
-        if lock(&self.held).remove(room).is_some() {
+        if let Some(held) = lock(&self.held).remove(room) {
+            // It stops taking requests and answers those it took (their changes complete).
+            let _ = held.stop.send(true);
+            let mut retired = lock(&self.retired);
+            retired.retain(|t| !t.0.is_finished());
+            retired.push(held.responder);
             metrics::gauge!(m::CLUSTER_OWNED_ROOMS).decrement(1.0);
             metrics::counter!(m::CLUSTER_OWNERSHIP_CHANGES, "change" => why).increment(1);
             tracing::info!(room, why, "stepped down as the room's owner");
@@ -582,10 +592,12 @@ impl Cluster {
                 return Err(e);
             }
         };
+        let (stop, stopped) = tokio::sync::watch::channel(false);
         let responder = Owned(tokio::spawn(serve_forwarded(
             Arc::downgrade(self),
             room.id.clone(),
             self.names.forward(&room.id),
+            stopped,
         )));
         lock(&self.held).insert(
             room.id.clone(),
@@ -593,7 +605,8 @@ impl Cluster {
                 lease: Lease::acquired(self.ttl_ms, sent),
                 revision,
                 term,
-                _responder: responder,
+                responder,
+                stop,
             },
         );
         metrics::gauge!(m::CLUSTER_OWNED_ROOMS).increment(1.0);
@@ -718,11 +731,27 @@ impl Cluster {
     /// Gives up every lease this relay holds (a clean shutdown), so their rooms move at once,
     /// and stops its tasks.
     pub async fn release_all(&self) {
-        let held: Vec<(String, u64)> = lock(&self.held)
-            .drain()
-            .map(|(room, h)| (room, h.revision))
+        let held: Vec<(String, Held)> = lock(&self.held).drain().collect();
+        // The requests each room's responder took are answered first (bounded by the store's
+        // timeouts), then the lease goes.
+        for (_, h) in &held {
+            let _ = h.stop.send(true);
+        }
+        let mut retired: Vec<Owned<()>> = lock(&self.retired).drain(..).collect();
+        let mut held: Vec<(String, u64)> = held
+            .into_iter()
+            .map(|(room, h)| {
+                retired.push(h.responder);
+                (room, h.revision)
+            })
             .collect();
-        for (room, revision) in held {
+        let answered = async {
+            for r in &mut retired {
+                let _ = (&mut r.0).await;
+            }
+        };
+        let _ = tokio::time::timeout(self.timeout * 2, answered).await;
+        for (room, revision) in held.drain(..) {
             let key = self.names.room_key(&room);
             let _ = self
                 .leases
@@ -839,14 +868,16 @@ impl Cluster {
                 return Err(refused(format!("NATS is not reachable; {what}")));
             }
             metrics::counter!(m::CLUSTER_BYTES_OUT).increment(request.len() as u64);
-            let sent = match &headers {
-                Some(h) => {
-                    self.client
-                        .request_with_headers(subject.clone(), h.clone(), request.clone())
-                        .await
-                }
-                None => self.client.request(subject.clone(), request.clone()).await,
-            };
+            // The owner answers within its own store's timeouts (a failed append is refused
+            // after at most the request timeout): waited for longer, so no answer is lost to a
+            // timeout here while the owner may still make the change.
+            let mut call = async_nats::Request::new()
+                .payload(request.clone())
+                .timeout(Some(self.timeout * 2 + Duration::from_secs(1)));
+            if let Some(h) = &headers {
+                call = call.headers(h.clone());
+            }
+            let sent = self.client.send_request(subject.clone(), call).await;
             match sent {
                 Ok(reply) => {
                     metrics::counter!(m::CLUSTER_BYTES_IN).increment(reply.payload.len() as u64);
@@ -1136,8 +1167,14 @@ async fn live_in(cluster: Weak<Cluster>, room: String, ready: tokio::sync::watch
     }
 }
 
-/// Answers the sends forwarded to `room` while this relay owns it.
-async fn serve_forwarded(cluster: Weak<Cluster>, room: String, subject: String) {
+/// Answers the requests forwarded to `room` while this relay owns it; once told to stop, takes
+/// no more and answers those it took.
+async fn serve_forwarded(
+    cluster: Weak<Cluster>,
+    room: String,
+    subject: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let Some(c) = cluster.upgrade() else { return };
     let client = c.client.clone();
     drop(c);
@@ -1152,6 +1189,8 @@ async fn serve_forwarded(cluster: Weak<Cluster>, room: String, subject: String) 
     let mut serving = JoinSet::new();
     loop {
         tokio::select! {
+            // Told to stop, or its owner gone: either way it stops.
+            _ = stop.changed() => break,
             msg = sub.next() => {
                 let Some(msg) = msg else { break };
                 let Some(reply) = msg.reply.clone() else { continue };
@@ -1178,6 +1217,8 @@ async fn serve_forwarded(cluster: Weak<Cluster>, room: String, subject: String) 
             Some(_) = serving.join_next(), if !serving.is_empty() => {}
         }
     }
+    drop(sub);
+    while serving.join_next().await.is_some() {}
 }
 
 fn encode_reply(reply: &ForwardReply) -> Bytes {
