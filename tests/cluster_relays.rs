@@ -454,3 +454,91 @@ async fn a_scheduled_end_comes_once_on_the_owner_and_every_relay_tells_its_membe
     drop(relays);
     drop(nats);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_renews_its_lease_and_when_it_dies_another_relay_takes_the_room() {
+    let Some(bin) = nats_support::binary("the_owner_renews_and_another_relay_takes_over") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = nats_support::NatsServer::start(&bin, &dir.path().join("nats"));
+    let ttl = "lease_ttl_ms = 1500\n";
+    let a = Serve::start(dir.path(), "relay-a", &nats.url(), ttl);
+    let b = Serve::start(dir.path(), "relay-b", &nats.url(), ttl);
+    create_everywhere(&a, std::slice::from_ref(&b), "r").await;
+    let ann = a.client("ann").await;
+    let bea = b.client("bea").await;
+    for m in [&ann, &bea] {
+        m.join("r", -1).await.expect("joins");
+    }
+    let mut last = 0;
+    for i in 0..5 {
+        let (seq, _) = ann
+            .send("r", "chat", body(&format!("a {i}")), false)
+            .await
+            .expect("sent on the owner");
+        last = seq;
+    }
+    // The lease in NATS: A's, and renewed (its revision moves on while A holds it).
+    let client = async_nats::connect(nats.url()).await.expect("NATS");
+    let leases = async_nats::jetstream::new(client)
+        .get_key_value("roomcast_leases")
+        .await
+        .expect("the leases bucket");
+    let held = leases
+        .entry("room.r")
+        .await
+        .expect("read")
+        .expect("a lease");
+    let value: serde_json::Value = serde_json::from_slice(&held.value).expect("JSON");
+    assert_eq!(value["node"], "relay-a", "{value}");
+    // The term is the revision of the acquiring write (renewals since have moved it on).
+    let term = value["term"].as_u64().expect("a term");
+    assert!(
+        term > 0 && term < held.revision,
+        "{value} at revision {}",
+        held.revision
+    );
+    poll("a renewal", || async {
+        let now = leases.entry("room.r").await.ok()??;
+        (now.revision >= held.revision + 2).then_some(())
+    })
+    .await;
+    let mut a = a;
+    a.child.kill().expect("SIGKILL");
+    a.child.wait().expect("reaped");
+    drop(ann);
+    // B's member's send: refused by no one for good; once A's lease has run out, B takes the
+    // room, and numbers it above everything A may have handed out.
+    let (seq, _) = bea
+        .send("r", "chat", body("after"), false)
+        .await
+        .expect("B takes the room over");
+    assert!(seq > last, "seq {seq} after {last}");
+    let got = collect(&bea, "r", 6).await;
+    let seqs: Vec<u64> = got.messages.iter().map(|(m, _)| m.seq).collect();
+    assert_eq!(seqs[5], seq, "{seqs:?}");
+    let scrape = b.metrics().await;
+    assert_eq!(
+        metric(&scrape, "roomcast_cluster_owned_rooms", &[]),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            "roomcast_cluster_ownership_changes_total",
+            &[("change", "acquired")]
+        ),
+        Some(1.0)
+    );
+    let now = leases
+        .entry("room.r")
+        .await
+        .expect("read")
+        .expect("a lease");
+    let value: serde_json::Value = serde_json::from_slice(&now.value).expect("JSON");
+    assert_eq!(value["node"], "relay-b", "{value}");
+    drop(bea);
+    drop(b);
+    drop(nats);
+}
