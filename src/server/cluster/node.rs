@@ -18,8 +18,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
 
 /// Live messages queued for NATS at most; past it one is dropped and counted in
 /// [`m::CLUSTER_LIVE_DROPPED`].
