@@ -98,6 +98,9 @@ pub const CLUSTER_BYTES_OUT: &str = "roomcast_cluster_bytes_out_total";
 pub const CLUSTER_BYTES_IN: &str = "roomcast_cluster_bytes_in_total";
 /// Counter: live messages not published because the queue to NATS was full.
 pub const CLUSTER_LIVE_DROPPED: &str = "roomcast_cluster_live_dropped_total";
+/// Gauge: 1 while the relay's cluster connection to NATS (leases, forwarding, live traffic) is
+/// up, 0 while it is not.
+pub const CLUSTER_CONNECTED: &str = "roomcast_cluster_connected";
 /// Gauge: rooms this relay owns (sequences) now.
 pub const CLUSTER_OWNED_ROOMS: &str = "roomcast_cluster_owned_rooms";
 /// Gauge: rooms whose live subject this relay is subscribed to (it has members there).

@@ -542,3 +542,78 @@ async fn the_owner_renews_its_lease_and_when_it_dies_another_relay_takes_the_roo
     drop(b);
     drop(nats);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nats_down_a_forwarded_send_is_refused_and_after_it_nothing_refused_was_delivered() {
+    let Some(bin) = nats_support::binary("with_nats_down_a_forwarded_send_is_refused") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut nats = nats_support::NatsServer::start(&bin, &dir.path().join("nats"));
+    let quick = "request_timeout_ms = 1000\n";
+    let a = Serve::start(dir.path(), "relay-a", &nats.url(), quick);
+    let b = Serve::start(dir.path(), "relay-b", &nats.url(), quick);
+    create_everywhere(&a, std::slice::from_ref(&b), "r").await;
+    let ann = a.client("ann").await;
+    let bea = b.client("bea").await;
+    for m in [&ann, &bea] {
+        m.join("r", -1).await.expect("joins");
+    }
+    ann.send("r", "chat", body("before 1"), false)
+        .await
+        .expect("sent on the owner");
+    bea.send("r", "chat", body("before 2"), false)
+        .await
+        .expect("forwarded");
+
+    nats.kill();
+    poll("B sees NATS gone", || async {
+        let text = b.metrics().await;
+        (metric(&text, "roomcast_cluster_connected", &[]) == Some(0.0)).then_some(())
+    })
+    .await;
+    let refused = bea
+        .send("r", "chat", body("refused"), false)
+        .await
+        .expect_err("NATS is down");
+    assert_eq!(
+        refused.code(),
+        Some(roomcast::protocol::ErrorCode::Unavailable)
+    );
+    assert!(refused.to_string().contains("NATS"), "{refused}");
+
+    nats.restart();
+    for relay in [&a, &b] {
+        poll("the relay back on NATS", || async {
+            let text = relay.metrics().await;
+            let up = metric(&text, "roomcast_cluster_connected", &[]) == Some(1.0)
+                && metric(&text, "roomcast_store_healthy", &[]) == Some(1.0);
+            up.then_some(())
+        })
+        .await;
+    }
+    bea.send("r", "chat", body("after"), false)
+        .await
+        .expect("forwarded again");
+    // Nothing refused reached anyone: each member's next message after the two is "after".
+    for m in [&ann, &bea] {
+        let got = collect(m, "r", 3).await;
+        let bodies: Vec<String> = got
+            .messages
+            .iter()
+            .map(|(msg, _)| String::from_utf8_lossy(&msg.body).into_owned())
+            .collect();
+        assert_eq!(bodies, ["before 1", "before 2", "after"], "{}", m.user());
+    }
+    let (_, page) = a.admin(Method::GET, "/v1/rooms/r/messages", None).await;
+    let stored: Vec<&str> = page["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["body"].as_str().expect("body"))
+        .collect();
+    assert_eq!(stored, ["before 1", "before 2", "after"], "{page}");
+    drop((ann, bea));
+    drop((a, b));
+    drop(nats);
+}

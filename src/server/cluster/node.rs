@@ -212,7 +212,16 @@ impl Cluster {
             .name(format!("roomcast {} cluster", nats.node_id))
             .no_echo()
             .event_callback(|event| async move {
-                tracing::debug!(event = %event, "NATS cluster connection event");
+                match event {
+                    async_nats::Event::Connected => {
+                        metrics::gauge!(m::CLUSTER_CONNECTED).set(1.0);
+                    }
+                    async_nats::Event::Disconnected => {
+                        metrics::gauge!(m::CLUSTER_CONNECTED).set(0.0);
+                        tracing::warn!("lost the cluster connection to NATS; sends to rooms other relays own are refused");
+                    }
+                    other => tracing::debug!(event = %other, "NATS cluster connection event"),
+                }
             })
             .connect(servers)
             .await
@@ -266,7 +275,7 @@ impl Cluster {
                     bucket: names.members_bucket(),
                     history: 1,
                     max_age: ttl * COUNT_TTLS,
-                    storage: jetstream::stream::StorageType::Memory,
+                    storage: jetstream::stream::StorageType::File,
                     num_replicas: nats.replicas,
                     ..Default::default()
                 })
@@ -309,6 +318,7 @@ impl Cluster {
         *lock(&cluster.tasks) = tasks;
         metrics::gauge!(m::CLUSTER_OWNED_ROOMS).set(0.0);
         metrics::gauge!(m::CLUSTER_LIVE_ROOMS).set(0.0);
+        metrics::gauge!(m::CLUSTER_CONNECTED).set(1.0);
         tracing::info!(node = %cluster.node, lease_ttl_ms = ttl_ms, "cluster: rooms span relays");
         Ok(cluster)
     }
