@@ -617,3 +617,88 @@ async fn with_nats_down_a_forwarded_send_is_refused_and_after_it_nothing_refused
     drop((a, b));
     drop(nats);
 }
+
+/// Sends `signal` (`STOP`, `CONT`) to `relay`'s process.
+fn signal(relay: &Serve, signal: &str) {
+    let done = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &relay.child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(done.success(), "kill -{signal}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_paused_past_its_lease_steps_down_and_no_seq_is_assigned_twice() {
+    let Some(bin) = nats_support::binary("an_owner_paused_past_its_lease_steps_down") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = nats_support::NatsServer::start(&bin, &dir.path().join("nats"));
+    // A paused owner still holds its subscriptions: a forwarded send waits for the request
+    // timeout before the sender's relay looks at the lease.
+    let ttl = "lease_ttl_ms = 1500\nrequest_timeout_ms = 1000\n";
+    let a = Serve::start(dir.path(), "relay-a", &nats.url(), ttl);
+    let b = Serve::start(dir.path(), "relay-b", &nats.url(), ttl);
+    create_everywhere(&a, std::slice::from_ref(&b), "r").await;
+    let ann = a.client("ann").await;
+    let bea = b.client("bea").await;
+    for m in [&ann, &bea] {
+        m.join("r", -1).await.expect("joins");
+    }
+    let mut acked = Vec::new();
+    for i in 0..3 {
+        let (seq, _) = ann
+            .send("r", "chat", body(&format!("a {i}")), false)
+            .await
+            .expect("sent on the owner");
+        acked.push(seq);
+    }
+    // A stops (a partition from everything); B takes the room once A's lease has run out.
+    signal(&a, "STOP");
+    let (seq, _) = bea
+        .send("r", "chat", body("b 0"), false)
+        .await
+        .expect("B takes the room over");
+    acked.push(seq);
+    signal(&a, "CONT");
+    // A, back, does not sequence any more: its member's sends go to B.
+    for i in 1..4 {
+        let (seq, _) = ann
+            .send("r", "chat", body(&format!("a again {i}")), false)
+            .await
+            .expect("sent through the new owner");
+        acked.push(seq);
+    }
+    let unique: BTreeSet<u64> = acked.iter().copied().collect();
+    assert_eq!(unique.len(), acked.len(), "a seq assigned twice: {acked:?}");
+    assert!(
+        acked.windows(2).all(|w| w[0] < w[1]),
+        "seqs only increase: {acked:?}"
+    );
+    let scrape = a.metrics().await;
+    assert_eq!(
+        metric(&scrape, "roomcast_cluster_owned_rooms", &[]),
+        Some(0.0)
+    );
+    let down = metric(&scrape, "roomcast_cluster_ownership_changes_total", &[]).unwrap_or(0.0)
+        - metric(
+            &scrape,
+            "roomcast_cluster_ownership_changes_total",
+            &[("change", "acquired")],
+        )
+        .unwrap_or(0.0);
+    assert_eq!(down, 1.0, "A stepped down once:\n{scrape}");
+    assert_eq!(
+        metric(&b.metrics().await, "roomcast_cluster_owned_rooms", &[]),
+        Some(1.0)
+    );
+    // Both members got every acknowledged message once, in order.
+    for m in [&ann, &bea] {
+        let got = collect(m, "r", acked.len()).await;
+        let seqs: Vec<u64> = got.messages.iter().map(|(msg, _)| msg.seq).collect();
+        assert_eq!(seqs, acked, "{}", m.user());
+    }
+    drop((ann, bea));
+    drop((a, b));
+    drop(nats);
+}

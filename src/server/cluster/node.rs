@@ -896,12 +896,27 @@ impl Cluster {
                 }
                 Err(e) if e.kind() == RequestErrorKind::NoResponders => {
                     if self.acquire(relay, room).await? {
-                        continue;
+                        return Ok(None);
                     }
                     // Held by a relay that does not answer (yet): its responder is starting, or
                     // it died and its lease runs out within the TTL.
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(FORWARD_PAUSE_MAX);
+                }
+                Err(e) if e.kind() == RequestErrorKind::TimedOut => {
+                    // The owner took the request and did not answer: it is hung or cut off.
+                    // Once its lease has run out it can no longer make the change (it stops
+                    // sequencing before that), so this relay takes the room and makes it; while
+                    // the lease holds the request may still be made there, so it is not sent
+                    // again, and the refusal says so.
+                    if self.acquire(relay, room).await? {
+                        return Ok(None);
+                    }
+                    return Err(refused(format!(
+                        "room {:?}'s owner did not answer in time; it may still make it, or \
+                         {what}",
+                        room.id
+                    )));
                 }
                 Err(e) => {
                     return Err(refused(format!(

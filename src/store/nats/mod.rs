@@ -91,6 +91,9 @@
 //! forwarded from then on. The decisions on times (when to renew, when to stop) are
 //! `crate::server::cluster::lease`, plain code taking `now`.
 //! **Failover time**: a dead owner's rooms move within one lease TTL plus one renewal interval.
+//! A hung owner (paused, cut off) still holds its subscriptions: a request forwarded to it times
+//! out (twice the request timeout plus a second), and is never sent again; the sender's relay
+//! then takes the room if the lease has run out, else refuses (the owner may still make it).
 //!
 //! # Sends, fan-out and interest routing (*now*)
 //! A member's send on a relay that does not own the room is a request on `P.fwd.R`, answered by the
