@@ -54,9 +54,50 @@ async fn create_everywhere(on: &Serve, all: &[Serve], room: &str) {
     }
 }
 
+/// Two relays `relay-a` and `relay-b` (`extra` appended to each configuration), room `r` made
+/// on A, `ann` a member on A and `bea` on B.
+struct Pair {
+    a: Serve,
+    b: Serve,
+    ann: Client,
+    bea: Client,
+}
+
+async fn pair(dir: &Path, url: &str, extra: &str) -> Pair {
+    let a = Serve::start(dir, "relay-a", url, extra);
+    let b = Serve::start(dir, "relay-b", url, extra);
+    create_everywhere(&a, std::slice::from_ref(&b), "r").await;
+    let ann = a.client("ann").await;
+    let bea = b.client("bea").await;
+    for m in [&ann, &bea] {
+        m.join("r", -1).await.expect("joins");
+    }
+    Pair { a, b, ann, bea }
+}
+
 /// The value of `name` in `relay`'s metrics (0 when it has no sample yet).
 async fn counter(relay: &Serve, name: &str) -> f64 {
     metric(&relay.metrics().await, name, &[]).unwrap_or(0.0)
+}
+
+/// The first of `client`'s events that `pick` takes (skipping others), within [`COLLECT`].
+async fn first<T>(client: &Client, what: &str, pick: impl Fn(ClientEvent) -> Option<T>) -> T {
+    let waiting = async {
+        loop {
+            match client.next_event().await.expect("the event stream is open") {
+                ClientEvent::Closed { reason, .. } => panic!("{}: closed: {reason}", client.user()),
+                e => {
+                    if let Some(v) = pick(e) {
+                        return v;
+                    }
+                }
+            }
+        }
+    };
+    match tokio::time::timeout(COLLECT, waiting).await {
+        Ok(v) => v,
+        Err(_) => panic!("{}: no {what} within {COLLECT:?}", client.user()),
+    }
 }
 
 /// What one member received of `room`: messages in arrival order with their lane, and any gap.
@@ -336,17 +377,11 @@ async fn a_room_made_on_one_relay_and_changed_through_another_is_in_force_on_the
         .await;
     assert_eq!(status, 200, "{reply}");
     // In force on B: its member there is removed, and may not come back, there or on A.
-    let kicked = tokio::time::timeout(COLLECT, async {
-        loop {
-            match mallory.next_event().await.expect("events") {
-                ClientEvent::Kicked { room, reason } => break (room, reason),
-                ClientEvent::Closed { reason, .. } => panic!("closed: {reason}"),
-                _ => {}
-            }
-        }
+    let kicked = first(&mallory, "mallory's removal on B", |e| match e {
+        ClientEvent::Kicked { room, reason } => Some((room, reason)),
+        _ => None,
     })
-    .await
-    .expect("mallory is removed on B");
+    .await;
     assert_eq!(
         kicked,
         ("stage".into(), roomcast::protocol::KickReason::Banned)
@@ -414,17 +449,11 @@ async fn a_scheduled_end_comes_once_on_the_owner_and_every_relay_tells_its_membe
         .await;
     assert_eq!(status, 204, "{reply}");
     for m in [&ann, &cid] {
-        let ended = tokio::time::timeout(COLLECT, async {
-            loop {
-                match m.next_event().await.expect("events") {
-                    ClientEvent::RoomDestroyed { room, reason } => break (room, reason),
-                    ClientEvent::Closed { reason, .. } => panic!("closed: {reason}"),
-                    _ => {}
-                }
-            }
+        let ended = first(m, "the room's end", |e| match e {
+            ClientEvent::RoomDestroyed { room, reason } => Some((room, reason)),
+            _ => None,
         })
-        .await
-        .expect("the room ends for every member");
+        .await;
         assert_eq!(
             ended,
             (
@@ -463,14 +492,7 @@ async fn the_owner_renews_its_lease_and_when_it_dies_another_relay_takes_the_roo
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = nats_support::NatsServer::start(&bin, &dir.path().join("nats"));
     let ttl = "lease_ttl_ms = 1500\n";
-    let a = Serve::start(dir.path(), "relay-a", &nats.url(), ttl);
-    let b = Serve::start(dir.path(), "relay-b", &nats.url(), ttl);
-    create_everywhere(&a, std::slice::from_ref(&b), "r").await;
-    let ann = a.client("ann").await;
-    let bea = b.client("bea").await;
-    for m in [&ann, &bea] {
-        m.join("r", -1).await.expect("joins");
-    }
+    let Pair { a, b, ann, bea } = pair(dir.path(), &nats.url(), ttl).await;
     let mut last = 0;
     for i in 0..5 {
         let (seq, _) = ann
@@ -551,14 +573,7 @@ async fn with_nats_down_a_forwarded_send_is_refused_and_after_it_nothing_refused
     let dir = tempfile::tempdir().expect("tempdir");
     let mut nats = nats_support::NatsServer::start(&bin, &dir.path().join("nats"));
     let quick = "request_timeout_ms = 1000\n";
-    let a = Serve::start(dir.path(), "relay-a", &nats.url(), quick);
-    let b = Serve::start(dir.path(), "relay-b", &nats.url(), quick);
-    create_everywhere(&a, std::slice::from_ref(&b), "r").await;
-    let ann = a.client("ann").await;
-    let bea = b.client("bea").await;
-    for m in [&ann, &bea] {
-        m.join("r", -1).await.expect("joins");
-    }
+    let Pair { a, b, ann, bea } = pair(dir.path(), &nats.url(), quick).await;
     ann.send("r", "chat", body("before 1"), false)
         .await
         .expect("sent on the owner");
@@ -637,14 +652,7 @@ async fn an_owner_paused_past_its_lease_steps_down_and_no_seq_is_assigned_twice(
     // A paused owner still holds its subscriptions: a forwarded send waits for the request
     // timeout before the sender's relay looks at the lease.
     let ttl = "lease_ttl_ms = 1500\nrequest_timeout_ms = 1000\n";
-    let a = Serve::start(dir.path(), "relay-a", &nats.url(), ttl);
-    let b = Serve::start(dir.path(), "relay-b", &nats.url(), ttl);
-    create_everywhere(&a, std::slice::from_ref(&b), "r").await;
-    let ann = a.client("ann").await;
-    let bea = b.client("bea").await;
-    for m in [&ann, &bea] {
-        m.join("r", -1).await.expect("joins");
-    }
+    let Pair { a, b, ann, bea } = pair(dir.path(), &nats.url(), ttl).await;
     let mut acked = Vec::new();
     for i in 0..3 {
         let (seq, _) = ann

@@ -1065,39 +1065,6 @@ async fn count_writer(cluster: Weak<Cluster>) {
     }
 }
 
-/// Follows the members bucket (one watch per relay) into the other relays' counts.
-async fn count_watcher(cluster: Weak<Cluster>) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let Some(c) = cluster.upgrade() else { return };
-        let watch = c.members.watch_with_history(">").await;
-        drop(c);
-        match watch {
-            Ok(mut entries) => {
-                while let Some(entry) = entries.next().await {
-                    let Some(c) = cluster.upgrade() else { return };
-                    match entry {
-                        Ok(e) => {
-                            backoff = Duration::from_millis(100);
-                            let count = (e.operation == kv::Operation::Put)
-                                .then(|| std::str::from_utf8(&e.value).ok()?.parse().ok())
-                                .flatten();
-                            c.remote_count(&e.key, count);
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "the members watch failed; watching again");
-                            break;
-                        }
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot watch the members bucket; retrying"),
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
-    }
-}
-
 /// Publishes the live messages in the order the rings placed them.
 async fn publisher(client: async_nats::Client, rx: flume::Receiver<LiveOut>) {
     while let Ok(out) = rx.recv_async().await {
@@ -1139,13 +1106,48 @@ async fn renewer(cluster: Weak<Cluster>) {
     }
 }
 
-/// Follows the state bucket (one watch per relay, from the last value of every key), keeping
-/// this relay's rooms and app-wide lists as the bucket has them; watches again after an error.
+/// Follows the state bucket, keeping this relay's rooms and app-wide lists as it has them.
 async fn watcher(cluster: Weak<Cluster>) {
+    follow(
+        cluster,
+        "state",
+        |c| &c.state,
+        |c, e| {
+            let value = (e.operation == kv::Operation::Put).then_some(&e.value[..]);
+            c.state_changed(&e.key, value);
+        },
+    )
+    .await
+}
+
+/// Follows the members bucket into the other relays' counts.
+async fn count_watcher(cluster: Weak<Cluster>) {
+    follow(
+        cluster,
+        "members",
+        |c| &c.members,
+        |c, e| {
+            let count = (e.operation == kv::Operation::Put)
+                .then(|| std::str::from_utf8(&e.value).ok()?.parse().ok())
+                .flatten();
+            c.remote_count(&e.key, count);
+        },
+    )
+    .await
+}
+
+/// Follows the bucket `bucket` picks (one watch per relay, from the last value of every key),
+/// handing each entry to `on`; watches again after an error, with a back-off up to 2 s.
+async fn follow(
+    cluster: Weak<Cluster>,
+    what: &'static str,
+    bucket: fn(&Cluster) -> &kv::Store,
+    on: fn(&Arc<Cluster>, kv::Entry),
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let Some(c) = cluster.upgrade() else { return };
-        let watch = c.state.watch_with_history(">").await;
+        let watch = bucket(&c).watch_with_history(">").await;
         drop(c);
         match watch {
             Ok(mut entries) => {
@@ -1154,17 +1156,18 @@ async fn watcher(cluster: Weak<Cluster>) {
                     match entry {
                         Ok(e) => {
                             backoff = Duration::from_millis(100);
-                            let value = (e.operation == kv::Operation::Put).then_some(&e.value[..]);
-                            c.state_changed(&e.key, value);
+                            on(&c, e);
                         }
                         Err(e) => {
-                            tracing::warn!(error = %e, "the state watch failed; watching again");
+                            tracing::warn!(bucket = what, error = %e, "a KV watch failed; watching again");
                             break;
                         }
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot watch the state bucket; retrying"),
+            Err(e) => {
+                tracing::warn!(bucket = what, error = %e, "cannot watch a KV bucket; retrying")
+            }
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
