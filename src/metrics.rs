@@ -108,8 +108,9 @@ pub const CLUSTER_LIVE_ROOMS: &str = "roomcast_cluster_live_rooms";
 /// Counter: room ownerships this relay took or lost, by `change` (acquired, renewal_refused,
 /// expired, fenced, released).
 pub const CLUSTER_OWNERSHIP_CHANGES: &str = "roomcast_cluster_ownership_changes_total";
-/// Counter: sends forwarded to a room's owner, by `outcome` (ok, refused, unavailable), and
-/// forwarded sends this relay answered as the owner (`outcome="served"`).
+/// Counter: sends and admin changes forwarded to a room's owner, by `outcome` (ok, refused,
+/// unavailable), and those this relay answered as the owner (`served`, or `busy`: refused at
+/// once, too many at once).
 pub const CLUSTER_FORWARDED: &str = "roomcast_cluster_forwarded_total";
 // ---- end cluster: rooms across relays ----
 
@@ -279,7 +280,7 @@ pub fn describe() {
     );
     describe_counter!(
         CLUSTER_FORWARDED,
-        "Sends forwarded to a room's owner, by outcome (ok, refused, unavailable); served: forwarded sends answered as the owner."
+        "Sends and admin changes forwarded to a room's owner, by outcome (ok, refused, unavailable); served: answered as the owner; busy: refused at once as the owner, too many at once."
     );
     // ---- end cluster: rooms across relays ----
 }

@@ -1180,11 +1180,17 @@ async fn live_in(cluster: Weak<Cluster>, room: String, ready: tokio::sync::watch
     let subject = c.names.live(&room);
     let client = c.client.clone();
     drop(c);
-    let mut sub = match client.subscribe(subject).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(room, error = %e, "cannot subscribe to the room's live traffic");
-            return;
+    // Until it is in place (NATS may be away for a moment); the task ends when the last
+    // member here leaves.
+    let mut backoff = Duration::from_millis(100);
+    let mut sub = loop {
+        match client.subscribe(subject.clone()).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::warn!(room, error = %e, "cannot subscribe to the room's live traffic; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
         }
     };
     if client.flush().await.is_ok() {
@@ -1227,6 +1233,7 @@ async fn serve_forwarded(
                 let room = room.clone();
                 let client = client.clone();
                 if serving.len() >= SERVING {
+                    metrics::counter!(m::CLUSTER_FORWARDED, "outcome" => "busy").increment(1);
                     let busy = ForwardReply::Refused(unavailable(format!(
                         "room {room:?}'s owner is busy; the message was not sent to anyone"
                     )));
