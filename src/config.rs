@@ -93,6 +93,9 @@ pub struct ClusterSection {
     pub tls_cert: String,
     /// PEM private key of `tls_cert`.
     pub tls_key: String,
+    /// How long a room's ownership lease lasts without a renewal, ms: the owner renews it every
+    /// third of it, and a dead owner's rooms move to a live relay within about this plus a third.
+    pub lease_ttl_ms: u64,
 }
 
 impl Default for ClusterSection {
@@ -111,6 +114,7 @@ impl Default for ClusterSection {
             tls_ca: String::new(),
             tls_cert: String::new(),
             tls_key: String::new(),
+            lease_ttl_ms: 10_000,
         }
     }
 }
@@ -150,6 +154,9 @@ impl ClusterSection {
         }
         if self.request_timeout_ms == 0 {
             return bad("cluster.request_timeout_ms must be above 0".into());
+        }
+        if !(1_000..=600_000).contains(&self.lease_ttl_ms) {
+            return bad("cluster.lease_ttl_ms must be 1000..=600000".into());
         }
         if self.user.is_empty() != self.password.is_empty() {
             return bad("cluster.user and cluster.password must be set together".into());
@@ -872,6 +879,10 @@ const KEY_DOCS: &[(&str, &str)] = &[
         "PEM client certificate for TLS to NATS (with tls_key).",
     ),
     ("cluster.tls_key", "PEM private key of tls_cert."),
+    (
+        "cluster.lease_ttl_ms",
+        "How long a room's ownership lease (KV bucket <prefix>_leases) lasts without a renewal, ms; the owner renews it every third and stops sequencing a quarter before it runs out. A dead owner's rooms move to a live relay within about 4/3 of it.",
+    ),
     // ---- end [cluster] ----
     (
         "transport.udp_recv_buffer",

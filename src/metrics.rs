@@ -96,6 +96,32 @@ pub const RESUME_REPLAYED: &str = "roomcast_resume_replayed_messages_total";
 /// Counter: messages resumes could not replay (the sum of their `Resumed{missed}`).
 pub const RESUME_MISSED: &str = "roomcast_resume_missed_messages_total";
 // ---- end client-driven resume ----
+// ---- cluster: rooms across relays ----
+/// Counter: messages this relay published on rooms' live subjects (as their owner).
+pub const CLUSTER_MESSAGES_OUT: &str = "roomcast_cluster_messages_out_total";
+/// Counter: messages this relay received on rooms' live subjects (from their owners).
+pub const CLUSTER_MESSAGES_IN: &str = "roomcast_cluster_messages_in_total";
+/// Counter: payload bytes of live messages and forwarded sends sent to NATS.
+pub const CLUSTER_BYTES_OUT: &str = "roomcast_cluster_bytes_out_total";
+/// Counter: payload bytes of live messages and forwarded sends received from NATS.
+pub const CLUSTER_BYTES_IN: &str = "roomcast_cluster_bytes_in_total";
+/// Counter: live messages not published because the queue to NATS was full.
+pub const CLUSTER_LIVE_DROPPED: &str = "roomcast_cluster_live_dropped_total";
+/// Gauge: 1 while the relay's cluster connection to NATS (leases, forwarding, live traffic) is
+/// up, 0 while it is not.
+pub const CLUSTER_CONNECTED: &str = "roomcast_cluster_connected";
+/// Gauge: rooms this relay owns (sequences) now.
+pub const CLUSTER_OWNED_ROOMS: &str = "roomcast_cluster_owned_rooms";
+/// Gauge: rooms whose live subject this relay is subscribed to (it has members there).
+pub const CLUSTER_LIVE_ROOMS: &str = "roomcast_cluster_live_rooms";
+/// Counter: room ownerships this relay took or lost, by `change` (acquired, renewal_refused,
+/// expired, fenced, released).
+pub const CLUSTER_OWNERSHIP_CHANGES: &str = "roomcast_cluster_ownership_changes_total";
+/// Counter: sends and admin changes forwarded to a room's owner, by `outcome` (ok, refused,
+/// unavailable), and those this relay answered as the owner (`served`, or `busy`: refused at
+/// once, too many at once).
+pub const CLUSTER_FORWARDED: &str = "roomcast_cluster_forwarded_total";
+// ---- end cluster: rooms across relays ----
 
 /// The delivery histograms record one write in this many, per connection (the first of them,
 /// counting writes that carried messages).
@@ -240,6 +266,46 @@ pub fn describe() {
         "Messages resumes could not replay (told to the members in Resumed{missed})."
     );
     // ---- end client-driven resume ----
+    // ---- cluster: rooms across relays ----
+    describe_counter!(
+        CLUSTER_MESSAGES_OUT,
+        "Messages published on rooms' live subjects, as their owner (once per message)."
+    );
+    describe_counter!(
+        CLUSTER_MESSAGES_IN,
+        "Messages received on rooms' live subjects from their owners (once per message per relay with members)."
+    );
+    describe_counter!(
+        CLUSTER_BYTES_OUT,
+        Unit::Bytes,
+        "Payload bytes of live messages and forwarded sends sent to NATS."
+    );
+    describe_counter!(
+        CLUSTER_BYTES_IN,
+        Unit::Bytes,
+        "Payload bytes of live messages and forwarded sends received from NATS."
+    );
+    describe_counter!(
+        CLUSTER_LIVE_DROPPED,
+        "Live messages not published because the queue to NATS was full."
+    );
+    describe_gauge!(
+        CLUSTER_OWNED_ROOMS,
+        "Rooms this relay owns (sequences) now."
+    );
+    describe_gauge!(
+        CLUSTER_LIVE_ROOMS,
+        "Rooms whose live subject this relay is subscribed to (it has members there)."
+    );
+    describe_counter!(
+        CLUSTER_OWNERSHIP_CHANGES,
+        "Room ownerships taken or lost, by change (acquired, renewal_refused, expired, fenced, released)."
+    );
+    describe_counter!(
+        CLUSTER_FORWARDED,
+        "Sends and admin changes forwarded to a room's owner, by outcome (ok, refused, unavailable); served: answered as the owner; busy: refused at once as the owner, too many at once."
+    );
+    // ---- end cluster: rooms across relays ----
 }
 
 /// Folds the histogram samples `handle`'s recorder holds into their buckets every

@@ -76,8 +76,11 @@ impl Server {
             config.auth.dev_mode,
         );
         let snapshot = store.load()?;
-        let relay = Arc::new(Relay::new(config, auth, secrets.admin_key, store));
+        let relay = Arc::new(Relay::new(config.clone(), auth, secrets.admin_key, store));
         relay.restore(snapshot);
+        // ---- cluster: leases, forwarding, live fan-out ----
+        crate::server::cluster::start(&config, &relay).await?;
+        // ---- end cluster ----
         Ok(Server {
             listeners: Listeners {
                 relay,
@@ -126,6 +129,14 @@ impl Server {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let prometheus = crate::metrics::prometheus();
         let router = crate::admin::router(relay.clone(), prometheus.clone());
+        // ---- cluster: changes other relays forward run through this admin API ----
+        if let Some(cluster) = relay.cluster() {
+            cluster.set_admin(crate::admin::cluster_handler(
+                router.clone(),
+                relay.admin_key.clone(),
+            ));
+        }
+        // ---- end cluster ----
         // Histogram samples are folded into their buckets on this timer, not only when scraped.
         let upkeep = prometheus.map(|handle| {
             let mut stop = stop_rx.clone();
@@ -153,6 +164,11 @@ impl Server {
             tracing::warn!("admin listener did not stop in time");
         }
         drop(stop_rx);
+        // ---- cluster: its rooms move at once ----
+        if let Some(cluster) = relay.cluster() {
+            cluster.release_all().await;
+        }
+        // ---- end cluster ----
         relay.store().close();
         tracing::info!("stopped");
     }

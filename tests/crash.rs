@@ -3,108 +3,24 @@
 //! The same on the JetStream store, against a real nats-server (`tests/nats_support`).
 
 mod nats_support;
-mod serve_support;
 
 use bytes::Bytes;
+use nats_support::serve::Serve as Relay;
 use rand::Rng;
-use roomcast::client::{Client, ClientConfig};
 use serde_json::{Value, json};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-const ADMIN_KEY: &str = "crash-test-admin-key";
-const SECRET: &str = "crash-test-token-secret";
-
-struct Relay {
-    child: Child,
-    quic: SocketAddr,
-    admin: SocketAddr,
-}
-
-/// Starts `roomcast serve` on `data` and waits for its "listening" line on stderr.
+/// Starts `roomcast serve` on `data` and waits until it listens.
 fn start(data: &Path) -> Relay {
     start_with(data, "")
 }
 
 /// [`start`] with `extra` appended to its configuration file.
 fn start_with(data: &Path, extra: &str) -> Relay {
-    let config = data.join("crash.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-quic = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-data = "{}"
-[auth]
-admin_key = "{ADMIN_KEY}"
-token_secret = "{SECRET}"
-[limits]
-send_rate_per_sec = 100000
-send_burst = 100000
-room_budget_total = 1000000
-admin_rate_per_sec = 100000
-admin_burst = 100000
-[store]
-durability = "sync"
-history_max = 100000
-{extra}
-"#,
-            data.display()
-        ),
-    )
-    .expect("config written");
-    let served = serve_support::serve(&config, data, Duration::from_secs(30));
-    Relay {
-        child: served.child,
-        quic: served.quic,
-        admin: served.admin,
-    }
-}
-
-impl Relay {
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.admin)
-    }
-
-    async fn admin(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut req = reqwest::Client::new()
-            .request(method, self.url(path))
-            .bearer_auth(ADMIN_KEY);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("admin call");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.expect("body");
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    async fn client(&self, data: &Path, user: &str) -> Client {
-        let token = roomcast::auth::TokenAuth::new(SECRET.as_bytes(), 0, false)
-            .mint(user, roomcast::auth::unix_secs() + 600)
-            .expect("token");
-        let ca = std::fs::read(data.join("ca.pem")).expect("ca.pem");
-        Client::connect(ClientConfig::new(self.quic, ca, token))
-            .await
-            .expect("client connects")
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    Relay::start_in(data, extra)
 }
 
 async fn all_history(relay: &Relay, room: &str) -> Vec<Value> {
@@ -228,7 +144,7 @@ async fn sigkill_during_load(extra: &str) {
     );
 
     // Load: pipelined sends from several tasks; SIGKILL after a random number of acks.
-    let client = Arc::new(relay.client(&data, "sender").await);
+    let client = Arc::new(relay.client("sender").await);
     client.join("crash", -1).await.expect("join");
     let acked: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
     let kill_after = rand::rng().random_range(200..1200usize);
@@ -333,7 +249,7 @@ async fn sigkill_during_load(extra: &str) {
 
     // The room goes on above every sequence number handed out before the crash.
     let max_acked = acked.iter().map(|(s, _)| *s).max().unwrap_or(0);
-    let client = relay.client(&data, "sender").await;
+    let client = relay.client("sender").await;
     client.join("crash", -1).await.expect("join after restart");
     let (seq, _) = client
         .send("crash", "chat", Bytes::from_static(b"after"), false)
@@ -370,7 +286,7 @@ async fn sigterm_closes_clients_with_a_reason_and_exits_cleanly() {
         )
         .await;
     assert_eq!(status, 201);
-    let client = relay.client(&data, "alice").await;
+    let client = relay.client("alice").await;
     client.join("bye", -1).await.expect("join");
     let pid = relay.child.id().to_string();
     let killed = Command::new("kill")

@@ -5,18 +5,15 @@
 //! none twice.
 
 mod nats_support;
-mod serve_support;
 
 use bytes::Bytes;
 use roomcast::client::{Client, ClientConfig, ClientEvent, FailoverClient, FailoverConfig};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::path::Path;
 use std::time::Duration;
 
-const ADMIN_KEY: &str = "failover-test-admin-key";
-const SECRET: &str = "failover-test-token-secret";
+use nats_support::serve::{SECRET, Serve as Relay};
 
 /// Upper bound of one wait in these tests (a dead relay is noticed after the clients' 3 s idle
 /// timeout): only turns a hang into a failure.
@@ -32,139 +29,56 @@ async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
     }
 }
 
-/// One `roomcast serve` process.
-struct Relay {
-    child: Child,
-    data: PathBuf,
-    quic: SocketAddr,
-    admin: SocketAddr,
+/// A relay's rooms' stored seqs, oldest first.
+async fn history(relay: &Relay, room: &str) -> Vec<u64> {
+    let mut out: Vec<u64> = Vec::new();
+    let mut before: Option<u64> = None;
+    for _ in 0..100 {
+        let q = match before {
+            Some(b) => format!("/v1/rooms/{room}/messages?limit=200&before_seq={b}"),
+            None => format!("/v1/rooms/{room}/messages?limit=200"),
+        };
+        let (status, page) = relay.admin(reqwest::Method::GET, &q, None).await;
+        assert_eq!(status, 200, "{page}");
+        let mut chunk: Vec<u64> = page["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .map(|m| m["seq"].as_u64().expect("seq"))
+            .collect();
+        chunk.extend(out);
+        out = chunk;
+        match page["next_before_seq"].as_u64() {
+            Some(b) => before = Some(b),
+            None => break,
+        }
+    }
+    out
 }
 
-impl Relay {
-    /// Starts `roomcast serve` on `data`, QUIC on `quic` (port 0: any), `extra` appended to its
-    /// configuration; returns once its log says it listens.
-    fn start(data: &Path, quic: SocketAddr, extra: &str) -> Relay {
-        let config = data.join("failover.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-[server]
-quic = "{quic}"
-admin = "127.0.0.1:0"
-web = "off"
-data = "{}"
-[auth]
-admin_key = "{ADMIN_KEY}"
-token_secret = "{SECRET}"
-[limits]
-send_rate_per_sec = 100000
-send_burst = 100000
-room_budget_total = 1000000
-admin_rate_per_sec = 100000
-admin_burst = 100000
-[store]
-durability = "sync"
-{extra}
-"#,
-                data.display()
-            ),
+async fn create_room(relay: &Relay, id: &str) {
+    let (status, body) = relay
+        .admin(
+            reqwest::Method::POST,
+            "/v1/rooms",
+            Some(json!({ "id": id })),
         )
-        .expect("config written");
-        let served = serve_support::serve(&config, data, LIMIT);
-        Relay {
-            child: served.child,
-            data: data.to_owned(),
-            quic: served.quic,
-            admin: served.admin,
-        }
-    }
-
-    /// SIGKILL, and wait for the process to be gone.
-    fn kill(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reaped");
-    }
-
-    async fn admin(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut req = reqwest::Client::new()
-            .request(method, format!("http://{}{path}", self.admin))
-            .bearer_auth(ADMIN_KEY);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("admin call");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.expect("body");
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    async fn create_room(&self, id: &str) {
-        let (status, body) = self
-            .admin(
-                reqwest::Method::POST,
-                "/v1/rooms",
-                Some(json!({ "id": id })),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
-    }
-
-    /// Every stored message's seq, oldest first.
-    async fn history(&self, room: &str) -> Vec<u64> {
-        let mut out: Vec<u64> = Vec::new();
-        let mut before: Option<u64> = None;
-        for _ in 0..100 {
-            let q = match before {
-                Some(b) => format!("/v1/rooms/{room}/messages?limit=200&before_seq={b}"),
-                None => format!("/v1/rooms/{room}/messages?limit=200"),
-            };
-            let (status, page) = self.admin(reqwest::Method::GET, &q, None).await;
-            assert_eq!(status, 200, "{page}");
-            let mut chunk: Vec<u64> = page["messages"]
-                .as_array()
-                .expect("messages")
-                .iter()
-                .map(|m| m["seq"].as_u64().expect("seq"))
-                .collect();
-            chunk.extend(out);
-            out = chunk;
-            match page["next_before_seq"].as_u64() {
-                Some(b) => before = Some(b),
-                None => break,
-            }
-        }
-        out
-    }
-
-    fn client_config(&self, user: &str) -> ClientConfig {
-        let token = roomcast::auth::TokenAuth::new(SECRET.as_bytes(), 0, false)
-            .mint(user, roomcast::auth::unix_secs() + 600)
-            .expect("token");
-        let ca = std::fs::read(self.data.join("ca.pem")).expect("ca.pem");
-        let mut cfg = ClientConfig::new(self.quic, ca, token);
-        cfg.idle_timeout = IDLE;
-        cfg.connect_timeout = Duration::from_secs(2);
-        cfg
-    }
-
-    async fn client(&self, user: &str) -> Client {
-        Client::connect(self.client_config(user))
-            .await
-            .expect("client connects")
-    }
+        .await;
+    assert_eq!(status, 201, "{body}");
 }
 
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// How a test client of `user` reaches `relay`: a dead relay is noticed after [`IDLE`].
+fn client_config(relay: &Relay, user: &str) -> ClientConfig {
+    let mut cfg = relay.client_config(user);
+    cfg.idle_timeout = IDLE;
+    cfg.connect_timeout = Duration::from_secs(2);
+    cfg
+}
+
+async fn client(relay: &Relay, user: &str) -> Client {
+    Client::connect(client_config(relay, user))
+        .await
+        .expect("client connects")
 }
 
 /// A failover client for `user` over `servers`, trusting `relay`'s CA (relays sharing a data
@@ -175,7 +89,7 @@ async fn failover(
     user: &str,
     buffer: usize,
 ) -> FailoverClient {
-    let mut cfg = relay.client_config(user);
+    let mut cfg = client_config(relay, user);
     cfg.event_buffer = buffer;
     let mut fc = FailoverConfig::new(servers, cfg);
     fc.backoff_min = Duration::from_millis(50);
@@ -229,42 +143,68 @@ fn strictly_increasing(seqs: &[u64]) -> bool {
 /// Two relays on one nats-server: `a` with room `lobby` (3 messages in it), and `b`, a
 /// standby on the same store started after them (it shares the room, its epoch and history,
 /// and the CA). `None` when there is no nats-server to run.
-async fn standby_pair(test: &str, dir: &Path) -> Option<(nats_support::NatsServer, Relay, Relay)> {
+/// The NATS server, the two relays, and the seq of the last of the three early messages.
+async fn standby_pair(
+    test: &str,
+    dir: &Path,
+) -> Option<(nats_support::NatsServer, Relay, Relay, u64)> {
     let bin = nats_support::binary(test)?;
     let nats = nats_support::NatsServer::start(&bin, &dir.join("nats"));
-    let extra = format!("[cluster]\nnats = [\"{}\"]\n", nats.url());
+    // A short lease, so the survivor takes the room over soon after the owner dies.
+    let extra = format!(
+        "[cluster]\nnats = [\"{}\"]\nlease_ttl_ms = 1500\n",
+        nats.url()
+    );
     let (data_a, data_b) = (dir.join("a"), dir.join("b"));
     std::fs::create_dir_all(&data_a).expect("dir a");
     std::fs::create_dir_all(&data_b).expect("dir b");
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
-    let a = Relay::start(&data_a, any, &extra);
-    a.create_room("lobby").await;
-    let early = a.client("pub").await;
+    let a = Relay::start_at(&data_a, any, &extra);
+    create_room(&a, "lobby").await;
+    let early = client(&a, "pub").await;
     early.join("lobby", -1).await.expect("joins on a");
+    let mut last = 0;
     for i in 0..3 {
-        early
+        let (seq, _) = early
             .send("lobby", "chat", Bytes::from(format!("early {i}")), false)
             .await
             .expect("sent on a");
+        assert!(seq > last, "seqs increase");
+        last = seq;
     }
     early.close().await;
     for f in ["ca.pem", "ca.key"] {
         std::fs::copy(data_a.join(f), data_b.join(f)).expect("CA shared");
     }
-    let b = Relay::start(&data_b, any, &extra);
-    Some((nats, a, b))
+    let b = Relay::start_at(&data_b, any, &extra);
+    Some((nats, a, b, last))
 }
 
 /// Publishes `n` messages on `relay` as `pub`; their seqs.
 async fn publish(relay: &Relay, n: usize) -> Vec<u64> {
-    let publisher = relay.client("pub").await;
+    let publisher = client(relay, "pub").await;
     publisher.join("lobby", -1).await.expect("pub joins");
     let mut acked = Vec::new();
     for i in 0..n {
-        let (seq, _) = publisher
-            .send("lobby", "chat", Bytes::from(format!("m{i}")), false)
-            .await
-            .expect("sent");
+        // Refused with UNAVAILABLE (sent to no one) while the dead owner's lease runs out:
+        // sent again, as a client does, within the test's bound.
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        let mut retry = tokio::time::interval(Duration::from_millis(100));
+        let seq = loop {
+            match publisher
+                .send("lobby", "chat", Bytes::from(format!("m{i}")), false)
+                .await
+            {
+                Ok((seq, _)) => break seq,
+                Err(e)
+                    if e.code() == Some(roomcast::protocol::ErrorCode::Unavailable)
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    retry.tick().await;
+                }
+                Err(e) => panic!("send {i}: {e}"),
+            }
+        };
         acked.push(seq);
     }
     publisher.close().await;
@@ -274,14 +214,15 @@ async fn publish(relay: &Relay, n: usize) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_given_two_relays_moves_to_the_second_when_the_first_is_sigkilled() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let Some((nats, mut a, b)) = standby_pair("a_client_given_two_relays", dir.path()).await else {
+    let Some((nats, mut a, b, early)) = standby_pair("a_client_given_two_relays", dir.path()).await
+    else {
         return;
     };
 
     let sub = failover(&a, vec![a.quic, b.quic], "sub", 8192).await;
     assert_eq!(sub.server(), Some(a.quic));
     let info = sub.join("lobby", -1).await.expect("joins on a");
-    assert_eq!(info.last_seq, 3);
+    assert_eq!(info.last_seq, early);
 
     a.kill();
     // Published on b while the subscriber has not noticed yet, and after it moved: every one
@@ -309,9 +250,9 @@ async fn a_client_given_two_relays_moves_to_the_second_when_the_first_is_sigkill
 async fn a_relay_restarted_under_a_paced_publisher_resumes_its_subscriber_exactly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().to_owned();
-    let mut relay = Relay::start(&data, SocketAddr::from(([127, 0, 0, 1], 0)), "");
+    let mut relay = Relay::start_at(&data, SocketAddr::from(([127, 0, 0, 1], 0)), "");
     let addr = relay.quic;
-    relay.create_room("live").await;
+    create_room(&relay, "live").await;
 
     // A subscriber that reads slowly enough that the relay still holds messages for it when it
     // dies: a small event buffer and large bodies fill its stream window.
@@ -333,7 +274,7 @@ async fn a_relay_restarted_under_a_paced_publisher_resumes_its_subscriber_exactl
     }
     relay.kill();
     // Restarted on the same data folder and port.
-    let restarted = tokio::task::spawn_blocking(move || Relay::start(&data, addr, ""))
+    let restarted = tokio::task::spawn_blocking(move || Relay::start_at(&data, addr, ""))
         .await
         .expect("restarts");
     // Phase 2, paced: 50 more across the clients' reconnects (a send whose connection died
@@ -373,7 +314,7 @@ async fn a_relay_restarted_under_a_paced_publisher_resumes_its_subscriber_exactl
         "at most the send in flight at the restart fails: {failed}"
     );
 
-    let history = restarted.history("live").await;
+    let history = history(&restarted, "live").await;
     // Nothing acknowledged is lost.
     for s in &acked {
         assert!(history.binary_search(s).is_ok(), "acked {s} not in history");
@@ -418,7 +359,8 @@ async fn a_relay_restarted_under_a_paced_publisher_resumes_its_subscriber_exactl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roomcast_sub_with_two_servers_moves_to_the_second_when_the_first_is_sigkilled() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let Some((nats, mut a, b)) = standby_pair("roomcast_sub_with_two_servers", dir.path()).await
+    let Some((nats, mut a, b, early)) =
+        standby_pair("roomcast_sub_with_two_servers", dir.path()).await
     else {
         return;
     };
@@ -460,7 +402,7 @@ async fn roomcast_sub_with_two_servers_moves_to_the_second_when_the_first_is_sig
     };
     let joined = next("joined line");
     assert_eq!(joined["event"], "joined", "{joined}");
-    assert_eq!(joined["last_seq"], 3, "{joined}");
+    assert_eq!(joined["last_seq"], early, "{joined}");
     a.kill();
     let acked = publish(&b, 5).await;
     let mut lines = Vec::new();

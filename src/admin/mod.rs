@@ -17,6 +17,10 @@
 //! ```
 //! Errors are `{"error": NAME, "message": text}` with the status of [`ErrorCode::http_status`].
 
+// ---- cluster ----
+mod cluster;
+pub use cluster::handler as cluster_handler;
+// ---- end cluster ----
 mod data_routes;
 pub mod openapi;
 mod policy_routes;
@@ -116,6 +120,12 @@ pub fn router(relay: Arc<Relay>, prometheus: Option<PrometheusHandle>) -> Router
         .merge(routes::routes())
         .merge(policy_routes::routes())
         .merge(data_routes::routes())
+        // ---- cluster: a room's changes run on its owner ----
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            cluster::forward_room_changes,
+        ))
+        // ---- end cluster ----
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_admin_key,

@@ -157,6 +157,10 @@ pub struct JoinPoint {
     pub messages: u64,
 }
 
+/// Sees every message the ring places from its own publishers (not from
+/// [`Ring::place_remote`]), in sequence order, under the publisher lock: it must not block.
+pub type Observer = Box<dyn Fn(&Entry) + Send + Sync>;
+
 /// The broadcast ring.
 pub struct Ring {
     slots: Box<[ArcSwapOption<Entry>]>,
@@ -166,6 +170,7 @@ pub struct Ring {
     closed: AtomicBool,
     /// Publisher-only; on its own cache line so readers polling `tail` do not slow it.
     publish: CacheLine<Mutex<PublishState>>,
+    observer: std::sync::OnceLock<Observer>,
 }
 
 /// Aligns its content to its own 128-byte block (two 64-byte lines, as adjacent-line prefetch
@@ -193,7 +198,28 @@ impl Ring {
                 next_seq: 1,
                 ..PublishState::default()
             })),
+            observer: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets the [`Observer`] of placed messages (once; false if one is set already).
+    pub fn observe(&self, observer: Observer) -> bool {
+        self.observer.set(observer).is_ok()
+    }
+
+    /// Places a message another publisher sequenced (`seq`, stamped `ts`), at once: the ring
+    /// follows that publisher's numbering from here. A message at or below the newest sequence
+    /// number this ring assigned or placed is refused (a duplicate or a late one), as is any
+    /// once the ring is closed. The observer does not see it. Returns whether it was placed.
+    pub fn place_remote(&self, seq: u64, ts: u64, payload: Payload) -> bool {
+        let mut st = self.lock();
+        if st.closed || seq < st.next_seq || !st.held.is_empty() {
+            return false;
+        }
+        st.next_seq = seq + 1;
+        st.last_ts = st.last_ts.max(ts);
+        self.place_entry(&mut st, seq, payload);
+        true
     }
 
     /// Number of slots.
@@ -301,8 +327,18 @@ impl Ring {
         self.publish.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Stores `payload` at the tail (publish lock held).
+    /// Stores `payload` at the tail (publish lock held), and shows a message to the observer.
     fn place(&self, st: &mut PublishState, seq: u64, payload: Payload) {
+        let entry = self.place_entry(st, seq, payload);
+        if seq > 0
+            && let Some(observer) = self.observer.get()
+        {
+            observer(&entry);
+        }
+    }
+
+    /// Stores `payload` at the tail (publish lock held).
+    fn place_entry(&self, st: &mut PublishState, seq: u64, payload: Payload) -> Arc<Entry> {
         let class = payload.class;
         st.cum[class_index(class)] += 1;
         if seq > 0 {
@@ -320,8 +356,10 @@ impl Ring {
             history: payload.history,
             published: tokio::time::Instant::now(),
         };
-        self.slots[(pos & self.mask) as usize].store(Some(Arc::new(entry)));
+        let entry = Arc::new(entry);
+        self.slots[(pos & self.mask) as usize].store(Some(entry.clone()));
         self.tail.store(pos + 1, Ordering::Release);
+        entry
     }
 
     /// Closes the ring: later publishes fail, and held messages are dropped. Every entry placed
@@ -603,6 +641,68 @@ mod tests {
             panic!("last entry missing")
         };
         assert_eq!(last.cum, [1, 2, 2]);
+    }
+
+    #[test]
+    fn the_observer_sees_placed_messages_in_seq_order_and_no_events_or_remote_ones() {
+        let ring = Ring::new(8);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        assert!(ring.observe(Box::new(move |e: &Entry| {
+            s.lock().expect("lock").push(e.seq)
+        })));
+        assert!(!ring.observe(Box::new(|_: &Entry| {})), "set once");
+        let held = ring
+            .publish_held(
+                10,
+                |seq, _| payload(seq, Class::Normal),
+                |_, _| Hold::UntilResolved,
+            )
+            .expect("open");
+        ring.publish(10, |seq, _| payload(seq, Class::Low));
+        assert!(ring.publish_event(10, payload(0, Class::Protected)));
+        assert!(
+            seen.lock().expect("lock").is_empty(),
+            "nothing placed yet but the event"
+        );
+        assert!(ring.resolve(held.0, true));
+        assert_eq!(*seen.lock().expect("lock"), vec![1, 2]);
+        assert!(ring.place_remote(9, 20, payload(9, Class::Normal)));
+        assert_eq!(
+            *seen.lock().expect("lock"),
+            vec![1, 2],
+            "remote ones are not observed"
+        );
+    }
+
+    #[test]
+    fn remote_messages_follow_the_remote_numbering_and_refuse_duplicates() {
+        let ring = Ring::new(8);
+        assert!(ring.place_remote(5, 100, payload(5, Class::Normal)));
+        assert!(
+            !ring.place_remote(5, 100, payload(5, Class::Normal)),
+            "duplicate"
+        );
+        assert!(
+            !ring.place_remote(3, 100, payload(3, Class::Normal)),
+            "late"
+        );
+        assert!(ring.place_remote(7, 90, payload(7, Class::Low)));
+        let jp = ring.join_point();
+        assert_eq!(
+            (jp.pos, jp.last_seq, jp.messages, jp.cum),
+            (2, 7, 2, [0, 1, 1])
+        );
+        // A local publish continues above the remote numbering, never below its timestamps.
+        let (seq, ts) = ring
+            .publish(50, |seq, _| payload(seq, Class::Normal))
+            .expect("open");
+        assert_eq!((seq, ts), (8, 100));
+        ring.close();
+        assert!(
+            !ring.place_remote(9, 100, payload(9, Class::Normal)),
+            "closed"
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@
 //! see it only once it is durable, and a message the store refuses is seen by no one (its
 //! sequence number stays unused) while its sender is told `UNAVAILABLE`.
 
+use super::cluster::Cluster;
 use super::data::attributes_of;
 pub use super::durable::Durable;
 use super::durable::{ChangeGuard, NOT_MADE, unavailable};
@@ -191,7 +192,7 @@ fn count_in(class: Class, source: &'static str) {
 
 /// Sequence numbers reserved ahead in the store, so a restart continues above every number that
 /// may have been handed out (reserved again when half is used).
-const SEQ_RESERVE: u64 = 10_000;
+pub(crate) const SEQ_RESERVE: u64 = 10_000;
 
 /// The shared core of a running relay.
 pub struct Relay {
@@ -213,6 +214,10 @@ pub struct Relay {
     creating: Mutex<HashMap<String, Arc<Room>>>,
     /// The change lock of the app-wide lists (see [`super::durable`]).
     pub(crate) global_changes: Arc<tokio::sync::Mutex<()>>,
+    // ---- cluster ----
+    /// This relay's part in a cluster, once started (none: a single node).
+    cluster: std::sync::OnceLock<Arc<Cluster>>,
+    // ---- end cluster ----
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -263,8 +268,36 @@ impl Relay {
             last_epoch: AtomicU64::new(0),
             creating: Mutex::new(HashMap::new()),
             global_changes: Arc::new(tokio::sync::Mutex::new(())),
+            cluster: std::sync::OnceLock::new(),
         }
     }
+
+    // ---- cluster ----
+    /// This relay's part in a cluster, if it runs in one.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.get()
+    }
+
+    /// Joins the relay to a cluster (once, before serving).
+    pub fn set_cluster(&self, cluster: Arc<Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// Whether this relay sequences `room` and runs its timers: always on a single node, only
+    /// as its owner in a cluster.
+    pub(crate) fn sequences(&self, room: &str) -> bool {
+        self.cluster().is_none_or(|c| c.sequences(room))
+    }
+
+    /// Takes `room` when it has no owner (its timers found it due here): whether this relay
+    /// sequences it now.
+    pub(crate) async fn claim(self: &Arc<Self>, room: &Arc<Room>) -> bool {
+        match self.cluster() {
+            None => true,
+            Some(c) => c.clone().claim(self, room).await,
+        }
+    }
+    // ---- end cluster ----
 
     pub(crate) fn room(&self, id: &str) -> Result<Arc<Room>, WireError> {
         let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
@@ -317,37 +350,11 @@ impl Relay {
         let mut rooms = self.rooms.write().unwrap_or_else(|p| p.into_inner());
         let mut restarted = Vec::new();
         for loaded in snap.rooms {
-            let rec = loaded.record;
-            let room = Arc::new(Room::new(
-                rec.id.clone(),
-                rec.name.clone(),
-                rec.epoch,
-                rec.created_ms,
-                self.config.limits.ring_capacity,
-                self.config.budget(),
-            ));
-            let newest = loaded.newest.unwrap_or((0, 0));
-            let first = rec.seq_reserved.max(newest.0).saturating_add(1);
-            restarted.push((rec.id.clone(), rec.epoch, newest.0, first));
-            room.ring.resume_seq(first);
-            room.seq_reserved
-                .store(rec.seq_reserved.max(newest.0), Ordering::Release);
-            {
-                let mut st = room.state();
-                st.policy = rec.policy;
-                st.destroy_at_ms = rec.destroy_at_ms;
-                st.member_events = rec.member_events;
-                st.moderation = rec.moderation;
-                st.last_activity_ms = rec.last_activity_ms.max(newest.1);
-                st.persisted_activity_ms = st.last_activity_ms;
-                st.attr_version = rec.attr_version;
-                st.attrs = loaded.attrs.into_iter().collect();
-                // Memberships do not survive a restart: auto-delete attributes of owners who do
-                // not come back within the offline grace are removed by the timer pass.
-                st.restored_at = Some(now_ms());
-            }
-            self.last_epoch.fetch_max(rec.epoch, Ordering::AcqRel);
-            rooms.insert(rec.id, room);
+            let newest = loaded.newest.map_or(0, |n| n.0);
+            let first = loaded.record.seq_reserved.max(newest).saturating_add(1);
+            let room = self.room_from_store(loaded);
+            restarted.push((room.id.clone(), room.epoch, newest, first));
+            rooms.insert(room.id.clone(), room);
         }
         metrics::gauge!(m::ROOMS).set(rooms.len() as f64);
         tracing::info!(rooms = rooms.len(), "rooms restored from the store");
@@ -362,6 +369,137 @@ impl Relay {
             core.room_restarted(&id, epoch, newest, first);
         }
     }
+
+    /// A room as the store holds it, not registered yet: numbering continues above everything
+    /// reserved or stored.
+    fn room_from_store(&self, loaded: crate::store::LoadedRoom) -> Arc<Room> {
+        let rec = loaded.record;
+        let room = Arc::new(Room::new(
+            rec.id.clone(),
+            rec.name.clone(),
+            rec.epoch,
+            rec.created_ms,
+            self.config.limits.ring_capacity,
+            self.config.budget(),
+        ));
+        let newest = loaded.newest.unwrap_or((0, 0));
+        room.ring
+            .resume_seq(rec.seq_reserved.max(newest.0).saturating_add(1));
+        room.seq_reserved
+            .store(rec.seq_reserved.max(newest.0), Ordering::Release);
+        {
+            let mut st = room.state();
+            st.policy = rec.policy;
+            st.destroy_at_ms = rec.destroy_at_ms;
+            st.member_events = rec.member_events;
+            st.moderation = rec.moderation;
+            st.last_activity_ms = rec.last_activity_ms.max(newest.1);
+            st.persisted_activity_ms = st.last_activity_ms;
+            st.attr_version = rec.attr_version;
+            st.attrs = loaded.attrs.into_iter().collect();
+            // Memberships do not survive a restart: auto-delete attributes of owners who do
+            // not come back within the offline grace are removed by the timer pass.
+            st.restored_at = Some(now_ms());
+        }
+        self.last_epoch.fetch_max(rec.epoch, Ordering::AcqRel);
+        room
+    }
+
+    // ---- cluster: rooms another relay made or changed ----
+    /// Registers a room another relay created (from the shared store's state): joinable here
+    /// at once; an older incarnation under its id ends.
+    pub(crate) fn adopt_room(
+        &self,
+        record: crate::store::RoomRecord,
+        attrs: Vec<(String, crate::store::AttrRecord)>,
+    ) -> Arc<Room> {
+        let room = self.room_from_store(crate::store::LoadedRoom {
+            record,
+            attrs,
+            newest: None,
+        });
+        room.state().restored_at = None;
+        let old = {
+            let mut rooms = self.rooms.write().unwrap_or_else(|p| p.into_inner());
+            rooms.insert(room.id.clone(), room.clone())
+        };
+        if let Some(old) = &old {
+            old.close(DestroyReason::Manual);
+        } else {
+            metrics::gauge!(m::ROOMS).increment(1.0);
+        }
+        let fx = self.core().room_created(&room.id, room.epoch);
+        self.other_rooms(fx, now_ms());
+        tracing::debug!(room = %room.id, epoch = room.epoch, "room learnt from the cluster");
+        room
+    }
+
+    /// Takes a room's durable state as the shared store holds it (another relay changed it).
+    pub(crate) fn refresh_room(
+        &self,
+        room: &Room,
+        record: &crate::store::RoomRecord,
+        attrs: Vec<(String, crate::store::AttrRecord)>,
+    ) {
+        let mut st = room.state();
+        st.policy = record.policy;
+        st.destroy_at_ms = record.destroy_at_ms;
+        st.member_events = record.member_events;
+        st.moderation = record.moderation.clone();
+        st.last_activity_ms = st.last_activity_ms.max(record.last_activity_ms);
+        st.persisted_activity_ms = st.persisted_activity_ms.max(record.last_activity_ms);
+        st.attr_version = record.attr_version;
+        st.attrs = attrs.into_iter().collect();
+        room.seq_reserved
+            .fetch_max(record.seq_reserved, Ordering::AcqRel);
+        // Members here whom the room's owner banned go, as on the owner.
+        let now = now_ms();
+        let banned: Vec<String> = self
+            .core()
+            .room(&room.id)
+            .filter(|r| r.epoch == room.epoch)
+            .map(|r| {
+                r.members()
+                    .filter(|(u, _)| st.moderation.banned_until(u, now).is_some())
+                    .map(|(u, _)| u.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for user in banned {
+            self.remove_member(room, &mut st, &user, KickReason::Banned, now);
+        }
+    }
+
+    /// Ends here a room another relay destroyed: its members here learn it from the room's end,
+    /// with the reason its timers give now (a scheduled, lifetime or idle end), else `manual`.
+    /// False when it is not here.
+    pub(crate) fn drop_room_here(&self, id: &str) -> bool {
+        let Some(room) = ({
+            let mut rooms = self.rooms.write().unwrap_or_else(|p| p.into_inner());
+            rooms.remove(id)
+        }) else {
+            return false;
+        };
+        let reason = {
+            let st = room.state();
+            let life = policy::Lifecycle {
+                policy: st.policy,
+                created_ms: room.created_ms,
+                last_activity_ms: st.last_activity_ms,
+                destroy_at_ms: st.destroy_at_ms,
+                keepalive: self.global().keepalive.contains(id),
+            };
+            let idle = u64::from(self.config.rooms.idle_destroy_minutes) * 60_000;
+            policy::destroy_due(&life, idle, now_ms()).unwrap_or(DestroyReason::Manual)
+        };
+        room.close(reason);
+        let fx = self.core().room_destroyed(id, room.epoch);
+        metrics::gauge!(m::MEMBERS).decrement(fx.len() as f64);
+        metrics::gauge!(m::ROOMS).decrement(1.0);
+        tracing::info!(room = %id, "room destroyed by another relay");
+        true
+    }
+    // ---- end cluster ----
 
     // ---- connections ----
 
@@ -384,12 +522,15 @@ impl Relay {
             .is_some_and(|r| r.epoch == room.epoch && r.member(user).is_some())
     }
 
-    /// Member count of `room`.
+    /// Member count of `room` (in a cluster, with the other relays' as they last wrote them).
     pub(crate) fn member_count(&self, room: &Room) -> usize {
         let core = self.core();
-        core.room(&room.id)
+        let here = core
+            .room(&room.id)
             .filter(|r| r.epoch == room.epoch)
-            .map_or(0, |r| r.len())
+            .map_or(0, |r| r.len());
+        // ---- cluster: and on the other relays ----
+        here + self.cluster().map_or(0, |c| c.remote_members(&room.id))
     }
 
     /// Applies the core's effects in order, its lock held by the caller (so they reach the
@@ -513,8 +654,11 @@ impl Relay {
                 }
                 // Gone meanwhile: only the gauge still counts it.
                 _ => {
-                    if let Effect::Left { .. } = e {
+                    if let Effect::Left { members, .. } = e {
                         metrics::gauge!(m::MEMBERS).decrement(1.0);
+                        if let (0, Some(c)) = (members, self.cluster()) {
+                            c.room_gone(id);
+                        }
                     }
                 }
             }
@@ -524,6 +668,17 @@ impl Relay {
     /// One room effect: the member gauge and counters, activity, departed owners of
     /// auto-delete attributes, `MemberJoined`/`MemberLeft` when the room has member events.
     fn room_effect(&self, room: &Room, st: &mut RoomState, e: Effect, now: u64) {
+        // ---- cluster: the room's live traffic while it has members here ----
+        if let Some(c) = self.cluster() {
+            match &e {
+                Effect::Joined { members, .. } | Effect::Left { members, .. } => {
+                    c.interest(&room.id, *members > 0);
+                    c.count_changed(&room.id, *members);
+                }
+                _ => {}
+            }
+        }
+        // ---- end cluster ----
         match e {
             Effect::Joined { user, members, .. } => {
                 metrics::gauge!(m::MEMBERS).increment(1.0);
@@ -782,6 +937,9 @@ impl Relay {
             st.member_events = new.member_events;
         }
         room.seq_reserved.store(SEQ_RESERVE, Ordering::Release);
+        if let Some(c) = self.cluster() {
+            c.observe(&room);
+        }
         creating.insert(new.id.clone(), room.clone());
         CreateStep::Store(room, guard)
     }
@@ -943,6 +1101,9 @@ impl Relay {
             }
         }
         room.close(reason);
+        if let Some(c) = self.cluster() {
+            c.room_gone(id);
+        }
         // The members learn it from the room's end (`RoomDestroyed` after its last message).
         let fx = self
             .core()
@@ -976,7 +1137,10 @@ impl Relay {
             name: room.name.clone(),
             epoch: room.epoch,
             created_ms: room.created_ms,
-            member_count: live.map_or(0, |r| r.len()) as u64,
+            // ---- cluster: the members on the other relays too ----
+            member_count: (live.map_or(0, |r| r.len())
+                + self.cluster().map_or(0, |c| c.remote_members(&room.id)))
+                as u64,
             members: live
                 .map(|r| r.page(false, members, None))
                 .unwrap_or_default()
@@ -1076,6 +1240,18 @@ impl Relay {
             }
         };
         match self.room(room_id) {
+            // ---- cluster: answered once the room's live traffic reaches this relay ----
+            Ok(room) if self.cluster().is_some() => {
+                let info = self.join_room(conn, user, &room, wanted)?;
+                let relay = self.clone();
+                Ok(Durable::later(async move {
+                    if let Some(c) = relay.cluster() {
+                        c.live_ready(&room.id).await;
+                    }
+                    Ok(info)
+                }))
+            }
+            // ---- end cluster ----
             Ok(room) => self.join_room(conn, user, &room, wanted).map(Durable::now),
             Err(missing) if self.config.rooms.join_creates => {
                 let created = self.create_room(NewRoom {
@@ -1270,13 +1446,25 @@ impl Relay {
     /// store refuses it: the wait then answers `UNAVAILABLE` and no one has seen it. Sequence
     /// numbers are reserved in the store ahead of use (a restart continues above them); a
     /// message whose number is not durably reserved yet is held the same way until it is.
-    fn publish_stored(
+    pub(crate) fn publish_stored(
         self: &Arc<Self>,
         room: &Arc<Room>,
         out: Outgoing,
         now: u64,
         source: &'static str,
     ) -> Result<Durable<Stamped>, WireError> {
+        // ---- cluster: a room another relay sequences gets the message forwarded ----
+        if let Some(c) = self.cluster()
+            && source != "forwarded"
+            && !c.sequences(&room.id)
+        {
+            let (c, relay, room) = (c.clone(), self.clone(), room.clone());
+            return Ok(Durable::later(async move {
+                c.forward(&relay, &room, out, now, source).await
+            }));
+        }
+        let cluster = self.cluster().cloned();
+        // ---- end cluster ----
         let sync = self.config.store.durability == Durability::Sync;
         let class = out.class;
         let mut ack = Ack::done();
@@ -1315,7 +1503,13 @@ impl Relay {
                 return Hold::No;
             }
             let target = room.clone();
+            let cluster = cluster.clone();
             let then = Then::new(move |outcome| {
+                // ---- cluster: another relay took the room over ----
+                if let (Err(crate::store::StoreError::Fenced(_)), Some(c)) = (outcome, &cluster) {
+                    c.step_down(&target.id, "fenced");
+                }
+                // ---- end cluster ----
                 if outcome.is_ok() {
                     if let Some(upto) = reserve_to {
                         target.seq_reserved.fetch_max(upto, Ordering::AcqRel);

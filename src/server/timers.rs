@@ -47,7 +47,15 @@ impl Relay {
             };
             // Decided under the room's lock alone; if due, decided again with the registry
             // locked too, so activity in between keeps the room.
-            let due_now = due(&mut room.state()).is_some();
+            let mut due_now = due(&mut room.state()).is_some();
+            // ---- cluster: a room's destruction and stored timers run on its owner only; a due
+            // room with no owner is taken by the first relay whose timers find it ----
+            let mut owner = self.sequences(&room.id);
+            if due_now && !owner {
+                owner = self.claim(&room).await;
+            }
+            due_now &= owner;
+            // ---- end cluster ----
             if due_now {
                 match self.destroy_if_due(&room, due).await {
                     Ok(Some(reason)) => {
@@ -61,7 +69,9 @@ impl Relay {
                 }
             }
             self.tick_room(&room, now, &mut report);
-            self.sweep_logged(&room).await;
+            if owner {
+                self.sweep_logged(&room).await;
+            }
         }
         self.global_mut()
             .global_mutes
@@ -76,6 +86,7 @@ impl Relay {
             let mut st = room.state();
             if st.last_activity_ms >= st.persisted_activity_ms + ACTIVITY_PERSIST_MS
                 && self.store().writable()
+                && self.sequences(&room.id)
             {
                 st.persisted_activity_ms = st.last_activity_ms;
                 // Nothing is told about it: a later ack covers it, and a lost one only makes an

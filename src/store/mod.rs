@@ -224,4 +224,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Waits until everything submitted so far is durable, then stops the writer.
     fn close(&self);
+
+    // ---- cluster: a shared store ----
+    /// Reads `room` again as the shared store holds it now (another relay may have written it
+    /// since this store last did), after every earlier submit, so this store's next writes of
+    /// it expect what is there; `None` when the room is not there. A store only one relay
+    /// writes has nothing to reload and refuses.
+    fn reload_room(&self, room: &str) -> Result<Option<LoadedRoom>, StoreError> {
+        Err(StoreError::Unavailable(format!(
+            "room {room:?}: this store is not shared, there is nothing to reload"
+        )))
+    }
+    // ---- end cluster ----
 }

@@ -5,9 +5,12 @@
 //! it is home-made consensus: ordering comes from one owner per room under a KV lease, safety
 //! from JetStream's compare-and-set on the KV revision and on a subject's last sequence.
 //! **Built so far** (marked *now* below): this store, with its names, fence, outage behaviour
-//! and metrics, and `roomcast serve --cluster-nats URL` running one relay on it. **Still to
-//! build** on the room core (marked *next*): leases, forwarding, live fan-out, KV-watch caches,
-//! member counts; a second relay on the same NATS is fenced off by the store meanwhile.
+//! and metrics; `roomcast serve --cluster-nats URL`; and several relays sharing rooms
+//! (`crate::server::cluster`): room leases, forwarded sends, live fan-out with interest routing,
+//! admin changes of a room through any relay (forwarded to its owner), and one KV watch per
+//! relay keeping its rooms current, member counts across relays. **Still to build** (marked
+//! *next*): the app-wide lists written through any relay, member lists and join/leave events
+//! across relays, resume on another relay.
 //!
 //! # Names
 //! Everything lives under `cluster.prefix` (`P`, default `roomcast`). A room id becomes one
@@ -20,10 +23,10 @@
 //! |---|---|---|---|
 //! | history (*now*) | `P_history` | stream, file, `cluster.replicas` | `P.hist.m.R` messages, `P.hist.x.R` recall markers |
 //! | room state (*now*) | `P_state` | KV, history 1 | `room.R` → `{record, attrs}` (JSON), `global` → the app-wide lists |
-//! | leases (*next*) | `P_leases` | KV, per-entry TTL | `room.R` → `{node, term}` |
-//! | member counts (*next*) | `P_members` | KV, TTL | `R.<node>` → that relay's count |
-//! | live traffic (*next*) | — | core NATS | `P.live.R` |
-//! | forwarded requests (*next*) | — | core NATS request/reply | `P.fwd.R` |
+//! | leases (*now*) | `P_leases` | KV, history 1, age limit = `cluster.lease_ttl_ms` | `room.R` → `{node, term}` |
+//! | member counts (*now*) | `P_members` | KV, memory, age limit 3 × lease TTL | `R.<node>` → that relay's count |
+//! | live traffic (*now*) | — | core NATS | `P.live.R` |
+//! | forwarded requests (*now*) | — | core NATS request/reply | `P.fwd.R`: sends, and admin calls (`Roomcast-Admin` header) |
 //!
 //! History retention is the stream's own: `max_msgs_per_subject = store.history_max` (count per
 //! room) and `max_age = store.history_max_age_secs` (age since stored), with direct gets so any
@@ -66,38 +69,61 @@
 //! again the writer looks, and undoes it (deletes the message, restores the KV value) if it did,
 //! so what a client was told (refused) is what a restart finds.
 //!
-//! # Ownership and the lease (*next*)
-//! One relay at a time sequences a room: the owner. `acquire` = KV `create(room.R)` in
-//! `P_leases` with `{node, term}`, the entry's TTL = the lease TTL; `renew` = `update` on the
-//! revision it holds, every TTL/3. Only the holder's revision matches, so renewals are
-//! compare-and-set, and an owner that cannot renew loses the entry when its TTL runs out. A stale
-//! owner learns it lost in three ways, the last of which needs no clock: (1) a renewal refused on
-//! the revision; (2) its own timer: it stops sequencing once TTL minus a safety margin has passed
-//! since its last *acknowledged* renewal, before anyone else can acquire; (3) the fence: a new
-//! owner, right after acquiring, reloads the room (KV value and the subject's last sequence),
-//! reserves sequence numbers above `seq_reserved` (KV compare-and-set, as after a restart), and
-//! appends a fence marker (an empty message with a `Roomcast-Fence: term` header, skipped by
-//! readers) to `P.hist.m.R`; every later append of the old owner is refused (`Fenced`), so no
-//! sequence number is ever durable twice. `Fenced` turns into the core input "ownership lost":
-//! the core steps down (drops its sequencer and timers; sends are forwarded from then on).
+//! # Ownership and the lease (*now*)
+//! One relay at a time sequences a room: the owner. `acquire` = KV `create(room.R)` in `P_leases`
+//! with `{node, term}` (the bucket's age limit is the lease TTL, so an entry not written for a TTL
+//! is gone; `term` is the revision of the acquiring write, set by the write right after it);
+//! `renew` = `update` on the revision it holds, every TTL/3. A room gets an owner with its first
+//! send (no responder on `P.fwd.R`: the sending relay acquires); a clean shutdown purges the
+//! relay's leases on their revisions; a relay that finds a lease under its own node id (an earlier
+//! run of it) takes it back at once by `update` on its revision. Only the holder's revision
+//! matches, so renewals are compare-and-set, and an owner that cannot renew loses the entry when
+//! its TTL runs out. A stale owner learns it lost in three ways, the last of which needs no clock:
+//! (1) a renewal refused on the revision; (2) its own timer: it stops sequencing once TTL minus a
+//! safety margin has passed since its last *acknowledged* renewal, before anyone else can acquire;
+//! (3) the fence: a new owner, right after acquiring, reloads the room (KV value and the subject's
+//! last sequence), reserves sequence numbers above `seq_reserved` (KV compare-and-set, as after a
+//! restart: the old owner's next KV write is refused), and its first append moves the subject's
+//! last sequence on (the old owner's next append is refused), so no sequence number is ever durable
+//! twice. (*next*: a fence marker appended at once — an empty message with a `Roomcast-Fence: term`
+//! header, skipped by readers — so the old owner's appends are refused even before the new owner's
+//! first.) `Fenced` makes the relay step down: it stops sequencing the room, and its sends are
+//! forwarded from then on. The decisions on times (when to renew, when to stop) are
+//! `crate::server::cluster::lease`, plain code taking `now`.
 //! **Failover time**: a dead owner's rooms move within one lease TTL plus one renewal interval.
+//! A hung owner (paused, cut off) still holds its subscriptions: a request forwarded to it times
+//! out (twice the request timeout plus a second), and is never sent again; the sender's relay
+//! then takes the room if the lease has run out, else refuses (the owner may still make it).
 //!
-//! # Sends, fan-out and interest routing (*next*)
-//! A member's send on a relay that does not own the room is a request on `P.fwd.R`, answered by
-//! the owner with `{seq, ts}` once the append is durable (or with the owner's error); no
-//! responder means no owner: the relay tries to acquire the lease and handles it itself. The
-//! owner publishes every accepted message once on `P.live.R` (the event frame, encoded once, with
-//! seq and class headers); low-priority messages that history does not keep go the same way,
-//! unstored. A relay subscribes to `P.live.R` only while it has members in the room: NATS sends a
-//! message to each relay with members once, and none to a relay without. Each relay puts what
-//! arrives into the room's local ring, so classes, shedding, datagrams and exact `Gap` counts are
-//! the single-node ones. Admin changes made on any relay are requests to the owner on the same
-//! subject; their result is the KV write, which every relay sees through one `watch_all` on
-//! `P_state` (one consumer per relay, not per room) to keep its cache of rooms, moderation lists
-//! and attributes current. Member lists and counts: each relay writes its count per room to
-//! `P_members` (on change, at most every `rooms.member_count_interval_ms`); a total is a listing
-//! of `R.*`, bounded by the number of relays. Timers (idle destroy, lifetime, scheduled
-//! destroy) run once per room, on its owner; offline exit runs where the member's session was.
+//! # Sends, fan-out and interest routing (*now*)
+//! A member's send on a relay that does not own the room is a request on `P.fwd.R`, answered by the
+//! owner with `{seq, ts}` once the append is durable (or with the owner's error); no responder
+//! means no owner: the relay tries to acquire the lease and handles it itself. The owner publishes
+//! every message its ring places once on `P.live.R` (the delivery frame, encoded once, which
+//! carries seq, ts and class; a `Roomcast-Keep` header when join history keeps it), in placement
+//! order, i.e. seq order; low-priority messages that history does not keep go the same way,
+//! unstored. The relays' connection for this is `no_echo`: an owner with members never receives its
+//! own traffic back. A relay subscribes to `P.live.R` only while it has members in the room: NATS
+//! sends a message to each relay with members once, and none to a relay without. Each relay puts
+//! what arrives into the room's local ring, so classes, shedding, datagrams and exact `Gap` counts
+//! are the single-node ones; a join is answered once the subscription is in place at the server.
+//! Every relay follows `P_state` through one watch (from the last value of each key; one consumer
+//! per relay, not per room) to keep its cache of rooms, policies, moderation lists, attributes and
+//! the app-wide lists current: rooms created or destroyed elsewhere appear and end here, and
+//! members banned elsewhere are removed here. Admin changes of a room made on a relay that does not
+//! own it are requests to the owner on the same subject: the admin call itself (method, path,
+//! body), run by the owner's admin API, whose answer is returned as it is (no owner: the relay
+//! acquires and runs it). (*next*) The app-wide lists (`global`) have no owner yet: a write of them
+//! is fenced on a relay whose revision is stale. Member lists and counts: each relay writes its
+//! count per room to `P_members` (on change, at most every `rooms.member_count_interval_ms`); a
+//! total is a listing of `R.*`, bounded by the number of relays (*now*: each relay writes on
+//! change, at most every interval, and all its counts every lease TTL; each follows the bucket with
+//! one watch and sums the counts written within three TTLs; member *lists* stay per relay, *next*).
+//! Timers that store (idle destroy, lifetime, scheduled destroy, activity times, attribute sweeps)
+//! run once per room, on its owner (*now*); offline exit runs where the member's session was. A
+//! room whose destruction is due and that has no owner is acquired by the first relay whose timer
+//! pass finds it; the other relays learn the end from the state bucket (the key's deletion) and
+//! tell their members the reason their own timers give (scheduled, lifetime, idle; else manual).
 //!
 //! # Resume (*next*, client side first)
 //! Resume is client-driven so it works on any relay: the client rejoins a room telling the epoch
@@ -108,8 +134,11 @@
 //! `Resumed{missed}`, never silently skipped; a room whose epoch changed is reported destroyed.
 //!
 //! # Guarantees
-//! - **Ordering**: per room, `seq` is contiguous and assigned by one writer; every member
-//!   receives in seq order, and a skipped range is an exact `Gap`.
+//! - **Ordering**: per room, `seq` is assigned by one writer at a time and only increases (past
+//!   the numbers the last owner reserved when ownership moves, as after a restart); every
+//!   member receives in seq order, and a range skipped on its own relay is an exact `Gap`.
+//! - **Failover time**: a dead owner's rooms can be taken by another relay once its lease has
+//!   run out: within one lease TTL of its last renewal, about 4/3 TTL after it died at worst.
 //! - **Durability**: a `{seq, ts}` reply (and an admin call's answer) means JetStream acknowledged
 //!   the write: with one NATS server it is in that server's store (written through to its file;
 //!   fsynced per the server's `sync_interval`, `always` for power-loss safety); with
@@ -120,15 +149,18 @@
 //!   themselves when NATS answers.
 //!
 //! # Mapping onto the room core
-//! The core takes inputs with `now` and returns effects. Cluster mode adds inputs — a message
-//! from `P.live.R`, a KV change of `room.R`, "ownership acquired", "ownership lost" (from a
-//! refused renewal, the lease timer, or `Fenced`), a forwarded request — and effects: store ops
-//! (this store, fenced), "publish live", "forward to the owner", "subscribe / unsubscribe
-//! `P.live.R`" (on the first member in / last member out), "renew / release the lease". A relay
-//! that does not own a room runs the same core without a sequencer: it only fans out what arrives.
+//! The membership core is unchanged: the first member in and the last member out of a room on
+//! a relay are its `Joined{members: 1}` and `Left{members: 0}` effects, which the shell turns into
+//! subscribing to and unsubscribing from `P.live.R`. Sequencing is the ring's: the owner's ring
+//! stamps and places messages (an observer publishes what it places), a non-owner's ring places
+//! what arrives with the owner's numbers (`Ring::place_remote`) and never stamps; the relay
+//! forwards a send when `Cluster::sequences(room)` says it does not own the room now.
+//! **Guarantee of live traffic**: core NATS is at most once; a relay that loses its connection
+//! for a moment misses what was published meanwhile, with no `Gap` for it (*next*: resume
+//! from history).
 
 mod names;
 mod store;
 
 pub use names::{HistoryKind, Names, decode as decode_room, encode as encode_room};
-pub use store::{NatsAuth, NatsConfig, NatsStore};
+pub use store::{NatsAuth, NatsConfig, NatsStore, StateValue, connect_options, parse_state};

@@ -122,6 +122,37 @@ impl Names {
 
     /// The key of the app-wide lists in the state bucket.
     pub const GLOBAL_KEY: &'static str = "global";
+
+    /// The KV bucket of room leases (one owner per room).
+    pub fn leases_bucket(&self) -> String {
+        format!("{}_leases", self.prefix)
+    }
+
+    /// The KV bucket of member counts: each relay's count of each room.
+    pub fn members_bucket(&self) -> String {
+        format!("{}_members", self.prefix)
+    }
+
+    /// The key of `node`'s member count of `room` in the members bucket.
+    pub fn members_key(&self, room: &str, node: &str) -> String {
+        format!("{}.{node}", encode(room))
+    }
+
+    /// The room and node of a members-bucket key.
+    pub fn parse_members_key(&self, key: &str) -> Option<(String, String)> {
+        let (room, node) = key.split_once('.')?;
+        Some((decode(room)?, node.to_owned()))
+    }
+
+    /// The core-NATS subject a room's owner publishes its accepted messages on.
+    pub fn live(&self, room: &str) -> String {
+        format!("{}.live.{}", self.prefix, encode(room))
+    }
+
+    /// The core-NATS subject of sends forwarded to a room's owner.
+    pub fn forward(&self, room: &str) -> String {
+        format!("{}.fwd.{}", self.prefix, encode(room))
+    }
 }
 
 #[cfg(test)]
@@ -144,6 +175,14 @@ mod tests {
             Some((HistoryKind::Recall, "eu.lobby".to_owned()))
         );
         assert_eq!(n.parse_history("roomcast.hist.q.lobby"), None);
+        assert_eq!(n.live("eu.lobby"), "roomcast.live.eu=2Elobby");
+        assert_eq!(n.forward("eu.lobby"), "roomcast.fwd.eu=2Elobby");
+        assert_eq!(n.leases_bucket(), "roomcast_leases");
+        assert_eq!(n.members_key("eu.lobby", "relay-a"), "eu=2Elobby.relay-a");
+        assert_eq!(
+            n.parse_members_key("eu=2Elobby.relay-a"),
+            Some(("eu.lobby".to_owned(), "relay-a".to_owned()))
+        );
         assert_eq!(
             n.parse_room_key("room.eu=2Elobby").as_deref(),
             Some("eu.lobby")

@@ -151,6 +151,11 @@ enum Job {
         ack: Option<oneshot::Sender<Result<(), StoreError>>>,
     },
     Close(std::sync::mpsc::Sender<()>),
+    /// Read one room again (see [`Store::reload_room`]).
+    Reload {
+        room: String,
+        done: std::sync::mpsc::Sender<Result<Option<LoadedRoom>, StoreError>>,
+    },
 }
 
 /// The durable store in NATS JetStream: rooms, attributes and the app-wide lists in one KV
@@ -188,8 +193,11 @@ async fn timed<T>(op: &'static str, fut: impl Future<Output = T>) -> T {
     out
 }
 
-/// Connects with `cfg`'s servers, credentials and TLS; connection changes reach `health`.
-async fn connect(cfg: &NatsConfig, health: Arc<Health>) -> Result<async_nats::Client, StoreError> {
+/// The connect options of `cfg` (credentials, TLS, timeouts) and its server addresses, for
+/// every connection a relay makes to NATS.
+pub async fn connect_options(
+    cfg: &NatsConfig,
+) -> Result<(async_nats::ConnectOptions, Vec<async_nats::ServerAddr>), StoreError> {
     let mut opts = match &cfg.auth {
         NatsAuth::None => async_nats::ConnectOptions::new(),
         NatsAuth::Creds(path) => async_nats::ConnectOptions::with_credentials_file(path)
@@ -219,9 +227,16 @@ async fn connect(cfg: &NatsConfig, health: Arc<Health>) -> Result<async_nats::Cl
                 .map_err(|e| unavailable(&format!("server URL {s:?}"), e))
         })
         .collect::<Result<_, _>>()?;
-    opts.name(format!("roomcast {}", cfg.node_id))
+    let opts = opts
         .connection_timeout(cfg.request_timeout)
-        .request_timeout(Some(cfg.request_timeout))
+        .request_timeout(Some(cfg.request_timeout));
+    Ok((opts, servers))
+}
+
+/// Connects with `cfg`'s servers, credentials and TLS; connection changes reach `health`.
+async fn connect(cfg: &NatsConfig, health: Arc<Health>) -> Result<async_nats::Client, StoreError> {
+    let (opts, servers) = connect_options(cfg).await?;
+    opts.name(format!("roomcast {}", cfg.node_id))
         .event_callback(move |event| {
             let health = health.clone();
             async move {
@@ -857,6 +872,78 @@ impl Nats {
         Ok(())
     }
 
+    /// Reads `room` as NATS holds it now: its value and revision, its history subject's last
+    /// stream sequence and newest message, and where each of its messages is.
+    async fn reload(
+        &self,
+        state: &mut State,
+        room: &str,
+    ) -> Result<Option<LoadedRoom>, StoreError> {
+        let entry = timed("kv_get", self.state_kv.entry(self.names.room_key(room)))
+            .await
+            .map_err(|e| unavailable("reloading a room", e))?;
+        let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+            state.rooms.remove(room);
+            return Ok(None);
+        };
+        let value: RoomValue = decode_json(&entry.value, &format!("room {room:?}"))?;
+        let last = |kind| {
+            let subject = self.names.history(kind, room);
+            async move {
+                match timed(
+                    "get_last",
+                    self.history.direct_get_last_for_subject(subject),
+                )
+                .await
+                {
+                    Ok(raw) => Ok(Some(raw.sequence)),
+                    Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(unavailable("reloading a room's history", e)),
+                }
+            }
+        };
+        let last_msg = last(HistoryKind::Message).await?;
+        let last_marker = last(HistoryKind::Recall).await?;
+        let mut newest: Option<(u64, u64)> = None;
+        self.index
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(room);
+        if last_msg.is_some() || last_marker.is_some() {
+            let all = jetstream::consumer::DeliverPolicy::All;
+            self.scan(
+                &self.history,
+                all,
+                self.names.history_any(room),
+                "reloading a room's history",
+                |msg, sseq| {
+                    let stored: StoredMessage = decode_msg(&msg.payload, room, sseq)?;
+                    self.index_insert(room, stored.seq, sseq);
+                    if newest.is_none_or(|(seq, _)| seq < stored.seq) {
+                        newest = Some((stored.seq, stored.ts));
+                    }
+                    Ok(())
+                },
+            )
+            .await?;
+        }
+        let loaded = value.record.clone().map(|record| LoadedRoom {
+            record,
+            attrs: value.attrs.clone().into_iter().collect(),
+            newest,
+        });
+        state.rooms.insert(
+            room.to_owned(),
+            RoomState {
+                value,
+                revision: entry.revision,
+                last_hist: last_msg.unwrap_or(0),
+                newest,
+            },
+        );
+        Ok(loaded)
+    }
+
     /// Whether NATS answers now: a stream info request.
     async fn probe(&self) -> Result<(), StoreError> {
         if self.client.connection_state() != async_nats::connection::State::Connected {
@@ -1049,6 +1136,44 @@ fn fold(value: &mut RoomValue, op: &Op) {
     }
 }
 
+/// A value of the state bucket, as a relay other than its writer reads it (see
+/// [`parse_state`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum StateValue {
+    /// A room's record (`None` while it has none) and attributes.
+    Room {
+        /// Room id.
+        id: String,
+        /// Its record.
+        record: Option<RoomRecord>,
+        /// Its attributes by key.
+        attrs: Vec<(String, AttrRecord)>,
+    },
+    /// The app-wide lists.
+    Global(GlobalPolicy),
+}
+
+/// Decodes the state bucket's value `value` at `key`; `None` for a key roomcast does not
+/// write there.
+pub fn parse_state(
+    names: &Names,
+    key: &str,
+    value: &[u8],
+) -> Result<Option<StateValue>, StoreError> {
+    if key == Names::GLOBAL_KEY {
+        return decode_json(value, "the app-wide lists").map(|g| Some(StateValue::Global(g)));
+    }
+    let Some(id) = names.parse_room_key(key) else {
+        return Ok(None);
+    };
+    let v: RoomValue = decode_json(value, &format!("room {id:?}"))?;
+    Ok(Some(StateValue::Room {
+        id,
+        record: v.record,
+        attrs: v.attrs.into_iter().collect(),
+    }))
+}
+
 fn encode_json<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(v).map_err(|e| StoreError::Damaged(format!("encoding: {e}")))
 }
@@ -1101,6 +1226,14 @@ async fn writer(nats: Arc<Nats>, mut state: State, rx: flume::Receiver<Job>, hea
             Job::Close(done) => {
                 let _ = done.send(());
                 return;
+            }
+            Job::Reload { room, done } => {
+                let out = if health.writable() {
+                    nats.reload(&mut state, &room).await
+                } else {
+                    Err(health.refusal())
+                };
+                let _ = done.send(out);
             }
             Job::Ops { ops, then, ack } => {
                 let outcome = if health.writable() {
@@ -1225,6 +1358,26 @@ impl Store for NatsStore {
         };
         let nats = self.nats.clone();
         self.block(async move { nats.get(sseq).await })
+    }
+
+    fn reload_room(&self, room: &str) -> Result<Option<LoadedRoom>, StoreError> {
+        if !self.health.writable() {
+            return Err(self.health.refusal());
+        }
+        let (done, rx) = std::sync::mpsc::channel();
+        let job = Job::Reload {
+            room: room.to_owned(),
+            done,
+        };
+        if self.tx.try_send(job).is_err() {
+            metrics::counter!(m::NATS_QUEUE_FULL).increment(1);
+            return Err(StoreError::Unavailable(
+                "the NATS store's queue is full".into(),
+            ));
+        }
+        // Behind what was queued before it, each bounded by its timeouts.
+        rx.recv_timeout(self.nats.timeout * 4)
+            .map_err(|_| unavailable("reloading a room", "no answer in time"))?
     }
 
     fn close(&self) {

@@ -1,5 +1,11 @@
 //! Which store a relay runs on: the embedded redb file, or NATS JetStream when `[cluster] nats`
-//! names servers; and the relay's node id in the cluster.
+//! names servers; the relay's node id in the cluster; and its part in the cluster
+//! ([`Cluster`]: room leases, forwarded sends, live fan-out, the shared state's cache).
+
+pub mod lease;
+mod node;
+
+pub use node::{AdminAnswer, AdminCall, AdminHandler, Cluster, ClusterError};
 
 use super::{STORE_FILE, ServerError};
 use crate::config::Config;
@@ -9,6 +15,20 @@ use std::sync::Arc;
 
 /// File in the data folder holding the generated node id.
 pub const NODE_ID_FILE: &str = "node.id";
+
+/// Starts `relay`'s part in the cluster `config` names (none for a single node).
+pub async fn start(config: &Config, relay: &Arc<super::Relay>) -> Result<(), ServerError> {
+    let Some(mut nats) = config.nats_config() else {
+        return Ok(());
+    };
+    if nats.node_id.is_empty() {
+        nats.node_id = node_id(&config.server.data)?;
+    }
+    let counts = std::time::Duration::from_millis(config.rooms.member_count_interval_ms);
+    let cluster = Cluster::start(relay, nats, config.cluster.lease_ttl_ms, counts).await?;
+    relay.set_cluster(cluster);
+    Ok(())
+}
 
 /// Opens the store `config` asks for.
 pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServerError> {

@@ -1,0 +1,1262 @@
+//! One relay's part in a cluster (see [`crate::store::nats`] for the design): the room leases it
+//! holds, the sends it forwards to other rooms' owners and answers for its own, the live traffic
+//! it publishes and subscribes to, and its cache of every room's state from one KV watch.
+
+use super::lease::{Lease, LeaseStep};
+use crate::metrics as m;
+use crate::protocol::{Class, ErrorCode, Event, WireError, decode_body, encode_datagram};
+use crate::room::{Entry, Outgoing, Payload, Room};
+use crate::server::ServerError;
+use crate::server::relay::{Relay, SEQ_RESERVE, Stamped, now_ms};
+use crate::store::nats::{Names, StateValue, parse_state};
+use crate::store::{NatsConfig, Op};
+use async_nats::jetstream::{self, kv};
+use async_nats::{HeaderMap, RequestErrorKind};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+
+/// Live messages queued for NATS at most; past it one is dropped and counted in
+/// [`m::CLUSTER_LIVE_DROPPED`].
+const LIVE_QUEUE: usize = 65_536;
+/// Forwarded sends an owner works on at once per room; past it a request is answered
+/// `UNAVAILABLE` at once.
+const SERVING: usize = 4_096;
+/// Longest pause between a forwarded send's tries to find or become the room's owner.
+const FORWARD_PAUSE_MAX: Duration = Duration::from_millis(200);
+/// Header of a live message: present when join history may show it.
+const KEEP_HEADER: &str = "Roomcast-Keep";
+/// A member count not rewritten for this many lease TTLs is gone (its relay is).
+const COUNT_TTLS: u32 = 3;
+/// Header of a forwarded request that is an admin change ([`AdminCall`]), not a send.
+const ADMIN_HEADER: &str = "Roomcast-Admin";
+
+/// Why the cluster could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// NATS refused or did not answer.
+    #[error("cluster: {0}")]
+    Nats(String),
+}
+
+impl From<ClusterError> for ServerError {
+    fn from(e: ClusterError) -> Self {
+        ServerError::Data(e.to_string())
+    }
+}
+
+fn nats_err(what: &str, e: impl std::fmt::Display) -> ClusterError {
+    ClusterError::Nats(format!("NATS: {what}: {e}"))
+}
+
+fn unavailable(msg: impl Into<String>) -> WireError {
+    WireError::new(ErrorCode::Unavailable, msg)
+}
+
+/// A task stopped when its handle goes.
+struct Owned<T>(JoinHandle<T>);
+
+impl<T> Drop for Owned<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The lease value in `P_leases`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LeaseValue {
+    node: String,
+    /// The KV revision at which this owner acquired the lease (0 in the acquiring write).
+    term: u64,
+}
+
+/// A room this relay owns.
+struct Held {
+    lease: Lease,
+    revision: u64,
+    term: u64,
+    /// Answers the room's forwarded requests; told to stop when this relay steps down.
+    responder: Owned<()>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+/// A room whose live subject this relay is subscribed to.
+struct LiveSub {
+    ready: tokio::sync::watch::Receiver<bool>,
+    _task: Owned<()>,
+}
+
+/// One live message on its way to NATS.
+struct LiveOut {
+    subject: String,
+    keep: bool,
+    frame: Bytes,
+}
+
+/// A send forwarded to a room's owner.
+#[derive(Debug, Serialize, Deserialize)]
+struct Forwarded {
+    from: String,
+    msg_type: String,
+    body: Bytes,
+    class: Class,
+    keep: bool,
+}
+
+/// An admin API call forwarded to a room's owner.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdminCall {
+    /// HTTP method.
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// The `Content-Type` header, if any.
+    pub content_type: Option<String>,
+    /// The request body.
+    pub body: Bytes,
+}
+
+/// The owner's admin API answer to an [`AdminCall`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdminAnswer {
+    /// HTTP status.
+    pub status: u16,
+    /// The `Content-Type` header, if any.
+    pub content_type: Option<String>,
+    /// The response body.
+    pub body: Bytes,
+}
+
+impl AdminAnswer {
+    /// An error answer as the admin API gives it (`{"error", "message"}`).
+    pub fn error(code: ErrorCode, message: String) -> Self {
+        let body = serde_json::json!({"error": code, "message": message});
+        AdminAnswer {
+            status: code.http_status(),
+            content_type: Some("application/json".into()),
+            body: Bytes::from(body.to_string()),
+        }
+    }
+}
+
+/// Runs a forwarded admin call through this relay's admin API.
+pub type AdminHandler = Arc<
+    dyn Fn(AdminCall) -> std::pin::Pin<Box<dyn std::future::Future<Output = AdminAnswer> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// The owner's answer to a forwarded send.
+#[derive(Debug, Serialize, Deserialize)]
+enum ForwardReply {
+    Sent { seq: u64, ts: u64 },
+    Refused(WireError),
+}
+
+/// One room's member counts on the other relays: node → (count, when it was last written).
+type NodeCounts = HashMap<String, (usize, Instant)>;
+
+/// A relay's part in the cluster.
+pub struct Cluster {
+    node: String,
+    names: Names,
+    client: async_nats::Client,
+    leases: kv::Store,
+    state: kv::Store,
+    ttl_ms: u64,
+    timeout: Duration,
+    started: Instant,
+    relay: Weak<Relay>,
+    held: Mutex<HashMap<String, Held>>,
+    live: Mutex<HashMap<String, LiveSub>>,
+    live_tx: flume::Sender<LiveOut>,
+    /// One acquisition at a time (they are rare: a room's first send, or a failover).
+    acquiring: tokio::sync::Mutex<()>,
+    /// This relay's admin API, for changes other relays forward (dropped at shutdown).
+    admin: Mutex<Option<AdminHandler>>,
+    /// Responders of rooms this relay stepped down from, answering what they had taken.
+    retired: Mutex<Vec<Owned<()>>>,
+    members: kv::Store,
+    /// This relay's member count per room, and whether it is to be written.
+    counts: Mutex<HashMap<String, (usize, bool)>>,
+    /// The other relays' member counts per room, by node, with when each was last written.
+    remote_counts: Mutex<HashMap<String, NodeCounts>>,
+    count_interval: Duration,
+    tasks: Mutex<Vec<Owned<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Cluster {
+    /// Connects (a connection of its own, which never receives what it publishes), opens the
+    /// leases bucket (making it, or setting its age limit to the lease TTL) and the state
+    /// bucket, and starts the renewals, the live publisher and the state watch.
+    pub async fn start(
+        relay: &Arc<Relay>,
+        nats: NatsConfig,
+        ttl_ms: u64,
+        count_interval: Duration,
+    ) -> Result<Arc<Cluster>, ClusterError> {
+        let (opts, servers) = crate::store::nats::connect_options(&nats)
+            .await
+            .map_err(|e| ClusterError::Nats(e.to_string()))?;
+        let client = opts
+            .name(format!("roomcast {} cluster", nats.node_id))
+            .no_echo()
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        metrics::gauge!(m::CLUSTER_CONNECTED).set(1.0);
+                    }
+                    async_nats::Event::Disconnected => {
+                        metrics::gauge!(m::CLUSTER_CONNECTED).set(0.0);
+                        tracing::warn!("lost the cluster connection to NATS; sends to rooms other relays own are refused");
+                    }
+                    other => tracing::debug!(event = %other, "NATS cluster connection event"),
+                }
+            })
+            .connect(servers)
+            .await
+            .map_err(|e| nats_err(&format!("cannot connect to {}", nats.servers.join(", ")), e))?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(nats.request_timeout)
+            .build(client.clone());
+        let names = Names::new(&nats.prefix);
+        let ttl = Duration::from_millis(ttl_ms);
+        let leases = match js.get_key_value(names.leases_bucket()).await {
+            Ok(kv) => {
+                let stream_name = format!("KV_{}", names.leases_bucket());
+                let mut stream = js
+                    .get_stream(&stream_name)
+                    .await
+                    .map_err(|e| nats_err("opening the leases bucket", e))?;
+                let info = stream
+                    .info()
+                    .await
+                    .map_err(|e| nats_err("reading the leases bucket", e))?;
+                if info.config.max_age != ttl {
+                    let mut changed = info.config.clone();
+                    changed.max_age = ttl;
+                    js.update_stream(changed)
+                        .await
+                        .map_err(|e| nats_err("setting the leases bucket's TTL", e))?;
+                }
+                kv
+            }
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: names.leases_bucket(),
+                    history: 1,
+                    max_age: ttl,
+                    storage: jetstream::stream::StorageType::File,
+                    num_replicas: nats.replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| nats_err("creating the leases bucket", e))?,
+        };
+        let state = js
+            .get_key_value(names.state_bucket())
+            .await
+            .map_err(|e| nats_err("opening the state bucket", e))?;
+        // A relay rewrites its counts every lease TTL; a dead relay's go after three.
+        let members = match js.get_key_value(names.members_bucket()).await {
+            Ok(kv) => kv,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: names.members_bucket(),
+                    history: 1,
+                    max_age: ttl * COUNT_TTLS,
+                    storage: jetstream::stream::StorageType::File,
+                    num_replicas: nats.replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| nats_err("creating the members bucket", e))?,
+        };
+        let (live_tx, live_rx) = flume::bounded(LIVE_QUEUE);
+        let cluster = Arc::new(Cluster {
+            node: nats.node_id.clone(),
+            names,
+            client,
+            leases,
+            state,
+            ttl_ms,
+            timeout: nats.request_timeout,
+            started: Instant::now(),
+            relay: Arc::downgrade(relay),
+            held: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
+            live_tx,
+            acquiring: tokio::sync::Mutex::new(()),
+            admin: Mutex::new(None),
+            retired: Mutex::new(Vec::new()),
+            members,
+            counts: Mutex::new(HashMap::new()),
+            remote_counts: Mutex::new(HashMap::new()),
+            count_interval,
+            tasks: Mutex::new(Vec::new()),
+        });
+        for room in relay.all_rooms() {
+            cluster.observe(&room);
+        }
+        let tasks = vec![
+            Owned(tokio::spawn(publisher(cluster.client.clone(), live_rx))),
+            Owned(tokio::spawn(renewer(Arc::downgrade(&cluster)))),
+            Owned(tokio::spawn(watcher(Arc::downgrade(&cluster)))),
+            Owned(tokio::spawn(count_writer(Arc::downgrade(&cluster)))),
+            Owned(tokio::spawn(count_watcher(Arc::downgrade(&cluster)))),
+        ];
+        *lock(&cluster.tasks) = tasks;
+        metrics::gauge!(m::CLUSTER_OWNED_ROOMS).set(0.0);
+        metrics::gauge!(m::CLUSTER_LIVE_ROOMS).set(0.0);
+        metrics::gauge!(m::CLUSTER_CONNECTED).set(1.0);
+        tracing::info!(node = %cluster.node, lease_ttl_ms = ttl_ms, "cluster: rooms span relays");
+        Ok(cluster)
+    }
+
+    /// Milliseconds on this relay's monotonic clock (the lease's time base).
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    // ---- live traffic ----
+
+    /// Makes `room` publish every message it places (as its owner sequences them) once on its
+    /// live subject.
+    pub fn observe(&self, room: &Room) {
+        let tx = self.live_tx.clone();
+        let subject = self.names.live(&room.id);
+        room.ring.observe(Box::new(move |e: &Entry| {
+            let out = LiveOut {
+                subject: subject.clone(),
+                keep: e.history.is_some(),
+                frame: e.frame.clone(),
+            };
+            if tx.try_send(out).is_err() {
+                metrics::counter!(m::CLUSTER_LIVE_DROPPED).increment(1);
+            }
+        }));
+    }
+
+    /// This relay has members of `room` (`on`: its first came) or none any more: subscribes to
+    /// the room's live subject, or unsubscribes.
+    pub fn interest(self: &Arc<Self>, room: &str, on: bool) {
+        let mut live = lock(&self.live);
+        if !on {
+            if live.remove(room).is_some() {
+                metrics::gauge!(m::CLUSTER_LIVE_ROOMS).decrement(1.0);
+            }
+            return;
+        }
+        if live.contains_key(room) {
+            return;
+        }
+        let (ready_tx, ready) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(live_in(Arc::downgrade(self), room.to_owned(), ready_tx));
+        live.insert(
+            room.to_owned(),
+            LiveSub {
+                ready,
+                _task: Owned(task),
+            },
+        );
+        metrics::gauge!(m::CLUSTER_LIVE_ROOMS).increment(1.0);
+    }
+
+    /// Waits (at most the request timeout) until the live subscription of `room`, if this relay
+    /// has one, is in place at the NATS server: a join answered after it misses nothing the
+    /// owner publishes later.
+    pub async fn live_ready(&self, room: &str) {
+        let ready = lock(&self.live).get(room).map(|s| s.ready.clone());
+        if let Some(mut ready) = ready {
+            let waited = tokio::time::timeout(self.timeout, ready.wait_for(|r| *r)).await;
+            if !matches!(waited, Ok(Ok(_))) {
+                tracing::warn!(room, "the live subscription is not in place yet");
+            }
+        }
+    }
+
+    /// Puts a live message from the owner into the room's local ring.
+    fn place(&self, room_id: &str, msg: &async_nats::Message) {
+        let Some(relay) = self.relay.upgrade() else {
+            return;
+        };
+        metrics::counter!(m::CLUSTER_MESSAGES_IN).increment(1);
+        metrics::counter!(m::CLUSTER_BYTES_IN).increment(msg.payload.len() as u64);
+        let Ok(room) = relay.room(room_id) else {
+            return;
+        };
+        let frame = msg.payload.clone();
+        let event = match frame.get(4..).map(decode_body::<Event>) {
+            Some(Ok(Event::Message(m))) if m.room == room.id => m,
+            _ => {
+                tracing::warn!(room = room_id, "a live message that is not one; dropped");
+                return;
+            }
+        };
+        let keep = msg
+            .headers
+            .as_ref()
+            .is_some_and(|h| h.get(KEEP_HEADER).is_some());
+        let (seq, ts, class) = (event.seq, event.ts, event.class);
+        let datagram =
+            (class == Class::Low).then(|| encode_datagram(&Event::Message(event.clone())));
+        let payload = Payload {
+            class,
+            frame,
+            datagram,
+            history: keep.then_some(event),
+        };
+        if room.ring.place_remote(seq, ts, payload) {
+            room.watchers.notify_all();
+        }
+    }
+
+    // ---- member counts across relays ----
+
+    /// This relay now has `members` members of `room`: written to the members bucket within
+    /// the member-count interval.
+    pub fn count_changed(&self, room: &str, members: usize) {
+        lock(&self.counts).insert(room.to_owned(), (members, true));
+    }
+
+    /// `room` ended here: no live traffic, no members.
+    pub fn room_gone(self: &Arc<Self>, room: &str) {
+        self.interest(room, false);
+        self.count_changed(room, 0);
+    }
+
+    /// Members of `room` on the other relays, as they last wrote their counts (a count not
+    /// rewritten for three lease TTLs is not counted: its relay is gone).
+    pub fn remote_members(&self, room: &str) -> usize {
+        let fresh = Duration::from_millis(self.ttl_ms) * COUNT_TTLS;
+        lock(&self.remote_counts).get(room).map_or(0, |nodes| {
+            nodes
+                .values()
+                .filter(|(_, at)| at.elapsed() < fresh)
+                .map(|(n, _)| n)
+                .sum()
+        })
+    }
+
+    /// Writes the counts that changed; every lease TTL, all of them again.
+    async fn write_counts(&self, all: bool) {
+        let due: Vec<(String, usize)> = {
+            let mut counts = lock(&self.counts);
+            let due = counts
+                .iter_mut()
+                .filter(|(_, (_, dirty))| all || *dirty)
+                .map(|(room, (n, dirty))| {
+                    *dirty = false;
+                    (room.clone(), *n)
+                })
+                .collect();
+            counts.retain(|_, (n, dirty)| *n > 0 || *dirty);
+            due
+        };
+        for (room, n) in due {
+            let key = self.names.members_key(&room, &self.node);
+            let written = match n {
+                0 => self.members.purge(&key).await.map_err(|e| e.to_string()),
+                n => self
+                    .members
+                    .put(&key, Bytes::from(n.to_string()))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+            };
+            if let Err(e) = written {
+                tracing::debug!(room = %room, error = %e, "a member count was not written");
+                lock(&self.counts).entry(room).or_insert((n, true)).1 = true;
+            }
+        }
+    }
+
+    /// Another relay's count changed.
+    fn remote_count(&self, key: &str, count: Option<usize>) {
+        let Some((room, node)) = self.names.parse_members_key(key) else {
+            return;
+        };
+        if node == self.node {
+            return;
+        }
+        let mut remote = lock(&self.remote_counts);
+        match count {
+            Some(n) => {
+                remote
+                    .entry(room)
+                    .or_default()
+                    .insert(node, (n, Instant::now()));
+            }
+            None => {
+                if let Some(nodes) = remote.get_mut(&room) {
+                    nodes.remove(&node);
+                    if nodes.is_empty() {
+                        remote.remove(&room);
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- ownership ----
+
+    /// Whether this relay sequences `room` now: it holds the lease and has not passed the point
+    /// where it must stop.
+    pub fn sequences(&self, room: &str) -> bool {
+        let now = self.now();
+        lock(&self.held)
+            .get(room)
+            .is_some_and(|h| h.lease.may_sequence(now))
+    }
+
+    /// Stops sequencing `room` (the store fenced a write, a renewal was refused, or the lease
+    /// ran out), counted by `why`.
+    pub fn step_down(&self, room: &str, why: &'static str) {
+        if let Some(held) = lock(&self.held).remove(room) {
+            // It stops taking requests and answers those it took (their changes complete).
+            let _ = held.stop.send(true);
+            let mut retired = lock(&self.retired);
+            retired.retain(|t| !t.0.is_finished());
+            retired.push(held.responder);
+            metrics::gauge!(m::CLUSTER_OWNED_ROOMS).decrement(1.0);
+            metrics::counter!(m::CLUSTER_OWNERSHIP_CHANGES, "change" => why).increment(1);
+            tracing::info!(room, why, "stepped down as the room's owner");
+        }
+    }
+
+    /// Takes `room` if nobody owns it (or an earlier run of this relay did); whether this relay
+    /// sequences it now. Failures are logged: the caller's timers try again on their next pass.
+    pub async fn claim(self: Arc<Self>, relay: &Arc<Relay>, room: &Arc<Room>) -> bool {
+        match self.acquire(relay, room).await {
+            Ok(owned) => owned,
+            Err(e) => {
+                tracing::debug!(room = %room.id, error = %e.message, "cannot take the room now");
+                false
+            }
+        }
+    }
+
+    /// Tries to take `room`'s lease: `Ok(true)` when this relay owns it now (it reloaded the
+    /// room and reserved sequence numbers above everything the last owner may have used),
+    /// `Ok(false)` when another relay holds it.
+    async fn acquire(
+        self: &Arc<Self>,
+        relay: &Arc<Relay>,
+        room: &Arc<Room>,
+    ) -> Result<bool, WireError> {
+        let _one = self.acquiring.lock().await;
+        if self.sequences(&room.id) {
+            return Ok(true);
+        }
+        let key = self.names.room_key(&room.id);
+        let value = |term| {
+            serde_json::to_vec(&LeaseValue {
+                node: self.node.clone(),
+                term,
+            })
+            .map(Bytes::from)
+            .map_err(|e| unavailable(format!("encoding a lease: {e}")))
+        };
+        let sent = self.now();
+        let revision = match self.leases.create(&key, value(0)?).await {
+            Ok(r) => r,
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                match self.take_back(&key, value(0)?).await {
+                    Some(r) => r,
+                    None => return Ok(false),
+                }
+            }
+            Err(e) => {
+                return Err(unavailable(format!(
+                    "NATS: taking room {:?}'s lease: {e}",
+                    room.id
+                )));
+            }
+        };
+        let owned = async {
+            let term = revision;
+            let revision = self
+                .leases
+                .update(&key, value(term)?, revision)
+                .await
+                .map_err(|e| {
+                    unavailable(format!("NATS: writing room {:?}'s lease: {e}", room.id))
+                })?;
+            self.take_over(relay, room).await?;
+            Ok::<_, WireError>((term, revision))
+        }
+        .await;
+        let (term, revision) = match owned {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = self.leases.purge(&key).await;
+                return Err(e);
+            }
+        };
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let responder = Owned(tokio::spawn(serve_forwarded(
+            Arc::downgrade(self),
+            room.id.clone(),
+            self.names.forward(&room.id),
+            stopped,
+        )));
+        lock(&self.held).insert(
+            room.id.clone(),
+            Held {
+                lease: Lease::acquired(self.ttl_ms, sent),
+                revision,
+                term,
+                responder,
+                stop,
+            },
+        );
+        metrics::gauge!(m::CLUSTER_OWNED_ROOMS).increment(1.0);
+        metrics::counter!(m::CLUSTER_OWNERSHIP_CHANGES, "change" => "acquired").increment(1);
+        tracing::info!(room = %room.id, term, "this relay owns the room now");
+        Ok(true)
+    }
+
+    /// A lease held under this relay's own node id by an earlier run of it (it crashed, or
+    /// stopped without releasing): taken back at once, compare-and-set on its revision. `None`
+    /// when another relay holds it (or it changed meanwhile).
+    async fn take_back(&self, key: &str, value: Bytes) -> Option<u64> {
+        let entry = self.leases.entry(key).await.ok().flatten()?;
+        let held: LeaseValue = serde_json::from_slice(&entry.value).ok()?;
+        if entry.operation != kv::Operation::Put || held.node != self.node {
+            return None;
+        }
+        let revision = self.leases.update(key, value, entry.revision).await.ok()?;
+        tracing::info!(key, "took back a lease an earlier run of this relay held");
+        Some(revision)
+    }
+
+    /// As after a restart: reloads `room` from the store (the last owner's writes), continues
+    /// its numbering above every number that may have been handed out, and reserves more
+    /// (which moves the room's KV revision on: the last owner's next write of it is fenced).
+    async fn take_over(&self, relay: &Arc<Relay>, room: &Arc<Room>) -> Result<(), WireError> {
+        let store = relay.store().clone();
+        let id = room.id.clone();
+        let loaded = tokio::task::spawn_blocking(move || store.reload_room(&id))
+            .await
+            .map_err(|e| unavailable(format!("reloading a room: {e}")))?
+            .map_err(|e| unavailable(format!("room {:?}: {}", room.id, e.message())))?;
+        let Some(loaded) = loaded.filter(|l| l.record.epoch == room.epoch) else {
+            return Err(WireError::new(
+                ErrorCode::RoomNotFound,
+                format!("room {:?} does not exist any more", room.id),
+            ));
+        };
+        let newest = loaded.newest.map_or(0, |(seq, _)| seq);
+        let used = loaded
+            .record
+            .seq_reserved
+            .max(newest)
+            .max(room.ring.last_seq());
+        relay.refresh_room(room, &loaded.record, loaded.attrs);
+        room.ring.resume_seq(used + 1);
+        let upto = used + SEQ_RESERVE;
+        relay
+            .store()
+            .submit(vec![Op::ReserveSeq {
+                room: room.id.clone(),
+                upto,
+            }])
+            .wait()
+            .await
+            .map_err(|e| unavailable(format!("room {:?}: {}", room.id, e.message())))?;
+        room.seq_reserved.store(upto, Ordering::Release);
+        Ok(())
+    }
+
+    /// Renews the leases due at `now`; steps down where the time is up or NATS refused.
+    async fn renew_due(self: &Arc<Self>) {
+        let now = self.now();
+        let mut due = Vec::new();
+        {
+            let mut held = lock(&self.held);
+            let mut expired = Vec::new();
+            for (room, h) in held.iter_mut() {
+                match h.lease.step(now) {
+                    LeaseStep::Hold => {}
+                    LeaseStep::Renew => {
+                        h.lease.renewal_sent(now);
+                        due.push((room.clone(), h.revision, h.term));
+                    }
+                    LeaseStep::StepDown => expired.push(room.clone()),
+                }
+            }
+            drop(held);
+            for room in expired {
+                self.step_down(&room, "expired");
+            }
+        }
+        let renewals = due.into_iter().map(|(room, revision, term)| {
+            let this = self.clone();
+            async move {
+                let value = serde_json::to_vec(&LeaseValue {
+                    node: this.node.clone(),
+                    term,
+                })
+                .map(Bytes::from)
+                .unwrap_or_default();
+                let key = this.names.room_key(&room);
+                let out = this.leases.update(&key, value, revision).await;
+                (room, out)
+            }
+        });
+        let results: Vec<_> = futures_util::stream::iter(renewals)
+            .buffer_unordered(64)
+            .collect()
+            .await;
+        for (room, out) in results {
+            match out {
+                Ok(revision) => {
+                    if let Some(h) = lock(&self.held).get_mut(&room) {
+                        h.revision = revision;
+                        h.lease.renewed(now);
+                    }
+                }
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    self.step_down(&room, "renewal_refused");
+                }
+                Err(e) => {
+                    tracing::warn!(room = %room, error = %e, "a lease renewal failed; retrying");
+                    if let Some(h) = lock(&self.held).get_mut(&room) {
+                        h.lease.renewal_failed();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives up every lease this relay holds (a clean shutdown), so their rooms move at once,
+    /// and stops its tasks.
+    pub async fn release_all(&self) {
+        let held: Vec<(String, Held)> = lock(&self.held).drain().collect();
+        // The requests each room's responder took are answered first (bounded by the store's
+        // timeouts), then the lease goes.
+        for (_, h) in &held {
+            let _ = h.stop.send(true);
+        }
+        let mut retired: Vec<Owned<()>> = lock(&self.retired).drain(..).collect();
+        let mut held: Vec<(String, u64)> = held
+            .into_iter()
+            .map(|(room, h)| {
+                retired.push(h.responder);
+                (room, h.revision)
+            })
+            .collect();
+        let answered = async {
+            for r in &mut retired {
+                let _ = (&mut r.0).await;
+            }
+        };
+        let _ = tokio::time::timeout(self.timeout * 2, answered).await;
+        for (room, revision) in held.drain(..) {
+            let key = self.names.room_key(&room);
+            let _ = self
+                .leases
+                .purge_expect_revision(&key, Some(revision))
+                .await;
+            metrics::gauge!(m::CLUSTER_OWNED_ROOMS).decrement(1.0);
+            metrics::counter!(m::CLUSTER_OWNERSHIP_CHANGES, "change" => "released").increment(1);
+        }
+        lock(&self.live).clear();
+        lock(&self.tasks).clear();
+        let rooms: Vec<String> = lock(&self.counts).keys().cloned().collect();
+        for room in rooms {
+            let _ = self
+                .members
+                .purge(self.names.members_key(&room, &self.node))
+                .await;
+        }
+        *lock(&self.admin) = None;
+        let _ = self.client.flush().await;
+    }
+
+    // ---- sends ----
+
+    /// A member's send to `room`, which this relay does not sequence: forwarded to its owner
+    /// and answered with the owner's `{seq, ts}` once the message is durable (or its refusal).
+    /// With no owner answering, this relay takes the lease and sequences it itself.
+    pub async fn forward(
+        self: &Arc<Self>,
+        relay: &Arc<Relay>,
+        room: &Arc<Room>,
+        out: Outgoing,
+        now: u64,
+        source: &'static str,
+    ) -> Result<Stamped, WireError> {
+        const NOT_SENT: &str = "the message was not sent to anyone";
+        let request = Bytes::from(
+            postcard::to_stdvec(&Forwarded {
+                from: out.from.clone(),
+                msg_type: out.msg_type.clone(),
+                body: out.body.clone(),
+                class: out.class,
+                keep: out.keep_in_history,
+            })
+            .map_err(|e| unavailable(format!("encoding a forwarded send: {e}")))?,
+        );
+        let Some(reply) = self.to_owner(relay, room, None, request, NOT_SENT).await? else {
+            return relay.publish_stored(room, out, now, source)?.wait().await;
+        };
+        let answer: ForwardReply = postcard::from_bytes(&reply)
+            .map_err(|e| unavailable(format!("a malformed answer from the room's owner: {e}")))?;
+        match answer {
+            ForwardReply::Sent { seq, ts } => {
+                metrics::counter!(m::CLUSTER_FORWARDED, "outcome" => "ok").increment(1);
+                Ok((seq, ts))
+            }
+            ForwardReply::Refused(e) => {
+                metrics::counter!(m::CLUSTER_FORWARDED, "outcome" => "refused").increment(1);
+                Err(e)
+            }
+        }
+    }
+
+    /// An admin change of `room` made through this relay, which does not sequence it: run by
+    /// the owner's admin API, whose answer it is. `None` when this relay owns the room (it may
+    /// have just taken the lease): the caller runs it here.
+    pub async fn forward_admin(
+        self: &Arc<Self>,
+        relay: &Arc<Relay>,
+        room: &Arc<Room>,
+        call: AdminCall,
+    ) -> Result<Option<AdminAnswer>, WireError> {
+        const NOT_MADE: &str = "the change was not made";
+        let request = Bytes::from(
+            postcard::to_stdvec(&call)
+                .map_err(|e| unavailable(format!("encoding a forwarded change: {e}")))?,
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(ADMIN_HEADER, "1");
+        let Some(reply) = self
+            .to_owner(relay, room, Some(headers), request, NOT_MADE)
+            .await?
+        else {
+            return Ok(None);
+        };
+        metrics::counter!(m::CLUSTER_FORWARDED, "outcome" => "ok").increment(1);
+        postcard::from_bytes(&reply)
+            .map(Some)
+            .map_err(|e| unavailable(format!("a malformed answer from the room's owner: {e}")))
+    }
+
+    /// Sends `request` to `room`'s owner and returns its answer; `None` once this relay owns
+    /// the room (it had, or took, the free lease). Tried until the request timeout, since an
+    /// owner just elected may not answer yet. `what` ends a refusal's message.
+    async fn to_owner(
+        self: &Arc<Self>,
+        relay: &Arc<Relay>,
+        room: &Arc<Room>,
+        headers: Option<HeaderMap>,
+        request: Bytes,
+        what: &str,
+    ) -> Result<Option<Bytes>, WireError> {
+        let subject = self.names.forward(&room.id);
+        let deadline = Instant::now() + self.timeout;
+        let mut pause = Duration::from_millis(10);
+        let refused = |m: String| {
+            metrics::counter!(m::CLUSTER_FORWARDED, "outcome" => "unavailable").increment(1);
+            unavailable(m)
+        };
+        while Instant::now() < deadline {
+            if self.sequences(&room.id) {
+                return Ok(None);
+            }
+            if self.client.connection_state() != async_nats::connection::State::Connected {
+                return Err(refused(format!("NATS is not reachable; {what}")));
+            }
+            metrics::counter!(m::CLUSTER_BYTES_OUT).increment(request.len() as u64);
+            // The owner answers within its own store's timeouts (a failed append is refused
+            // after at most the request timeout): waited for longer, so no answer is lost to a
+            // timeout here while the owner may still make the change.
+            let mut call = async_nats::Request::new()
+                .payload(request.clone())
+                .timeout(Some(self.timeout * 2 + Duration::from_secs(1)));
+            if let Some(h) = &headers {
+                call = call.headers(h.clone());
+            }
+            let sent = self.client.send_request(subject.clone(), call).await;
+            match sent {
+                Ok(reply) => {
+                    metrics::counter!(m::CLUSTER_BYTES_IN).increment(reply.payload.len() as u64);
+                    return Ok(Some(reply.payload));
+                }
+                Err(e) if e.kind() == RequestErrorKind::NoResponders => {
+                    if self.acquire(relay, room).await? {
+                        return Ok(None);
+                    }
+                    // Held by a relay that does not answer (yet): its responder is starting, or
+                    // it died and its lease runs out within the TTL.
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(FORWARD_PAUSE_MAX);
+                }
+                Err(e) if e.kind() == RequestErrorKind::TimedOut => {
+                    // The owner took the request and did not answer: it is hung or cut off.
+                    // Once its lease has run out it can no longer make the change (it stops
+                    // sequencing before that), so this relay takes the room and makes it; while
+                    // the lease holds the request may still be made there, so it is not sent
+                    // again, and the refusal says so.
+                    if self.acquire(relay, room).await? {
+                        return Ok(None);
+                    }
+                    return Err(refused(format!(
+                        "room {:?}'s owner did not answer in time; it may still make it, or \
+                         {what}",
+                        room.id
+                    )));
+                }
+                Err(e) => {
+                    return Err(refused(format!(
+                        "NATS: forwarding to room {:?}'s owner: {e}; {what}",
+                        room.id
+                    )));
+                }
+            }
+        }
+        Err(refused(format!(
+            "room {:?}'s owner does not answer (its lease runs out within {} ms); {what}",
+            room.id, self.ttl_ms
+        )))
+    }
+
+    /// Sets what runs a forwarded admin change on this relay (its admin API).
+    pub fn set_admin(&self, handler: AdminHandler) {
+        *lock(&self.admin) = Some(handler);
+    }
+
+    /// Runs one forwarded admin change as the room's owner.
+    async fn serve_admin(self: &Arc<Self>, room_id: &str, msg: &async_nats::Message) -> Bytes {
+        metrics::counter!(m::CLUSTER_BYTES_IN).increment(msg.payload.len() as u64);
+        let refuse = |code: ErrorCode, message: String| AdminAnswer::error(code, message);
+        let handler = lock(&self.admin).clone();
+        let answer = match (postcard::from_bytes::<AdminCall>(&msg.payload), handler) {
+            (Err(e), _) => refuse(
+                ErrorCode::BadRequest,
+                format!("a malformed forwarded change: {e}"),
+            ),
+            (Ok(_), None) => refuse(ErrorCode::Unavailable, "the relay is starting".into()),
+            (Ok(_), Some(_)) if !self.sequences(room_id) => refuse(
+                ErrorCode::Unavailable,
+                format!("this relay no longer owns room {room_id:?}; the change was not made"),
+            ),
+            (Ok(call), Some(handler)) => handler(call).await,
+        };
+        metrics::counter!(m::CLUSTER_FORWARDED, "outcome" => "served").increment(1);
+        Bytes::from(postcard::to_stdvec(&answer).unwrap_or_default())
+    }
+
+    /// Answers one forwarded send as the room's owner.
+    async fn serve_one(self: &Arc<Self>, room_id: &str, msg: &async_nats::Message) -> ForwardReply {
+        let Some(relay) = self.relay.upgrade() else {
+            return ForwardReply::Refused(unavailable("the relay is stopping"));
+        };
+        metrics::counter!(m::CLUSTER_BYTES_IN).increment(msg.payload.len() as u64);
+        let fwd: Forwarded = match postcard::from_bytes(&msg.payload) {
+            Ok(f) => f,
+            Err(e) => {
+                return ForwardReply::Refused(WireError::new(
+                    ErrorCode::BadRequest,
+                    format!("a malformed forwarded send: {e}"),
+                ));
+            }
+        };
+        if !self.sequences(room_id) {
+            return ForwardReply::Refused(unavailable(format!(
+                "this relay no longer owns room {room_id:?}; the message was not sent to anyone"
+            )));
+        }
+        let room = match relay.room(room_id) {
+            Ok(r) => r,
+            Err(e) => return ForwardReply::Refused(e),
+        };
+        let out = Outgoing {
+            from: fwd.from,
+            msg_type: fwd.msg_type,
+            body: fwd.body,
+            class: fwd.class,
+            keep_in_history: fwd.keep,
+        };
+        let sent = match relay.publish_stored(&room, out, now_ms(), "forwarded") {
+            Ok(d) => d.wait().await,
+            Err(e) => Err(e),
+        };
+        metrics::counter!(m::CLUSTER_FORWARDED, "outcome" => "served").increment(1);
+        match sent {
+            Ok((seq, ts)) => ForwardReply::Sent { seq, ts },
+            Err(e) => ForwardReply::Refused(e),
+        }
+    }
+
+    // ---- state of every room ----
+
+    /// One change of the state bucket, as another relay (or this one) wrote it.
+    fn state_changed(self: &Arc<Self>, key: &str, value: Option<&[u8]>) {
+        let Some(relay) = self.relay.upgrade() else {
+            return;
+        };
+        let Some(value) = value else {
+            if let Some(id) = self.names.parse_room_key(key)
+                && !self.sequences(&id)
+                && relay.drop_room_here(&id)
+            {
+                self.room_gone(&id);
+            }
+            return;
+        };
+        match parse_state(&self.names, key, value) {
+            Ok(Some(StateValue::Global(global))) => *relay.global_mut() = global,
+            Ok(Some(StateValue::Room {
+                id,
+                record: Some(record),
+                attrs,
+            })) => {
+                // The owner's memory is the truth of its rooms; it wrote this value.
+                if self.sequences(&id) {
+                    return;
+                }
+                match relay.room(&id) {
+                    Ok(room) if room.epoch == record.epoch => {
+                        relay.refresh_room(&room, &record, attrs);
+                    }
+                    Ok(room) if room.epoch > record.epoch => {}
+                    _ => {
+                        let room = relay.adopt_room(record, attrs);
+                        self.observe(&room);
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(key, error = %e, "an unreadable state value; ignored"),
+        }
+    }
+}
+
+/// Writes this relay's member counts as they change (at most every member-count interval) and
+/// all of them every lease TTL.
+async fn count_writer(cluster: Weak<Cluster>) {
+    let (every, refresh) = match cluster.upgrade() {
+        Some(c) => (c.count_interval, Duration::from_millis(c.ttl_ms)),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_all = Instant::now();
+    loop {
+        tick.tick().await;
+        let Some(c) = cluster.upgrade() else { return };
+        let all = last_all.elapsed() >= refresh;
+        if all {
+            last_all = Instant::now();
+        }
+        c.write_counts(all).await;
+    }
+}
+
+/// Publishes the live messages in the order the rings placed them.
+async fn publisher(client: async_nats::Client, rx: flume::Receiver<LiveOut>) {
+    while let Ok(out) = rx.recv_async().await {
+        let len = out.frame.len() as u64;
+        let sent = if out.keep {
+            let mut headers = HeaderMap::new();
+            headers.insert(KEEP_HEADER, "1");
+            client
+                .publish_with_headers(out.subject, headers, out.frame)
+                .await
+        } else {
+            client.publish(out.subject, out.frame).await
+        };
+        match sent {
+            Ok(()) => {
+                metrics::counter!(m::CLUSTER_MESSAGES_OUT).increment(1);
+                metrics::counter!(m::CLUSTER_BYTES_OUT).increment(len);
+            }
+            Err(e) => {
+                metrics::counter!(m::CLUSTER_LIVE_DROPPED).increment(1);
+                tracing::debug!(error = %e, "a live message was not published");
+            }
+        }
+    }
+}
+
+/// Renews the leases a little more often than each is due.
+async fn renewer(cluster: Weak<Cluster>) {
+    let every = match cluster.upgrade() {
+        Some(c) => Duration::from_millis((c.ttl_ms / 12).max(10)),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(c) = cluster.upgrade() else { return };
+        c.renew_due().await;
+    }
+}
+
+/// Follows the state bucket, keeping this relay's rooms and app-wide lists as it has them.
+async fn watcher(cluster: Weak<Cluster>) {
+    follow(
+        cluster,
+        "state",
+        |c| &c.state,
+        |c, e| {
+            let value = (e.operation == kv::Operation::Put).then_some(&e.value[..]);
+            c.state_changed(&e.key, value);
+        },
+    )
+    .await
+}
+
+/// Follows the members bucket into the other relays' counts.
+async fn count_watcher(cluster: Weak<Cluster>) {
+    follow(
+        cluster,
+        "members",
+        |c| &c.members,
+        |c, e| {
+            let count = (e.operation == kv::Operation::Put)
+                .then(|| std::str::from_utf8(&e.value).ok()?.parse().ok())
+                .flatten();
+            c.remote_count(&e.key, count);
+        },
+    )
+    .await
+}
+
+/// Follows the bucket `bucket` picks (one watch per relay, from the last value of every key),
+/// handing each entry to `on`; watches again after an error, with a back-off up to 2 s.
+async fn follow(
+    cluster: Weak<Cluster>,
+    what: &'static str,
+    bucket: fn(&Cluster) -> &kv::Store,
+    on: fn(&Arc<Cluster>, kv::Entry),
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some(c) = cluster.upgrade() else { return };
+        let watch = bucket(&c).watch_with_history(">").await;
+        drop(c);
+        match watch {
+            Ok(mut entries) => {
+                while let Some(entry) = entries.next().await {
+                    let Some(c) = cluster.upgrade() else { return };
+                    match entry {
+                        Ok(e) => {
+                            backoff = Duration::from_millis(100);
+                            on(&c, e);
+                        }
+                        Err(e) => {
+                            tracing::warn!(bucket = what, error = %e, "a KV watch failed; watching again");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(bucket = what, error = %e, "cannot watch a KV bucket; retrying")
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Receives `room`'s live subject into its ring while this relay has members there.
+async fn live_in(cluster: Weak<Cluster>, room: String, ready: tokio::sync::watch::Sender<bool>) {
+    let Some(c) = cluster.upgrade() else { return };
+    let subject = c.names.live(&room);
+    let client = c.client.clone();
+    drop(c);
+    // Until it is in place (NATS may be away for a moment); the task ends when the last
+    // member here leaves.
+    let mut backoff = Duration::from_millis(100);
+    let mut sub = loop {
+        match client.subscribe(subject.clone()).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::warn!(room, error = %e, "cannot subscribe to the room's live traffic; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    };
+    if client.flush().await.is_ok() {
+        let _ = ready.send(true);
+    }
+    while let Some(msg) = sub.next().await {
+        let Some(c) = cluster.upgrade() else { return };
+        c.place(&room, &msg);
+    }
+}
+
+/// Answers the requests forwarded to `room` while this relay owns it; once told to stop, takes
+/// no more and answers those it took.
+async fn serve_forwarded(
+    cluster: Weak<Cluster>,
+    room: String,
+    subject: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let Some(c) = cluster.upgrade() else { return };
+    let client = c.client.clone();
+    drop(c);
+    let mut sub = match client.subscribe(subject).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(room, error = %e, "cannot take the room's forwarded sends");
+            return;
+        }
+    };
+    let _ = client.flush().await;
+    let mut serving = JoinSet::new();
+    loop {
+        tokio::select! {
+            // Told to stop, or its owner gone: either way it stops.
+            _ = stop.changed() => break,
+            msg = sub.next() => {
+                let Some(msg) = msg else { break };
+                let Some(reply) = msg.reply.clone() else { continue };
+                let Some(c) = cluster.upgrade() else { break };
+                let room = room.clone();
+                let client = client.clone();
+                if serving.len() >= SERVING {
+                    metrics::counter!(m::CLUSTER_FORWARDED, "outcome" => "busy").increment(1);
+                    let busy = ForwardReply::Refused(unavailable(format!(
+                        "room {room:?}'s owner is busy; the message was not sent to anyone"
+                    )));
+                    let _ = client.publish(reply, encode_reply(&busy)).await;
+                    continue;
+                }
+                serving.spawn(async move {
+                    let admin = msg.headers.as_ref().is_some_and(|h| h.get(ADMIN_HEADER).is_some());
+                    let bytes = match admin {
+                        true => c.serve_admin(&room, &msg).await,
+                        false => encode_reply(&c.serve_one(&room, &msg).await),
+                    };
+                    metrics::counter!(m::CLUSTER_BYTES_OUT).increment(bytes.len() as u64);
+                    let _ = client.publish(reply, bytes).await;
+                });
+            }
+            Some(_) = serving.join_next(), if !serving.is_empty() => {}
+        }
+    }
+    drop(sub);
+    while serving.join_next().await.is_some() {}
+}
+
+fn encode_reply(reply: &ForwardReply) -> Bytes {
+    Bytes::from(postcard::to_stdvec(reply).unwrap_or_default())
+}

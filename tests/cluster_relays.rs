@@ -1,0 +1,712 @@
+//! Rooms that span relays: three real `roomcast serve` processes on one real `nats-server -js`
+//! (`tests/nats_support`), clients over real QUIC on loopback. A room's members sit on different
+//! relays; whichever relay a sender is on, its send reaches the room's owner (forwarded over a
+//! NATS request when that is another relay), is sequenced once, and reaches every member exactly
+//! once, in seq order, through one copy per relay with members. No sleeps: every wait is for an
+//! event, or a bounded poll of another process's `/metrics`.
+
+mod common;
+mod nats_support;
+
+use common::{body, metric, poll};
+use nats_support::serve::Serve;
+use reqwest::Method;
+use roomcast::client::{Client, ClientEvent};
+use roomcast::protocol::Class;
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+/// Upper bound on collecting one member's messages: only turns a hang into a failure.
+const COLLECT: Duration = Duration::from_secs(30);
+
+/// Three relays `relay-a`, `relay-b`, `relay-c` on the NATS at `url`.
+fn three(dir: &Path, url: &str) -> [Serve; 3] {
+    three_with(dir, url, "")
+}
+
+/// [`three`] with `extra` appended to each configuration.
+fn three_with(dir: &Path, url: &str, extra: &str) -> [Serve; 3] {
+    ["relay-a", "relay-b", "relay-c"].map(|node| Serve::start(dir, node, url, extra))
+}
+
+/// Waits until `relay` reports `count` members of `room` (its own and the other relays').
+async fn member_count_becomes(relay: &Serve, room: &str, count: u64) {
+    room_field_becomes(relay, room, "member_count", json!(count)).await;
+}
+
+/// Creates `room` through `on`'s admin API and waits until every relay of `all` knows it
+/// (through its watch of the shared state).
+async fn create_everywhere(on: &Serve, all: &[Serve], room: &str) {
+    let (status, reply) = on
+        .admin(Method::POST, "/v1/rooms", Some(json!({"id": room})))
+        .await;
+    assert_eq!(status, 201, "{reply}");
+    for relay in all {
+        poll("the room on every relay", || async {
+            let (status, _) = relay
+                .admin(Method::GET, &format!("/v1/rooms/{room}"), None)
+                .await;
+            (status == 200).then_some(())
+        })
+        .await;
+    }
+}
+
+/// Two relays `relay-a` and `relay-b` (`extra` appended to each configuration), room `r` made
+/// on A, `ann` a member on A and `bea` on B.
+struct Pair {
+    a: Serve,
+    b: Serve,
+    ann: Client,
+    bea: Client,
+}
+
+async fn pair(dir: &Path, url: &str, extra: &str) -> Pair {
+    let a = Serve::start(dir, "relay-a", url, extra);
+    let b = Serve::start(dir, "relay-b", url, extra);
+    create_everywhere(&a, std::slice::from_ref(&b), "r").await;
+    let ann = a.client("ann").await;
+    let bea = b.client("bea").await;
+    for m in [&ann, &bea] {
+        m.join("r", -1).await.expect("joins");
+    }
+    Pair { a, b, ann, bea }
+}
+
+/// The value of `name` in `relay`'s metrics (0 when it has no sample yet).
+async fn counter(relay: &Serve, name: &str) -> f64 {
+    metric(&relay.metrics().await, name, &[]).unwrap_or(0.0)
+}
+
+/// The first of `client`'s events that `pick` takes (skipping others), within [`COLLECT`].
+async fn first<T>(client: &Client, what: &str, pick: impl Fn(ClientEvent) -> Option<T>) -> T {
+    let waiting = async {
+        loop {
+            match client.next_event().await.expect("the event stream is open") {
+                ClientEvent::Closed { reason, .. } => panic!("{}: closed: {reason}", client.user()),
+                e => {
+                    if let Some(v) = pick(e) {
+                        return v;
+                    }
+                }
+            }
+        }
+    };
+    match tokio::time::timeout(COLLECT, waiting).await {
+        Ok(v) => v,
+        Err(_) => panic!("{}: no {what} within {COLLECT:?}", client.user()),
+    }
+}
+
+/// What one member received of `room`: messages in arrival order with their lane, and any gap.
+struct Received {
+    messages: Vec<(roomcast::protocol::Message, bool)>,
+    gaps: Vec<ClientEvent>,
+}
+
+/// Reads `client`'s events until it holds `n` messages of `room`.
+async fn collect(client: &Client, room: &str, n: usize) -> Received {
+    let mut got = Received {
+        messages: Vec::new(),
+        gaps: Vec::new(),
+    };
+    let reading = async {
+        while got.messages.len() < n {
+            match client.next_event().await.expect("the event stream is open") {
+                ClientEvent::Message { message, datagram } if message.room == room => {
+                    got.messages.push((message, datagram));
+                }
+                gap @ ClientEvent::Gap { .. } => got.gaps.push(gap),
+                ClientEvent::Closed { code, reason } => {
+                    panic!("{}: closed ({code:?}): {reason}", client.user())
+                }
+                _ => {}
+            }
+        }
+    };
+    if tokio::time::timeout(COLLECT, reading).await.is_err() {
+        panic!(
+            "{}: {} of {n} messages of {room} within {COLLECT:?}",
+            client.user(),
+            got.messages.len()
+        );
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_on_three_relays_get_every_message_once_in_order_whoever_sends() {
+    let Some(bin) = nats_support::binary("members_on_three_relays_get_every_message_once") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = nats_support::NatsServer::start(&bin, &dir.path().join("nats"));
+    let relays = three(dir.path(), &nats.url());
+    create_everywhere(&relays[0], &relays, "hall").await;
+
+    // Two members on relay A, one on each of B and C; each of the three also sends.
+    let members = [
+        relays[0].client("ann").await,
+        relays[0].client("abe").await,
+        relays[1].client("bea").await,
+        relays[2].client("cid").await,
+    ];
+    for m in &members {
+        m.join("hall", -1).await.expect("joins");
+    }
+    const NORMAL: usize = 20;
+    const LOW: usize = 5;
+    // The three senders at once, from the three relays: the first sends race for the room's
+    // ownership, the rest are sequenced by the winner (forwarded from the other two relays).
+    let senders = [&members[0], &members[2], &members[3]];
+    let sends = senders.iter().map(|c| async move {
+        let mut sent = Vec::new();
+        for i in 0..NORMAL {
+            let text = format!("{} {i}", c.user());
+            let (seq, ts) = c
+                .send("hall", "chat", body(&text), false)
+                .await
+                .unwrap_or_else(|e| panic!("{text}: {e}"));
+            sent.push((seq, ts, text, Class::Normal));
+            if i < LOW {
+                let text = format!("{} low {i}", c.user());
+                let (seq, ts) = c
+                    .send("hall", "cursor", body(&text), true)
+                    .await
+                    .unwrap_or_else(|e| panic!("{text}: {e}"));
+                sent.push((seq, ts, text, Class::Low));
+            }
+        }
+        sent
+    });
+    let sent: Vec<(u64, u64, String, Class)> = futures_util::future::join_all(sends)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let total = 3 * (NORMAL + LOW);
+    assert_eq!(sent.len(), total);
+    let by_seq: BTreeMap<u64, (u64, String, Class)> = sent
+        .iter()
+        .map(|(seq, ts, text, class)| (*seq, (*ts, text.clone(), *class)))
+        .collect();
+    assert_eq!(by_seq.len(), total, "no seq was assigned twice");
+
+    for m in &members {
+        let got = collect(m, "hall", total).await;
+        assert!(got.gaps.is_empty(), "{}: {:?}", m.user(), got.gaps);
+        let mut seen = BTreeSet::new();
+        let mut last = [0u64; 2];
+        for (msg, datagram) in &got.messages {
+            assert!(seen.insert(msg.seq), "{}: seq {} twice", m.user(), msg.seq);
+            let (ts, text, class) = by_seq
+                .get(&msg.seq)
+                .unwrap_or_else(|| panic!("{}: seq {} was never sent", m.user(), msg.seq));
+            assert_eq!(
+                (
+                    &String::from_utf8_lossy(&msg.body).into_owned(),
+                    msg.ts,
+                    msg.class
+                ),
+                (text, *ts, *class),
+                "{}: seq {}",
+                m.user(),
+                msg.seq
+            );
+            // Each lane (the stream; datagrams) is in seq order; the two are not ordered with
+            // each other.
+            assert_eq!(*datagram, msg.class == Class::Low, "{}: {text}", m.user());
+            let lane = usize::from(*datagram);
+            assert!(
+                msg.seq > last[lane],
+                "{}: seq {} after {}",
+                m.user(),
+                msg.seq,
+                last[lane]
+            );
+            last[lane] = msg.seq;
+        }
+        assert_eq!(seen.len(), total, "{}", m.user());
+    }
+
+    // One relay sequenced the room; the other two forwarded their members' sends to it.
+    let mut owners = 0;
+    let mut forwarded = 0.0;
+    for r in &relays {
+        let text = r.metrics().await;
+        owners += metric(&text, "roomcast_cluster_owned_rooms", &[]).unwrap_or(0.0) as usize;
+        forwarded += metric(
+            &text,
+            "roomcast_cluster_forwarded_total",
+            &[("outcome", "ok")],
+        )
+        .unwrap_or(0.0);
+    }
+    assert_eq!(owners, 1, "one owner");
+    assert_eq!(
+        forwarded as usize,
+        2 * (NORMAL + LOW),
+        "two senders' messages were forwarded"
+    );
+    drop(members);
+    drop(relays);
+    drop(nats);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_gets_a_rooms_traffic_once_per_message_only_while_it_has_members_there() {
+    let Some(bin) = nats_support::binary("a_relay_gets_a_rooms_traffic_only_with_members") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = nats_support::NatsServer::start(&bin, &dir.path().join("nats"));
+    let counts = "[rooms]\nmember_count_interval_ms = 50\n";
+    let relays = three_with(dir.path(), &nats.url(), counts);
+    let [a, b, c] = &relays;
+    create_everywhere(a, &relays, "r").await;
+    // Members on A (two) and B (two); none on C.
+    let on_a = [a.client("ann").await, a.client("abe").await];
+    let on_b = [b.client("bea").await, b.client("bob").await];
+    for m in on_a.iter().chain(&on_b) {
+        m.join("r", -1).await.expect("joins");
+    }
+    // A sends first and so owns the room; B's sends are forwarded to it.
+    const EACH: usize = 10;
+    for i in 0..EACH {
+        on_a[0]
+            .send("r", "chat", body(&format!("a {i}")), false)
+            .await
+            .expect("sent on the owner");
+    }
+    for i in 0..EACH {
+        on_b[0]
+            .send("r", "chat", body(&format!("b {i}")), false)
+            .await
+            .expect("forwarded");
+    }
+    for m in on_a.iter().chain(&on_b) {
+        assert_eq!(collect(m, "r", 2 * EACH).await.messages.len(), 2 * EACH);
+    }
+    // The owner published each message once; B, with two members, received one copy of each;
+    // C, with none, received nothing.
+    let out = counter(a, "roomcast_cluster_messages_out_total").await;
+    assert_eq!(out as usize, 2 * EACH, "published once per message");
+    assert_eq!(counter(a, "roomcast_cluster_messages_in_total").await, 0.0);
+    assert_eq!(
+        counter(b, "roomcast_cluster_messages_in_total").await as usize,
+        2 * EACH,
+        "one copy per message for two members"
+    );
+    assert_eq!(counter(c, "roomcast_cluster_messages_in_total").await, 0.0);
+    assert_eq!(counter(c, "roomcast_cluster_live_rooms").await, 0.0);
+    assert_eq!(counter(b, "roomcast_cluster_live_rooms").await, 1.0);
+    // Every relay counts the room's members on all of them (`<prefix>_members`).
+    for relay in &relays {
+        member_count_becomes(relay, "r", 4).await;
+    }
+
+    // B's last member leaves: B stops taking the room's traffic.
+    on_b[0].leave("r").await.expect("leaves");
+    on_b[1].leave("r").await.expect("leaves");
+    poll("B unsubscribed", || async {
+        (counter(b, "roomcast_cluster_live_rooms").await == 0.0).then_some(())
+    })
+    .await;
+    for relay in &relays {
+        member_count_becomes(relay, "r", 2).await;
+    }
+    for i in 0..EACH {
+        on_a[1]
+            .send("r", "chat", body(&format!("later {i}")), false)
+            .await
+            .expect("sent");
+    }
+    let later = collect(&on_a[0], "r", EACH).await;
+    assert_eq!(later.messages.len(), EACH);
+    assert_eq!(
+        counter(a, "roomcast_cluster_messages_out_total").await as usize,
+        3 * EACH
+    );
+    assert_eq!(
+        counter(b, "roomcast_cluster_messages_in_total").await as usize,
+        2 * EACH,
+        "nothing after its last member left"
+    );
+    drop((on_a, on_b));
+    drop(relays);
+    drop(nats);
+}
+
+/// Waits until `relay` reports `room`'s `field` as `want` (its cache of the shared state).
+async fn room_field_becomes(relay: &Serve, room: &str, field: &str, want: serde_json::Value) {
+    poll("the room's state on the relay", || async {
+        let (_, info) = relay
+            .admin(Method::GET, &format!("/v1/rooms/{room}"), None)
+            .await;
+        (info[field] == want).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_made_on_one_relay_and_changed_through_another_is_in_force_on_the_third() {
+    let Some(bin) = nats_support::binary("a_room_changed_through_any_relay_is_in_force") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = nats_support::NatsServer::start(&bin, &dir.path().join("nats"));
+    let relays = three(dir.path(), &nats.url());
+    let [a, b, c] = &relays;
+    create_everywhere(a, &relays, "stage").await;
+    let ann = a.client("ann").await;
+    let bea = b.client("bea").await;
+    let mallory = b.client("mallory").await;
+    for m in [&ann, &bea, &mallory] {
+        m.join("stage", -1).await.expect("joins");
+    }
+
+    // A ban through C, a relay with no member there: C takes the room (nobody owned it yet).
+    let (status, reply) = c
+        .admin(
+            Method::POST,
+            "/v1/rooms/stage/bans",
+            Some(json!({"user_ids": ["mallory"], "minutes": 5})),
+        )
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    // In force on B: its member there is removed, and may not come back, there or on A.
+    let kicked = first(&mallory, "mallory's removal on B", |e| match e {
+        ClientEvent::Kicked { room, reason } => Some((room, reason)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        kicked,
+        ("stage".into(), roomcast::protocol::KickReason::Banned)
+    );
+    let refused = mallory.join("stage", -1).await.expect_err("banned on B");
+    assert_eq!(refused.code(), Some(roomcast::protocol::ErrorCode::Banned));
+    let on_a = a.client("mallory").await;
+    let refused = on_a.join("stage", -1).await.expect_err("banned on A");
+    assert_eq!(refused.code(), Some(roomcast::protocol::ErrorCode::Banned));
+    for relay in [a, b] {
+        let (_, bans) = relay.admin(Method::GET, "/v1/rooms/stage/bans", None).await;
+        assert_eq!(bans["users"][0]["user_id"], "mallory", "{bans}");
+    }
+
+    // Mute-all through A, which does not own the room: made by its owner, C, and in force on B.
+    let (status, reply) = a.admin(Method::PUT, "/v1/rooms/stage/mute-all", None).await;
+    assert!((200..300).contains(&status), "{status} {reply}");
+    room_field_becomes(b, "stage", "mute_all", json!(true)).await;
+    let refused = bea
+        .send("stage", "chat", body("hello?"), false)
+        .await
+        .expect_err("muted on B");
+    assert_eq!(refused.code(), Some(roomcast::protocol::ErrorCode::Muted));
+    room_field_becomes(a, "stage", "mute_all", json!(true)).await;
+    let refused = ann
+        .send("stage", "chat", body("hello?"), false)
+        .await
+        .expect_err("muted on A");
+    assert_eq!(refused.code(), Some(roomcast::protocol::ErrorCode::Muted));
+    assert_eq!(counter(c, "roomcast_cluster_owned_rooms").await, 1.0);
+    let served = metric(
+        &c.metrics().await,
+        "roomcast_cluster_forwarded_total",
+        &[("outcome", "served")],
+    );
+    assert_eq!(served, Some(1.0), "the mute-all was made by the owner");
+    drop((ann, bea, mallory, on_a));
+    drop(relays);
+    drop(nats);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_end_comes_once_on_the_owner_and_every_relay_tells_its_members() {
+    let Some(bin) = nats_support::binary("a_scheduled_end_comes_once_on_the_owner") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = nats_support::NatsServer::start(&bin, &dir.path().join("nats"));
+    let relays = three(dir.path(), &nats.url());
+    let [a, b, c] = &relays;
+    create_everywhere(a, &relays, "show").await;
+    let ann = a.client("ann").await;
+    let cid = c.client("cid").await;
+    for m in [&ann, &cid] {
+        m.join("show", -1).await.expect("joins");
+    }
+    // Scheduled through B, which has no member there and takes the room (nobody owned it).
+    let at = roomcast::server::relay::now_ms() + 1_500;
+    let (status, reply) = b
+        .admin(
+            Method::PUT,
+            "/v1/rooms/show/destroy-at",
+            Some(json!({ "at": at })),
+        )
+        .await;
+    assert_eq!(status, 204, "{reply}");
+    for m in [&ann, &cid] {
+        let ended = first(m, "the room's end", |e| match e {
+            ClientEvent::RoomDestroyed { room, reason } => Some((room, reason)),
+            _ => None,
+        })
+        .await;
+        assert_eq!(
+            ended,
+            (
+                "show".to_owned(),
+                roomcast::protocol::DestroyReason::Scheduled
+            ),
+            "{}",
+            m.user()
+        );
+    }
+    let mut destroyed = 0.0;
+    for relay in &relays {
+        poll("the room gone on every relay", || async {
+            let (status, _) = relay.admin(Method::GET, "/v1/rooms/show", None).await;
+            (status == 404).then_some(())
+        })
+        .await;
+        destroyed += metric(
+            &relay.metrics().await,
+            "roomcast_rooms_destroyed_total",
+            &[("reason", "scheduled")],
+        )
+        .unwrap_or(0.0);
+    }
+    assert_eq!(destroyed, 1.0, "destroyed once, by its owner");
+    drop((ann, cid));
+    drop(relays);
+    drop(nats);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_renews_its_lease_and_when_it_dies_another_relay_takes_the_room() {
+    let Some(bin) = nats_support::binary("the_owner_renews_and_another_relay_takes_over") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = nats_support::NatsServer::start(&bin, &dir.path().join("nats"));
+    let ttl = "lease_ttl_ms = 1500\n";
+    let Pair { a, b, ann, bea } = pair(dir.path(), &nats.url(), ttl).await;
+    let mut last = 0;
+    for i in 0..5 {
+        let (seq, _) = ann
+            .send("r", "chat", body(&format!("a {i}")), false)
+            .await
+            .expect("sent on the owner");
+        last = seq;
+    }
+    // The lease in NATS: A's, and renewed (its revision moves on while A holds it).
+    let client = async_nats::connect(nats.url()).await.expect("NATS");
+    let leases = async_nats::jetstream::new(client)
+        .get_key_value("roomcast_leases")
+        .await
+        .expect("the leases bucket");
+    let held = leases
+        .entry("room.r")
+        .await
+        .expect("read")
+        .expect("a lease");
+    let value: serde_json::Value = serde_json::from_slice(&held.value).expect("JSON");
+    assert_eq!(value["node"], "relay-a", "{value}");
+    // The term is the revision of the acquiring write (renewals since have moved it on).
+    let term = value["term"].as_u64().expect("a term");
+    assert!(
+        term > 0 && term < held.revision,
+        "{value} at revision {}",
+        held.revision
+    );
+    poll("a renewal", || async {
+        let now = leases.entry("room.r").await.ok()??;
+        (now.revision >= held.revision + 2).then_some(())
+    })
+    .await;
+    let mut a = a;
+    a.child.kill().expect("SIGKILL");
+    a.child.wait().expect("reaped");
+    drop(ann);
+    // B's member's send: refused by no one for good; once A's lease has run out, B takes the
+    // room, and numbers it above everything A may have handed out.
+    let (seq, _) = bea
+        .send("r", "chat", body("after"), false)
+        .await
+        .expect("B takes the room over");
+    assert!(seq > last, "seq {seq} after {last}");
+    let got = collect(&bea, "r", 6).await;
+    let seqs: Vec<u64> = got.messages.iter().map(|(m, _)| m.seq).collect();
+    assert_eq!(seqs[5], seq, "{seqs:?}");
+    let scrape = b.metrics().await;
+    assert_eq!(
+        metric(&scrape, "roomcast_cluster_owned_rooms", &[]),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            "roomcast_cluster_ownership_changes_total",
+            &[("change", "acquired")]
+        ),
+        Some(1.0)
+    );
+    let now = leases
+        .entry("room.r")
+        .await
+        .expect("read")
+        .expect("a lease");
+    let value: serde_json::Value = serde_json::from_slice(&now.value).expect("JSON");
+    assert_eq!(value["node"], "relay-b", "{value}");
+    drop(bea);
+    drop(b);
+    drop(nats);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nats_down_a_forwarded_send_is_refused_and_after_it_nothing_refused_was_delivered() {
+    let Some(bin) = nats_support::binary("with_nats_down_a_forwarded_send_is_refused") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut nats = nats_support::NatsServer::start(&bin, &dir.path().join("nats"));
+    let quick = "request_timeout_ms = 1000\n";
+    let Pair { a, b, ann, bea } = pair(dir.path(), &nats.url(), quick).await;
+    ann.send("r", "chat", body("before 1"), false)
+        .await
+        .expect("sent on the owner");
+    bea.send("r", "chat", body("before 2"), false)
+        .await
+        .expect("forwarded");
+
+    nats.kill();
+    poll("B sees NATS gone", || async {
+        let text = b.metrics().await;
+        (metric(&text, "roomcast_cluster_connected", &[]) == Some(0.0)).then_some(())
+    })
+    .await;
+    let refused = bea
+        .send("r", "chat", body("refused"), false)
+        .await
+        .expect_err("NATS is down");
+    assert_eq!(
+        refused.code(),
+        Some(roomcast::protocol::ErrorCode::Unavailable)
+    );
+    assert!(refused.to_string().contains("NATS"), "{refused}");
+
+    nats.restart();
+    for relay in [&a, &b] {
+        poll("the relay back on NATS", || async {
+            let text = relay.metrics().await;
+            let up = metric(&text, "roomcast_cluster_connected", &[]) == Some(1.0)
+                && metric(&text, "roomcast_store_healthy", &[]) == Some(1.0);
+            up.then_some(())
+        })
+        .await;
+    }
+    bea.send("r", "chat", body("after"), false)
+        .await
+        .expect("forwarded again");
+    // Nothing refused reached anyone: each member's next message after the two is "after".
+    for m in [&ann, &bea] {
+        let got = collect(m, "r", 3).await;
+        let bodies: Vec<String> = got
+            .messages
+            .iter()
+            .map(|(msg, _)| String::from_utf8_lossy(&msg.body).into_owned())
+            .collect();
+        assert_eq!(bodies, ["before 1", "before 2", "after"], "{}", m.user());
+    }
+    let (_, page) = a.admin(Method::GET, "/v1/rooms/r/messages", None).await;
+    let stored: Vec<&str> = page["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["body"].as_str().expect("body"))
+        .collect();
+    assert_eq!(stored, ["before 1", "before 2", "after"], "{page}");
+    drop((ann, bea));
+    drop((a, b));
+    drop(nats);
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to `relay`'s process.
+fn signal(relay: &Serve, signal: &str) {
+    let done = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &relay.child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(done.success(), "kill -{signal}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_paused_past_its_lease_steps_down_and_no_seq_is_assigned_twice() {
+    let Some(bin) = nats_support::binary("an_owner_paused_past_its_lease_steps_down") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = nats_support::NatsServer::start(&bin, &dir.path().join("nats"));
+    // A paused owner still holds its subscriptions: a forwarded send waits for the request
+    // timeout before the sender's relay looks at the lease.
+    let ttl = "lease_ttl_ms = 1500\nrequest_timeout_ms = 1000\n";
+    let Pair { a, b, ann, bea } = pair(dir.path(), &nats.url(), ttl).await;
+    let mut acked = Vec::new();
+    for i in 0..3 {
+        let (seq, _) = ann
+            .send("r", "chat", body(&format!("a {i}")), false)
+            .await
+            .expect("sent on the owner");
+        acked.push(seq);
+    }
+    // A stops (a partition from everything); B takes the room once A's lease has run out.
+    signal(&a, "STOP");
+    let (seq, _) = bea
+        .send("r", "chat", body("b 0"), false)
+        .await
+        .expect("B takes the room over");
+    acked.push(seq);
+    signal(&a, "CONT");
+    // A, back, does not sequence any more: its member's sends go to B.
+    for i in 1..4 {
+        let (seq, _) = ann
+            .send("r", "chat", body(&format!("a again {i}")), false)
+            .await
+            .expect("sent through the new owner");
+        acked.push(seq);
+    }
+    let unique: BTreeSet<u64> = acked.iter().copied().collect();
+    assert_eq!(unique.len(), acked.len(), "a seq assigned twice: {acked:?}");
+    assert!(
+        acked.windows(2).all(|w| w[0] < w[1]),
+        "seqs only increase: {acked:?}"
+    );
+    let scrape = a.metrics().await;
+    assert_eq!(
+        metric(&scrape, "roomcast_cluster_owned_rooms", &[]),
+        Some(0.0)
+    );
+    let down = metric(&scrape, "roomcast_cluster_ownership_changes_total", &[]).unwrap_or(0.0)
+        - metric(
+            &scrape,
+            "roomcast_cluster_ownership_changes_total",
+            &[("change", "acquired")],
+        )
+        .unwrap_or(0.0);
+    assert_eq!(down, 1.0, "A stepped down once:\n{scrape}");
+    assert_eq!(
+        metric(&b.metrics().await, "roomcast_cluster_owned_rooms", &[]),
+        Some(1.0)
+    );
+    // Both members got every acknowledged message once, in order.
+    for m in [&ann, &bea] {
+        let got = collect(m, "r", acked.len()).await;
+        let seqs: Vec<u64> = got.messages.iter().map(|(msg, _)| msg.seq).collect();
+        assert_eq!(seqs, acked, "{}", m.user());
+    }
+    drop((ann, bea));
+    drop((a, b));
+    drop(nats);
+}
