@@ -961,4 +961,4 @@ pub fn resume_missed(from: u64, below: u64, newest: u64, replayed: u64, unused: 
 
 #[cfg(test)]
 #[path = "core_tests.rs"]
-mod tests;
+pub(crate) mod tests;

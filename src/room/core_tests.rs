@@ -536,7 +536,7 @@ fn race_a_stale_arrival_mark_does_not_inflate_a_later_resumed() {
 
 // ---- the property test ----
 
-mod props {
+pub(crate) mod props {
     use super::*;
     use proptest::prelude::*;
     use std::collections::BTreeSet;
@@ -970,7 +970,8 @@ mod props {
         }
     }
 
-    fn cases() -> u32 {
+    /// Cases per property test: 256, or `PROPTEST_CASES` for a longer search.
+    pub(crate) fn cases() -> u32 {
         std::env::var("PROPTEST_CASES")
             .ok()
             .and_then(|v| v.parse().ok())

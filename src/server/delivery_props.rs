@@ -932,17 +932,10 @@ enum Bound {
     End(u64, u64),
 }
 
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256)
-}
-
 proptest! {
     // 256 cases of up to 100 inputs by default; for a longer search:
     // PROPTEST_CASES=20000 cargo test --lib delivery_props
-    #![proptest_config(ProptestConfig::with_cases(cases()))]
+    #![proptest_config(ProptestConfig::with_cases(crate::room::core::tests::props::cases()))]
 
     #[test]
     fn every_message_of_a_membership_arrives_once_or_is_counted_in_a_gap(
