@@ -711,6 +711,39 @@ async fn an_owner_paused_past_its_lease_steps_down_and_no_seq_is_assigned_twice(
     drop(nats);
 }
 
+/// Relays A and B, room `r` made on A and owned by it (its member `ann` sent `n` messages,
+/// `acked`, first); B has no member there, so none of its live traffic.
+struct Owned {
+    a: Serve,
+    b: Serve,
+    ann: Client,
+    epoch: u64,
+    acked: Vec<u64>,
+}
+
+async fn owned_by_a(dir: &Path, url: &str, n: usize) -> Owned {
+    let a = Serve::start(dir, "relay-a", url, "");
+    let b = Serve::start(dir, "relay-b", url, "");
+    create_everywhere(&a, std::slice::from_ref(&b), "r").await;
+    let ann = a.client("ann").await;
+    let epoch = ann.join("r", 0).await.expect("joins on A").room.epoch;
+    let mut acked = Vec::new();
+    for i in 0..n {
+        let (seq, _) = ann
+            .send("r", "chat", body(&format!("m{i}")), false)
+            .await
+            .expect("sent through A");
+        acked.push(seq);
+    }
+    Owned {
+        a,
+        b,
+        ann,
+        epoch,
+        acked,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_on_a_relay_that_does_not_own_the_room_holds_what_the_owner_stored() {
     let Some(bin) = nats_support::binary("history_on_a_non_owner") else {
@@ -718,20 +751,9 @@ async fn history_on_a_relay_that_does_not_own_the_room_holds_what_the_owner_stor
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = nats_support::NatsServer::start(&bin, &dir.path().join("nats"));
-    let a = Serve::start(dir.path(), "relay-a", &nats.url(), "");
-    let b = Serve::start(dir.path(), "relay-b", &nats.url(), "");
-    create_everywhere(&a, std::slice::from_ref(&b), "r").await;
-    // A owns the room (its member sends first); B has no member there, so no live traffic.
-    let ann = a.client("ann").await;
-    ann.join("r", 0).await.expect("joins on A");
-    let mut acked = Vec::new();
-    for i in 0..5 {
-        let (seq, _) = ann
-            .send("r", "chat", body(&format!("m{i}")), false)
-            .await
-            .expect("sent through A");
-        acked.push(seq);
-    }
+    let Owned {
+        a, b, ann, acked, ..
+    } = owned_by_a(dir.path(), &nats.url(), 5).await;
     assert_eq!(counter(&a, "roomcast_cluster_owned_rooms").await, 1.0);
     assert_eq!(counter(&b, "roomcast_cluster_owned_rooms").await, 0.0);
     let seqs = |h: &[roomcast::protocol::HistoryEntry]| -> Vec<u64> {
@@ -773,19 +795,13 @@ async fn a_resume_on_a_relay_without_members_replays_from_history_what_the_owner
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = nats_support::NatsServer::start(&bin, &dir.path().join("nats"));
-    let a = Serve::start(dir.path(), "relay-a", &nats.url(), "");
-    let b = Serve::start(dir.path(), "relay-b", &nats.url(), "");
-    create_everywhere(&a, std::slice::from_ref(&b), "r").await;
-    let ann = a.client("ann").await;
-    let epoch = ann.join("r", 0).await.expect("joins on A").room.epoch;
-    let mut acked = Vec::new();
-    for i in 0..4 {
-        let (seq, _) = ann
-            .send("r", "chat", body(&format!("m{i}")), false)
-            .await
-            .expect("sent through A");
-        acked.push(seq);
-    }
+    let Owned {
+        a,
+        b,
+        ann,
+        epoch,
+        acked,
+    } = owned_by_a(dir.path(), &nats.url(), 4).await;
 
     // Bob received the first and comes back on B, which has no member of the room.
     let bob = b.client("bob").await;

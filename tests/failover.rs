@@ -188,29 +188,33 @@ async fn publish(relay: &Relay, n: usize) -> Vec<u64> {
     publisher.join("lobby", -1).await.expect("pub joins");
     let mut acked = Vec::new();
     for i in 0..n {
-        // Refused with UNAVAILABLE (sent to no one) while the dead owner's lease runs out:
-        // sent again, as a client does, within the test's bound.
-        let deadline = tokio::time::Instant::now() + LIMIT;
-        let mut retry = tokio::time::interval(Duration::from_millis(100));
-        let seq = loop {
-            match publisher
-                .send("lobby", "chat", Bytes::from(format!("m{i}")), false)
-                .await
-            {
-                Ok((seq, _)) => break seq,
-                Err(e)
-                    if e.code() == Some(roomcast::protocol::ErrorCode::Unavailable)
-                        && tokio::time::Instant::now() < deadline =>
-                {
-                    retry.tick().await;
-                }
-                Err(e) => panic!("send {i}: {e}"),
-            }
-        };
-        acked.push(seq);
+        acked.push(send_retrying(&publisher, i).await);
     }
     publisher.close().await;
     acked
+}
+
+/// Sends message `m{i}` to `lobby` as `publisher`; its seq. Refused with UNAVAILABLE (sent to
+/// no one) while a dead owner's lease runs out: sent again on an interval, as a client does,
+/// within the test's bound.
+async fn send_retrying(publisher: &Client, i: usize) -> u64 {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    let mut retry = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        match publisher
+            .send("lobby", "chat", Bytes::from(format!("m{i}")), false)
+            .await
+        {
+            Ok((seq, _)) => return seq,
+            Err(e)
+                if e.code() == Some(roomcast::protocol::ErrorCode::Unavailable)
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                retry.tick().await;
+            }
+            Err(e) => panic!("send {i}: {e}"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -514,25 +518,7 @@ async fn the_owner_sigkilled_under_a_paced_load_its_clients_resume_exactly_on_th
             a.kill();
             killed_at = Some(tokio::time::Instant::now());
         }
-        // Refused with UNAVAILABLE while the dead owner's lease runs out: sent again on an
-        // interval, within the test's bound.
-        let deadline = tokio::time::Instant::now() + LIMIT;
-        let mut retry = tokio::time::interval(Duration::from_millis(50));
-        let seq = loop {
-            match publisher
-                .send("lobby", "chat", Bytes::from(format!("m{i}")), false)
-                .await
-            {
-                Ok((seq, _)) => break seq,
-                Err(e)
-                    if e.code() == Some(roomcast::protocol::ErrorCode::Unavailable)
-                        && tokio::time::Instant::now() < deadline =>
-                {
-                    retry.tick().await;
-                }
-                Err(e) => panic!("send {i}: {e}"),
-            }
-        };
+        let seq = send_retrying(&publisher, i).await;
         if let (Some(at), None) = (killed_at, moved_in) {
             moved_in = Some(at.elapsed());
         }

@@ -581,17 +581,8 @@ impl Nats {
             .unwrap_or(0);
         let mut last = 0;
         for kind in [HistoryKind::Message, HistoryKind::Recall] {
-            let subject = self.names.history(kind, room);
-            match timed(
-                "get_last",
-                self.history.direct_get_last_for_subject(subject),
-            )
-            .await
-            {
-                Ok(raw) => last = last.max(raw.sequence),
-                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => {}
-                Err(e) => return Err(unavailable("reading history", e)),
-            }
+            let of_kind = self.last_of(kind, room, "reading history").await?;
+            last = last.max(of_kind.unwrap_or(0));
         }
         if last <= known {
             return Ok(());
@@ -611,6 +602,27 @@ impl Nats {
             },
         )
         .await
+    }
+
+    /// The stream sequence of the newest message on `room`'s history subject of `kind`, `None`
+    /// when it has none.
+    async fn last_of(
+        &self,
+        kind: HistoryKind,
+        room: &str,
+        what: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        let subject = self.names.history(kind, room);
+        match timed(
+            "get_last",
+            self.history.direct_get_last_for_subject(subject),
+        )
+        .await
+        {
+            Ok(raw) => Ok(Some(raw.sequence)),
+            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(unavailable(what, e)),
+        }
     }
 
     /// Where message `seq` of `room` is.
@@ -934,23 +946,9 @@ impl Nats {
             return Ok(None);
         };
         let value: RoomValue = decode_json(&entry.value, &format!("room {room:?}"))?;
-        let last = |kind| {
-            let subject = self.names.history(kind, room);
-            async move {
-                match timed(
-                    "get_last",
-                    self.history.direct_get_last_for_subject(subject),
-                )
-                .await
-                {
-                    Ok(raw) => Ok(Some(raw.sequence)),
-                    Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
-                    Err(e) => Err(unavailable("reloading a room's history", e)),
-                }
-            }
-        };
-        let last_msg = last(HistoryKind::Message).await?;
-        let last_marker = last(HistoryKind::Recall).await?;
+        let what = "reloading a room's history";
+        let last_msg = self.last_of(HistoryKind::Message, room, what).await?;
+        let last_marker = self.last_of(HistoryKind::Recall, room, what).await?;
         let mut newest: Option<(u64, u64)> = None;
         self.index
             .lock()
