@@ -710,3 +710,138 @@ async fn an_owner_paused_past_its_lease_steps_down_and_no_seq_is_assigned_twice(
     drop((a, b));
     drop(nats);
 }
+
+/// Relays A and B, room `r` made on A and owned by it (its member `ann` sent `n` messages,
+/// `acked`, first); B has no member there, so none of its live traffic.
+struct Owned {
+    a: Serve,
+    b: Serve,
+    ann: Client,
+    epoch: u64,
+    acked: Vec<u64>,
+}
+
+async fn owned_by_a(dir: &Path, url: &str, n: usize) -> Owned {
+    let a = Serve::start(dir, "relay-a", url, "");
+    let b = Serve::start(dir, "relay-b", url, "");
+    create_everywhere(&a, std::slice::from_ref(&b), "r").await;
+    let ann = a.client("ann").await;
+    let epoch = ann.join("r", 0).await.expect("joins on A").room.epoch;
+    let mut acked = Vec::new();
+    for i in 0..n {
+        let (seq, _) = ann
+            .send("r", "chat", body(&format!("m{i}")), false)
+            .await
+            .expect("sent through A");
+        acked.push(seq);
+    }
+    Owned {
+        a,
+        b,
+        ann,
+        epoch,
+        acked,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_on_a_relay_that_does_not_own_the_room_holds_what_the_owner_stored() {
+    let Some(bin) = nats_support::binary("history_on_a_non_owner") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = nats_support::NatsServer::start(&bin, &dir.path().join("nats"));
+    let Owned {
+        a, b, ann, acked, ..
+    } = owned_by_a(dir.path(), &nats.url(), 5).await;
+    assert_eq!(counter(&a, "roomcast_cluster_owned_rooms").await, 1.0);
+    assert_eq!(counter(&b, "roomcast_cluster_owned_rooms").await, 0.0);
+    let seqs = |h: &[roomcast::protocol::HistoryEntry]| -> Vec<u64> {
+        h.iter().map(|e| e.message.seq).collect()
+    };
+
+    // A join's history on B, and pages of `history` requests there.
+    let cal = b.client("cal").await;
+    let info = cal.join("r", 10).await.expect("joins on B");
+    assert_eq!(seqs(&info.history), acked, "join history on B");
+    assert_eq!(info.last_seq, acked[4]);
+    let newest = cal.history("r", None, 3).await.expect("a page on B");
+    assert_eq!(seqs(&newest), acked[2..]);
+    let older = cal
+        .history("r", Some(acked[2]), 10)
+        .await
+        .expect("the older page on B");
+    assert_eq!(seqs(&older), acked[..2]);
+    let bodies: Vec<_> = newest.iter().map(|e| e.message.body.clone()).collect();
+    assert_eq!(bodies, vec![body("m2"), body("m3"), body("m4")]);
+
+    // Sent while B has a member: it is in B's history too, read from the stream.
+    let (seq, _) = ann
+        .send("r", "chat", body("m5"), false)
+        .await
+        .expect("sent through A");
+    let page = cal.history("r", None, 10).await.expect("a page on B");
+    assert_eq!(seqs(&page).last(), Some(&seq));
+    assert_eq!(page.len(), 6);
+    drop((ann, cal));
+    drop((a, b));
+    drop(nats);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_on_a_relay_without_members_replays_from_history_what_the_owner_sequenced() {
+    let Some(bin) = nats_support::binary("resume_on_a_non_owner") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = nats_support::NatsServer::start(&bin, &dir.path().join("nats"));
+    let Owned {
+        a,
+        b,
+        ann,
+        epoch,
+        acked,
+    } = owned_by_a(dir.path(), &nats.url(), 4).await;
+
+    // Bob received the first and comes back on B, which has no member of the room.
+    let bob = b.client("bob").await;
+    let info = bob
+        .resume("r", epoch, acked[0])
+        .await
+        .expect("resumes on B");
+    assert_eq!(info.last_seq, acked[3], "the room's newest, not B's ring's");
+    let resumed = first(&bob, "Resumed", |e| match e {
+        ClientEvent::Resumed {
+            missed, last_seq, ..
+        } => Some((missed, last_seq)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(resumed, (0, acked[3]), "everything missed is replayed");
+    let (seq, _) = ann
+        .send("r", "chat", body("live"), false)
+        .await
+        .expect("sent through A");
+    let got = collect(&bob, "r", 4).await;
+    let seqs: Vec<u64> = got.messages.iter().map(|(m, _)| m.seq).collect();
+    assert_eq!(
+        seqs,
+        [acked[1], acked[2], acked[3], seq],
+        "replay, then live"
+    );
+    assert!(got.gaps.is_empty(), "{:?}", got.gaps);
+
+    // A resume beyond the room's newest is still refused.
+    let cal = b.client("cal").await;
+    let refused = cal
+        .resume("r", epoch, seq + 1)
+        .await
+        .expect_err("beyond the newest");
+    assert_eq!(
+        refused.code(),
+        Some(roomcast::protocol::ErrorCode::BadRequest)
+    );
+    drop((ann, bob, cal));
+    drop((a, b));
+    drop(nats);
+}

@@ -467,6 +467,22 @@ impl Relay {
         Ok(self.merge_history(room, stored, before_seq, limit, recalls))
     }
 
+    // ---- cluster: a relay's first member of a room another relay sequences ----
+    /// Brings the local ring's numbering of `room` up to what the stream holds when this relay
+    /// does not sequence the room and has no member there (its ring gets no live traffic): a
+    /// join or resume then counts from the room's real newest message, history below it and
+    /// live traffic above it (a live message at or below it is refused by the ring, being in
+    /// history).
+    pub(crate) fn catch_up(&self, room: &Room) -> Result<(), WireError> {
+        if self.sequences(&room.id) || self.core().room(&room.id).is_some_and(|r| !r.is_empty()) {
+            return Ok(());
+        }
+        let committed = self.stored_history(room, None, 1)?.committed;
+        room.ring.resume_seq(committed.saturating_add(1));
+        Ok(())
+    }
+    // ---- end cluster ----
+
     /// The stored part of a history page: the store's newest committed sequence number and up
     /// to `limit` stored messages with `seq < before_seq`.
     pub(crate) fn stored_history(
@@ -506,7 +522,12 @@ impl Relay {
         limit: usize,
         recalls: &BTreeSet<u64>,
     ) -> Vec<HistoryEntry> {
-        let visible = room.ring.join_point().last_seq;
+        let mut visible = room.ring.join_point().last_seq;
+        // ---- cluster: what the room's owner stored is visible (its sender was answered) ----
+        if !self.sequences(&room.id) {
+            visible = visible.max(stored.committed);
+        }
+        // ---- end cluster ----
         let bound = before_seq
             .unwrap_or(u64::MAX)
             .min(visible.saturating_add(1));
@@ -543,7 +564,7 @@ impl Relay {
 /// The stored part of a history page (see [`Relay::stored_history`]).
 pub(crate) struct StoredPage {
     /// The store's newest committed sequence number in the room.
-    committed: u64,
+    pub(crate) committed: u64,
     /// The stored messages of the page, oldest first.
     messages: Vec<StoredMessage>,
 }

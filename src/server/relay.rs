@@ -1287,6 +1287,7 @@ impl Relay {
     ) -> Result<JoinInfo, WireError> {
         let limits = &self.config.limits;
         let room_id = room.id.as_str();
+        self.catch_up(room)?;
         // Read before anything changes: a join whose history cannot be read is refused whole.
         let stored = match wanted {
             0 => None,

@@ -37,9 +37,9 @@ struct RingStart {
 
 /// The ring position from which the ring holds every message after `after`, looking back no
 /// further than a quarter of the ring (beyond it a reader would shed what history can replay).
-/// `first_of_run`: the first number this run assigns (the ring holds the whole run when it
-/// never moved past a quarter of its capacity).
-fn ring_start(ring: &Ring, at: &JoinPoint, after: u64, first_of_run: u64) -> RingStart {
+/// What the ring does not hold (it holds only what this relay placed: nothing, on a relay that
+/// just caught up with a room another relay sequences) is replayed from history.
+fn ring_start(ring: &Ring, at: &JoinPoint, after: u64) -> RingStart {
     let floor = at.pos.saturating_sub(ring.capacity() / 4);
     let mut start = RingStart {
         pos: at.pos,
@@ -65,10 +65,6 @@ fn ring_start(ring: &Ring, at: &JoinPoint, after: u64, first_of_run: u64) -> Rin
             start.from_seq = e.seq;
             start.messages += 1;
         }
-    }
-    if pos == 0 {
-        // Everything this run placed is still here.
-        start.from_seq = start.from_seq.min(first_of_run.max(1));
     }
     start
 }
@@ -98,6 +94,7 @@ impl Relay {
         if room.epoch != epoch {
             return Err(destroyed(Some(room.epoch)));
         }
+        self.catch_up(&room)?;
         let newest = room.ring.join_point().last_seq;
         if last_seq > newest {
             return Err(WireError::new(
@@ -131,7 +128,7 @@ impl Relay {
         let unused = core.room(&room.id).map_or((0, 0), |r| r.unused);
         if !mine.is_empty() {
             let at = room.ring.join_point();
-            let start = ring_start(&room.ring, &at, last_seq, unused.1);
+            let start = ring_start(&room.ring, &at, last_seq);
             let mut replay: Vec<Bytes> = stored
                 .into_iter()
                 .filter(|h| !h.recalled)

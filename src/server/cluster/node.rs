@@ -664,6 +664,10 @@ impl Cluster {
             .max(room.ring.last_seq());
         relay.refresh_room(room, &loaded.record, loaded.attrs);
         room.ring.resume_seq(used + 1);
+        // A resume here does not count the numbers the last owner reserved and never used.
+        relay
+            .core()
+            .room_restarted(&room.id, room.epoch, newest, used + 1);
         let upto = used + SEQ_RESERVE;
         relay
             .store()

@@ -10,7 +10,7 @@
 //! admin changes of a room through any relay (forwarded to its owner), and one KV watch per
 //! relay keeping its rooms current, member counts across relays. **Still to build** (marked
 //! *next*): the app-wide lists written through any relay, member lists and join/leave events
-//! across relays, resume on another relay.
+//! across relays. Resume on another relay is built (*now*, see "Resume").
 //!
 //! # Names
 //! Everything lives under `cluster.prefix` (`P`, default `roomcast`). A room id becomes one
@@ -125,13 +125,22 @@
 //! pass finds it; the other relays learn the end from the state bucket (the key's deletion) and
 //! tell their members the reason their own timers give (scheduled, lifetime, idle; else manual).
 //!
-//! # Resume (*next*, client side first)
+//! # Resume (*now*)
 //! Resume is client-driven so it works on any relay: the client rejoins a room telling the epoch
 //! and the last seq it received. The relay subscribes to live traffic first and buffers it, then
 //! replays the missed seqs from its ring or, beyond the ring, from history (direct gets by
 //! stream sequence), then drains the buffer from where the replay ended. All or nothing: seqs
 //! it cannot replay (low-priority ones history does not keep, trimmed ones) are counted in
 //! `Resumed{missed}`, never silently skipped; a room whose epoch changed is reported destroyed.
+//! Reads of history on any relay see what other relays appended: a read looks up the room's
+//! last stream sequence (both subjects, direct gets) and, only when the stream holds newer
+//! messages than the relay's index, reads them once with a short-lived ordered consumer from
+//! past the newest stream sequence it knows. A relay with no member of a room it does not own
+//! brings its ring's numbering up to the room's newest stored message before a join or resume
+//! (history below, live above). A new owner records the numbers the last owner reserved and
+//! never used (as after a restart), so resumes on it do not count them; a resume on a third
+//! relay replaying across the change from history still counts them (*next*: the range in the
+//! room's KV record).
 //!
 //! # Guarantees
 //! - **Ordering**: per room, `seq` is assigned by one writer at a time and only increases (past

@@ -566,6 +566,65 @@ impl Nats {
         }
     }
 
+    /// Brings `room`'s index up to what the stream holds, so reads on any relay see the
+    /// messages other relays (the room's owner) appended: one last-by-subject lookup per
+    /// history subject, and only when the stream holds newer ones, one short-lived ordered
+    /// consumer reading them from past the newest stream sequence the index knows (at most
+    /// `history_max` per room are kept).
+    async fn refresh(&self, room: &str) -> Result<(), StoreError> {
+        let known = self
+            .index
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(room)
+            .and_then(|m| m.values().max().copied())
+            .unwrap_or(0);
+        let mut last = 0;
+        for kind in [HistoryKind::Message, HistoryKind::Recall] {
+            let of_kind = self.last_of(kind, room, "reading history").await?;
+            last = last.max(of_kind.unwrap_or(0));
+        }
+        if last <= known {
+            return Ok(());
+        }
+        let from = jetstream::consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: known + 1,
+        };
+        self.scan(
+            &self.history,
+            from,
+            self.names.history_any(room),
+            "reading history",
+            |msg, sseq| {
+                let stored: StoredMessage = decode_msg(&msg.payload, room, sseq)?;
+                self.index_insert(room, stored.seq, sseq);
+                Ok(())
+            },
+        )
+        .await
+    }
+
+    /// The stream sequence of the newest message on `room`'s history subject of `kind`, `None`
+    /// when it has none.
+    async fn last_of(
+        &self,
+        kind: HistoryKind,
+        room: &str,
+        what: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        let subject = self.names.history(kind, room);
+        match timed(
+            "get_last",
+            self.history.direct_get_last_for_subject(subject),
+        )
+        .await
+        {
+            Ok(raw) => Ok(Some(raw.sequence)),
+            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(unavailable(what, e)),
+        }
+    }
+
     /// Where message `seq` of `room` is.
     fn index_get(&self, room: &str, seq: u64) -> Option<u64> {
         let idx = self.index.lock().unwrap_or_else(|p| p.into_inner());
@@ -887,23 +946,9 @@ impl Nats {
             return Ok(None);
         };
         let value: RoomValue = decode_json(&entry.value, &format!("room {room:?}"))?;
-        let last = |kind| {
-            let subject = self.names.history(kind, room);
-            async move {
-                match timed(
-                    "get_last",
-                    self.history.direct_get_last_for_subject(subject),
-                )
-                .await
-                {
-                    Ok(raw) => Ok(Some(raw.sequence)),
-                    Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
-                    Err(e) => Err(unavailable("reloading a room's history", e)),
-                }
-            }
-        };
-        let last_msg = last(HistoryKind::Message).await?;
-        let last_marker = last(HistoryKind::Recall).await?;
+        let what = "reloading a room's history";
+        let last_msg = self.last_of(HistoryKind::Message, room, what).await?;
+        let last_marker = self.last_of(HistoryKind::Recall, room, what).await?;
         let mut newest: Option<(u64, u64)> = None;
         self.index
             .lock()
@@ -1325,7 +1370,11 @@ impl Store for NatsStore {
         before_seq: Option<u64>,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
-        // All candidates (at most `history_max`): one trimmed meanwhile is skipped for an older.
+        // What other relays appended first, then all candidates (at most `history_max`): one
+        // trimmed meanwhile is skipped for an older.
+        let nats = self.nats.clone();
+        let owned = room.to_owned();
+        self.block(async move { nats.refresh(&owned).await })?;
         let mut wanted = self.stream_seqs(room, before_seq.unwrap_or(u64::MAX), usize::MAX);
         if wanted.is_empty() {
             return Ok(Vec::new());
@@ -1353,8 +1402,18 @@ impl Store for NatsStore {
     }
 
     fn message(&self, room: &str, seq: u64) -> Result<Option<StoredMessage>, StoreError> {
-        let Some(sseq) = self.nats.index_get(room, seq) else {
-            return Ok(None);
+        let sseq = match self.nats.index_get(room, seq) {
+            Some(sseq) => sseq,
+            None => {
+                // Perhaps appended by another relay: look at the stream once.
+                let nats = self.nats.clone();
+                let owned = room.to_owned();
+                self.block(async move { nats.refresh(&owned).await })?;
+                match self.nats.index_get(room, seq) {
+                    Some(sseq) => sseq,
+                    None => return Ok(None),
+                }
+            }
         };
         let nats = self.nats.clone();
         self.block(async move { nats.get(sseq).await })
