@@ -7,7 +7,7 @@ mod nats_support;
 use bytes::Bytes;
 use nats_support::serve::Serve as Relay;
 use rand::Rng;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -21,28 +21,6 @@ fn start(data: &Path) -> Relay {
 /// [`start`] with `extra` appended to its configuration file.
 fn start_with(data: &Path, extra: &str) -> Relay {
     Relay::start_in(data, extra)
-}
-
-async fn all_history(relay: &Relay, room: &str) -> Vec<Value> {
-    let mut out: Vec<Value> = Vec::new();
-    let mut before: Option<u64> = None;
-    for _ in 0..1000 {
-        let q = match before {
-            Some(b) => format!("/v1/rooms/{room}/messages?limit=200&before_seq={b}"),
-            None => format!("/v1/rooms/{room}/messages?limit=200"),
-        };
-        let (status, page) = relay.admin(reqwest::Method::GET, &q, None).await;
-        assert_eq!(status, 200, "{page}");
-        let msgs = page["messages"].as_array().expect("messages").clone();
-        let mut chunk = msgs;
-        chunk.extend(out);
-        out = chunk;
-        match page["next_before_seq"].as_u64() {
-            Some(b) => before = Some(b),
-            None => break,
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,7 +198,7 @@ async fn sigkill_during_load(extra: &str) {
         .await;
     assert_eq!(t["types"], json!(["gift"]));
 
-    let history = all_history(&relay, "crash").await;
+    let history = relay.history("crash").await;
     let seqs: Vec<u64> = history
         .iter()
         .map(|m| m["seq"].as_u64().expect("seq"))
@@ -259,7 +237,7 @@ async fn sigkill_during_load(extra: &str) {
         seq > max_acked,
         "seq {seq} after restart, {max_acked} before"
     );
-    let later = all_history(&relay, "crash").await;
+    let later = relay.history("crash").await;
     assert_eq!(later.last().expect("newest")["body"], "after");
     assert_eq!(
         later.len(),

@@ -31,31 +31,14 @@ async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
     }
 }
 
-/// A relay's rooms' stored seqs, oldest first.
+/// A relay's stored seqs of `room`, oldest first.
 async fn history(relay: &Relay, room: &str) -> Vec<u64> {
-    let mut out: Vec<u64> = Vec::new();
-    let mut before: Option<u64> = None;
-    for _ in 0..100 {
-        let q = match before {
-            Some(b) => format!("/v1/rooms/{room}/messages?limit=200&before_seq={b}"),
-            None => format!("/v1/rooms/{room}/messages?limit=200"),
-        };
-        let (status, page) = relay.admin(reqwest::Method::GET, &q, None).await;
-        assert_eq!(status, 200, "{page}");
-        let mut chunk: Vec<u64> = page["messages"]
-            .as_array()
-            .expect("messages")
-            .iter()
-            .map(|m| m["seq"].as_u64().expect("seq"))
-            .collect();
-        chunk.extend(out);
-        out = chunk;
-        match page["next_before_seq"].as_u64() {
-            Some(b) => before = Some(b),
-            None => break,
-        }
-    }
-    out
+    relay
+        .history(room)
+        .await
+        .iter()
+        .map(|m| m["seq"].as_u64().expect("seq"))
+        .collect()
 }
 
 async fn create_room(relay: &Relay, id: &str) {

@@ -136,6 +136,28 @@ history_max = 100000
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// Every stored message of `room`, oldest first, paged through the admin API.
+    pub async fn history(&self, room: &str) -> Vec<Value> {
+        let mut out: Vec<Value> = Vec::new();
+        let mut before: Option<u64> = None;
+        for _ in 0..1000 {
+            let q = match before {
+                Some(b) => format!("/v1/rooms/{room}/messages?limit=200&before_seq={b}"),
+                None => format!("/v1/rooms/{room}/messages?limit=200"),
+            };
+            let (status, page) = self.admin(reqwest::Method::GET, &q, None).await;
+            assert_eq!(status, 200, "{page}");
+            let mut chunk = page["messages"].as_array().expect("messages").clone();
+            chunk.extend(out);
+            out = chunk;
+            match page["next_before_seq"].as_u64() {
+                Some(b) => before = Some(b),
+                None => break,
+            }
+        }
+        out
+    }
+
     /// The relay's `/metrics` text.
     pub async fn metrics(&self) -> String {
         self.http
