@@ -6,9 +6,11 @@
 //! member resumes exactly on a survivor, the survivors' members get every acknowledged message,
 //! history holds each once, and ownership moves within the lease bound.
 
+mod common;
 mod nats_support;
 
 use bytes::Bytes;
+use common::{metric, poll};
 use roomcast::client::{Client, ClientConfig, ClientEvent, FailoverClient, FailoverConfig};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -571,5 +573,49 @@ async fn the_owner_sigkilled_under_a_paced_load_its_clients_resume_exactly_on_th
     }
     publisher.close().await;
     drop((b, c));
+    drop(nats);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_refused_unavailable_keeps_the_membership_until_a_relay_can_resume_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some((mut nats, mut a, b, early)) =
+        standby_pair("a_resume_refused_unavailable", dir.path()).await
+    else {
+        return;
+    };
+    let sub = failover(&a, vec![a.quic, b.quic], "sub", 8192).await;
+    let info = sub.join("lobby", -1).await.expect("joins on a");
+    assert_eq!(info.last_seq, early);
+
+    // With NATS gone, b cannot read the room's history, so it refuses the resume UNAVAILABLE.
+    nats.kill();
+    a.kill();
+    poll("b refuses a resume", || async {
+        let text = b.metrics().await;
+        let refused = metric(&text, "roomcast_resumes_total", &[("outcome", "refused")]);
+        refused.is_some_and(|n| n >= 1.0).then_some(())
+    })
+    .await;
+    nats.restart();
+
+    // The membership was kept: once b can serve it, the subscriber resumes there and gets what
+    // is sent after, with nothing missed (`Seen::take` fails on a `ResumeFailed`).
+    let acked = publish(&b, 3).await;
+    let mut seen = Seen::default();
+    read_until(&sub, &mut seen, *acked.last().expect("sent")).await;
+    assert!(
+        seen.reconnected.iter().all(|(_, s)| *s == b.quic),
+        "{seen:?}"
+    );
+    assert!(
+        seen.reconnected.len() >= 2,
+        "refused once, then resumed: {seen:?}"
+    );
+    let (at, missed, _) = *seen.resumed.last().expect("resumed");
+    assert_eq!((at, missed), (0, 0), "{seen:?}");
+    assert_eq!(seen.seqs, acked, "every message once, in order");
+    sub.close().await;
+    drop(b);
     drop(nats);
 }

@@ -10,14 +10,16 @@
 //! the messages after that seq it can replay, then live traffic; the events of the application
 //! read on as if nothing happened, with [`ClientEvent::Reconnected`] where the connection
 //! changed. A room that cannot be resumed (destroyed meanwhile, a ban) is told with
-//! [`ClientEvent::ResumeFailed`].
+//! [`ClientEvent::ResumeFailed`]. A relay that answers a resume `UNAVAILABLE` (it cannot reach
+//! its store or NATS just now) ends no membership: the client leaves it and resumes on the next
+//! relay, with the same back-off, within the same `reconnect_for`.
 //!
 //! The newest `seq` per room is taken from the delivery stream, which is in order.
 //! Low-priority datagrams may overtake it, so those received above it are remembered (at most
 //! [`DATAGRAMS_KEPT`] per room) and not delivered a second time when the resume replays them.
 
 use super::{Client, ClientConfig, ClientError, ClientEvent};
-use crate::protocol::{CloseCode, HistoryEntry, JoinInfo, RoomInfo};
+use crate::protocol::{CloseCode, ErrorCode, HistoryEntry, JoinInfo, RoomInfo};
 use bytes::Bytes;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -381,65 +383,116 @@ async fn run(
         }
         tracing::info!(server = %shared.cfg.servers[index], %reason, "connection lost; reconnecting");
         shared.link.send_replace(Link::Reconnecting);
-        let Some((next, at)) = reconnect(&shared, index).await else {
-            let reason = format!(
-                "{reason}; no relay of {} answered within {} s",
-                shared.cfg.servers.len(),
-                shared.cfg.reconnect_for.as_secs()
-            );
-            shared.link.send_replace(Link::Gone(code, reason.clone()));
-            let _ = tx.send_async(ClientEvent::Closed { code, reason }).await;
-            return;
-        };
-        client = Arc::new(next);
-        index = at;
-        if tx
-            .send_async(ClientEvent::Reconnected {
-                server: shared.cfg.servers[index],
-            })
-            .await
-            .is_err()
-        {
-            client.close().await;
-            return;
-        }
-        // Every membership at once; their events wait in the connection's buffer meanwhile.
-        let rooms: Vec<(String, Membership)> = shared
-            .track()
-            .rooms
-            .iter()
-            .map(|(r, m)| (r.clone(), *m))
-            .collect();
-        let resumes = rooms
-            .iter()
-            .map(|(room, m)| client.resume(room, m.epoch, m.last_seq));
-        let results = futures_util::future::join_all(resumes).await;
-        for ((room, _), result) in rooms.into_iter().zip(results) {
-            match result {
-                Ok(_) => {}
-                Err(ClientError::Refused(error)) => {
-                    tracing::info!(%room, %error, "membership not resumed");
-                    let ev = ClientEvent::ResumeFailed { room, error };
-                    shared.track().take(&ev);
-                    if tx.send_async(ev).await.is_err() {
-                        client.close().await;
+        let deadline = tokio::time::Instant::now() + shared.cfg.reconnect_for;
+        let mut pause = shared.cfg.backoff_min;
+        loop {
+            let Some((next, at)) = reconnect(&shared, index, deadline).await else {
+                let reason = format!(
+                    "{reason}; no relay of {} answered within {} s",
+                    shared.cfg.servers.len(),
+                    shared.cfg.reconnect_for.as_secs()
+                );
+                shared.link.send_replace(Link::Gone(code, reason.clone()));
+                let _ = tx.send_async(ClientEvent::Closed { code, reason }).await;
+                return;
+            };
+            client = Arc::new(next);
+            index = at;
+            if tx
+                .send_async(ClientEvent::Reconnected {
+                    server: shared.cfg.servers[index],
+                })
+                .await
+                .is_err()
+            {
+                client.close().await;
+                return;
+            }
+            match resume_all(&shared, &client, &tx).await {
+                Resumes::Done => break,
+                Resumes::AppGone => {
+                    client.close().await;
+                    return;
+                }
+                Resumes::Unavailable(error) => {
+                    // That relay cannot serve the rooms now (it lost its store, or NATS): the
+                    // memberships are kept and resumed on the next relay that can, after a pause.
+                    tracing::info!(server = %shared.cfg.servers[index], %error, "relay cannot resume now; trying the next");
+                    client.close().await;
+                    if tokio::time::Instant::now() + pause >= deadline {
+                        let reason = format!(
+                            "{reason}; no relay could resume the rooms within {} s ({error})",
+                            shared.cfg.reconnect_for.as_secs()
+                        );
+                        shared.link.send_replace(Link::Gone(code, reason.clone()));
+                        let _ = tx.send_async(ClientEvent::Closed { code, reason }).await;
                         return;
                     }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(shared.cfg.backoff_max);
                 }
-                // The new connection died already: the loop above sees its end.
-                Err(_) => {}
             }
         }
         shared.link.send_replace(Link::Up(client.clone()));
     }
 }
 
-/// Connects to the servers after `failed`, round robin, with back-off between rounds, within
-/// `reconnect_for`; the client and its server's index.
-async fn reconnect(shared: &Shared, failed: usize) -> Option<(Client, usize)> {
+/// How resuming every membership on a new connection went.
+enum Resumes {
+    /// Each was resumed, or told the application why not ([`ClientEvent::ResumeFailed`]).
+    Done,
+    /// The relay answered `UNAVAILABLE` for one: nothing is given up, another relay is tried.
+    Unavailable(crate::protocol::WireError),
+    /// The application dropped the client.
+    AppGone,
+}
+
+/// Resumes every membership on `client` at once (their events wait in the connection's buffer
+/// meanwhile). A refusal that is final (the room was destroyed, a ban) ends that membership; a
+/// relay that is unavailable ends none.
+async fn resume_all(shared: &Shared, client: &Client, tx: &flume::Sender<ClientEvent>) -> Resumes {
+    let rooms: Vec<(String, Membership)> = shared
+        .track()
+        .rooms
+        .iter()
+        .map(|(r, m)| (r.clone(), *m))
+        .collect();
+    let resumes = rooms
+        .iter()
+        .map(|(room, m)| client.resume(room, m.epoch, m.last_seq));
+    let results = futures_util::future::join_all(resumes).await;
+    let mut failed = Vec::new();
+    for ((room, _), result) in rooms.into_iter().zip(results) {
+        match result {
+            Ok(_) => {}
+            Err(ClientError::Refused(error)) if error.code == ErrorCode::Unavailable => {
+                return Resumes::Unavailable(error);
+            }
+            Err(ClientError::Refused(error)) => failed.push((room, error)),
+            // The new connection died already: the caller's event loop sees its end.
+            Err(_) => {}
+        }
+    }
+    for (room, error) in failed {
+        tracing::info!(%room, %error, "membership not resumed");
+        let ev = ClientEvent::ResumeFailed { room, error };
+        shared.track().take(&ev);
+        if tx.send_async(ev).await.is_err() {
+            return Resumes::AppGone;
+        }
+    }
+    Resumes::Done
+}
+
+/// Connects to the servers after `failed`, round robin, with back-off between rounds, until
+/// `deadline`; the client and its server's index.
+async fn reconnect(
+    shared: &Shared,
+    failed: usize,
+    deadline: tokio::time::Instant,
+) -> Option<(Client, usize)> {
     let cfg = &shared.cfg;
     let n = cfg.servers.len();
-    let deadline = tokio::time::Instant::now() + cfg.reconnect_for;
     let mut pause = cfg.backoff_min;
     let mut i = failed;
     loop {
