@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 mod common;
@@ -19,15 +19,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_roomcast");
 
 /// Upper bound on any wait: turns a hang into a failure, never used to synchronise.
 const SAFETY: Duration = Duration::from_secs(25);
-
-/// Waits until `done()` holds, failing with `what` after [`SAFETY`].
-fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + SAFETY;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// A `roomcast` command, with the environment a user's shell would not set removed.
 fn roomcast(args: &[&str]) -> Command {
@@ -42,32 +33,67 @@ fn roomcast(args: &[&str]) -> Command {
 
 /// A running `roomcast` process whose output is collected as it comes.
 struct Proc {
-    child: Child,
+    pid: u32,
+    /// The process's exit status, sent by the thread that waits for it.
+    exited: mpsc::Receiver<std::io::Result<ExitStatus>>,
+    /// Whether the exit was taken from `exited` already.
+    reaped: bool,
     stdin: Option<ChildStdin>,
-    stdout: Arc<Mutex<Vec<u8>>>,
-    stderr: Arc<Mutex<Vec<u8>>>,
+    stdout: Arc<Output>,
+    stderr: Arc<Output>,
     /// The threads collecting stdout and stderr; they end when the process closes its pipes.
     collectors: Vec<std::thread::JoinHandle<()>>,
     what: String,
 }
 
-/// The bytes a collector thread has gathered so far, and the thread.
-type Collected = (Arc<Mutex<Vec<u8>>>, std::thread::JoinHandle<()>);
+/// What one of the process's pipes has yielded so far; `grew` is notified on each read.
+#[derive(Default)]
+struct Output {
+    bytes: Mutex<Vec<u8>>,
+    grew: Condvar,
+}
+
+impl Output {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes.lock().expect("lock")).into_owned()
+    }
+
+    /// Waits until `cond` holds of the text (woken by each read), at most [`SAFETY`]; whether
+    /// it did.
+    fn wait_for(&self, cond: impl Fn(&str) -> bool) -> bool {
+        let deadline = Instant::now() + SAFETY;
+        let mut bytes = self.bytes.lock().expect("lock");
+        loop {
+            if cond(&String::from_utf8_lossy(&bytes)) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            bytes = self.grew.wait_timeout(bytes, left).expect("lock").0;
+        }
+    }
+}
 
 /// Collects everything `from` yields as it comes (a prompt has no newline to wait for).
-fn collect(mut from: impl Read + Send + 'static) -> Collected {
-    let bytes = Arc::new(Mutex::new(Vec::new()));
-    let sink = bytes.clone();
+fn collect(mut from: impl Read + Send + 'static) -> (Arc<Output>, std::thread::JoinHandle<()>) {
+    let out = Arc::new(Output::default());
+    let sink = out.clone();
     let thread = std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         while let Ok(n) = from.read(&mut buf) {
             if n == 0 {
                 return;
             }
-            sink.lock().expect("lock").extend_from_slice(&buf[..n]);
+            sink.bytes
+                .lock()
+                .expect("lock")
+                .extend_from_slice(&buf[..n]);
+            sink.grew.notify_all();
         }
     });
-    (bytes, thread)
+    (out, thread)
 }
 
 impl Proc {
@@ -80,9 +106,17 @@ impl Proc {
             .expect("roomcast starts");
         let (stdout, out_thread) = collect(child.stdout.take().expect("piped"));
         let (stderr, err_thread) = collect(child.stderr.take().expect("piped"));
+        let stdin = child.stdin.take();
+        let pid = child.id();
+        let (tx, exited) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
         Proc {
-            stdin: child.stdin.take(),
-            child,
+            pid,
+            exited,
+            reaped: false,
+            stdin,
             stdout,
             stderr,
             collectors: vec![out_thread, err_thread],
@@ -91,15 +125,31 @@ impl Proc {
     }
 
     fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.stdout.lock().expect("lock")).into_owned()
+        self.stdout.text()
     }
 
     fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().expect("lock")).into_owned()
+        self.stderr.text()
     }
 
     fn wait_stdout(&self, what: &str, cond: impl Fn(&str) -> bool) {
-        eventually(&format!("{}: {what}", self.what), || cond(&self.stdout()));
+        assert!(
+            self.stdout.wait_for(cond),
+            "timed out after {SAFETY:?} waiting for {}: {what}\nstdout:\n{}\nstderr:\n{}",
+            self.what,
+            self.stdout(),
+            self.stderr()
+        );
+    }
+
+    fn wait_stderr(&self, what: &str, cond: impl Fn(&str) -> bool) {
+        assert!(
+            self.stderr.wait_for(cond),
+            "timed out after {SAFETY:?} waiting for {}: {what}\nstdout:\n{}\nstderr:\n{}",
+            self.what,
+            self.stdout(),
+            self.stderr()
+        );
     }
 
     fn type_line(&mut self, line: &str) {
@@ -114,7 +164,7 @@ impl Proc {
 
     fn signal(&self, sig: &str) {
         let sent = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .args([&format!("-{sig}"), &self.pid.to_string()])
             .status()
             .expect("kill runs");
         assert!(sent.success());
@@ -123,14 +173,10 @@ impl Proc {
     /// Waits for the exit (bounded) and returns the status with everything printed. Standard
     /// input stays open until then: a program must end by itself.
     fn finish(mut self) -> (ExitStatus, String, String) {
-        let deadline = Instant::now() + SAFETY;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
+        let status = match self.exited.recv_timeout(SAFETY) {
+            Ok(status) => status.expect("wait"),
+            Err(_) => {
+                self.kill();
                 panic!(
                     "{} did not exit within {SAFETY:?}\nstdout:\n{}\nstderr:\n{}",
                     self.what,
@@ -138,22 +184,33 @@ impl Proc {
                     self.stderr()
                 );
             }
-            std::thread::sleep(Duration::from_millis(20));
         };
+        self.reaped = true;
         // The pipes close with the process; the collectors finish right after.
         for thread in self.collectors.drain(..) {
             thread.join().expect("collector");
         }
         (status, self.stdout(), self.stderr())
     }
+
+    /// SIGKILLs the process, if it still runs, and reaps it.
+    fn kill(&mut self) {
+        if self.reaped {
+            return;
+        }
+        if let Err(mpsc::TryRecvError::Empty) = self.exited.try_recv() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.pid.to_string()])
+                .status();
+            let _ = self.exited.recv_timeout(SAFETY);
+        }
+        self.reaped = true;
+    }
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        self.kill();
     }
 }
 
@@ -218,8 +275,10 @@ impl Relay {
             roomcast(&["serve", "--config", &config.display().to_string()]),
             "serve",
         );
+        // Printed right after the relay wrote its server.json.
+        proc.wait_stderr("its start", |e| e.contains("roomcast: QUIC on"));
         let file = server_json(&data);
-        eventually("server.json", || file.exists());
+        assert!(file.exists(), "{} is written", file.display());
         let f = DataFolder::new(&data)
             .server_file()
             .expect("server.json parses");
@@ -363,7 +422,7 @@ fn serve_removes_its_server_file_when_stopped() {
         let file = server_json(&relay.data);
         let written: Value =
             serde_json::from_str(&std::fs::read_to_string(&file).expect("read")).expect("json");
-        assert_eq!(written["pid"], json!(relay.proc.child.id()));
+        assert_eq!(written["pid"], json!(relay.proc.pid));
         let (_, data, _dir) = relay.stop(sig);
         assert!(
             !server_json(&data).exists(),
@@ -394,7 +453,7 @@ fn a_second_serve_fails_with_a_hint_and_leaves_the_first_ones_file() {
     assert!(!status.success());
     let text = error_text(&stderr);
     assert!(
-        text.contains(&format!("another relay (pid {})", relay.proc.child.id())),
+        text.contains(&format!("another relay (pid {})", relay.proc.pid)),
         "{text}"
     );
 
