@@ -12,9 +12,7 @@ mod nats_support;
 
 use common::{body, metric, poll};
 use nats_support::serve::Serve;
-use reqwest::Method;
 use roomcast::client::{Client, ClientEvent};
-use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -135,23 +133,6 @@ fn nats_addr(url: &str) -> SocketAddr {
         .expect("a loopback address")
 }
 
-/// Creates `room` through `on`'s admin API and waits until every relay of `all` knows it.
-async fn create_everywhere(on: &Serve, all: &[&Serve], room: &str) {
-    let (status, reply) = on
-        .admin(Method::POST, "/v1/rooms", Some(json!({"id": room})))
-        .await;
-    assert_eq!(status, 201, "{reply}");
-    for relay in all {
-        poll("the room on every relay", || async {
-            let (status, _) = relay
-                .admin(Method::GET, &format!("/v1/rooms/{room}"), None)
-                .await;
-            (status == 200).then_some(())
-        })
-        .await;
-    }
-}
-
 /// Waits until the gauge `name` of `relay` is `value`.
 async fn gauge_becomes(relay: &Serve, name: &str, value: f64) {
     poll(&format!("{name} = {value}"), || async {
@@ -212,6 +193,28 @@ async fn send(client: &Client, room: &str, n: usize, low: impl Fn(usize) -> bool
     seqs
 }
 
+/// Sends `n` messages as `client`, sending each again on an interval while it is refused with
+/// `UNAVAILABLE` (sent to no one: a dead owner's lease is running out), within [`COLLECT`];
+/// their seqs.
+async fn send_retrying(client: &Client, room: &str, n: usize) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    let deadline = tokio::time::Instant::now() + COLLECT;
+    let mut retry = tokio::time::interval(Duration::from_millis(50));
+    while seqs.len() < n {
+        match client.send(room, "chat", body("later"), false).await {
+            Ok((seq, _)) => seqs.push(seq),
+            Err(e)
+                if e.code() == Some(roomcast::protocol::ErrorCode::Unavailable)
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                retry.tick().await;
+            }
+            Err(e) => panic!("send: {e}"),
+        }
+    }
+    seqs
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_cut_off_from_nats_for_a_moment_gets_what_history_holds_and_counts_the_rest() {
     let Some(bin) = nats_support::binary("live_hole_after_a_cut") else {
@@ -223,7 +226,7 @@ async fn a_relay_cut_off_from_nats_for_a_moment_gets_what_history_holds_and_coun
     let a = Serve::start(dir.path(), "relay-a", &nats.url(), "");
     // B reaches NATS through the proxy only.
     let b = Serve::start(dir.path(), "relay-b", &proxy.url(), "");
-    create_everywhere(&a, &[&b], "r").await;
+    a.create_room_known_by("r", &[&b]).await;
     let ann = a.client("ann").await;
     ann.join("r", -1).await.expect("ann joins on A");
     let bea = b.client("bea").await;
@@ -286,7 +289,7 @@ async fn a_member_joining_a_busy_room_on_a_relay_without_members_gets_every_mess
     let nats = nats_support::NatsServer::start(&bin, &dir.path().join("nats"));
     let a = Serve::start(dir.path(), "relay-a", &nats.url(), "");
     let b = Serve::start(dir.path(), "relay-b", &nats.url(), "");
-    create_everywhere(&a, &[&b], "r").await;
+    a.create_room_known_by("r", &[&b]).await;
     let ann = a.client("ann").await;
     ann.join("r", -1).await.expect("ann joins on A");
     ann.send("r", "chat", body("first"), false)
@@ -357,7 +360,7 @@ async fn a_resume_on_a_third_relay_across_an_ownership_change_does_not_count_the
     let mut a = Serve::start(dir.path(), "relay-a", &nats.url(), extra);
     let b = Serve::start(dir.path(), "relay-b", &nats.url(), extra);
     let c = Serve::start(dir.path(), "relay-c", &nats.url(), extra);
-    create_everywhere(&a, &[&b, &c], "r").await;
+    a.create_room_known_by("r", &[&b, &c]).await;
     let ann = a.client("ann").await;
     let epoch = ann.join("r", 0).await.expect("joins on A").room.epoch;
     let old = send(&ann, "r", 3, |_| false).await;
@@ -366,21 +369,7 @@ async fn a_resume_on_a_third_relay_across_an_ownership_change_does_not_count_the
     a.kill();
     let bea = b.client("bea").await;
     bea.join("r", 0).await.expect("joins on B");
-    let mut new = Vec::new();
-    let deadline = tokio::time::Instant::now() + COLLECT;
-    let mut retry = tokio::time::interval(Duration::from_millis(50));
-    while new.len() < 2 {
-        match bea.send("r", "chat", body("new"), false).await {
-            Ok((seq, _)) => new.push(seq),
-            Err(e)
-                if e.code() == Some(roomcast::protocol::ErrorCode::Unavailable)
-                    && tokio::time::Instant::now() < deadline =>
-            {
-                retry.tick().await;
-            }
-            Err(e) => panic!("send on B: {e}"),
-        }
-    }
+    let new = send_retrying(&bea, "r", 2).await;
     assert!(
         new[0] > old[2] + 1,
         "the new owner numbers above what A reserved: {old:?} {new:?}"
@@ -442,7 +431,7 @@ async fn the_owner_sigkilled_after_acknowledging_sends_it_never_published_live_l
     let mut a = Serve::start(dir.path(), "relay-a", &proxy.url(), extra);
     let b = Serve::start(dir.path(), "relay-b", &nats.url(), extra);
     let c = Serve::start(dir.path(), "relay-c", &nats.url(), extra);
-    create_everywhere(&a, &[&b, &c], "r").await;
+    a.create_room_known_by("r", &[&b, &c]).await;
     let amy = a.client("amy").await;
     amy.join("r", -1).await.expect("amy joins on A");
     let first = send(&amy, "r", 1, |_| false).await;
@@ -463,21 +452,7 @@ async fn the_owner_sigkilled_after_acknowledging_sends_it_never_published_live_l
     // A publisher on B: its sends are taken by a survivor once A's lease ran out.
     let publisher = b.client("pub").await;
     publisher.join("r", 0).await.expect("pub joins on B");
-    let mut later = Vec::new();
-    let deadline = tokio::time::Instant::now() + COLLECT;
-    let mut retry = tokio::time::interval(Duration::from_millis(50));
-    while later.len() < 3 {
-        match publisher.send("r", "chat", body("later"), false).await {
-            Ok((seq, _)) => later.push(seq),
-            Err(e)
-                if e.code() == Some(roomcast::protocol::ErrorCode::Unavailable)
-                    && tokio::time::Instant::now() < deadline =>
-            {
-                retry.tick().await;
-            }
-            Err(e) => panic!("send on B: {e}"),
-        }
-    }
+    let later = send_retrying(&publisher, "r", 3).await;
     let mut want: Vec<u64> = live.clone();
     want.extend(&unpublished);
     want.extend(&later);
