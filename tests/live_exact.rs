@@ -426,7 +426,9 @@ async fn the_owner_sigkilled_after_acknowledging_sends_it_never_published_live_l
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = nats_support::NatsServer::start(&bin, &dir.path().join("nats"));
     let proxy = Proxy::start(nats_addr(&nats.url())).await;
-    let extra = "lease_ttl_ms = 1500\n";
+    // A lease long enough that A still sequences the sends it answers once its renewals stop
+    // reaching NATS (it stops three quarters of a TTL after its last renewal).
+    let extra = "lease_ttl_ms = 3000\n";
     // A reaches NATS through the proxy; B and C directly.
     let mut a = Serve::start(dir.path(), "relay-a", &proxy.url(), extra);
     let b = Serve::start(dir.path(), "relay-b", &nats.url(), extra);
