@@ -530,11 +530,16 @@ impl Cluster {
         below: u64,
         expected: Option<holes::Expected>,
     ) {
-        let span = below - last - 1;
+        // Numbers an ownership change left unused hold no message: not read for.
+        let unused = self.unused(&room.id, room.epoch).unwrap_or((0, 0));
+        let span = holes::used_between(last, below, unused);
         let want = span.min(FILL_MAX) as usize;
         let deadline = Instant::now() + FILL_TRYING;
         let mut pause = Duration::from_millis(50);
         let stored = loop {
+            if want == 0 {
+                break Some(Vec::new());
+            }
             let store = relay.store().clone();
             let id = room.id.clone();
             let read = tokio::task::spawn_blocking(move || store.history(&id, Some(below), want))
@@ -556,7 +561,6 @@ impl Cluster {
         };
         let recalls = room.state().recent_recalls.clone();
         let from = expected.map_or(below, |e| e.from);
-        let unused = self.unused(&room.id, room.epoch).unwrap_or((0, 0));
         let mut found: ClassCounts = [0; 3];
         let mut unknown = 0;
         let mut filled = 0;
