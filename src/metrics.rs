@@ -122,6 +122,22 @@ pub const CLUSTER_OWNERSHIP_CHANGES: &str = "roomcast_cluster_ownership_changes_
 /// once, too many at once).
 pub const CLUSTER_FORWARDED: &str = "roomcast_cluster_forwarded_total";
 // ---- end cluster: rooms across relays ----
+// ---- cluster: holes in live traffic ----
+/// Counter: holes a relay noticed in a room's live traffic, by `outcome` (`filled`: every
+/// message of it placed from history; `counted`: some told to the members in a `Gap`).
+pub const CLUSTER_LIVE_HOLES: &str = "roomcast_cluster_live_holes_total";
+/// Counter: messages of live holes placed from history.
+pub const CLUSTER_LIVE_FILLED: &str = "roomcast_cluster_live_filled_messages_total";
+/// Counter: messages of live holes that history could not give, by `class` (told to members in
+/// a `Gap`: low as low, normal and protected as normal).
+pub const CLUSTER_LIVE_MISSED: &str = "roomcast_cluster_live_missed_messages_total";
+/// Counter: live messages that arrived twice or late (at or below what the ring had) and were
+/// dropped.
+pub const CLUSTER_LIVE_DUPLICATES: &str = "roomcast_cluster_live_duplicates_total";
+/// Counter: live messages the NATS client dropped because the relay did not take them fast
+/// enough (slow consumer); each becomes a hole, filled or counted.
+pub const CLUSTER_LIVE_OVERFLOW: &str = "roomcast_cluster_live_overflow_total";
+// ---- end cluster: holes in live traffic ----
 
 /// The delivery histograms record one write in this many, per connection (the first of them,
 /// counting writes that carried messages).
@@ -306,6 +322,28 @@ pub fn describe() {
         "Sends and admin changes forwarded to a room's owner, by outcome (ok, refused, unavailable); served: answered as the owner; busy: refused at once as the owner, too many at once."
     );
     // ---- end cluster: rooms across relays ----
+    // ---- cluster: holes in live traffic ----
+    describe_counter!(
+        CLUSTER_LIVE_HOLES,
+        "Holes noticed in rooms' live traffic, by outcome (filled from history; counted: some told in a Gap)."
+    );
+    describe_counter!(
+        CLUSTER_LIVE_FILLED,
+        "Messages of live holes placed from history."
+    );
+    describe_counter!(
+        CLUSTER_LIVE_MISSED,
+        "Messages of live holes history could not give, by class (told to members in a Gap)."
+    );
+    describe_counter!(
+        CLUSTER_LIVE_DUPLICATES,
+        "Live messages that arrived twice or late and were dropped."
+    );
+    describe_counter!(
+        CLUSTER_LIVE_OVERFLOW,
+        "Live messages the NATS client dropped (slow consumer); each becomes a hole, filled or counted."
+    );
+    // ---- end cluster: holes in live traffic ----
 }
 
 /// Folds the histogram samples `handle`'s recorder holds into their buckets every

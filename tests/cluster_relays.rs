@@ -39,19 +39,8 @@ async fn member_count_becomes(relay: &Serve, room: &str, count: u64) {
 /// Creates `room` through `on`'s admin API and waits until every relay of `all` knows it
 /// (through its watch of the shared state).
 async fn create_everywhere(on: &Serve, all: &[Serve], room: &str) {
-    let (status, reply) = on
-        .admin(Method::POST, "/v1/rooms", Some(json!({"id": room})))
-        .await;
-    assert_eq!(status, 201, "{reply}");
-    for relay in all {
-        poll("the room on every relay", || async {
-            let (status, _) = relay
-                .admin(Method::GET, &format!("/v1/rooms/{room}"), None)
-                .await;
-            (status == 200).then_some(())
-        })
-        .await;
-    }
+    let all: Vec<&Serve> = all.iter().collect();
+    on.create_room_known_by(room, &all).await;
 }
 
 /// Two relays `relay-a` and `relay-b` (`extra` appended to each configuration), room `r` made

@@ -222,6 +222,17 @@ impl Ring {
         true
     }
 
+    /// Counts messages another publisher sequenced that this ring will never place (lost on
+    /// their way and not to be had from history): the next entry's cumulative counts include
+    /// them, so every reader that reads past it is told them in a `Gap` of their class, exactly
+    /// as if they had been placed and overwritten. The observer does not see them.
+    pub fn skip_remote(&self, missed: ClassCounts) {
+        let mut st = self.lock();
+        for (c, n) in st.cum.iter_mut().zip(missed) {
+            *c += n;
+        }
+    }
+
     /// Number of slots.
     pub fn capacity(&self) -> u64 {
         self.mask + 1
@@ -703,6 +714,25 @@ mod tests {
             !ring.place_remote(9, 100, payload(9, Class::Normal)),
             "closed"
         );
+    }
+
+    #[test]
+    fn skipped_remote_messages_are_in_the_next_entrys_counts_not_in_the_ring() {
+        let ring = Ring::new(8);
+        assert!(ring.place_remote(1, 10, payload(1, Class::Normal)));
+        let before = ring.join_point();
+        // Seqs 2..=4 never came: two normal, one low.
+        ring.skip_remote([0, 2, 1]);
+        assert!(ring.place_remote(5, 20, payload(5, Class::Normal)));
+        let Read::Entry(e) = ring.read(before.pos) else {
+            panic!("the next entry is there");
+        };
+        assert_eq!(e.seq, 5);
+        // A reader at `before` sees three lost besides the entry itself.
+        assert_eq!(e.cum, [0, 4, 1]);
+        assert_eq!((before.cum, ring.join_point().messages), ([0, 1, 0], 2));
+        // A member joining after it is owed none of them.
+        assert_eq!(ring.join_point().cum, [0, 4, 1]);
     }
 
     #[test]

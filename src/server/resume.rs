@@ -125,7 +125,14 @@ impl Relay {
         });
         st.departed.remove(user);
         st.last_activity_ms = now;
-        let unused = core.room(&room.id).map_or((0, 0), |r| r.unused);
+        let mut unused = core.room(&room.id).map_or((0, 0), |r| r.unused);
+        // ---- cluster: the never-used numbers of the room's latest owner change ----
+        if let Some(u) = self.cluster().and_then(|c| c.unused(&room.id, room.epoch))
+            && u.1 > unused.1
+        {
+            unused = u;
+        }
+        // ---- end cluster ----
         if !mine.is_empty() {
             let at = room.ring.join_point();
             let start = ring_start(&room.ring, &at, last_seq);

@@ -187,6 +187,32 @@ history_max = 100000
             .expect("client connects")
     }
 
+    /// Creates `room` through this relay's admin API and waits (polling, at most 30 s) until
+    /// each of `others` knows it through its watch of the shared state.
+    pub async fn create_room_known_by(&self, room: &str, others: &[&Serve]) {
+        let (status, reply) = self
+            .admin(
+                reqwest::Method::POST,
+                "/v1/rooms",
+                Some(serde_json::json!({"id": room})),
+            )
+            .await;
+        assert_eq!(status, 201, "{reply}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for relay in others {
+            let path = format!("/v1/rooms/{room}");
+            while relay.admin(reqwest::Method::GET, &path, None).await.0 != 200 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "room {room} not known on {} within 30 s",
+                    relay.admin
+                );
+                tick.tick().await;
+            }
+        }
+    }
+
     /// SIGKILL, and wait for the process to be gone.
     pub fn kill(&mut self) {
         self.child.kill().expect("SIGKILL");

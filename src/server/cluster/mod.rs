@@ -2,6 +2,7 @@
 //! names servers; the relay's node id in the cluster; and its part in the cluster
 //! ([`Cluster`]: room leases, forwarded sends, live fan-out, the shared state's cache).
 
+mod holes;
 pub mod lease;
 mod node;
 

@@ -2,14 +2,18 @@
 //! holds, the sends it forwards to other rooms' owners and answers for its own, the live traffic
 //! it publishes and subscribes to, and its cache of every room's state from one KV watch.
 
+use super::holes::{self, Seen, Stamp, TERM_HEADER};
 use super::lease::{Lease, LeaseStep};
 use crate::metrics as m;
-use crate::protocol::{Class, ErrorCode, Event, WireError, decode_body, encode_datagram};
+use crate::protocol::{
+    Class, ErrorCode, Event, Message, WireError, decode_body, encode_datagram, encode_frame,
+};
+use crate::room::ring::{ClassCounts, class_index};
 use crate::room::{Entry, Outgoing, Payload, Room};
 use crate::server::ServerError;
 use crate::server::relay::{Relay, SEQ_RESERVE, Stamped, now_ms};
 use crate::store::nats::{Names, StateValue, parse_state};
-use crate::store::{NatsConfig, Op};
+use crate::store::{NatsConfig, Op, StoredMessage};
 use async_nats::jetstream::{self, kv};
 use async_nats::{HeaderMap, RequestErrorKind};
 use bytes::Bytes;
@@ -36,6 +40,11 @@ const KEEP_HEADER: &str = "Roomcast-Keep";
 const COUNT_TTLS: u32 = 3;
 /// Header of a forwarded request that is an admin change ([`AdminCall`]), not a send.
 const ADMIN_HEADER: &str = "Roomcast-Admin";
+/// Most messages one hole fill reads from history; numbers beyond are counted in a `Gap`.
+const FILL_MAX: u64 = 1000;
+/// How long a hole fill tries to read history (the relay's store may be reconnecting after the
+/// outage that made the hole) before it counts the hole in a `Gap`.
+const FILL_TRYING: Duration = Duration::from_secs(10);
 
 /// Why the cluster could not start.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +83,19 @@ struct LeaseValue {
     node: String,
     /// The KV revision at which this owner acquired the lease (0 in the acquiring write).
     term: u64,
+    /// The numbers the last owner reserved and never used, as this owner found them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    unused: Option<Unused>,
+}
+
+/// Sequence numbers of a room no message has: `newest < seq < first`, where `newest` was the
+/// room's newest stored message when an owner took it and `first` the first number it assigns
+/// (the numbers between were reserved by the last owner and never used).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Unused {
+    epoch: u64,
+    newest: u64,
+    first: u64,
 }
 
 /// A room this relay owns.
@@ -81,6 +103,7 @@ struct Held {
     lease: Lease,
     revision: u64,
     term: u64,
+    unused: Option<Unused>,
     /// Answers the room's forwarded requests; told to stop when this relay steps down.
     responder: Owned<()>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -96,6 +119,8 @@ struct LiveSub {
 struct LiveOut {
     subject: String,
     keep: bool,
+    /// The owner's stamp ([`TERM_HEADER`]).
+    stamp: Option<String>,
     frame: Bytes,
 }
 
@@ -189,6 +214,10 @@ pub struct Cluster {
     remote_counts: Mutex<HashMap<String, NodeCounts>>,
     count_interval: Duration,
     tasks: Mutex<Vec<Owned<()>>>,
+    /// Per room, this relay's term as its owner and what it placed in it (the live stamps).
+    terms: Mutex<HashMap<String, Arc<Mutex<Option<Stamp>>>>>,
+    /// Per room, the never-used numbers its latest owner change left, from the leases bucket.
+    unused: Mutex<HashMap<String, Unused>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -219,6 +248,10 @@ impl Cluster {
                     async_nats::Event::Disconnected => {
                         metrics::gauge!(m::CLUSTER_CONNECTED).set(0.0);
                         tracing::warn!("lost the cluster connection to NATS; sends to rooms other relays own are refused");
+                    }
+                    async_nats::Event::SlowConsumer(_) => {
+                        metrics::counter!(m::CLUSTER_LIVE_OVERFLOW).increment(1);
+                        tracing::warn!("live traffic came faster than this relay took it; the holes are filled from history or counted");
                     }
                     other => tracing::debug!(event = %other, "NATS cluster connection event"),
                 }
@@ -304,6 +337,8 @@ impl Cluster {
             remote_counts: Mutex::new(HashMap::new()),
             count_interval,
             tasks: Mutex::new(Vec::new()),
+            terms: Mutex::new(HashMap::new()),
+            unused: Mutex::new(HashMap::new()),
         });
         for room in relay.all_rooms() {
             cluster.observe(&room);
@@ -314,6 +349,7 @@ impl Cluster {
             Owned(tokio::spawn(watcher(Arc::downgrade(&cluster)))),
             Owned(tokio::spawn(count_writer(Arc::downgrade(&cluster)))),
             Owned(tokio::spawn(count_watcher(Arc::downgrade(&cluster)))),
+            Owned(tokio::spawn(lease_watcher(Arc::downgrade(&cluster)))),
         ];
         *lock(&cluster.tasks) = tasks;
         metrics::gauge!(m::CLUSTER_OWNED_ROOMS).set(0.0);
@@ -335,10 +371,17 @@ impl Cluster {
     pub fn observe(&self, room: &Room) {
         let tx = self.live_tx.clone();
         let subject = self.names.live(&room.id);
+        let term = self.term_of(&room.id);
         room.ring.observe(Box::new(move |e: &Entry| {
+            // Under the ring's publisher lock: counted in placement order.
+            let stamp = lock(&term).as_mut().map(|s| {
+                s.counts[class_index(e.class)] += 1;
+                s.encode()
+            });
             let out = LiveOut {
                 subject: subject.clone(),
                 keep: e.history.is_some(),
+                stamp,
                 frame: e.frame.clone(),
             };
             if tx.try_send(out).is_err() {
@@ -385,8 +428,53 @@ impl Cluster {
         }
     }
 
-    /// Puts a live message from the owner into the room's local ring.
-    fn place(&self, room_id: &str, msg: &async_nats::Message) {
+    /// This relay's term of `room` as its owner, shared with the room's observer.
+    fn term_of(&self, room: &str) -> Arc<Mutex<Option<Stamp>>> {
+        lock(&self.terms)
+            .entry(room.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// The never-used numbers `(newest, first)` of the incarnation `epoch` of `room` that its
+    /// latest ownership change left, as the leases bucket told this relay.
+    pub fn unused(&self, room: &str, epoch: u64) -> Option<(u64, u64)> {
+        lock(&self.unused)
+            .get(room)
+            .filter(|u| u.epoch == epoch)
+            .map(|u| (u.newest, u.first))
+    }
+
+    /// One change of the leases bucket: the never-used range a new owner wrote.
+    fn lease_changed(&self, key: &str, value: Option<&[u8]>) {
+        let Some(room) = self.names.parse_room_key(key) else {
+            return;
+        };
+        let Some(unused) = value
+            .and_then(|v| serde_json::from_slice::<LeaseValue>(v).ok())
+            .and_then(|l| l.unused)
+        else {
+            return;
+        };
+        self.learn_unused(room, unused);
+    }
+
+    /// Keeps `unused` as `room`'s latest never-used range unless a later one is known.
+    fn learn_unused(&self, room: String, unused: Unused) {
+        let mut known = lock(&self.unused);
+        let newer = known
+            .get(&room)
+            .is_none_or(|k| (k.epoch, k.first) < (unused.epoch, unused.first));
+        if newer {
+            known.insert(room, unused);
+        }
+    }
+
+    /// Puts a live message from the owner into the room's local ring, after what this relay
+    /// missed before it: a hole between the ring's newest number and this one is filled from
+    /// history first, and what history cannot give is counted in the members' `Gap`. `seen` is
+    /// the newest message placed from this subscription.
+    async fn arrive(&self, room_id: &str, msg: &async_nats::Message, seen: &mut Option<Seen>) {
         let Some(relay) = self.relay.upgrade() else {
             return;
         };
@@ -403,11 +491,19 @@ impl Cluster {
                 return;
             }
         };
-        let keep = msg
-            .headers
-            .as_ref()
-            .is_some_and(|h| h.get(KEEP_HEADER).is_some());
+        let header = |name: &str| msg.headers.as_ref().and_then(|h| h.get(name));
+        let keep = header(KEEP_HEADER).is_some();
+        let stamp = header(TERM_HEADER).and_then(|v| Stamp::parse(v.as_str()));
         let (seq, ts, class) = (event.seq, event.ts, event.class);
+        let last = room.ring.last_seq();
+        if seq <= last {
+            metrics::counter!(m::CLUSTER_LIVE_DUPLICATES).increment(1);
+            return;
+        }
+        if seq > last + 1 {
+            let expected = holes::expected(last, seq, class, stamp, *seen);
+            self.fill(&relay, &room, last, seq, expected).await;
+        }
         let datagram =
             (class == Class::Low).then(|| encode_datagram(&Event::Message(event.clone())));
         let payload = Payload {
@@ -418,6 +514,146 @@ impl Cluster {
         };
         if room.ring.place_remote(seq, ts, payload) {
             room.watchers.notify_all();
+            *seen = stamp.map(|stamp| Seen { seq, stamp });
+        }
+    }
+
+    /// Fills the hole `last < seq < below` of `room`'s ring from history, in seq order, and
+    /// counts what history cannot give (see [`holes::missed`]) so the members' next `Gap` tells
+    /// it. A bounded read: the newest [`FILL_MAX`] stored messages of the hole, no consumer left
+    /// open; tried for [`FILL_TRYING`] while the store cannot be read.
+    async fn fill(
+        &self,
+        relay: &Arc<crate::server::relay::Relay>,
+        room: &Arc<Room>,
+        last: u64,
+        below: u64,
+        expected: Option<holes::Expected>,
+    ) {
+        // Numbers an ownership change left unused hold no message: not read for.
+        let unused = self.unused(&room.id, room.epoch).unwrap_or((0, 0));
+        let span = holes::used_between(last, below, unused);
+        let want = span.min(FILL_MAX) as usize;
+        let deadline = Instant::now() + FILL_TRYING;
+        let mut pause = Duration::from_millis(50);
+        let stored = loop {
+            if want == 0 {
+                break Some(Vec::new());
+            }
+            let store = relay.store().clone();
+            let id = room.id.clone();
+            let read = tokio::task::spawn_blocking(move || store.history(&id, Some(below), want))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.message().to_owned()));
+            match read {
+                Ok(messages) => break Some(messages),
+                Err(e) if Instant::now() + pause < deadline => {
+                    tracing::debug!(room = %room.id, error = %e, "cannot read history to fill a hole in live traffic yet; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => {
+                    tracing::warn!(room = %room.id, error = %e, "cannot read history to fill a hole in live traffic; counted in a Gap");
+                    break None;
+                }
+            }
+        };
+        let recalls = room.state().recent_recalls.clone();
+        let from = expected.map_or(below, |e| e.from);
+        let mut found: ClassCounts = [0; 3];
+        let mut unknown = 0;
+        let mut filled = 0;
+        // Numbers of the hole not read (a hole wider than the read, or history unreadable):
+        // counted, as many as were used (the term's own are in `expected`).
+        let read_from = match &stored {
+            None => below,
+            Some(raw) if span > FILL_MAX && raw.len() == want => {
+                raw.first().map_or(below, |m| m.seq)
+            }
+            Some(_) => last + 1,
+        };
+        unknown += holes::used_between(last, read_from.min(from), unused);
+        let stored: Vec<StoredMessage> = stored
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| m.seq > last && m.seq < below)
+            .collect();
+        for m in stored {
+            if m.recalled || recalls.contains(&m.seq) {
+                if m.seq < from {
+                    unknown += 1;
+                }
+                continue;
+            }
+            let class = m.class;
+            let seq = m.seq;
+            let message = Message {
+                room: room.id.clone(),
+                seq,
+                ts: m.ts,
+                from: m.from,
+                msg_type: m.msg_type,
+                body: m.body,
+                class,
+            };
+            let event = Event::Message(message.clone());
+            let payload = Payload {
+                class,
+                frame: encode_frame(&event),
+                datagram: (class == Class::Low).then(|| encode_datagram(&event)),
+                history: Some(message),
+            };
+            if room.ring.place_remote(seq, m.ts, payload) {
+                filled += 1;
+                if seq >= from {
+                    found[class_index(class)] += 1;
+                }
+            }
+        }
+        let missed = holes::missed(expected, found, unknown);
+        let lost: u64 = missed.iter().sum();
+        if lost > 0 {
+            room.ring.skip_remote(missed);
+            for (class, n) in [("normal", missed[1]), ("low", missed[2])] {
+                metrics::counter!(m::CLUSTER_LIVE_MISSED, "class" => class).increment(n);
+            }
+        }
+        metrics::counter!(m::CLUSTER_LIVE_FILLED).increment(filled);
+        let outcome = if lost > 0 { "counted" } else { "filled" };
+        metrics::counter!(m::CLUSTER_LIVE_HOLES, "outcome" => outcome).increment(1);
+        tracing::debug!(room = %room.id, last, below, filled, lost, "a hole in live traffic");
+        if filled > 0 {
+            room.watchers.notify_all();
+        }
+    }
+
+    /// Right after a subscription is in place: what the owner stored since this relay's
+    /// numbering (the join's read of history) and published before the subscription was in
+    /// place is placed from history, so a member who joined then misses none of it.
+    async fn fill_to_newest(&self, room_id: &str) {
+        let Some(relay) = self.relay.upgrade() else {
+            return;
+        };
+        let Ok(room) = relay.room(room_id) else {
+            return;
+        };
+        if self.sequences(room_id) {
+            return;
+        }
+        let store = relay.store().clone();
+        let id = room.id.clone();
+        let newest = tokio::task::spawn_blocking(move || store.history(&id, None, 1)).await;
+        let Some(newest) = newest
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|m| m.last().map(|m| m.seq))
+        else {
+            return;
+        };
+        let last = room.ring.last_seq();
+        if newest > last {
+            self.fill(&relay, &room, last, newest + 1, None).await;
         }
     }
 
@@ -559,19 +795,20 @@ impl Cluster {
             return Ok(true);
         }
         let key = self.names.room_key(&room.id);
-        let value = |term| {
+        let value = |term, unused| {
             serde_json::to_vec(&LeaseValue {
                 node: self.node.clone(),
                 term,
+                unused,
             })
             .map(Bytes::from)
             .map_err(|e| unavailable(format!("encoding a lease: {e}")))
         };
         let sent = self.now();
-        let revision = match self.leases.create(&key, value(0)?).await {
+        let revision = match self.leases.create(&key, value(0, None)?).await {
             Ok(r) => r,
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                match self.take_back(&key, value(0)?).await {
+                match self.take_back(&key, value(0, None)?).await {
                     Some(r) => r,
                     None => return Ok(false),
                 }
@@ -585,18 +822,19 @@ impl Cluster {
         };
         let owned = async {
             let term = revision;
+            // Taken over first, so the lease's value tells every relay the numbers never used.
+            let unused = self.take_over(relay, room, term).await?;
             let revision = self
                 .leases
-                .update(&key, value(term)?, revision)
+                .update(&key, value(term, Some(unused))?, revision)
                 .await
                 .map_err(|e| {
                     unavailable(format!("NATS: writing room {:?}'s lease: {e}", room.id))
                 })?;
-            self.take_over(relay, room).await?;
-            Ok::<_, WireError>((term, revision))
+            Ok::<_, WireError>((term, revision, unused))
         }
         .await;
-        let (term, revision) = match owned {
+        let (term, revision, unused) = match owned {
             Ok(t) => t,
             Err(e) => {
                 let _ = self.leases.purge(&key).await;
@@ -616,6 +854,7 @@ impl Cluster {
                 lease: Lease::acquired(self.ttl_ms, sent),
                 revision,
                 term,
+                unused: Some(unused),
                 responder,
                 stop,
             },
@@ -643,7 +882,14 @@ impl Cluster {
     /// As after a restart: reloads `room` from the store (the last owner's writes), continues
     /// its numbering above every number that may have been handed out, and reserves more
     /// (which moves the room's KV revision on: the last owner's next write of it is fenced).
-    async fn take_over(&self, relay: &Arc<Relay>, room: &Arc<Room>) -> Result<(), WireError> {
+    /// Returns the numbers no message has (`newest < seq < first`) and starts the live stamps'
+    /// `term` there.
+    async fn take_over(
+        &self,
+        relay: &Arc<Relay>,
+        room: &Arc<Room>,
+        term: u64,
+    ) -> Result<Unused, WireError> {
         let store = relay.store().clone();
         let id = room.id.clone();
         let loaded = tokio::task::spawn_blocking(move || store.reload_room(&id))
@@ -657,12 +903,31 @@ impl Cluster {
             ));
         };
         let newest = loaded.newest.map_or(0, |(seq, _)| seq);
+        // What the last owner stored and this relay's members never got live (it died before
+        // publishing it, or the traffic was lost on the way) is theirs before this term's.
+        let members_here = relay.core().room(&room.id).is_some_and(|r| !r.is_empty());
+        let last = room.ring.last_seq();
+        if members_here && newest > last {
+            self.fill(relay, room, last, newest + 1, None).await;
+        }
         let used = loaded
             .record
             .seq_reserved
             .max(newest)
             .max(room.ring.last_seq());
         relay.refresh_room(room, &loaded.record, loaded.attrs);
+        let unused = Unused {
+            epoch: room.epoch,
+            newest,
+            first: used + 1,
+        };
+        // Before the first number of the term is assigned: its live messages are stamped.
+        *lock(&self.term_of(&room.id)) = Some(Stamp {
+            term,
+            first: used + 1,
+            counts: [0; 3],
+        });
+        self.learn_unused(room.id.clone(), unused);
         room.ring.resume_seq(used + 1);
         // A resume here does not count the numbers the last owner reserved and never used.
         relay
@@ -679,7 +944,7 @@ impl Cluster {
             .await
             .map_err(|e| unavailable(format!("room {:?}: {}", room.id, e.message())))?;
         room.seq_reserved.store(upto, Ordering::Release);
-        Ok(())
+        Ok(unused)
     }
 
     /// Renews the leases due at `now`; steps down where the time is up or NATS refused.
@@ -694,7 +959,7 @@ impl Cluster {
                     LeaseStep::Hold => {}
                     LeaseStep::Renew => {
                         h.lease.renewal_sent(now);
-                        due.push((room.clone(), h.revision, h.term));
+                        due.push((room.clone(), h.revision, h.term, h.unused));
                     }
                     LeaseStep::StepDown => expired.push(room.clone()),
                 }
@@ -704,12 +969,13 @@ impl Cluster {
                 self.step_down(&room, "expired");
             }
         }
-        let renewals = due.into_iter().map(|(room, revision, term)| {
+        let renewals = due.into_iter().map(|(room, revision, term, unused)| {
             let this = self.clone();
             async move {
                 let value = serde_json::to_vec(&LeaseValue {
                     node: this.node.clone(),
                     term,
+                    unused,
                 })
                 .map(Bytes::from)
                 .unwrap_or_default();
@@ -1073,9 +1339,14 @@ async fn count_writer(cluster: Weak<Cluster>) {
 async fn publisher(client: async_nats::Client, rx: flume::Receiver<LiveOut>) {
     while let Ok(out) = rx.recv_async().await {
         let len = out.frame.len() as u64;
-        let sent = if out.keep {
+        let sent = if out.keep || out.stamp.is_some() {
             let mut headers = HeaderMap::new();
-            headers.insert(KEEP_HEADER, "1");
+            if out.keep {
+                headers.insert(KEEP_HEADER, "1");
+            }
+            if let Some(stamp) = out.stamp {
+                headers.insert(TERM_HEADER, stamp.as_str());
+            }
             client
                 .publish_with_headers(out.subject, headers, out.frame)
                 .await
@@ -1119,6 +1390,20 @@ async fn watcher(cluster: Weak<Cluster>) {
         |c, e| {
             let value = (e.operation == kv::Operation::Put).then_some(&e.value[..]);
             c.state_changed(&e.key, value);
+        },
+    )
+    .await
+}
+
+/// Follows the leases bucket for the never-used ranges new owners write.
+async fn lease_watcher(cluster: Weak<Cluster>) {
+    follow(
+        cluster,
+        "leases",
+        |c| &c.leases,
+        |c, e| {
+            let value = (e.operation == kv::Operation::Put).then_some(&e.value[..]);
+            c.lease_changed(&e.key, value);
         },
     )
     .await
@@ -1200,9 +1485,15 @@ async fn live_in(cluster: Weak<Cluster>, room: String, ready: tokio::sync::watch
     if client.flush().await.is_ok() {
         let _ = ready.send(true);
     }
+    if let Some(c) = cluster.upgrade() {
+        c.fill_to_newest(&room).await;
+    }
+    // While a hole is filled, what arrives waits in the subscription's bounded queue (the NATS
+    // client's; past it, a slow-consumer drop, which is a hole in its turn).
+    let mut seen = None;
     while let Some(msg) = sub.next().await {
         let Some(c) = cluster.upgrade() else { return };
-        c.place(&room, &msg);
+        c.arrive(&room, &msg, &mut seen).await;
     }
 }
 

@@ -23,7 +23,7 @@
 //! |---|---|---|---|
 //! | history (*now*) | `P_history` | stream, file, `cluster.replicas` | `P.hist.m.R` messages, `P.hist.x.R` recall markers |
 //! | room state (*now*) | `P_state` | KV, history 1 | `room.R` → `{record, attrs}` (JSON), `global` → the app-wide lists |
-//! | leases (*now*) | `P_leases` | KV, history 1, age limit = `cluster.lease_ttl_ms` | `room.R` → `{node, term}` |
+//! | leases (*now*) | `P_leases` | KV, history 1, age limit = `cluster.lease_ttl_ms` | `room.R` → `{node, term, unused}` |
 //! | member counts (*now*) | `P_members` | KV, memory, age limit 3 × lease TTL | `R.<node>` → that relay's count |
 //! | live traffic (*now*) | — | core NATS | `P.live.R` |
 //! | forwarded requests (*now*) | — | core NATS request/reply | `P.fwd.R`: sends, and admin calls (`Roomcast-Admin` header) |
@@ -138,14 +138,21 @@
 //! past the newest stream sequence it knows. A relay with no member of a room it does not own
 //! brings its ring's numbering up to the room's newest stored message before a join or resume
 //! (history below, live above). A new owner records the numbers the last owner reserved and
-//! never used (as after a restart), so resumes on it do not count them; a resume on a third
-//! relay replaying across the change from history still counts them (*next*: the range in the
-//! room's KV record).
+//! never used (as after a restart), so resumes on it do not count them, and writes them into
+//! its lease value (`unused: {epoch, newest, first}`: no message has `newest < seq < first`,
+//! kept in its renewals); every relay follows the leases bucket with one KV watch and keeps the
+//! latest range per room, so a resume on a third relay replaying across the change does not
+//! count them either. One range per room: a resume across two changes counts the older one
+//! (an over-count), as does one on a relay started after the lease value was gone.
 //!
 //! # Guarantees
 //! - **Ordering**: per room, `seq` is assigned by one writer at a time and only increases (past
 //!   the numbers the last owner reserved when ownership moves, as after a restart); every
 //!   member receives in seq order, and a range skipped on its own relay is an exact `Gap`.
+//! - **Live traffic**: every stored message after a member's join point reaches it once, in
+//!   order, on whichever relay it is (a hole in live traffic is placed from history); what
+//!   history cannot give is in its `Gap` as far as the owner's stamps count it (see "Live
+//!   traffic is exact").
 //! - **Failover time**: a dead owner's rooms can be taken by another relay once its lease has
 //!   run out: within one lease TTL of its last renewal, about 4/3 TTL after it died at worst.
 //! - **Durability**: a `{seq, ts}` reply (and an admin call's answer) means JetStream acknowledged
@@ -164,9 +171,33 @@
 //! stamps and places messages (an observer publishes what it places), a non-owner's ring places
 //! what arrives with the owner's numbers (`Ring::place_remote`) and never stamps; the relay
 //! forwards a send when `Cluster::sequences(room)` says it does not own the room now.
-//! **Guarantee of live traffic**: core NATS is at most once; a relay that loses its connection
-//! for a moment misses what was published meanwhile, with no `Gap` for it (*next*: resume
-//! from history).
+//!
+//! # Live traffic is exact (*now*)
+//! Core NATS is at most once: a relay whose connection drops for a moment, one whose live
+//! subscription is being made while messages flow, an owner that died between acknowledging a
+//! send and publishing it, or a full queue leave a relay without some numbers. Numbers alone do
+//! not say which were used (a refused send's number and those reserved and never used are not),
+//! and low-priority messages are not stored, so the owner stamps every live message (header
+//! `Roomcast-Term: term first protected normal low`, `crate::server::cluster` `holes`): its
+//! term (the lease revision of its acquisition), the term's first number, and the messages of
+//! each class it placed in the term up to this one (counted by the ring's observer, in
+//! placement order). A relay keeps the newest stamp it placed per subscription. A message
+//! above the ring's newest number plus one is a hole: within one term, the difference of the
+//! counts is exactly what it held per class; from a new term's first number (above the ring's
+//! newest), the counts are; before that (an earlier term's tail, or a running term's first
+//! message after a subscription) only history tells. The relay reads the hole with one bounded
+//! history read (the newest 1000 stored messages below the arrival; tried for 10 s while its
+//! store reconnects), places them in `seq` order, then counts in the ring's per-class counters
+//! what the stamps say it held and history did not give (recalled, trimmed, low-priority; a
+//! protected one as normal, as a `Gap` has no protected count), so every member reading past
+//! the arrival gets an exact `Gap`, then places the arrival. Meanwhile arrivals wait in the
+//! subscription's bounded queue (the NATS client's; a slow-consumer drop there is counted and
+//! is a hole in its turn). A message at or below the ring's newest number is dropped (counted):
+//! nothing twice. Right after a subscription is in place, and when a relay with members takes a
+//! room over, it places what history holds above its ring the same way. What remains: a hole is
+//! noticed at the next arrival; low-priority messages of an earlier term's tail (a dead owner's
+//! never published ones included) and of a running term before a subscription are not counted;
+//! the unread numbers of a hole wider than the read count as normal (an over-count at most).
 
 mod names;
 mod store;
