@@ -1527,16 +1527,25 @@ async fn serve_forwarded(
                 let Some(c) = cluster.upgrade() else { break };
                 let room = room.clone();
                 let client = client.clone();
+                let admin = msg.headers.as_ref().is_some_and(|h| h.get(ADMIN_HEADER).is_some());
                 if serving.len() >= SERVING {
                     metrics::counter!(m::CLUSTER_FORWARDED, "outcome" => "busy").increment(1);
-                    let busy = ForwardReply::Refused(unavailable(format!(
-                        "room {room:?}'s owner is busy; the message was not sent to anyone"
-                    )));
-                    let _ = client.publish(reply, encode_reply(&busy)).await;
+                    // Answered in the form the caller reads: an admin answer for an admin call.
+                    let busy = if admin {
+                        let answer = AdminAnswer::error(
+                            ErrorCode::Unavailable,
+                            format!("room {room:?}'s owner is busy; the change was not made"),
+                        );
+                        Bytes::from(postcard::to_stdvec(&answer).unwrap_or_default())
+                    } else {
+                        encode_reply(&ForwardReply::Refused(unavailable(format!(
+                            "room {room:?}'s owner is busy; the message was not sent to anyone"
+                        ))))
+                    };
+                    let _ = client.publish(reply, busy).await;
                     continue;
                 }
                 serving.spawn(async move {
-                    let admin = msg.headers.as_ref().is_some_and(|h| h.get(ADMIN_HEADER).is_some());
                     let bytes = match admin {
                         true => c.serve_admin(&room, &msg).await,
                         false => encode_reply(&c.serve_one(&room, &msg).await),
