@@ -46,38 +46,38 @@ fn run_bench(args: &[&str], env: &[(&str, &str)]) -> (std::process::ExitStatus, 
     (status, stderr)
 }
 
-#[test]
-fn paced_fanout_delivers_every_message_to_every_member() {
+/// Runs `roomcast bench` with `args` and `--json FILE`; the report, once the run succeeded.
+fn bench_report(args: &[&str]) -> serde_json::Value {
     let dir = tempfile::tempdir().expect("a temporary folder");
     let json = dir.path().join("r.json");
     let json_arg = json.display().to_string();
-    let (status, stderr) = run_bench(
-        &[
-            "--scenario",
-            "fanout",
-            "--members",
-            "20",
-            "--duration",
-            "2",
-            "--rate",
-            "200",
-            "--rss-every",
-            "0.5",
-            "--scrape-every",
-            "0.5",
-            "--json",
-            &json_arg,
-        ],
-        &[],
-    );
+    let mut all = args.to_vec();
+    all.extend(["--json", &json_arg]);
+    let (status, stderr) = run_bench(&all, &[]);
     assert!(
         status.success(),
         "roomcast bench failed: {status}\n{stderr}"
     );
+    serde_json::from_str(&std::fs::read_to_string(&json).expect("the JSON report"))
+        .expect("the report is JSON")
+}
 
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).expect("the JSON report"))
-            .expect("the report is JSON");
+#[test]
+fn paced_fanout_delivers_every_message_to_every_member() {
+    let report = bench_report(&[
+        "--scenario",
+        "fanout",
+        "--members",
+        "20",
+        "--duration",
+        "2",
+        "--rate",
+        "200",
+        "--rss-every",
+        "0.5",
+        "--scrape-every",
+        "0.5",
+    ]);
     let num = |k: &str| {
         report[k]
             .as_f64()
@@ -176,35 +176,21 @@ fn three_relays_share_the_fanout_and_the_report_counts_every_server_process() {
     let Some(nats) = nats_support::binary("bench --relays 3") else {
         return;
     };
-    let dir = tempfile::tempdir().expect("a temporary folder");
-    let json = dir.path().join("r.json");
-    let (json_arg, nats_arg) = (json.display().to_string(), nats.display().to_string());
-    let (status, stderr) = run_bench(
-        &[
-            "--scenario",
-            "fanout",
-            "--relays",
-            "3",
-            "--nats-server",
-            &nats_arg,
-            "--members",
-            "30",
-            "--duration",
-            "2",
-            "--rate",
-            "100",
-            "--json",
-            &json_arg,
-        ],
-        &[],
-    );
-    assert!(
-        status.success(),
-        "roomcast bench failed: {status}\n{stderr}"
-    );
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).expect("the JSON report"))
-            .expect("the report is JSON");
+    let nats_arg = nats.display().to_string();
+    let report = bench_report(&[
+        "--scenario",
+        "fanout",
+        "--relays",
+        "3",
+        "--nats-server",
+        &nats_arg,
+        "--members",
+        "30",
+        "--duration",
+        "2",
+        "--rate",
+        "100",
+    ]);
     let num = |v: &serde_json::Value| {
         v.as_f64()
             .unwrap_or_else(|| panic!("not a number in {report:#}"))
