@@ -41,7 +41,7 @@ enum Cmd {
     Chat(ChatArgs),
     /// Load harness: starts a relay (or a raw-QUIC baseline) as a child process and measures it.
     #[cfg(feature = "bench")]
-    Bench(roomcast::bench::BenchArgs),
+    Bench(Box<roomcast::bench::BenchArgs>),
 }
 
 #[derive(Args)]
@@ -204,7 +204,7 @@ fn report(e: &anyhow::Error) -> String {
 fn run(cli: Cli) -> Result<()> {
     #[cfg(feature = "bench")]
     if let Cmd::Bench(a) = cli.cmd {
-        return roomcast::bench::run(a).map_err(anyhow::Error::from);
+        return roomcast::bench::run(*a).map_err(anyhow::Error::from);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -45,8 +45,10 @@ pub struct ServerIdentity {
 /// File name of the development CA certificate in the data folder.
 pub const DEV_CA_FILE: &str = "ca.pem";
 const DEV_CA_KEY_FILE: &str = "ca.key";
-const DEV_CERT_FILE: &str = "server.pem";
-const DEV_KEY_FILE: &str = "server.key";
+/// Development server certificate chain in the data folder (signed by [`DEV_CA_FILE`]).
+pub const DEV_CERT_FILE: &str = "server.pem";
+/// Private key of [`DEV_CERT_FILE`].
+pub const DEV_KEY_FILE: &str = "server.key";
 
 /// Validity of a development leaf. Browsers accept a certificate by its hash
 /// (`serverCertificateHashes` of WebTransport) only when it is valid for at most 14 days and its

@@ -83,8 +83,10 @@ pub struct Target {
     pub raised: Vec<Raised>,
     /// Whether a relay started here creates rooms on join (so no admin call is needed).
     pub join_creates: bool,
-    child: Option<Child>,
-    tmp: Option<TempDir>,
+    pub(super) child: Option<Child>,
+    pub(super) tmp: Option<TempDir>,
+    /// A cluster run's nats-server and relays (`child` is then `None`: they are all here).
+    pub(super) cluster: Option<super::cluster::Cluster>,
 }
 
 impl Target {
@@ -159,71 +161,24 @@ impl Target {
             join_creates: false,
             child: None,
             tmp: None,
+            cluster: None,
         })
     }
 
     async fn start_roomcast(args: &BenchArgs) -> Result<Target, BenchError> {
-        let tmp = TempDir::new(args.keep)?;
-        let data_dir = tmp.path.join("data");
-        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-        let mut config = Config::default();
-        config.server.quic = loopback;
-        config.server.admin = loopback;
-        config.server.data = data_dir.clone();
-        config.store.durability = args.durability.into();
-        // The same write window and ACK frequency for roomcast as for the raw baseline.
-        let t = super::transport_of(args);
-        config.transport.delivery_window_us = t.delivery_window_us;
-        config.transport.ack_every_packets = t.ack_every_packets;
-        config.transport.segmentation_offload = t.segmentation_offload;
-        let raised = if args.stock_limits {
-            Vec::new()
-        } else {
-            raise_limits(&mut config)
-        };
-        // Joins create rooms, so a scenario needs no admin call per room. Recorded as a raise.
-        let mut raised = raised;
-        raised.push(Raised {
-            key: "rooms.join_creates",
-            default: config.rooms.join_creates.to_string(),
-            bench: "true".into(),
-        });
-        config.rooms.join_creates = true;
-        config
-            .validate()
-            .map_err(|e| BenchError::Setup(format!("bench configuration: {e}")))?;
-        let toml_path = tmp.path.join("bench.toml");
-        write(&toml_path, &config.to_commented_toml())?;
-
-        let mut cmd = Command::new(current_exe()?);
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&toml_path)
-            .arg("--quic")
-            .arg(loopback.to_string())
-            .arg("--admin")
-            .arg(loopback.to_string())
-            .arg("--data")
-            .arg(&data_dir);
-        // The environment may not point the child elsewhere: flags and the file say it all.
-        for var in crate::config::ENV_VARS {
-            cmd.env_remove(var);
+        if args.relays.is_some() {
+            return super::cluster::start(args).await;
         }
-        let mut child = spawn(cmd, &tmp.path.join("server.log"))?;
-        let server_file = data_dir.join(crate::server::SERVER_FILE);
-        let ready = wait_for_file(&mut child, &server_file, &tmp.path.join("server.log")).await;
-        let ready = match ready {
-            Ok(()) => read_roomcast(&data_dir),
-            Err(e) => Err(e),
-        };
-        let (file, ca_pem, secret, admin_key) = match ready {
+        let tmp = TempDir::new(args.keep)?;
+        let (config, raised) = relay_config(args, &tmp.path.join("data"))?;
+        let (mut child, file) = launch_relay(&tmp.path, &config).await?;
+        let (ca_pem, secret, admin_key) = match read_secrets(&config.server.data) {
             Ok(v) => v,
             Err(e) => {
                 stop_child(&mut child);
                 return Err(e);
             }
         };
-        let pid = child.id();
         Ok(Target {
             kind: TargetKind::Roomcast,
             quic: file.quic,
@@ -234,11 +189,12 @@ impl Target {
                 addr: file.admin,
                 key: Some(admin_key),
             }),
-            pid: Some(pid),
+            pid: Some(child.id()),
             raised,
             join_creates: true,
             child: Some(child),
             tmp: Some(tmp),
+            cluster: None,
         })
     }
 
@@ -285,7 +241,21 @@ impl Target {
             join_creates: true,
             child: Some(child),
             tmp: Some(tmp),
+            cluster: None,
         })
+    }
+
+    /// Every server process to measure, named: the relay (one per relay in a cluster run, by
+    /// index) and a cluster run's nats-server.
+    pub fn server_pids(&self) -> Vec<(String, u32)> {
+        match &self.cluster {
+            Some(c) => c.pids(),
+            None => self
+                .pid
+                .map(|p| ("relay".to_owned(), p))
+                .into_iter()
+                .collect(),
+        }
     }
 
     /// The temporary folder, when one was made.
@@ -299,12 +269,92 @@ impl Target {
         if let Some(mut child) = self.child.take() {
             stop_child(&mut child);
         }
+        if let Some(mut cluster) = self.cluster.take() {
+            cluster.stop();
+        }
     }
 }
 
 impl Drop for Target {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// The configuration of a relay the harness starts, with its data in `data_dir`, and what it
+/// raised above roomcast's defaults.
+pub(super) fn relay_config(
+    args: &BenchArgs,
+    data_dir: &Path,
+) -> Result<(Config, Vec<Raised>), BenchError> {
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut config = Config::default();
+    config.server.quic = loopback;
+    config.server.admin = loopback;
+    config.server.data = data_dir.to_owned();
+    config.store.durability = args.durability.into();
+    // The same write window and ACK frequency for roomcast as for the raw baseline.
+    let t = super::transport_of(args);
+    config.transport.delivery_window_us = t.delivery_window_us;
+    config.transport.ack_every_packets = t.ack_every_packets;
+    config.transport.segmentation_offload = t.segmentation_offload;
+    let mut raised = if args.stock_limits {
+        Vec::new()
+    } else {
+        raise_limits(&mut config)
+    };
+    // Joins create rooms, so a scenario needs no admin call per room. Recorded as a raise.
+    raised.push(Raised {
+        key: "rooms.join_creates",
+        default: config.rooms.join_creates.to_string(),
+        bench: "true".into(),
+    });
+    config.rooms.join_creates = true;
+    Ok((config, raised))
+}
+
+/// Starts `roomcast serve` with `config` (written to `dir/bench.toml`, its log in
+/// `dir/server.log`) and waits until it listens; returns the child and its address file.
+pub(super) async fn launch_relay(
+    dir: &Path,
+    config: &Config,
+) -> Result<(Child, ServerFile), BenchError> {
+    config
+        .validate()
+        .map_err(|e| BenchError::Setup(format!("bench configuration: {e}")))?;
+    let data_dir = &config.server.data;
+    let toml_path = dir.join("bench.toml");
+    write(&toml_path, &config.to_commented_toml())?;
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut cmd = Command::new(current_exe()?);
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(&toml_path)
+        .arg("--quic")
+        .arg(loopback.to_string())
+        .arg("--admin")
+        .arg(loopback.to_string())
+        .arg("--data")
+        .arg(data_dir);
+    // The environment may not point the child elsewhere: flags and the file say it all.
+    for var in crate::config::ENV_VARS {
+        cmd.env_remove(var);
+    }
+    let log = dir.join("server.log");
+    let mut child = spawn(cmd, &log)?;
+    let server_file = data_dir.join(crate::server::SERVER_FILE);
+    let ready = match wait_for_file(&mut child, &server_file, &log).await {
+        Ok(()) => DataFolder::new(data_dir).server_file().ok_or_else(|| {
+            BenchError::Setup(format!("server.json missing in {}", data_dir.display()))
+        }),
+        Err(e) => Err(e),
+    };
+    match ready {
+        Ok(file) => Ok((child, file)),
+        Err(e) => {
+            stop_child(&mut child);
+            Err(e)
+        }
     }
 }
 
@@ -344,18 +394,16 @@ fn raise_limits(config: &mut Config) -> Vec<Raised> {
     raised
 }
 
-type RoomcastFiles = (ServerFile, Vec<u8>, String, String);
-
-fn read_roomcast(data: &Path) -> Result<RoomcastFiles, BenchError> {
+/// A started relay's CA, token secret and admin key, from its data folder.
+pub(super) fn read_secrets(data: &Path) -> Result<(Vec<u8>, String, String), BenchError> {
     let folder = DataFolder::new(data);
     let missing = |what: &str| BenchError::Setup(format!("{what} missing in {}", data.display()));
-    let file = folder.server_file().ok_or_else(|| missing("server.json"))?;
     let ca = folder.ca_pem().ok_or_else(|| missing("ca.pem"))?;
     let secret = folder
         .token_secret()
         .ok_or_else(|| missing("token.secret"))?;
     let admin = folder.admin_key().ok_or_else(|| missing("admin.key"))?;
-    Ok((file, ca, secret, admin))
+    Ok((ca, secret, admin))
 }
 
 fn read_raw(dir: &Path) -> Result<(SocketAddr, Vec<u8>), BenchError> {
@@ -365,14 +413,14 @@ fn read_raw(dir: &Path) -> Result<(SocketAddr, Vec<u8>), BenchError> {
     Ok((file.quic, read(&dir.join(crate::tls::DEV_CA_FILE))?))
 }
 
-fn current_exe() -> Result<PathBuf, BenchError> {
+pub(super) fn current_exe() -> Result<PathBuf, BenchError> {
     std::env::current_exe().map_err(|source| BenchError::Io {
         what: "locating the roomcast executable".into(),
         source,
     })
 }
 
-fn spawn(mut cmd: Command, log: &Path) -> Result<Child, BenchError> {
+pub(super) fn spawn(mut cmd: Command, log: &Path) -> Result<Child, BenchError> {
     let io = |what: String| move |source| BenchError::Io { what, source };
     die_with_parent(&mut cmd);
     let out = std::fs::File::create(log).map_err(io(format!("creating {}", log.display())))?;
@@ -387,7 +435,11 @@ fn spawn(mut cmd: Command, log: &Path) -> Result<Child, BenchError> {
 }
 
 /// Waits until `file` exists and parses, the child exits, or [`START_TIMEOUT`] passes.
-async fn wait_for_file(child: &mut Child, file: &Path, log: &Path) -> Result<(), BenchError> {
+pub(super) async fn wait_for_file(
+    child: &mut Child,
+    file: &Path,
+    log: &Path,
+) -> Result<(), BenchError> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         // The file is written in one go, but it may be caught half-written: wait until it parses.
@@ -414,41 +466,57 @@ async fn wait_for_file(child: &mut Child, file: &Path, log: &Path) -> Result<(),
     }
 }
 
-fn tail(log: &Path) -> String {
+pub(super) fn tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 /// SIGTERM, a bounded wait, then SIGKILL.
-fn stop_child(child: &mut Child) {
-    if matches!(child.try_wait(), Ok(Some(_))) {
-        return;
+pub(super) fn stop_child(child: &mut Child) {
+    stop_children(std::slice::from_mut(child));
+}
+
+/// SIGTERM to every child at once, one bounded wait for them all, then SIGKILL to the rest.
+pub(super) fn stop_children(children: &mut [Child]) {
+    let mut running: Vec<&mut Child> = children
+        .iter_mut()
+        .filter_map(|c| (!matches!(c.try_wait(), Ok(Some(_)))).then_some(c))
+        .collect();
+    for c in &running {
+        terminate(c.id());
     }
-    terminate(child.id());
     let deadline = Instant::now() + STOP_GRACE;
-    while Instant::now() < deadline {
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            return;
+    while !running.is_empty() && Instant::now() < deadline {
+        running.retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
+        if !running.is_empty() {
+            std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
-    eprintln!("roomcast bench: the server did not stop within {STOP_GRACE:?}; killing it");
-    let _ = child.kill();
-    let _ = child.wait();
+    for c in running {
+        eprintln!(
+            "roomcast bench: server process {} did not stop within {STOP_GRACE:?}; killing it",
+            c.id()
+        );
+        let _ = c.kill();
+        let _ = c.wait();
+    }
 }
 
 /// The child gets SIGTERM when the thread that spawned it ends (the harness spawns from the thread
-/// that drives the run, so: when the harness dies without stopping it, e.g. killed).
+/// that drives the run, so: when the harness dies without stopping it, e.g. killed). It runs in
+/// a process group of its own, so a Ctrl-C in the terminal reaches the harness only, which then
+/// stops its children in order (the relays before the nats-server they use).
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 fn die_with_parent(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
-    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which is
-    // async-signal-safe and touches no memory of the parent.
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2) and
+    // setpgid(2), which are async-signal-safe and touch no memory of the parent.
     unsafe {
         cmd.pre_exec(|| {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            libc::setpgid(0, 0);
             Ok(())
         });
     }
@@ -469,18 +537,18 @@ fn terminate(pid: u32) {
     }
 }
 
-fn read(p: &Path) -> Result<Vec<u8>, BenchError> {
+pub(super) fn read(p: &Path) -> Result<Vec<u8>, BenchError> {
     std::fs::read(p).map_err(|source| BenchError::Io {
         what: format!("reading {}", p.display()),
         source,
     })
 }
 
-fn read_text(p: &Path) -> Result<String, BenchError> {
+pub(super) fn read_text(p: &Path) -> Result<String, BenchError> {
     Ok(String::from_utf8_lossy(&read(p)?).trim().to_owned())
 }
 
-fn write(p: &Path, text: &str) -> Result<(), BenchError> {
+pub(super) fn write(p: &Path, text: &str) -> Result<(), BenchError> {
     std::fs::write(p, text).map_err(|source| BenchError::Io {
         what: format!("writing {}", p.display()),
         source,
@@ -488,13 +556,14 @@ fn write(p: &Path, text: &str) -> Result<(), BenchError> {
 }
 
 /// A folder under the system temp directory, removed on drop unless kept.
-struct TempDir {
-    path: PathBuf,
+pub(super) struct TempDir {
+    /// The folder.
+    pub(super) path: PathBuf,
     keep: bool,
 }
 
 impl TempDir {
-    fn new(keep: bool) -> Result<TempDir, BenchError> {
+    pub(super) fn new(keep: bool) -> Result<TempDir, BenchError> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());

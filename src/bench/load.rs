@@ -52,6 +52,8 @@ pub struct Reach {
     pub next: Arc<AtomicUsize>,
     /// `wss://…/ws` of the relay's public listener: members connect over WebSockets.
     pub ws: Option<String>,
+    /// Every relay of a cluster run by index ([`Spec::relay`]); empty: `server` only.
+    pub relays: Arc<Vec<SocketAddr>>,
 }
 
 /// A member's connection: native QUIC or a WebSocket.
@@ -148,10 +150,29 @@ impl Reach {
             endpoints: Arc::new(endpoints),
             next: Arc::default(),
             ws,
+            relays: Arc::default(),
         })
     }
 
-    async fn connect(&self, user: &str, event_buffer: usize) -> Result<Member, String> {
+    /// The same, with the members dealt over these relays (QUIC only).
+    pub fn with_relays(self, relays: Vec<SocketAddr>) -> Reach {
+        Reach {
+            relays: Arc::new(relays),
+            ..self
+        }
+    }
+
+    /// The QUIC address of relay `i` (`server` when there are no others).
+    fn relay(&self, i: usize) -> SocketAddr {
+        self.relays.get(i).copied().unwrap_or(self.server)
+    }
+
+    async fn connect(
+        &self,
+        user: &str,
+        relay: usize,
+        event_buffer: usize,
+    ) -> Result<Member, String> {
         let token = self.tokens.mint(user).map_err(|e| e.to_string())?;
         if let Some(url) = &self.ws {
             let mut cfg = WsClientConfig::new(url.clone(), self.ca_pem.clone(), token);
@@ -161,7 +182,7 @@ impl Reach {
                 .map(Member::Ws)
                 .map_err(|e| error_name(&e));
         }
-        let mut cfg = ClientConfig::new(self.server, self.ca_pem.clone(), token);
+        let mut cfg = ClientConfig::new(self.relay(relay), self.ca_pem.clone(), token);
         cfg.event_buffer = event_buffer;
         let connected = if self.endpoints.is_empty() {
             Client::connect(cfg).await
@@ -209,6 +230,8 @@ pub struct Spec {
     pub sender: bool,
     /// Reads slowly.
     pub slow: bool,
+    /// The relay it connects to, by index ([`Reach::relays`]).
+    pub relay: usize,
 }
 
 /// A joined member.
@@ -244,7 +267,7 @@ pub async fn ramp(reach: &Reach, specs: Vec<Spec>, parallel: usize) -> Ramp {
         let reach = reach.clone();
         async move {
             let buffer = if spec.slow { SLOW_EVENT_BUFFER } else { 8192 };
-            let client = match reach.connect(&spec.user, buffer).await {
+            let client = match reach.connect(&spec.user, spec.relay, buffer).await {
                 Ok(c) => c,
                 Err(e) => return Err((true, e)),
             };
@@ -617,7 +640,7 @@ enum Cycle {
 
 async fn cycle(reach: Reach, user: String, room: String) -> Cycle {
     let t0 = Instant::now();
-    let client = match reach.connect(&user, 64).await {
+    let client = match reach.connect(&user, 0, 64).await {
         Ok(c) => c,
         Err(e) => return Cycle::ConnectFailed(e),
     };

@@ -26,12 +26,19 @@
 //!
 //! The `churn` scenario replaces 1–3 with a storm of connect → join → leave → close cycles.
 //!
-//! Module map: [`launch`] starts and stops the server under test, [`load`] holds the member, sender
+//! With `--relays N` the harness starts a `nats-server -js` and N relays in cluster mode sharing
+//! the room instead of one relay on the embedded store, deals the members over them (the sender
+//! on relay 0), measures the CPU of every server process and the bytes through NATS
+//! ([`cluster`]).
+//!
+//! Module map: [`launch`] starts and stops the server under test, [`cluster`] the nats-server
+//! and relays of a cluster run, [`load`] holds the member, sender
 //! and churn loops, [`raw`] the baseline server, [`stats`] the histogram and `/proc` readers,
 //! [`admin`] a tiny HTTP client for the admin API, [`soak`] the memory readings and scrapes during
 //! the load, [`report`] the output.
 
 pub mod admin;
+pub mod cluster;
 pub mod flood;
 pub mod launch;
 pub mod load;
@@ -235,6 +242,16 @@ pub struct BenchArgs {
     /// would (off by default).
     #[arg(long, value_name = "SECS")]
     pub scrape_every: Option<f64>,
+    // ---- cluster runs ----
+    /// Start a nats-server and this many relays in cluster mode sharing the room(s) (1..=8), the
+    /// sender on relay 0 and the other members dealt over the relays; without it, one relay on
+    /// the embedded store (fanout, rooms and overload over QUIC).
+    #[arg(long, value_name = "N")]
+    pub relays: Option<usize>,
+    /// The nats-server binary of a --relays run [default: nats-server on the PATH].
+    #[arg(long, value_name = "PATH", requires = "relays")]
+    pub nats_server: Option<PathBuf>,
+    // ---- end cluster runs ----
     /// Keep the temporary folder (configuration, data, server log) and print its path.
     #[arg(long)]
     pub keep: bool,
@@ -269,6 +286,9 @@ pub enum BenchError {
     /// Certificates could not be made.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// The run was interrupted (Ctrl-C); every server it started was stopped.
+    #[error("interrupted")]
+    Interrupted,
     /// No client could connect, so there is nothing to measure.
     #[error("no member could connect and join: connects {connects:?}, joins {joins:?}")]
     NoMembers {
@@ -318,14 +338,30 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
     validate(&args)?;
     let rt = runtime()?;
     let (target, result) = rt.block_on(async {
-        let mut target = match Target::open(&args).await {
-            Ok(t) => t,
-            Err(e) => return (None, Err(e)),
+        // Ctrl-C ends the run like an error: what was started is dropped (a half-started
+        // cluster stops its children) and the target is stopped below.
+        let interrupted = async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
         };
-        let result = match args.scenario {
-            Scenario::Churn => churn(&args, &mut target).await.map(Output::load),
-            Scenario::Flood => flood::scenario(&args, &target).await.map(Output::Flood),
-            _ => rooms(&args, &mut target).await.map(Output::load),
+        tokio::pin!(interrupted);
+        let mut target = tokio::select! {
+            t = Target::open(&args) => match t {
+                Ok(t) => t,
+                Err(e) => return (None, Err(e)),
+            },
+            () = &mut interrupted => return (None, Err(BenchError::Interrupted)),
+        };
+        let result = tokio::select! {
+            r = async {
+                match args.scenario {
+                    Scenario::Churn => churn(&args, &mut target).await.map(Output::load),
+                    Scenario::Flood => flood::scenario(&args, &target).await.map(Output::Flood),
+                    _ => rooms(&args, &mut target).await.map(Output::load),
+                }
+            } => r,
+            () = &mut interrupted => Err(BenchError::Interrupted),
         };
         (Some(target), result)
     });
@@ -395,6 +431,25 @@ fn validate(a: &BenchArgs) -> Result<(), BenchError> {
     let bad = |m: String| Err(BenchError::Args(m));
     if let Some(s) = a.server {
         require_loopback("--server", s)?;
+    }
+    if let Some(n) = a.relays {
+        if !(1..=cluster::MAX_RELAYS).contains(&n) {
+            return bad(format!(
+                "--relays must be 1..={}, got {n}",
+                cluster::MAX_RELAYS
+            ));
+        }
+        if a.server.is_some()
+            || a.target != TargetKind::Roomcast
+            || a.transport != BenchTransport::Quic
+            || matches!(a.scenario, Scenario::Churn | Scenario::Flood)
+        {
+            return bad(
+                "--relays starts its own relays and measures fanout, rooms or overload over QUIC \
+                 (not with --server, --target raw-quic, --transport websocket, churn or flood)"
+                    .into(),
+            );
+        }
     }
     if a.scenario == Scenario::Flood && a.target != TargetKind::Roomcast {
         return bad("the flood scenario measures the roomcast relay only".into());
@@ -566,14 +621,18 @@ fn reach(a: &BenchArgs, target: &Target) -> Result<Reach, BenchError> {
             Some(format!("wss://127.0.0.1:{}/ws", web.port()))
         }
     };
-    Reach::new(
+    let reach = Reach::new(
         target.quic,
         target.ca_pem.clone(),
         target.tokens.clone(),
         a.client_endpoints,
         ws,
     )
-    .map_err(|e| BenchError::Setup(format!("client endpoints: {e}")))
+    .map_err(|e| BenchError::Setup(format!("client endpoints: {e}")))?;
+    Ok(match &target.cluster {
+        Some(c) => reach.with_relays(c.quic_addrs()),
+        None => reach,
+    })
 }
 
 /// CPU seconds a process used between two samples (0 when either is missing).
@@ -609,7 +668,9 @@ async fn prepare(target: &Target, rooms: &[String], protected: bool) -> Result<(
     if target.kind != TargetKind::Roomcast {
         return Ok(());
     }
-    let need_rooms = !target.join_creates;
+    // Rooms of a cluster run are made before the ramp through relay 0: first joins on several
+    // relays at once would each try to create the room, and all but one be refused.
+    let need_rooms = !target.join_creates || target.cluster.is_some();
     if !need_rooms && !protected {
         return Ok(());
     }
@@ -670,6 +731,7 @@ async fn rooms(a: &BenchArgs, target: &mut Target) -> Result<Report, BenchError>
 
     let room_ids: Vec<String> = (0..n_rooms).map(|r| format!("bench-{r}")).collect();
     prepare(target, &room_ids, protected_share > 0.0).await?;
+    let n_relays = target.cluster.as_ref().map_or(1, |c| c.relays.len()).max(1);
     let specs: Vec<Spec> = room_ids
         .iter()
         .enumerate()
@@ -681,6 +743,8 @@ async fn rooms(a: &BenchArgs, target: &mut Target) -> Result<Report, BenchError>
                 sender: i < senders,
                 // The last members of the room are the slow ones.
                 slow: i >= members - n_slow,
+                // The senders on relay 0, the others in turn over every relay.
+                relay: if i < senders { 0 } else { i % n_relays },
             })
         })
         .collect();
@@ -712,20 +776,24 @@ async fn rooms(a: &BenchArgs, target: &mut Target) -> Result<Report, BenchError>
         report.failed_connects
     );
     let mut room_size = vec![0u64; n_rooms];
+    let mut members_per_relay = vec![0usize; n_relays];
     for j in &ramp.joined {
         room_size[j.spec.room_index] += 1;
+        members_per_relay[j.spec.relay] += 1;
     }
 
     let live = Arc::new(Live::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut readers = tokio::task::JoinSet::new();
     for j in &ramp.joined {
-        readers.spawn(load::read_events(
+        let reading = load::read_events(
             j.client.clone(),
             j.spec.slow.then_some(a.slow_rate),
             live.clone(),
             stop_rx.clone(),
-        ));
+        );
+        let relay = j.spec.relay;
+        readers.spawn(async move { (relay, reading.await) });
     }
     tokio::time::sleep(SETTLE).await;
     let rss_idle = sample(target.pid).map(|s| s.rss_kib);
@@ -734,6 +802,12 @@ async fn rooms(a: &BenchArgs, target: &mut Target) -> Result<Report, BenchError>
 
     let senders_total = ramp.joined.iter().filter(|j| j.spec.sender).count().max(1);
     let per_sender_rate = a.rate / senders_total as f64;
+    let servers = target.server_pids();
+    let nats_before = match &target.cluster {
+        Some(c) => Some(c.counters().await),
+        None => None,
+    };
+    let servers_start: Vec<_> = servers.iter().map(|(_, p)| stats::sample(*p)).collect();
     let cpu_start = sample(target.pid);
     let own_start = own();
     let start = Instant::now();
@@ -830,14 +904,21 @@ async fn rooms(a: &BenchArgs, target: &mut Target) -> Result<Report, BenchError>
     };
     let cpu_end = sample(target.pid);
     let own_end = own();
+    let servers_end: Vec<_> = servers.iter().map(|(_, p)| stats::sample(*p)).collect();
+    let nats_after = match &target.cluster {
+        Some(c) => Some(c.counters().await),
+        None => None,
+    };
     let measured = end.duration_since(start).as_secs_f64().max(1e-9);
     let shed_after = scrape(target, crate::metrics::SHED).await;
     let slow_after = scrape(target, crate::metrics::TOO_SLOW).await;
 
     let _ = stop_tx.send(true);
     let mut tallies = Vec::new();
+    let mut deliveries_per_relay = vec![0u64; n_relays];
     while let Some(t) = readers.join_next().await {
-        if let Ok(t) = t {
+        if let Ok((relay, t)) = t {
+            deliveries_per_relay[relay] += t.delivered.iter().sum::<u64>();
             tallies.push(t);
         }
     }
@@ -914,6 +995,31 @@ async fn rooms(a: &BenchArgs, target: &mut Target) -> Result<Report, BenchError>
         report.connections,
         [rss_start, rss_idle, rss_end],
     );
+    report.server_processes = servers
+        .iter()
+        .zip(servers_start.iter().zip(&servers_end))
+        .map(|((name, pid), (s, e))| report::ProcessCpu {
+            name: name.clone(),
+            pid: *pid,
+            cpu_secs: cpu_between(*s, *e),
+        })
+        .collect();
+    report.server_cpu_secs = report.server_processes.iter().map(|p| p.cpu_secs).sum();
+    report.deliveries_per_server_cpu_sec = if report.server_cpu_secs > 0.0 {
+        report.deliveries as f64 / report.server_cpu_secs
+    } else {
+        0.0
+    };
+    if let (Some(c), Some(before), Some(after)) = (&target.cluster, &nats_before, &nats_after) {
+        report.cluster = Some(cluster::ClusterReport::between(
+            c,
+            before,
+            after,
+            report.messages_sent,
+            members_per_relay,
+            deliveries_per_relay,
+        ));
+    }
     if let Some((samples, scrapes)) = soaked
         && (!samples.is_empty() || scrapes.is_some())
     {

@@ -106,6 +106,18 @@ pub struct Report {
     pub sends_abandoned: u64,
     /// The server process's CPU and memory, when its pid is known.
     pub server: Option<ServerUsage>,
+    // ---- cluster runs ----
+    /// Every server process the harness measured (the relay; in a cluster run every relay and
+    /// the nats-server) with its CPU time (user + system) over the measured window. `server`
+    /// above is the relay of the sender only.
+    pub server_processes: Vec<ProcessCpu>,
+    /// The sum of `server_processes`' CPU, seconds.
+    pub server_cpu_secs: f64,
+    /// Deliveries per second of CPU of all server processes together.
+    pub deliveries_per_server_cpu_sec: f64,
+    /// A cluster run's (`--relays`) members and NATS traffic.
+    pub cluster: Option<super::cluster::ClusterReport>,
+    // ---- end cluster runs ----
     /// CPU the harness itself used in the measured window, seconds (it shares the machine).
     pub client_cpu_secs: f64,
     /// The server's memory through the load, and the `/metrics` scrapes meanwhile.
@@ -118,6 +130,17 @@ pub struct Report {
     pub kept_folder: Option<String>,
     /// The machine's 1-minute load average when the run started (other work skews the numbers).
     pub load_average_at_start: Option<f64>,
+}
+
+/// One server process's CPU over the measured window.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ProcessCpu {
+    /// `relay`, `relay-<i>` or `nats-server`.
+    pub name: String,
+    /// Its process id.
+    pub pid: u32,
+    /// User + system CPU, seconds (`/proc/<pid>/stat`).
+    pub cpu_secs: f64,
 }
 
 /// Counts per class.
@@ -505,6 +528,59 @@ impl Report {
             }
             None => row("server CPU", "not measured (no --server-pid)".into()),
         }
+        // ---- cluster runs ----
+        if self.churn.is_none() && self.server_cpu_secs > 0.0 {
+            row(
+                "deliveries per server CPU-s",
+                format!(
+                    "{:.0}  (all server processes: {:.3} s; {})",
+                    self.deliveries_per_server_cpu_sec,
+                    self.server_cpu_secs,
+                    self.server_processes
+                        .iter()
+                        .map(|p| format!("{} {:.3} s", p.name, p.cpu_secs))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        }
+        if let Some(c) = &self.cluster {
+            let list = |v: &[f64]| {
+                v.iter()
+                    .map(|x| format!("{x:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            };
+            let opt = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.1}"));
+            row(
+                "relays",
+                format!(
+                    "{} on nats-server {}; members {:?}; deliveries {:?}",
+                    c.relays, c.nats_version, c.members_per_relay, c.deliveries_per_relay
+                ),
+            );
+            row(
+                "live messages per relay",
+                format!(
+                    "published {} · received {}",
+                    list(&c.live_published_per_relay),
+                    list(&c.live_received_per_relay)
+                ),
+            );
+            row(
+                "NATS bytes per message",
+                format!(
+                    "{} (nats-server /varz; {} messages through it per message) · relays' own count {} (ratio {})",
+                    opt(c.nats_bytes_per_message),
+                    c.nats_messages_per_message
+                        .map_or("n/a".into(), |v| format!("{v:.2}")),
+                    opt(c.relay_counted_bytes_per_message),
+                    c.relay_to_nats_bytes
+                        .map_or("n/a".into(), |v| format!("{v:.3}"))
+                ),
+            );
+        }
+        // ---- end cluster runs ----
         if let Some(k) = &self.soak {
             if !k.samples.is_empty() {
                 row(
