@@ -1653,8 +1653,13 @@ impl Relay {
         Ok(rooms.iter().map(|r| self.admin_send(r, msg)).collect())
     }
 
-    /// Sends to every room (not stored in history, not activity). Returns how many rooms got it.
-    pub fn broadcast(self: &Arc<Self>, msg: &AdminMessage) -> Result<usize, WireError> {
+    /// Sends to every room (not stored in history, not activity): one send per room that took
+    /// it, to wait for (in cluster mode a room another relay sequences gets its message only
+    /// through the wait, which forwards it to the owner).
+    pub fn broadcast(
+        self: &Arc<Self>,
+        msg: &AdminMessage,
+    ) -> Result<Vec<Durable<Stamped>>, WireError> {
         self.check_admin_message(msg)?;
         let msg = AdminMessage {
             store: false,
@@ -1663,8 +1668,8 @@ impl Relay {
         Ok(self
             .all_rooms()
             .iter()
-            .filter(|r| self.publish_admin(r, &msg, false).is_ok())
-            .count())
+            .filter_map(|r| self.publish_admin(r, &msg, false).ok())
+            .collect())
     }
 }
 
