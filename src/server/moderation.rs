@@ -728,7 +728,7 @@ impl Relay {
 
     /// Reads the app-wide lists again from the shared store (another relay wrote them), so the
     /// next write of them expects what is there now.
-    async fn reload_global(self: &Arc<Self>) -> Result<(), WireError> {
+    pub(crate) async fn reload_global(self: &Arc<Self>) -> Result<(), WireError> {
         let _locked = self.lock_global().await;
         let store = self.store().clone();
         let loaded = tokio::task::spawn_blocking(move || store.reload_global())
