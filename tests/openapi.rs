@@ -332,3 +332,29 @@ async fn long_targets_large_headers_and_wrong_methods_get_the_json_error_body() 
     assert_eq!(r.json["error"], "BAD_REQUEST", "{}", r.text);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_states_the_cluster_fields_of_member_lists_and_destroys() {
+    let server = TestServer::start(|_| {}).await;
+    let doc = document(&server).await;
+    for schema in ["MemberList", "MemberCheck"] {
+        assert_eq!(prop(&doc, schema, "partial")["type"], "boolean", "{schema}");
+        assert_eq!(
+            prop(&doc, schema, "unanswered")["type"],
+            "array",
+            "{schema}"
+        );
+        let required = doc
+            .pointer(&format!("/components/schemas/{schema}/required"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            !required.contains(&json!("partial")) && !required.contains(&json!("unanswered")),
+            "{schema}: absent unless a relay did not answer"
+        );
+    }
+    assert_eq!(prop(&doc, "Destroyed", "failed")["type"], "array");
+    assert!(prop(&doc, "DestroyFailure", "error").is_object());
+    assert_eq!(prop(&doc, "DestroyFailure", "id")["type"], "string");
+}

@@ -4,7 +4,8 @@
 //! is written by the one relay that sequences the room, so the store's fence never refuses it,
 //! and every relay learns it from the shared state.
 
-use super::{AdminState, ApiError};
+use super::{AdminState, ApiError, ApiErrorBody};
+use crate::protocol::{DestroyReason, ErrorCode, WireError};
 use crate::server::cluster::{AdminAnswer, AdminCall, AdminHandler};
 use axum::Router;
 use axum::body::Body;
@@ -12,6 +13,7 @@ use axum::extract::{Request, State};
 use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use std::sync::Arc;
 use tower_service::Service;
 
@@ -89,6 +91,52 @@ pub(super) async fn forward_room_changes(
     }
 }
 
+/// Destroys room `id` as `DELETE /v1/rooms/{id}` would, for a call that names several rooms:
+/// through the room's owner when another relay sequences it (its answer is the truth), else
+/// here. `Ok(false)` when there is no such room.
+pub(super) async fn destroy_room(st: &AdminState, id: &str) -> Result<bool, WireError> {
+    let relay = &st.relay;
+    let here = || async {
+        match relay.destroy_room(id, DestroyReason::Manual) {
+            Ok(d) => d.wait().await.map(|()| true),
+            Err(e) if e.code == ErrorCode::RoomNotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    };
+    let Some(cluster) = relay.cluster().cloned() else {
+        return here().await;
+    };
+    let room = match relay.room(id) {
+        Ok(room) if !cluster.sequences(id) => room,
+        _ => return here().await,
+    };
+    let call = AdminCall {
+        method: Method::DELETE.to_string(),
+        path: format!("/v1/rooms/{id}"),
+        content_type: None,
+        body: Bytes::new(),
+    };
+    let Some(answer) = cluster.forward_admin(relay, &room, call).await? else {
+        return here().await;
+    };
+    if answer.status == 200 {
+        return Ok(true);
+    }
+    let refusal: ApiErrorBody = serde_json::from_slice(&answer.body).map_err(|e| {
+        WireError::new(
+            ErrorCode::Unavailable,
+            format!(
+                "room {id:?}'s owner answered {} unreadably: {e}",
+                answer.status
+            ),
+        )
+    })?;
+    match refusal.error {
+        ErrorCode::RoomNotFound => Ok(false),
+        code => Err(WireError::new(code, refusal.message)),
+    }
+}
+
 /// Runs calls forwarded by other relays through `router` (this relay's admin API), with its
 /// admin key.
 pub fn handler(router: Router, admin_key: String) -> AdminHandler {
@@ -108,7 +156,7 @@ pub fn handler(router: Router, admin_key: String) -> AdminHandler {
                 Ok(r) => r,
                 Err(e) => {
                     return AdminAnswer::error(
-                        crate::protocol::ErrorCode::BadRequest,
+                        ErrorCode::BadRequest,
                         format!("a forwarded call that is not a request: {e}"),
                     );
                 }

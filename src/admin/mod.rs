@@ -58,7 +58,7 @@ pub struct AdminState {
 }
 
 /// An admin API error body.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ApiErrorBody {
     /// Stable error name.
     pub error: ErrorCode,

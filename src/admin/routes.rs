@@ -12,6 +12,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use axum::Json;
@@ -277,6 +278,21 @@ pub struct Destroyed {
     pub destroyed: Vec<String>,
     /// Ids that did not exist.
     pub not_found: Vec<String>,
+    /// Rooms that were not destroyed, each with why (absent when there are none); the others
+    /// of the call were handled as the two lists say.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<DestroyFailure>,
+}
+
+/// A room a call to destroy several did not destroy.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DestroyFailure {
+    /// Room id.
+    pub id: String,
+    /// Stable error name.
+    pub error: ErrorCode,
+    /// What went wrong.
+    pub message: String,
 }
 
 #[utoipa::path(delete, path = "/v1/rooms/{id}", params(("id" = String, Path, description = "Room id")),
@@ -294,6 +310,7 @@ pub(super) async fn destroy_room(
     Ok(Json(Destroyed {
         destroyed: vec![id],
         not_found: vec![],
+        failed: vec![],
     }))
 }
 
@@ -327,18 +344,19 @@ pub(super) async fn destroy_rooms(
     let mut out = Destroyed {
         destroyed: vec![],
         not_found: vec![],
+        failed: vec![],
     };
+    // Each room by itself (in cluster mode by its owner): one that fails does not hide what
+    // happened to the others.
     for id in req.ids {
-        match st
-            .relay
-            .destroy_room(&id, crate::protocol::DestroyReason::Manual)
-        {
-            Ok(d) => {
-                d.wait().await?;
-                out.destroyed.push(id)
-            }
-            Err(e) if e.code == ErrorCode::RoomNotFound => out.not_found.push(id),
-            Err(e) => return Err(e.into()),
+        match super::cluster::destroy_room(&st, &id).await {
+            Ok(true) => out.destroyed.push(id),
+            Ok(false) => out.not_found.push(id),
+            Err(e) => out.failed.push(DestroyFailure {
+                id,
+                error: e.code,
+                message: e.message,
+            }),
         }
     }
     Ok(Json(out))
@@ -375,8 +393,17 @@ pub struct MemberList {
     pub members: Vec<MemberView>,
     /// Members in the room.
     pub total: usize,
-    /// Pass as `cursor` for the next page; absent on the last one.
+    /// Pass as `cursor` for the next page; absent on the last one. In cluster mode it is the
+    /// join time (ms since the Unix epoch) of the page's last member: pages are in join-time
+    /// order across relays and end where the join time changes.
     pub next_cursor: Option<u64>,
+    /// Cluster mode: present and `true` when a relay with members of the room did not answer
+    /// in time, so its members are missing from the page and from `total`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
+    /// Cluster mode: the node ids of the relays that did not answer (with `partial`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unanswered: Vec<String>,
 }
 
 #[utoipa::path(get, path = "/v1/rooms/{id}/members",
@@ -399,18 +426,37 @@ pub(super) async fn list_members(
             )));
         }
     };
-    let page = st
-        .relay
-        .members(&id, order, q.limit.unwrap_or(100), q.cursor)?;
+    let limit = q.limit.unwrap_or(100);
+    // ---- cluster: the members on every relay ----
+    if let Some(cluster) = st.relay.cluster() {
+        let desc = order == MemberOrder::Desc;
+        let page =
+            crate::server::cluster::members::page(&st.relay, cluster, &id, desc, q.cursor, limit)
+                .await?;
+        return Ok(Json(MemberList {
+            members: views(page.members),
+            total: page.total,
+            next_cursor: page.next,
+            partial: !page.unanswered.is_empty(),
+            unanswered: page.unanswered,
+        }));
+    }
+    // ---- end cluster ----
+    let page = st.relay.members(&id, order, limit, q.cursor)?;
     Ok(Json(MemberList {
-        members: page
-            .members
-            .into_iter()
-            .map(|(user_id, joined_ms)| MemberView { user_id, joined_ms })
-            .collect(),
+        members: views(page.members),
         total: page.total,
         next_cursor: page.next,
+        partial: false,
+        unanswered: vec![],
     }))
+}
+
+fn views(members: Vec<(String, u64)>) -> Vec<MemberView> {
+    members
+        .into_iter()
+        .map(|(user_id, joined_ms)| MemberView { user_id, joined_ms })
+        .collect()
 }
 
 /// `POST /v1/rooms/{id}/members:check` body.
@@ -426,6 +472,13 @@ pub struct CheckMembers {
 pub struct MemberCheck {
     /// `{user_id, member}` in the asked order.
     pub results: Vec<MemberCheckItem>,
+    /// Cluster mode: present and `true` when a relay with members of the room did not answer
+    /// in time, so a `false` may be wrong for its members.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
+    /// Cluster mode: the node ids of the relays that did not answer (with `partial`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unanswered: Vec<String>,
 }
 
 /// One membership answer.
@@ -451,7 +504,17 @@ pub(super) async fn check_members(
     for u in &req.user_ids {
         crate::room::validate_id("user id", u)?;
     }
-    let flags = st.relay.check_members(&id, &req.user_ids)?;
+    // ---- cluster: the members on every relay ----
+    let (flags, unanswered) = match st.relay.cluster() {
+        Some(cluster) => {
+            let checked =
+                crate::server::cluster::members::check(&st.relay, cluster, &id, &req.user_ids)
+                    .await?;
+            (checked.member, checked.unanswered)
+        }
+        None => (st.relay.check_members(&id, &req.user_ids)?, vec![]),
+    };
+    // ---- end cluster ----
     Ok(Json(MemberCheck {
         results: req
             .user_ids
@@ -459,6 +522,8 @@ pub(super) async fn check_members(
             .zip(flags)
             .map(|(user_id, member)| MemberCheckItem { user_id, member })
             .collect(),
+        partial: !unanswered.is_empty(),
+        unanswered,
     }))
 }
 
@@ -656,6 +721,9 @@ pub struct Broadcasted {
     pub rooms: usize,
 }
 
+/// Rooms' sends of one broadcast waited for at once.
+const BROADCAST_AT_ONCE: usize = 64;
+
 #[utoipa::path(post, path = "/v1/broadcast", request_body = Broadcast,
     responses((status = 200, body = Broadcasted), (status = 400, body = ApiErrorBody)),
     security(("admin_key" = [])))]
@@ -668,7 +736,12 @@ pub(super) async fn broadcast(State(st): State<AdminState>, body: Bytes) -> ApiR
         store: false,
         low: false,
     };
-    Ok(Json(Broadcasted {
-        rooms: st.relay.broadcast(&msg)?,
-    }))
+    // Each room's send is waited for (forwarded to its owner in cluster mode), a few at once.
+    let sends = st.relay.broadcast(&msg)?;
+    let rooms = futures_util::stream::iter(sends.into_iter().map(|d| d.wait()))
+        .buffer_unordered(BROADCAST_AT_ONCE)
+        .filter(|sent| std::future::ready(sent.is_ok()))
+        .count()
+        .await;
+    Ok(Json(Broadcasted { rooms }))
 }

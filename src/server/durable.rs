@@ -113,6 +113,20 @@ impl Relay {
         ops: Vec<Op>,
         finish: impl FnOnce(bool) -> Option<T> + Send + 'static,
     ) -> Result<T, WireError> {
+        self.commit_or_fenced(what, ops, finish)
+            .await
+            .map_err(|(e, _)| e)
+    }
+
+    /// [`commit`](Self::commit), telling also whether a refusal was the shared store's fence
+    /// (another relay wrote what this one expected to find unchanged): `(error, true)`.
+    pub(crate) async fn commit_or_fenced<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        ops: Vec<Op>,
+        finish: impl FnOnce(bool) -> Option<T> + Send + 'static,
+    ) -> Result<T, (WireError, bool)> {
+        let fenced = |e: &StoreError| matches!(e, StoreError::Fenced(_));
         let lost = || {
             WireError::new(
                 ErrorCode::Unavailable,
@@ -120,7 +134,7 @@ impl Relay {
             )
         };
         if ops.is_empty() {
-            return finish(true).ok_or_else(lost);
+            return finish(true).ok_or_else(|| (lost(), false));
         }
         // Whoever takes `finish` first runs it: the writer after the commit (sync), or this
         // task right after the submit (batched, where the ack has resolved already).
@@ -139,7 +153,7 @@ impl Relay {
         });
         let ack = self.store().submit_then(ops, Some(then));
         if let Some(e) = ack.refused() {
-            let e = unavailable(what, e);
+            let e = (unavailable(what, e), fenced(e));
             if let Some(f) = take(&slot) {
                 f(false);
             }
@@ -148,10 +162,12 @@ impl Relay {
         if ack.is_done()
             && let Some(f) = take(&slot)
         {
-            return f(true).ok_or_else(lost);
+            return f(true).ok_or_else(|| (lost(), false));
         }
         drop(slot);
-        ack.wait().await.map_err(|e| unavailable(what, &e))?;
-        rx.await.map_err(|_| lost())
+        ack.wait()
+            .await
+            .map_err(|e| (unavailable(what, &e), fenced(&e)))?;
+        rx.await.map_err(|_| (lost(), false))
     }
 }

@@ -140,7 +140,7 @@ impl Relay {
                 .global_change(
                     move |g| {
                         match on {
-                            true => g.keepalive.insert(id),
+                            true => g.keepalive.insert(id.clone()),
                             false => g.keepalive.remove(&id),
                         };
                         Ok(())
@@ -539,7 +539,7 @@ impl Relay {
                                 after.len() - list.len()
                             )));
                         }
-                        list.extend(types);
+                        list.extend(types.iter().cloned());
                         Ok(())
                     },
                     |_, _| {},
@@ -679,29 +679,74 @@ impl Relay {
 
     /// A durable change of the app-wide lists: under their change lock, `change` edits a copy or
     /// refuses; once the copy is durable it replaces the lists in memory, then `effects` runs.
-    async fn global_change<T, C, E>(self: &Arc<Self>, change: C, effects: E) -> Result<T, WireError>
+    ///
+    /// In cluster mode any relay writes the lists, so the store's fence refuses a write made on
+    /// a stale copy (another relay wrote them since): the lists are then read again from the
+    /// store and `change` is decided anew on them, up to [`GLOBAL_TRIES`] times. Each of two
+    /// relays changing them at once thus gets the answer true of the lists it changed.
+    async fn global_change<T, C, E>(
+        self: &Arc<Self>,
+        mut change: C,
+        effects: E,
+    ) -> Result<T, WireError>
     where
         T: Send + 'static,
-        C: FnOnce(&mut GlobalPolicy) -> Result<T, WireError>,
+        C: FnMut(&mut GlobalPolicy) -> Result<T, WireError>,
         E: FnOnce(&Relay, &T) + Send + 'static,
     {
-        let guard = self.lock_global().await;
-        let mut global = self.global().clone();
-        let value = change(&mut global)?;
-        let ops = vec![Op::PutGlobal(global.clone())];
-        let relay = self.clone();
-        self.commit(NOT_MADE, ops, move |ok| {
-            let _locked = guard;
-            if !ok {
-                return None;
+        let effects = Arc::new(std::sync::Mutex::new(Some(effects)));
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let guard = self.lock_global().await;
+            let mut global = self.global().clone();
+            let value = change(&mut global)?;
+            let ops = vec![Op::PutGlobal(global.clone())];
+            let relay = self.clone();
+            let effects = effects.clone();
+            let outcome = self
+                .commit_or_fenced(NOT_MADE, ops, move |ok| {
+                    let _locked = guard;
+                    if !ok {
+                        return None;
+                    }
+                    *relay.global_mut() = global;
+                    let effects = effects.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    if let Some(effects) = effects {
+                        effects(&relay, &value);
+                    }
+                    Some(value)
+                })
+                .await;
+            match outcome {
+                Ok(value) => return Ok(value),
+                Err((_, true)) if tries < GLOBAL_TRIES => self.reload_global().await?,
+                Err((e, _)) => return Err(e),
             }
-            *relay.global_mut() = global;
-            effects(&relay, &value);
-            Some(value)
-        })
-        .await
+        }
+    }
+
+    /// Reads the app-wide lists again from the shared store (another relay wrote them), so the
+    /// next write of them expects what is there now.
+    pub(crate) async fn reload_global(self: &Arc<Self>) -> Result<(), WireError> {
+        let _locked = self.lock_global().await;
+        let store = self.store().clone();
+        let loaded = tokio::task::spawn_blocking(move || store.reload_global())
+            .await
+            .map_err(|e| {
+                WireError::new(
+                    ErrorCode::Unavailable,
+                    format!("reading the app-wide lists: {e}; {NOT_MADE}"),
+                )
+            })?
+            .map_err(|e| super::durable::unavailable(NOT_MADE, &e))?;
+        *self.global_mut() = loaded;
+        Ok(())
     }
 }
+
+/// Tries of a change of the app-wide lists that other relays' writes keep fencing.
+const GLOBAL_TRIES: u32 = 5;
 
 /// The durable settings of a room that the admin changes, as a copy to edit.
 pub(crate) struct Settings {

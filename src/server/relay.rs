@@ -193,6 +193,9 @@ fn count_in(class: Class, source: &'static str) {
 /// Sequence numbers reserved ahead in the store, so a restart continues above every number that
 /// may have been handed out (reserved again when half is used).
 pub(crate) const SEQ_RESERVE: u64 = 10_000;
+/// Tries of a manual destruction of a kept room that other relays' writes of the app-wide lists
+/// keep fencing (cluster mode).
+const DESTROY_TRIES: u32 = 5;
 
 /// The shared core of a running relay.
 pub struct Relay {
@@ -994,10 +997,18 @@ impl Relay {
         self.check_writable()?;
         let relay = self.clone();
         Ok(Durable::later(async move {
-            match relay.destroy(&room, |_| Some(reason)).await? {
-                Some(_) => Ok(()),
-                None => Err(room_not_found(&room.id)),
+            // ---- cluster: tried again when another relay wrote the app-wide lists since ----
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                match relay.destroy_once(&room, |_| Some(reason)).await {
+                    Ok(Some(_)) => return Ok(()),
+                    Ok(None) => return Err(room_not_found(&room.id)),
+                    Err((_, true)) if tries < DESTROY_TRIES => {}
+                    Err((e, _)) => return Err(e),
+                }
             }
+            // ---- end cluster ----
         }))
     }
 
@@ -1024,7 +1035,19 @@ impl Relay {
         room: &Arc<Room>,
         decide: impl FnOnce(&mut RoomState) -> Option<DestroyReason>,
     ) -> Result<Option<DestroyReason>, WireError> {
-        self.check_writable()?;
+        self.destroy_once(room, decide).await.map_err(|(e, _)| e)
+    }
+
+    /// [`destroy`](Self::destroy); a refusal comes with whether it is worth trying again at
+    /// once: the room is on the keepalive list, another relay wrote the app-wide lists since
+    /// this one read them (the store's fence refused the write, nothing was made), and they were
+    /// read again.
+    async fn destroy_once(
+        self: &Arc<Self>,
+        room: &Arc<Room>,
+        decide: impl FnOnce(&mut RoomState) -> Option<DestroyReason>,
+    ) -> Result<Option<DestroyReason>, (WireError, bool)> {
+        self.check_writable().map_err(|e| (e, false))?;
         let Ok(guard) = self.lock_room(room).await else {
             return Ok(None);
         };
@@ -1038,12 +1061,15 @@ impl Relay {
         let Some(reason) = self.decide_destroy(room, decide) else {
             return Ok(None);
         };
-        let mut ops = vec![Op::DeleteRoom(room.id.clone())];
+        // The lists first: in cluster mode another relay may have written them since, and a
+        // write the fence refuses then leaves the room as it was.
+        let mut ops = Vec::new();
         if kept {
             let mut global = self.global().clone();
             global.keepalive.remove(&room.id);
             ops.push(Op::PutGlobal(global));
         }
+        ops.push(Op::DeleteRoom(room.id.clone()));
         let after = After::Destroy {
             room: room.id.clone(),
             epoch: room.epoch,
@@ -1053,19 +1079,33 @@ impl Relay {
         };
         let relay = self.clone();
         let room = room.clone();
-        self.commit(NOT_MADE, ops, move |ok| {
-            let _locked = (guard, global_guard);
-            if !ok {
-                relay
-                    .core()
-                    .stored(change, false, &mut |_| JoinPoint::default());
-                room.ring.freeze(false);
-                return None;
-            }
-            relay.finish_destroy(&room, change, reason, kept);
-            Some(Some(reason))
-        })
-        .await
+        let made = self
+            .commit_or_fenced(NOT_MADE, ops, move |ok| {
+                let _locked = (guard, global_guard);
+                if !ok {
+                    relay
+                        .core()
+                        .stored(change, false, &mut |_| JoinPoint::default());
+                    room.ring.freeze(false);
+                    return None;
+                }
+                relay.finish_destroy(&room, change, reason, kept);
+                Some(Some(reason))
+            })
+            .await;
+        match made {
+            Ok(reason) => Ok(reason),
+            // ---- cluster: the app-wide lists were stale; read again for the next try ----
+            Err((e, true)) if kept => match self.reload_global().await {
+                Ok(()) => Err((e, true)),
+                Err(again) => {
+                    tracing::debug!(error = %again.message, "the app-wide lists were not read again");
+                    Err((e, false))
+                }
+            },
+            // ---- end cluster ----
+            Err((e, _)) => Err((e, false)),
+        }
     }
 
     /// Decides a destruction with the room's state and the registry locked; freezes the ring
@@ -1653,8 +1693,13 @@ impl Relay {
         Ok(rooms.iter().map(|r| self.admin_send(r, msg)).collect())
     }
 
-    /// Sends to every room (not stored in history, not activity). Returns how many rooms got it.
-    pub fn broadcast(self: &Arc<Self>, msg: &AdminMessage) -> Result<usize, WireError> {
+    /// Sends to every room (not stored in history, not activity): one send per room that took
+    /// it, to wait for (in cluster mode a room another relay sequences gets its message only
+    /// through the wait, which forwards it to the owner).
+    pub fn broadcast(
+        self: &Arc<Self>,
+        msg: &AdminMessage,
+    ) -> Result<Vec<Durable<Stamped>>, WireError> {
         self.check_admin_message(msg)?;
         let msg = AdminMessage {
             store: false,
@@ -1663,8 +1708,8 @@ impl Relay {
         Ok(self
             .all_rooms()
             .iter()
-            .filter(|r| self.publish_admin(r, &msg, false).is_ok())
-            .count())
+            .filter_map(|r| self.publish_admin(r, &msg, false).ok())
+            .collect())
     }
 }
 

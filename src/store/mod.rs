@@ -33,6 +33,7 @@ pub use redb_store::{DiskFile, RedbStore, StoreFile, StoreStats};
 pub use nats::{NatsAuth, NatsConfig, NatsStore};
 // ---- end cluster ----
 
+use crate::policy::GlobalPolicy;
 pub use crate::room::records::{
     AttrRecord, Durability, LoadedRoom, Op, RoomRecord, Snapshot, StoredMessage,
 };
@@ -234,6 +235,15 @@ pub trait Store: Send + Sync + 'static {
         Err(StoreError::Unavailable(format!(
             "room {room:?}: this store is not shared, there is nothing to reload"
         )))
+    }
+
+    /// Reads the app-wide lists again as the shared store holds them now, after every earlier
+    /// submit, so this store's next write of them expects what is there. A store only one relay
+    /// writes has nothing to reload and refuses.
+    fn reload_global(&self) -> Result<GlobalPolicy, StoreError> {
+        Err(StoreError::Unavailable(
+            "this store is not shared, the app-wide lists have nothing to reload".into(),
+        ))
     }
     // ---- end cluster ----
 }

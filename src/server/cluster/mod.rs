@@ -4,6 +4,7 @@
 
 mod holes;
 pub mod lease;
+pub mod members;
 mod node;
 
 pub use node::{AdminAnswer, AdminCall, AdminHandler, Cluster, ClusterError};
@@ -27,6 +28,10 @@ pub async fn start(config: &Config, relay: &Arc<super::Relay>) -> Result<(), Ser
     }
     let counts = std::time::Duration::from_millis(config.rooms.member_count_interval_ms);
     let cluster = Cluster::start(relay, nats, config.cluster.lease_ttl_ms, counts).await?;
+    // ---- cluster-wide member lists ----
+    let answering = members::serve(Arc::downgrade(&cluster), Arc::downgrade(relay));
+    cluster.own(tokio::spawn(answering));
+    // ---- end cluster-wide member lists ----
     relay.set_cluster(cluster);
     Ok(())
 }

@@ -684,6 +684,33 @@ impl Cluster {
         })
     }
 
+    // ---- cluster-wide member lists (see `super::members`) ----
+
+    /// The other relays that have members of `room`, as their counts say (fresh ones only).
+    pub fn member_nodes(&self, room: &str) -> Vec<String> {
+        let fresh = Duration::from_millis(self.ttl_ms) * COUNT_TTLS;
+        lock(&self.remote_counts)
+            .get(room)
+            .map_or_else(Vec::new, |nodes| {
+                nodes
+                    .iter()
+                    .filter(|(_, (n, at))| *n > 0 && at.elapsed() < fresh)
+                    .map(|(node, _)| node.clone())
+                    .collect()
+            })
+    }
+
+    /// This relay's node id, its names, its NATS connection and its request timeout.
+    pub(super) fn parts(&self) -> (&str, &Names, &async_nats::Client, Duration) {
+        (&self.node, &self.names, &self.client, self.timeout)
+    }
+
+    /// Keeps `task` running as long as the cluster part runs.
+    pub(super) fn own(&self, task: JoinHandle<()>) {
+        lock(&self.tasks).push(Owned(task));
+    }
+    // ---- end cluster-wide member lists ----
+
     /// Writes the counts that changed; every lease TTL, all of them again.
     async fn write_counts(&self, all: bool) {
         let due: Vec<(String, usize)> = {

@@ -8,8 +8,8 @@
 //! and metrics; `roomcast serve --cluster-nats URL`; and several relays sharing rooms
 //! (`crate::server::cluster`): room leases, forwarded sends, live fan-out with interest routing,
 //! admin changes of a room through any relay (forwarded to its owner), and one KV watch per
-//! relay keeping its rooms current, member counts across relays. **Still to build** (marked
-//! *next*): the app-wide lists written through any relay, member lists and join/leave events
+//! relay keeping its rooms current, member counts and member lists across relays, the app-wide
+//! lists written through any relay. **Still to build** (marked *next*): join/leave events
 //! across relays. Resume on another relay is built (*now*, see "Resume").
 //!
 //! # Names
@@ -27,6 +27,7 @@
 //! | member counts (*now*) | `P_members` | KV, memory, age limit 3 × lease TTL | `R.<node>` → that relay's count |
 //! | live traffic (*now*) | — | core NATS | `P.live.R` |
 //! | forwarded requests (*now*) | — | core NATS request/reply | `P.fwd.R`: sends, and admin calls (`Roomcast-Admin` header) |
+//! | member lists (*now*) | — | core NATS request/reply | `P.members.<node>`: a relay's members of a room |
 //!
 //! History retention is the stream's own: `max_msgs_per_subject = store.history_max` (count per
 //! room) and `max_age = store.history_max_age_secs` (age since stored), with direct gets so any
@@ -113,12 +114,16 @@
 //! members banned elsewhere are removed here. Admin changes of a room made on a relay that does not
 //! own it are requests to the owner on the same subject: the admin call itself (method, path,
 //! body), run by the owner's admin API, whose answer is returned as it is (no owner: the relay
-//! acquires and runs it). (*next*) The app-wide lists (`global`) have no owner yet: a write of them
-//! is fenced on a relay whose revision is stale. Member lists and counts: each relay writes its
+//! acquires and runs it). The app-wide lists (`global`) have no owner: a write of them expects
+//! the revision this store last saw, and when another relay wrote them since, the relay reads
+//! them again ([`crate::store::Store::reload_global`]) and decides its change anew on them, a
+//! few times at most (*now*). Member lists and counts: each relay writes its
 //! count per room to `P_members` (on change, at most every `rooms.member_count_interval_ms`); a
 //! total is a listing of `R.*`, bounded by the number of relays (*now*: each relay writes on
 //! change, at most every interval, and all its counts every lease TTL; each follows the bucket with
-//! one watch and sums the counts written within three TTLs; member *lists* stay per relay, *next*).
+//! one watch and sums the counts written within three TTLs). Member *lists* are asked of each
+//! relay with members on `P.members.<node>` (core NATS request/reply, one subscription per relay)
+//! and merged in join-time order (*now*, `crate::server::cluster::members`).
 //! Timers that store (idle destroy, lifetime, scheduled destroy, activity times, attribute sweeps)
 //! run once per room, on its owner (*now*); offline exit runs where the member's session was. A
 //! room whose destruction is due and that has no owner is acquired by the first relay whose timer

@@ -153,6 +153,11 @@ impl Names {
     pub fn forward(&self, room: &str) -> String {
         format!("{}.fwd.{}", self.prefix, encode(room))
     }
+
+    /// The core-NATS subject on which relay `node` answers for its members of any room.
+    pub fn node_members(&self, node: &str) -> String {
+        format!("{}.members.{}", self.prefix, encode(node))
+    }
 }
 
 #[cfg(test)]

@@ -156,6 +156,10 @@ enum Job {
         room: String,
         done: std::sync::mpsc::Sender<Result<Option<LoadedRoom>, StoreError>>,
     },
+    /// Read the app-wide lists again (see [`Store::reload_global`]).
+    ReloadGlobal {
+        done: std::sync::mpsc::Sender<Result<GlobalPolicy, StoreError>>,
+    },
 }
 
 /// The durable store in NATS JetStream: rooms, attributes and the app-wide lists in one KV
@@ -989,6 +993,24 @@ impl Nats {
         Ok(loaded)
     }
 
+    /// Reads the app-wide lists as NATS holds them now, with their revision.
+    async fn reload_global(&self, state: &mut State) -> Result<GlobalPolicy, StoreError> {
+        let entry = timed("kv_get", self.state_kv.entry(Names::GLOBAL_KEY))
+            .await
+            .map_err(|e| unavailable("reloading the app-wide lists", e))?;
+        match entry.filter(|e| e.operation == kv::Operation::Put) {
+            Some(entry) => {
+                state.global = decode_json(&entry.value, "the app-wide lists")?;
+                state.global_revision = entry.revision;
+            }
+            None => {
+                state.global = GlobalPolicy::default();
+                state.global_revision = 0;
+            }
+        }
+        Ok(state.global.clone())
+    }
+
     /// Whether NATS answers now: a stream info request.
     async fn probe(&self) -> Result<(), StoreError> {
         if self.client.connection_state() != async_nats::connection::State::Connected {
@@ -1280,6 +1302,14 @@ async fn writer(nats: Arc<Nats>, mut state: State, rx: flume::Receiver<Job>, hea
                 };
                 let _ = done.send(out);
             }
+            Job::ReloadGlobal { done } => {
+                let out = if health.writable() {
+                    nats.reload_global(&mut state).await
+                } else {
+                    Err(health.refusal())
+                };
+                let _ = done.send(out);
+            }
             Job::Ops { ops, then, ack } => {
                 let outcome = if health.writable() {
                     nats.apply(&mut state, ops).await
@@ -1437,6 +1467,22 @@ impl Store for NatsStore {
         // Behind what was queued before it, each bounded by its timeouts.
         rx.recv_timeout(self.nats.timeout * 4)
             .map_err(|_| unavailable("reloading a room", "no answer in time"))?
+    }
+
+    fn reload_global(&self) -> Result<GlobalPolicy, StoreError> {
+        if !self.health.writable() {
+            return Err(self.health.refusal());
+        }
+        let (done, rx) = std::sync::mpsc::channel();
+        if self.tx.try_send(Job::ReloadGlobal { done }).is_err() {
+            metrics::counter!(m::NATS_QUEUE_FULL).increment(1);
+            return Err(StoreError::Unavailable(
+                "the NATS store's queue is full".into(),
+            ));
+        }
+        // Behind what was queued before it, each bounded by its timeouts.
+        rx.recv_timeout(self.nats.timeout * 4)
+            .map_err(|_| unavailable("reloading the app-wide lists", "no answer in time"))?
     }
 
     fn close(&self) {
