@@ -1253,3 +1253,58 @@ async fn a_kept_room_is_destroyed_at_once_after_another_relay_wrote_the_app_wide
     drop(nats);
 }
 // ---- end the admin API on any relay ----
+
+// ---- creations racing on two relays ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_room_created_on_two_relays_at_once_is_one_room_and_every_join_gets_in() {
+    let Some(bin) = nats_support::binary("the_same_room_created_on_two_relays_at_once") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = nats_support::NatsServer::start(&bin, &dir.path().join("nats"));
+    let creates = "[rooms]\njoin_creates = true\n";
+    let a = Serve::start(dir.path(), "relay-a", &nats.url(), creates);
+    let b = Serve::start(dir.path(), "relay-b", &nats.url(), creates);
+    let ann = a.client("ann").await;
+    let bea = b.client("bea").await;
+    for i in 0..8 {
+        // Joins that create the room, on both relays at once: both get in, into one room.
+        let room = format!("joined-{i}");
+        let (on_a, on_b) = tokio::join!(ann.join(&room, -1), bea.join(&room, -1));
+        let on_a = on_a.unwrap_or_else(|e| panic!("{room}: the join on A: {e}"));
+        let on_b = on_b.unwrap_or_else(|e| panic!("{room}: the join on B: {e}"));
+        assert_eq!(on_a.room.epoch, on_b.room.epoch, "{room}: one incarnation");
+        let (seq, _) = ann
+            .send(&room, "chat", body("hi"), false)
+            .await
+            .expect("sent");
+        let got = first(&bea, "the message on B", |e| match e {
+            ClientEvent::Message { message, .. } if message.room == room => Some(message.seq),
+            _ => None,
+        })
+        .await;
+        assert_eq!(
+            got, seq,
+            "{room}: B's member is in the room A's member sent to"
+        );
+
+        // Admin creations of one id on both relays at once: one is made, the other is told
+        // the room exists (never UNAVAILABLE), and both relays then know the room.
+        let room = format!("made-{i}");
+        let make = Some(json!({ "id": room }));
+        let ((sa, ra), (sb, rb)) = tokio::join!(
+            a.admin(Method::POST, "/v1/rooms", make.clone()),
+            b.admin(Method::POST, "/v1/rooms", make.clone())
+        );
+        let mut statuses = [sa, sb];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [201, 409], "{room}: A {ra}, B {rb}");
+        for relay in [&a, &b] {
+            let (status, info) = relay
+                .admin(Method::GET, &format!("/v1/rooms/{room}"), None)
+                .await;
+            assert_eq!(status, 200, "{room}: {info}");
+        }
+    }
+}

@@ -410,12 +410,14 @@ impl Relay {
 
     // ---- cluster: rooms another relay made or changed ----
     /// Registers a room another relay created (from the shared store's state): joinable here
-    /// at once; an older incarnation under its id ends.
+    /// at once; an older incarnation under its id ends. `None` when this relay has that
+    /// incarnation (or a newer one) already: the state watch and a creation that lost to another
+    /// relay's may both bring the same room, and the first one in stays.
     pub(crate) fn adopt_room(
         &self,
         record: crate::store::RoomRecord,
         attrs: Vec<(String, crate::store::AttrRecord)>,
-    ) -> Arc<Room> {
+    ) -> Option<Arc<Room>> {
         let room = self.room_from_store(crate::store::LoadedRoom {
             record,
             attrs,
@@ -424,8 +426,14 @@ impl Relay {
         room.state().restored_at = None;
         let old = {
             let mut rooms = self.rooms.write().unwrap_or_else(|p| p.into_inner());
+            if rooms.get(&room.id).is_some_and(|r| r.epoch >= room.epoch) {
+                return None;
+            }
             rooms.insert(room.id.clone(), room.clone())
         };
+        if let Some(c) = self.cluster() {
+            c.observe(&room);
+        }
         if let Some(old) = &old {
             old.close(DestroyReason::Manual);
         } else {
@@ -434,7 +442,21 @@ impl Relay {
         let fx = self.core().room_created(&room.id, room.epoch);
         self.other_rooms(fx, now_ms());
         tracing::debug!(room = %room.id, epoch = room.epoch, "room learnt from the cluster");
-        room
+        Some(room)
+    }
+
+    /// A creation of `id` the shared store's fence refused: another relay created a room of
+    /// that id first. Takes that room from the store (as the state watch soon would) and answers
+    /// as for any room that exists; `refused` when the store holds no such room.
+    async fn created_elsewhere(self: &Arc<Self>, id: &str, refused: WireError) -> WireError {
+        let store = self.store().clone();
+        let key = id.to_owned();
+        let loaded = tokio::task::spawn_blocking(move || store.reload_room(&key)).await;
+        let Ok(Ok(Some(loaded))) = loaded else {
+            return refused;
+        };
+        self.adopt_room(loaded.record, loaded.attrs);
+        err(ErrorCode::RoomExists, format!("room {id:?} already exists"))
     }
 
     /// Takes a room's durable state as the shared store holds it (another relay changed it).
@@ -956,35 +978,43 @@ impl Relay {
         let ops = vec![Op::PutRoom(room.record(&room.state()))];
         let relay = self.clone();
         let members = self.config.limits.room_info_members;
-        self.commit(NOT_MADE, ops, move |ok| {
-            let _locked = guard;
-            // The core first, then the registry: a room anyone can find is one it can join.
-            // An older incarnation still in the core (its destruction being applied) is
-            // replaced: a membership of it is not one of this room.
-            let fx = match ok {
-                true => relay.core().room_created(&room.id, room.epoch),
-                false => Vec::new(),
-            };
-            {
-                let mut rooms = relay.rooms.write().unwrap_or_else(|p| p.into_inner());
-                let mut creating = lock(&relay.creating);
-                if creating
-                    .get(&room.id)
-                    .is_some_and(|r| Arc::ptr_eq(r, &room))
+        let id = room.id.clone();
+        let made = self
+            .commit_or_fenced(NOT_MADE, ops, move |ok| {
+                let _locked = guard;
+                // The core first, then the registry: a room anyone can find is one it can join.
+                // An older incarnation still in the core (its destruction being applied) is
+                // replaced: a membership of it is not one of this room.
+                let fx = match ok {
+                    true => relay.core().room_created(&room.id, room.epoch),
+                    false => Vec::new(),
+                };
                 {
-                    creating.remove(&room.id);
+                    let mut rooms = relay.rooms.write().unwrap_or_else(|p| p.into_inner());
+                    let mut creating = lock(&relay.creating);
+                    if creating
+                        .get(&room.id)
+                        .is_some_and(|r| Arc::ptr_eq(r, &room))
+                    {
+                        creating.remove(&room.id);
+                    }
+                    if !ok {
+                        return None;
+                    }
+                    rooms.insert(room.id.clone(), room.clone());
                 }
-                if !ok {
-                    return None;
-                }
-                rooms.insert(room.id.clone(), room.clone());
-            }
-            relay.other_rooms(fx, now_ms());
-            metrics::gauge!(m::ROOMS).increment(1.0);
-            tracing::info!(room = %room.id, epoch = room.epoch, "room created");
-            Some(relay.info_of(&room, members))
-        })
-        .await
+                relay.other_rooms(fx, now_ms());
+                metrics::gauge!(m::ROOMS).increment(1.0);
+                tracing::info!(room = %room.id, epoch = room.epoch, "room created");
+                Some(relay.info_of(&room, members))
+            })
+            .await;
+        match made {
+            Ok(info) => Ok(info),
+            // ---- cluster: another relay created this id first ----
+            Err((e, true)) if self.cluster().is_some() => Err(self.created_elsewhere(&id, e).await),
+            Err((e, _)) => Err(e),
+        }
     }
 
     /// Destroys a room: every member is told why and removed.
@@ -1311,7 +1341,12 @@ impl Relay {
                         Err(_) => {}
                     }
                     let room = relay.room(&room_id).map_err(|_| missing)?;
-                    relay.join_room(conn, &user, &room, wanted)
+                    let info = relay.join_room(conn, &user, &room, wanted)?;
+                    // ---- cluster: answered once the room's live traffic reaches this relay ----
+                    if let Some(c) = relay.cluster() {
+                        c.live_ready(&room.id).await;
+                    }
+                    Ok(info)
                 }))
             }
             Err(e) => Err(e),

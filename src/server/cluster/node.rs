@@ -1330,8 +1330,7 @@ impl Cluster {
                     }
                     Ok(room) if room.epoch > record.epoch => {}
                     _ => {
-                        let room = relay.adopt_room(record, attrs);
-                        self.observe(&room);
+                        relay.adopt_room(record, attrs);
                     }
                 }
             }
