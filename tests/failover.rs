@@ -677,17 +677,17 @@ async fn paced_publisher(
             let answer = tokio::time::timeout(ANSWER, sent)
                 .await
                 .unwrap_or_else(|_| panic!("{text}: no answer within {ANSWER:?}"));
+            if let Err(e) = &answer {
+                assert_eq!(
+                    e.code(),
+                    Some(roomcast::protocol::ErrorCode::Unavailable),
+                    "{text}: {e}"
+                );
+            }
             let mut load = progress.lock().expect("load");
             match answer {
                 Ok((seq, _)) => load.acked.push((seq, text)),
-                Err(e) => {
-                    assert_eq!(
-                        e.code(),
-                        Some(roomcast::protocol::ErrorCode::Unavailable),
-                        "{text}: {e}"
-                    );
-                    load.refused.push((text, e.to_string()));
-                }
+                Err(e) => load.refused.push((text, e.to_string())),
             }
         }
         publisher.close().await;
