@@ -199,6 +199,28 @@ impl Member {
                 return Err(format!("{}: leads, but sees {meta}", self.name));
             }
         }
+        // Every stream (and KV bucket) has a leader, and the streams this server leads have
+        // their replicas on live servers current (only a stream's leader knows): a restarted
+        // server has caught up.
+        let (_, jsz) = monitor_get(self.monitor, "/jsz?streams=true")
+            .ok_or_else(|| format!("{}: no /jsz?streams", self.name))?;
+        let streams = jsz["account_details"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten());
+        for st in streams {
+            let c = &st["cluster"];
+            let led_by = c["leader"].as_str().unwrap_or_default();
+            let lagging = led_by == self.name
+                && c["replicas"].as_array().into_iter().flatten().any(|r| {
+                    let live = r["name"].as_str().is_some_and(|n| peers.contains(n));
+                    live && (r["current"] != true || r["offline"] == true)
+                });
+            if led_by.is_empty() || lagging {
+                return Err(format!("{}: stream {} at {c}", self.name, st["name"]));
+            }
+        }
         Ok(leader.to_owned())
     }
 
