@@ -472,3 +472,51 @@ fn an_unreachable_nats_is_a_clear_error_at_open() {
     assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
     assert!(e.message().contains("cannot connect"), "{e}");
 }
+
+#[test]
+fn on_a_three_server_nats_cluster_with_three_replicas_a_server_loss_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(bin) = nats_support::binary("on_a_three_server_nats_cluster") else {
+        return;
+    };
+    let mut cluster = nats_support::cluster::NatsCluster::start(&bin, dir.path());
+    let mut c = nats_cfg(&cluster.url(0));
+    c.servers = cluster.urls();
+    c.replicas = 3;
+    let store = NatsStore::open(c.clone(), cfg(1000, 3_600_000)).expect("opens on the cluster");
+    let _ = store.load().expect("load");
+    apply(&store, vec![Op::PutRoom(room("r"))]).expect("room");
+    let mut acked: Vec<u64> = Vec::new();
+    for seq in 1..=20 {
+        apply(&store, vec![append("r", seq, seq)]).expect("append");
+        acked.push(seq);
+    }
+    // One server of three dies (the store may have been connected to it): the stream keeps a
+    // quorum; a write refused while JetStream moves its leaders was not made.
+    cluster.kill(0);
+    let mut seq = 21;
+    eventually(
+        "an append acknowledged with two servers of three",
+        60,
+        || match apply(&store, vec![append("r", seq, seq)]) {
+            Ok(()) => {
+                acked.push(seq);
+                true
+            }
+            Err(e) => {
+                assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
+                seq += 1;
+                false
+            }
+        },
+    );
+    assert_eq!(seqs(&store.history("r", None, 100).expect("read")), acked);
+    store.close();
+    // The dead server comes back on its ports, rejoins and catches up (awaited); a reopen
+    // finds everything acknowledged, and nothing else.
+    cluster.restart(0);
+    let again = NatsStore::open(c, cfg(1000, 3_600_000)).expect("reopens");
+    let _ = again.load().expect("reload");
+    assert_eq!(seqs(&again.history("r", None, 100).expect("read")), acked);
+    again.close();
+}

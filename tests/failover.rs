@@ -10,13 +10,17 @@ mod common;
 mod nats_support;
 
 use bytes::Bytes;
-use common::{metric, poll};
+use common::{metric, poll, poll_for};
 use roomcast::client::{Client, ClientConfig, ClientEvent, FailoverClient, FailoverConfig};
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use nats_support::cluster::NatsCluster;
 use nats_support::serve::{SECRET, Serve as Relay};
 
 /// Upper bound of one wait in these tests (a dead relay is noticed after the clients' 3 s idle
@@ -189,11 +193,16 @@ async fn publish(relay: &Relay, n: usize) -> Vec<u64> {
 /// no one) while a dead owner's lease runs out: sent again on an interval, as a client does,
 /// within the test's bound.
 async fn send_retrying(publisher: &Client, i: usize) -> u64 {
+    send_text_retrying(publisher, &format!("m{i}")).await
+}
+
+/// [`send_retrying`] with the body `text`.
+async fn send_text_retrying(publisher: &Client, text: &str) -> u64 {
     let deadline = tokio::time::Instant::now() + LIMIT;
     let mut retry = tokio::time::interval(Duration::from_millis(50));
     loop {
         match publisher
-            .send("lobby", "chat", Bytes::from(format!("m{i}")), false)
+            .send("lobby", "chat", Bytes::from(text.to_owned()), false)
             .await
         {
             Ok((seq, _)) => return seq,
@@ -203,7 +212,7 @@ async fn send_retrying(publisher: &Client, i: usize) -> u64 {
             {
                 retry.tick().await;
             }
-            Err(e) => panic!("send {i}: {e}"),
+            Err(e) => panic!("send {text}: {e}"),
         }
     }
 }
@@ -454,20 +463,67 @@ async fn the_owner_sigkilled_under_a_paced_load_its_clients_resume_exactly_on_th
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = nats_support::NatsServer::start(&bin, &dir.path().join("nats"));
+    owner_sigkilled_under_a_paced_load(dir.path(), &[nats.url()], "").await;
+    drop(nats);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_three_server_nats_cluster_with_r3_the_owner_sigkilled_under_load_loses_nothing() {
+    let Some(bin) = nats_support::binary("on_a_three_server_nats_cluster_the_owner_sigkilled")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = NatsCluster::start(&bin, &dir.path().join("nats"));
+    // Every relay is given all three servers; the stream and buckets have three replicas. A
+    // send forwarded to the owner as it dies can be routed to the server it was on before that
+    // server's routes hear it is gone; the forwarder waits 2 request timeouts + 1 s for it (in
+    // doubt), so a short request timeout keeps that within the bound.
+    let extra = "replicas = 3\nrequest_timeout_ms = 1000\n";
+    owner_sigkilled_under_a_paced_load(dir.path(), &nats.urls(), extra).await;
+    assert_three_replicas(&nats);
+    drop(nats);
+}
+
+/// Asserts that every stream the relays made (history, and each KV bucket's) has three
+/// replicas on the cluster, as the cluster's `/jsz` reports them.
+fn assert_three_replicas(nats: &NatsCluster) {
+    let (status, jsz) = nats
+        .monitor(1, "/jsz?streams=true&config=true")
+        .expect("/jsz answers");
+    assert_eq!(status, 200, "{jsz}");
+    let streams: Vec<&Value> = jsz["account_details"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
+        .collect();
+    assert!(streams.len() > 1, "the history stream and buckets: {jsz}");
+    for s in streams {
+        assert_eq!(s["config"]["num_replicas"], 3, "{}: {s}", s["name"]);
+    }
+}
+
+/// Three relays sharing room `lobby` on the NATS at `urls` (each relay given all of them,
+/// `extra` appended to each `[cluster]`): Amy on A sends first, so A owns the room; Bob on B and
+/// Cal on C are members; a paced publisher on B; A is SIGKILLed mid-load. Amy resumes on a
+/// survivor with the exact `missed`, every acknowledged send is in history once, the survivors'
+/// members get each, and ownership moves within the lease bound.
+async fn owner_sigkilled_under_a_paced_load(dir: &Path, urls: &[String], extra: &str) {
     // A short lease: the bound on moving a dead owner's room is one TTL plus one renewal.
     let ttl = Duration::from_millis(1500);
-    let extra = format!("lease_ttl_ms = {}\n", ttl.as_millis());
-    let mut a = Relay::start(dir.path(), "relay-a", &nats.url(), &extra);
+    let extra = format!("lease_ttl_ms = {}\n{extra}", ttl.as_millis());
+    let mut a = Relay::start_on(dir, "relay-a", urls, &extra);
     // One CA for the three, so a client given all three addresses trusts each.
     for node in ["relay-b", "relay-c"] {
-        let data = dir.path().join(node);
+        let data = dir.join(node);
         std::fs::create_dir_all(&data).expect("data folder");
         for f in ["ca.pem", "ca.key"] {
             std::fs::copy(a.data.join(f), data.join(f)).expect("CA shared");
         }
     }
-    let b = Relay::start(dir.path(), "relay-b", &nats.url(), &extra);
-    let c = Relay::start(dir.path(), "relay-c", &nats.url(), &extra);
+    let b = Relay::start_on(dir, "relay-b", urls, &extra);
+    let c = Relay::start_on(dir, "relay-c", urls, &extra);
     create_room(&a, "lobby").await;
     room_known(&b, "lobby").await;
     room_known(&c, "lobby").await;
@@ -591,6 +647,374 @@ async fn the_owner_sigkilled_under_a_paced_load_its_clients_resume_exactly_on_th
     }
     publisher.close().await;
     drop((b, c));
+}
+
+// ---------------- NATS outages under load ----------------
+
+/// The longest a send may take to be answered, acknowledged or refused: longer is a hang.
+const ANSWER: Duration = Duration::from_secs(15);
+
+/// Upper bounds of one paced publisher: sends, and time.
+const MAX_SENDS: usize = 2000;
+const MAX_LOAD: Duration = Duration::from_secs(90);
+
+/// What a paced publisher got so far: the seq and body of each acknowledged send, and the body
+/// and error of each refused one.
+#[derive(Debug, Default)]
+struct Load {
+    acked: Vec<(u64, String)>,
+    refused: Vec<(String, String)>,
+}
+
+/// A publisher on `relay`, sending `{tag}-{i}` to `lobby` every 20 ms until `stop` (within
+/// [`MAX_SENDS`] and [`MAX_LOAD`]); every send must be answered within [`ANSWER`], and a
+/// refusal must be `UNAVAILABLE`. Its progress is in the returned [`Load`].
+async fn paced_publisher(
+    relay: &Relay,
+    tag: &'static str,
+    stop: Arc<AtomicBool>,
+) -> (Arc<Mutex<Load>>, tokio::task::JoinHandle<()>) {
+    let publisher = client(relay, tag).await;
+    publisher
+        .join("lobby", -1)
+        .await
+        .expect("the publisher joins");
+    let load = Arc::new(Mutex::new(Load::default()));
+    let progress = load.clone();
+    let task = tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        let mut pace = tokio::time::interval(Duration::from_millis(20));
+        pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        for i in 0..MAX_SENDS {
+            if stop.load(Ordering::SeqCst) || started.elapsed() > MAX_LOAD {
+                break;
+            }
+            pace.tick().await;
+            let text = format!("{tag}-{i}");
+            let sent = publisher.send("lobby", "chat", Bytes::from(text.clone()), false);
+            let answer = tokio::time::timeout(ANSWER, sent)
+                .await
+                .unwrap_or_else(|_| panic!("{text}: no answer within {ANSWER:?}"));
+            if let Err(e) = &answer {
+                assert_eq!(
+                    e.code(),
+                    Some(roomcast::protocol::ErrorCode::Unavailable),
+                    "{text}: {e}"
+                );
+            }
+            let mut load = progress.lock().expect("load");
+            match answer {
+                Ok((seq, _)) => load.acked.push((seq, text)),
+                Err(e) => load.refused.push((text, e.to_string())),
+            }
+        }
+        publisher.close().await;
+    });
+    (load, task)
+}
+
+/// Whether the refusal `why` says the send may still have been made (a forwarded send whose
+/// owner did not answer in time).
+fn in_doubt(why: &str) -> bool {
+    why.contains("may still make it")
+}
+
+/// Counts of `load` now: (acknowledged, refused).
+fn counts(load: &Mutex<Load>) -> (usize, usize) {
+    let l = load.lock().expect("load");
+    (l.acked.len(), l.refused.len())
+}
+
+/// Waits until each of `loads` has `acked` more acknowledged and `refused` more refused sends
+/// than it had at `from`.
+async fn progressed(what: &str, loads: &[Arc<Mutex<Load>>], acked: usize, refused: usize) {
+    let from: Vec<(usize, usize)> = loads.iter().map(|l| counts(l)).collect();
+    poll_for(what, LIMIT, || {
+        let done = loads.iter().zip(&from).all(|(l, (a0, r0))| {
+            let (a, r) = counts(l);
+            a >= a0 + acked && r >= r0 + refused
+        });
+        async move { done.then_some(()) }
+    })
+    .await;
+}
+
+/// Whether `relay`'s `/healthz` answers `status` and its metrics say `roomcast_nats_connected`
+/// is `connected`.
+async fn nats_state_is(relay: &Relay, status: u16, connected: f64) -> bool {
+    let (got, _) = relay.admin(reqwest::Method::GET, "/healthz", None).await;
+    let metrics = relay.metrics().await;
+    got == status && metric(&metrics, "roomcast_nats_connected", &[]) == Some(connected)
+}
+
+/// Waits until `relay`'s `/healthz` answers `status` and `roomcast_nats_connected` is
+/// `connected`.
+async fn nats_state_becomes(relay: &Relay, status: u16, connected: f64) {
+    poll_for(
+        "the relay's NATS state in /healthz and /metrics",
+        LIMIT,
+        || async { nats_state_is(relay, status, connected).await.then_some(()) },
+    )
+    .await;
+}
+
+/// Stops the publishers `tasks` of `loads`, waits for them, and prints what each got (with
+/// the distinct refusals).
+async fn stop_publishers(
+    stop: &AtomicBool,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    loads: &[Arc<Mutex<Load>>],
+) {
+    stop.store(true, Ordering::SeqCst);
+    for t in tasks {
+        within("the publishers", t).await.expect("publisher task");
+    }
+    for l in loads {
+        let l = l.lock().expect("load");
+        let why: std::collections::BTreeSet<&str> =
+            l.refused.iter().map(|(_, w)| w.as_str()).collect();
+        eprintln!(
+            "a publisher: {} acknowledged, {} refused: {why:?}",
+            l.acked.len(),
+            l.refused.len()
+        );
+    }
+}
+
+/// `member`'s messages of `lobby` as (seq, body), read until one of `probes` (sent on
+/// `prober` until each member got one: live traffic is at most once, so a probe may be lost);
+/// panics on an end of its connection.
+async fn drain_members(members: &[&Client], prober: &Client) -> Vec<Vec<(u64, String)>> {
+    let mut got: Vec<Vec<(u64, String)>> = vec![Vec::new(); members.len()];
+    let mut done = vec![false; members.len()];
+    for probe in 0..30 {
+        if done.iter().all(|d| *d) {
+            return got;
+        }
+        send_text_retrying(prober, &format!("probe-{probe}")).await;
+        for (i, m) in members.iter().enumerate() {
+            if done[i] {
+                continue;
+            }
+            let reading = async {
+                loop {
+                    match m.next_event().await.expect("the event stream is open") {
+                        ClientEvent::Message { message, .. } => {
+                            let text = String::from_utf8_lossy(&message.body).into_owned();
+                            let is_probe = text.starts_with("probe-");
+                            got[i].push((message.seq, text));
+                            if is_probe {
+                                return;
+                            }
+                        }
+                        ClientEvent::Closed { reason, .. } => {
+                            panic!("{}: closed: {reason}", m.user())
+                        }
+                        _ => {}
+                    }
+                }
+            };
+            done[i] = tokio::time::timeout(Duration::from_secs(1), reading)
+                .await
+                .is_ok();
+        }
+    }
+    panic!("no probe reached every member: {done:?}");
+}
+
+/// `relay`'s history of `lobby`, once it can be read: right after NATS servers die or return,
+/// JetStream may still be moving its leaders, and reads are refused (503, retry later) until
+/// then.
+async fn settled_history(relay: &Relay) -> Vec<Value> {
+    poll_for("the history readable", LIMIT, || async {
+        let (status, _) = relay
+            .admin(
+                reqwest::Method::GET,
+                "/v1/rooms/lobby/messages?limit=1",
+                None,
+            )
+            .await;
+        (status == 200).then_some(())
+    })
+    .await;
+    relay.history("lobby").await
+}
+
+/// Asserts what a load across a NATS outage must leave: every acknowledged send of `loads` in
+/// `history` exactly once under its seq, no seq twice, nothing refused stored, and each
+/// member's messages in seq order, none twice, each one stored under its seq.
+fn assert_nothing_acknowledged_lost(
+    history: &[Value],
+    loads: &[Arc<Mutex<Load>>],
+    members: &[Vec<(u64, String)>],
+) {
+    let stored: Vec<(u64, String)> = history
+        .iter()
+        .map(|m| {
+            let seq = m["seq"].as_u64().expect("seq");
+            (seq, m["body"].as_str().expect("body").to_owned())
+        })
+        .collect();
+    let seqs: Vec<u64> = stored.iter().map(|(s, _)| *s).collect();
+    assert!(strictly_increasing(&seqs), "no seq twice: {seqs:?}");
+    let by_seq: BTreeMap<u64, &str> = stored.iter().map(|(s, b)| (*s, b.as_str())).collect();
+    let mut bodies: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, b) in &stored {
+        *bodies.entry(b.as_str()).or_default() += 1;
+    }
+    let mut all_acked = Vec::new();
+    for load in loads {
+        let load = load.lock().expect("load");
+        for (seq, text) in &load.acked {
+            assert_eq!(by_seq.get(seq), Some(&text.as_str()), "acked {seq} {text}");
+            assert_eq!(bodies.get(text.as_str()), Some(&1), "{text} stored once");
+            all_acked.push(*seq);
+        }
+        for (text, why) in &load.refused {
+            // A forwarded send whose owner did not answer is in doubt, and the refusal says
+            // so: stored at most once. Any other refusal was sent to no one.
+            let most = usize::from(in_doubt(why));
+            let stored = bodies.get(text.as_str()).copied().unwrap_or(0);
+            assert!(
+                stored <= most,
+                "refused {text} ({why}) stored {stored} times"
+            );
+        }
+    }
+    all_acked.sort_unstable();
+    assert!(strictly_increasing(&all_acked), "a seq acknowledged twice");
+    for got in members {
+        let seqs: Vec<u64> = got.iter().map(|(s, _)| *s).collect();
+        assert!(strictly_increasing(&seqs), "in order, none twice: {seqs:?}");
+        for (seq, text) in got {
+            assert_eq!(
+                by_seq.get(seq),
+                Some(&text.as_str()),
+                "delivered {seq} {text}"
+            );
+        }
+    }
+}
+
+/// Three relays `relay-a`, `relay-b`, `relay-c`, relay `i` on the NATS servers `urls(i)`,
+/// sharing room `lobby`: Amy on A sends first (A owns the room), Bob on B and Cal on C join.
+async fn three_sharing_lobby(
+    dir: &Path,
+    urls: impl Fn(usize) -> Vec<String>,
+    extra: &str,
+) -> ([Relay; 3], [Client; 3]) {
+    let relays = ["relay-a", "relay-b", "relay-c"];
+    let relays: Vec<Relay> = relays
+        .iter()
+        .enumerate()
+        .map(|(i, node)| Relay::start_on(dir, node, &urls(i), extra))
+        .collect();
+    let relays: [Relay; 3] = relays.try_into().unwrap_or_else(|_| unreachable!());
+    create_room(&relays[0], "lobby").await;
+    for r in &relays[1..] {
+        room_known(r, "lobby").await;
+    }
+    let amy = client(&relays[0], "amy").await;
+    amy.join("lobby", -1).await.expect("amy joins on A");
+    amy.send("lobby", "chat", Bytes::from_static(b"first"), false)
+        .await
+        .expect("sent on A");
+    let bob = client(&relays[1], "bob").await;
+    let cal = client(&relays[2], "cal").await;
+    for m in [&bob, &cal] {
+        m.join("lobby", -1).await.expect("joins");
+    }
+    (relays, [amy, bob, cal])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_nats_server_of_three_sigkilled_under_load_its_relays_move_and_nothing_acked_is_lost() {
+    let Some(bin) = nats_support::binary("one_nats_server_of_three_sigkilled_under_load") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut nats = NatsCluster::start(&bin, &dir.path().join("nats"));
+    // Each relay is given one server (it learns the others from the cluster): relay-a, the
+    // room's owner, is on n0, the one killed.
+    let (relays, members) =
+        three_sharing_lobby(dir.path(), |i| vec![nats.url(i)], "replicas = 3\n").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (on_a, task_a) = paced_publisher(&relays[0], "pa", stop.clone()).await;
+    let (on_b, task_b) = paced_publisher(&relays[1], "pb", stop.clone()).await;
+    let loads = [on_a, on_b];
+    progressed("sends before the kill", &loads, 30, 0).await;
+
+    nats.kill(0);
+    // Both relays keep serving, relay-a through another server of the cluster.
+    progressed("sends after the kill", &loads, 50, 0).await;
+    stop_publishers(&stop, vec![task_a, task_b], &loads).await;
+    // Every relay is on NATS, relay-a too (on n1 or n2: it was given only n0).
+    nats.wait_formed();
+    for r in &relays {
+        nats_state_becomes(r, 200, 1.0).await;
+    }
+    let [amy, bob, cal] = &members;
+    let got = drain_members(&[amy, bob, cal], cal).await;
+    let history = settled_history(&relays[2]).await;
+    assert_nothing_acknowledged_lost(&history, &loads, &got);
+    assert_three_replicas(&nats);
+    drop(members);
+    drop(relays);
+    drop(nats);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_stopped_and_restarted_under_load_across_relays_refuses_clearly_and_loses_nothing() {
+    let Some(bin) = nats_support::binary("nats_stopped_and_restarted_under_load") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut nats = nats_support::NatsServer::start(&bin, &dir.path().join("nats"));
+    let url = nats.url();
+    let (relays, members) = three_sharing_lobby(
+        dir.path(),
+        |_| vec![url.clone()],
+        "request_timeout_ms = 1000\n",
+    )
+    .await;
+    // Paced publishers on A (the owner) and B (forwarded to A).
+    let stop = Arc::new(AtomicBool::new(false));
+    let (on_a, task_a) = paced_publisher(&relays[0], "pa", stop.clone()).await;
+    let (on_b, task_b) = paced_publisher(&relays[1], "pb", stop.clone()).await;
+    let loads = [on_a, on_b];
+    progressed("sends before the outage", &loads, 30, 0).await;
+
+    nats.kill();
+    // Each publisher is refused, each relay says so in /healthz and its metrics.
+    progressed("refusals during the outage", &loads, 0, 5).await;
+    for r in &relays {
+        nats_state_becomes(r, 503, 0.0).await;
+    }
+    let (_, health) = relays[2]
+        .admin(reqwest::Method::GET, "/healthz", None)
+        .await;
+    assert!(health.to_string().contains("NATS"), "{health}");
+    progressed("more refusals during the outage", &loads, 0, 3).await;
+
+    nats.restart();
+    for r in &relays {
+        nats_state_becomes(r, 200, 1.0).await;
+    }
+    // Each relay takes sends again by itself.
+    progressed("sends after the restart", &loads, 30, 0).await;
+    stop_publishers(&stop, vec![task_a, task_b], &loads).await;
+    for l in &loads {
+        for (text, why) in &l.lock().expect("load").refused {
+            assert!(why.contains("NATS") || in_doubt(why), "{text}: {why}");
+        }
+    }
+    let [amy, bob, cal] = &members;
+    send_text_retrying(cal, "on C").await;
+    let got = drain_members(&[amy, bob, cal], cal).await;
+    let history = settled_history(&relays[2]).await;
+    assert_nothing_acknowledged_lost(&history, &loads, &got);
+    drop(members);
+    drop(relays);
     drop(nats);
 }
 

@@ -9,6 +9,7 @@
 // Each test binary that includes this module uses a different part of it.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod serve;
 
 use std::io::{BufRead, BufReader, Write};
@@ -55,6 +56,15 @@ pub struct NatsServer {
 enum Started {
     Port(u16),
     Ready,
+    /// Its route (cluster) port, in a cluster.
+    Route(u16),
+    /// Its monitoring (HTTP) port, when it has one.
+    Monitor(u16),
+}
+
+/// The port at the end of `addr` (`127.0.0.1:PORT`).
+fn port_at_end(addr: &str) -> Option<u16> {
+    addr.trim().rsplit(':').next().and_then(|p| p.parse().ok())
 }
 
 /// Copies the server's log (stderr) to `log` on a thread of its own, telling `tx` the client
@@ -70,9 +80,36 @@ fn follow_log(stderr: ChildStderr, mut log: std::fs::File, tx: mpsc::Sender<Star
                 }
             } else if line.contains("Server is ready") {
                 let _ = tx.send(Started::Ready);
+            } else if let Some(p) = line
+                .split("Listening for route connections on ")
+                .nth(1)
+                .and_then(port_at_end)
+            {
+                let _ = tx.send(Started::Route(p));
+            } else if let Some(p) = line
+                .split("Starting http monitor on ")
+                .nth(1)
+                .and_then(port_at_end)
+            {
+                let _ = tx.send(Started::Monitor(p));
             }
         }
     });
+}
+
+/// Starts `bin` with `args`, its log copied to `log`; what the log says as it starts comes on
+/// the receiver.
+fn launch(bin: &Path, args: &[String], log: std::fs::File) -> (Child, mpsc::Receiver<Started>) {
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nats-server starts");
+    let (tx, rx) = mpsc::channel();
+    follow_log(child.stderr.take().expect("piped stderr"), log, tx);
+    (child, rx)
 }
 
 impl NatsServer {
@@ -93,15 +130,7 @@ impl NatsServer {
         ];
         std::fs::create_dir_all(dir).expect("the server's folder");
         let log = std::fs::File::create(dir.join("nats.log")).expect("log file");
-        let mut child = Command::new(bin)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("nats-server starts");
-        let (tx, rx) = mpsc::channel();
-        follow_log(child.stderr.take().expect("piped stderr"), log, tx);
+        let (child, rx) = launch(bin, &args, log);
         let deadline = Instant::now() + Duration::from_secs(30);
         let (mut client, mut ready) = (None, false);
         while client.is_none() || !ready {
@@ -109,6 +138,7 @@ impl NatsServer {
             match rx.recv_timeout(left) {
                 Ok(Started::Port(p)) => client = Some(p),
                 Ok(Started::Ready) => ready = true,
+                Ok(Started::Route(_) | Started::Monitor(_)) => {}
                 Err(_) => panic!(
                     "nats-server did not say it was ready within 30 s (log: {})",
                     dir.join("nats.log").display()

@@ -36,6 +36,16 @@ impl Serve {
         Self::start_in(&dir.join(node), &cluster)
     }
 
+    /// [`Serve::start`] on the NATS servers at `urls` (several servers of one NATS cluster).
+    pub fn start_on(dir: &Path, node: &str, urls: &[String], extra: &str) -> Serve {
+        let quoted: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
+        let cluster = format!(
+            "[cluster]\nnats = [{}]\nnode_id = \"{node}\"\n{extra}",
+            quoted.join(", ")
+        );
+        Self::start_in(&dir.join(node), &cluster)
+    }
+
     /// Starts a relay on the data folder `data` (made if missing), with `extra` appended to its
     /// configuration (nothing: a single node on the embedded store).
     pub fn start_in(data: &Path, extra: &str) -> Serve {
@@ -101,7 +111,10 @@ history_max = 100000
             }
         });
         rx.recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("the relay on {name} did not say it was listening"));
+            .unwrap_or_else(|_| {
+                let log = std::fs::read_to_string(data.join("relay.log")).unwrap_or_default();
+                panic!("the relay on {name} did not say it was listening; its log:\n{log}")
+            });
         let file: Value = serde_json::from_str(
             &std::fs::read_to_string(data.join("server.json")).expect("server.json written"),
         )
