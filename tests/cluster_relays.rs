@@ -1308,3 +1308,119 @@ async fn the_same_room_created_on_two_relays_at_once_is_one_room_and_every_join_
         }
     }
 }
+
+// ---- attributes with owners, across relays ----
+
+/// `relay`'s view of `room`'s attribute `key`: (value, owner), polled until `want`.
+async fn attribute_becomes(relay: &Serve, room: &str, key: &str, want: Option<(&str, &str)>) {
+    let path = format!("/v1/rooms/{room}/attributes?keys={key}");
+    poll("the attribute on every relay", || async {
+        let (status, view) = relay.admin(Method::GET, &path, None).await;
+        assert_eq!(status, 200, "{view}");
+        let got = view["attributes"]
+            .as_array()
+            .and_then(|a| a.first())
+            .map(|a| {
+                (
+                    a["value"].as_str().unwrap_or_default().to_owned(),
+                    a["owner"].as_str().unwrap_or_default().to_owned(),
+                )
+            });
+        let want = want.map(|(v, o)| (v.to_owned(), o.to_owned()));
+        (got == want).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attributes_set_through_any_relay_keep_their_owner_on_every_relay() {
+    let Some(bin) = nats_support::binary("attributes_set_through_any_relay") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = nats_support::NatsServer::start(&bin, &dir.path().join("nats"));
+    let relays = three(dir.path(), &nats.url());
+    let [a, b, c] = &relays;
+    create_everywhere(a, &relays, "stage").await;
+    let ann = a.client("ann").await;
+    let bea = b.client("bea").await;
+    let cid = c.client("cid").await;
+    for m in [&ann, &bea, &cid] {
+        m.join("stage", -1).await.expect("joins");
+    }
+    // A owns the room (its first send).
+    ann.send("stage", "chat", body("mine"), false)
+        .await
+        .expect("sent");
+
+    // Bea sets a key through B, which does not own the room: made, with Bea as its owner.
+    let (_, results) = bea
+        .set_attributes("stage", &[("topic", "rust")], false, false)
+        .await
+        .expect("set on B");
+    assert_eq!(results, [("topic".to_owned(), None)], "set on B");
+    for relay in [a, b, c] {
+        attribute_becomes(relay, "stage", "topic", Some(("rust", "bea"))).await;
+    }
+    // Cid, through C, may not overwrite Bea's key; with force he may.
+    let (_, results) = cid
+        .set_attributes("stage", &[("topic", "go")], false, false)
+        .await
+        .expect("answered on C");
+    let refused = results[0].1.as_ref().expect("Bea's key is hers");
+    assert_eq!(results[0].0, "topic");
+    assert_ne!(
+        refused.code,
+        roomcast::protocol::ErrorCode::Unavailable,
+        "{refused:?}"
+    );
+    attribute_becomes(a, "stage", "topic", Some(("rust", "bea"))).await;
+    let (_, results) = cid
+        .set_attributes("stage", &[("topic", "go")], false, true)
+        .await
+        .expect("forced on C");
+    assert_eq!(results, [("topic".to_owned(), None)], "forced on C");
+    for relay in [a, b, c] {
+        attribute_becomes(relay, "stage", "topic", Some(("go", "cid"))).await;
+    }
+    // An admin change through C, as its owner Dan, is in force on the others.
+    let (status, reply) = c
+        .admin(
+            Method::PUT,
+            "/v1/rooms/stage/attributes",
+            Some(json!({"owner": "dan", "entries": {"mood": "calm"}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    for relay in [a, b, c] {
+        attribute_becomes(relay, "stage", "mood", Some(("calm", "dan"))).await;
+    }
+    // Bea may not delete Dan's key through B; an admin deletion through B is in force everywhere.
+    let (_, results) = bea
+        .delete_attributes("stage", &["mood"], false)
+        .await
+        .expect("answered on B");
+    let refused = results[0].1.as_ref().expect("Dan's key is his");
+    assert_eq!(
+        refused.code,
+        roomcast::protocol::ErrorCode::AttrNotOwner,
+        "{refused:?}"
+    );
+    let (status, reply) = b
+        .admin(Method::DELETE, "/v1/rooms/stage/attributes/mood", None)
+        .await;
+    assert!((200..300).contains(&status), "{status} {reply}");
+    for relay in [a, b, c] {
+        attribute_becomes(relay, "stage", "mood", None).await;
+    }
+    let (status, reply) = b
+        .admin(Method::DELETE, "/v1/rooms/stage/attributes/topic", None)
+        .await;
+    assert!((200..300).contains(&status), "{status} {reply}");
+    for relay in [a, b, c] {
+        attribute_becomes(relay, "stage", "topic", None).await;
+    }
+    drop((ann, bea, cid));
+    drop(relays);
+    drop(nats);
+}

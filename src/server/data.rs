@@ -69,22 +69,127 @@ pub enum Actor<'a> {
     Client(&'a str),
     /// The admin API acting as `owner` (batch ≤ 20).
     Admin(&'a str),
+    /// A client of another relay, which checked that it is a member (a cluster forwards a
+    /// client's change to the room's owner): as a client otherwise.
+    Forwarded(&'a str),
 }
 
-impl Actor<'_> {
-    fn user(&self) -> &str {
+impl<'a> Actor<'a> {
+    fn user(&self) -> &'a str {
         match self {
-            Actor::Client(u) | Actor::Admin(u) => u,
+            Actor::Client(u) | Actor::Admin(u) | Actor::Forwarded(u) => u,
         }
     }
 
     fn batch(&self) -> usize {
         match self {
-            Actor::Client(_) => CLIENT_BATCH,
+            Actor::Client(_) | Actor::Forwarded(_) => CLIENT_BATCH,
             Actor::Admin(_) => ADMIN_BATCH,
         }
     }
+
+    /// The same kind of actor, as `user`.
+    fn as_user<'b>(&self, user: &'b str) -> Actor<'b> {
+        match self {
+            Actor::Client(_) => Actor::Client(user),
+            Actor::Admin(_) => Actor::Admin(user),
+            Actor::Forwarded(_) => Actor::Forwarded(user),
+        }
+    }
 }
+
+// ---- cluster: a client's attribute change of a room another relay owns ----
+/// A client's attribute call, as its relay forwards it to the room's owner.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub enum AttrCall {
+    /// [`Relay::set_attributes`].
+    Set {
+        /// The client.
+        user: String,
+        /// Key → value.
+        entries: Vec<(String, String)>,
+        /// Removed when the client leaves.
+        auto_delete: bool,
+        /// Overwrites another owner's keys.
+        force: bool,
+    },
+    /// [`Relay::delete_attributes`].
+    Delete {
+        /// The client.
+        user: String,
+        /// The keys.
+        keys: Vec<String>,
+        /// Deletes another owner's keys.
+        force: bool,
+    },
+}
+
+impl AttrCall {
+    fn user(&self) -> &str {
+        match self {
+            AttrCall::Set { user, .. } | AttrCall::Delete { user, .. } => user,
+        }
+    }
+}
+
+impl Relay {
+    /// Makes `call` as `actor` (of the call's user) on this relay.
+    pub(crate) fn attr_call(
+        self: &Arc<Self>,
+        kind: Actor<'_>,
+        room_id: &str,
+        call: &AttrCall,
+    ) -> Result<Durable<AttrResults>, WireError> {
+        let actor = kind.as_user(call.user());
+        match call {
+            AttrCall::Set {
+                entries,
+                auto_delete,
+                force,
+                ..
+            } => self.set_attributes(actor, room_id, entries, *auto_delete, *force),
+            AttrCall::Delete { keys, force, .. } => {
+                self.delete_attributes(actor, room_id, keys, *force)
+            }
+        }
+    }
+
+    /// A client's change of a room this relay does not sequence: checked for membership here,
+    /// then made by the room's owner (`None`: this relay makes it itself).
+    fn forward_attrs(
+        self: &Arc<Self>,
+        actor: Actor<'_>,
+        room_id: &str,
+        call: impl FnOnce(String) -> AttrCall,
+    ) -> Result<Option<Durable<AttrResults>>, WireError> {
+        let Actor::Client(user) = actor else {
+            return Ok(None);
+        };
+        let Some(cluster) = self.cluster().cloned() else {
+            return Ok(None);
+        };
+        if cluster.sequences(room_id) {
+            return Ok(None);
+        }
+        let room = self.room(room_id)?;
+        self.check_member(&room, actor)?;
+        let call = call(user.to_owned());
+        let relay = self.clone();
+        Ok(Some(Durable::later(async move {
+            match cluster.forward_attrs(&relay, &room, &call).await? {
+                Some(results) => Ok(results),
+                // This relay owns the room now.
+                None => {
+                    relay
+                        .attr_call(Actor::Client(""), &room.id, &call)?
+                        .wait()
+                        .await
+                }
+            }
+        })))
+    }
+}
+// ---- end cluster ----
 
 /// Per-key outcome of an attribute call, and the version after it.
 pub type AttrResults = (u64, Vec<(String, Option<WireError>)>);
@@ -125,6 +230,15 @@ impl Relay {
     ) -> Result<Durable<AttrResults>, WireError> {
         self.check_batch(actor, entries.len())?;
         validate_id("owner", actor.user())?;
+        let forwarded = self.forward_attrs(actor, room_id, |user| AttrCall::Set {
+            user,
+            entries: entries.to_vec(),
+            auto_delete,
+            force,
+        })?;
+        if let Some(done) = forwarded {
+            return Ok(done);
+        }
         let entries = entries.to_vec();
         let now = now_ms();
         self.attr_change(
@@ -158,6 +272,14 @@ impl Relay {
         force: bool,
     ) -> Result<Durable<AttrResults>, WireError> {
         self.check_batch(actor, keys.len())?;
+        let forwarded = self.forward_attrs(actor, room_id, |user| AttrCall::Delete {
+            user,
+            keys: keys.to_vec(),
+            force,
+        })?;
+        if let Some(done) = forwarded {
+            return Ok(done);
+        }
         let force = force || matches!(actor, Actor::Admin(_));
         let keys = keys.to_vec();
         self.attr_change(
@@ -218,14 +340,11 @@ impl Relay {
         let room = self.room(room_id)?;
         self.check_writable()?;
         let relay = self.clone();
-        let client = matches!(actor, Actor::Client(_));
+        let kind = actor.as_user("");
         let user = actor.user().to_owned();
         Ok(Durable::later(async move {
             let guard = relay.lock_room(&room).await?;
-            let actor = match client {
-                true => Actor::Client(&user),
-                false => Actor::Admin(&user),
-            };
+            let actor = kind.as_user(&user);
             let (ops, planned) = {
                 let st = room.state();
                 relay.check_member(&room, actor)?;

@@ -11,6 +11,7 @@ use crate::protocol::{
 use crate::room::ring::{ClassCounts, class_index};
 use crate::room::{Entry, Outgoing, Payload, Room};
 use crate::server::ServerError;
+use crate::server::data::{Actor, AttrCall, AttrResults};
 use crate::server::relay::{Relay, SEQ_RESERVE, Stamped, now_ms};
 use crate::store::nats::{Names, StateValue, parse_state};
 use crate::store::{NatsConfig, Op, StoredMessage};
@@ -40,6 +41,8 @@ const KEEP_HEADER: &str = "Roomcast-Keep";
 const COUNT_TTLS: u32 = 3;
 /// Header of a forwarded request that is an admin change ([`AdminCall`]), not a send.
 const ADMIN_HEADER: &str = "Roomcast-Admin";
+/// Header of a forwarded request that is a client's attribute change ([`AttrCall`]).
+const ATTR_HEADER: &str = "Roomcast-Attr";
 /// Most messages one hole fill reads from history; numbers beyond are counted in a `Gap`.
 const FILL_MAX: u64 = 1000;
 /// How long a hole fill tries to read history (the relay's store may be reconnecting after the
@@ -1150,6 +1153,61 @@ impl Cluster {
             .map_err(|e| unavailable(format!("a malformed answer from the room's owner: {e}")))
     }
 
+    /// A client's attribute change of `room`, which this relay does not sequence (it checked
+    /// the membership): made by the owner, whose per-key answer it is. `None` when this relay
+    /// owns the room (it may have just taken the lease): the caller makes it here.
+    pub async fn forward_attrs(
+        self: &Arc<Self>,
+        relay: &Arc<Relay>,
+        room: &Arc<Room>,
+        call: &AttrCall,
+    ) -> Result<Option<AttrResults>, WireError> {
+        const NOT_MADE: &str = "the change was not made";
+        let request = Bytes::from(
+            postcard::to_stdvec(call)
+                .map_err(|e| unavailable(format!("encoding a forwarded change: {e}")))?,
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(ATTR_HEADER, "1");
+        let Some(reply) = self
+            .to_owner(relay, room, Some(headers), request, NOT_MADE)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let answer: Result<AttrResults, WireError> = postcard::from_bytes(&reply)
+            .map_err(|e| unavailable(format!("a malformed answer from the room's owner: {e}")))?;
+        let outcome = if answer.is_ok() { "ok" } else { "refused" };
+        metrics::counter!(m::CLUSTER_FORWARDED, "outcome" => outcome).increment(1);
+        answer.map(Some)
+    }
+
+    /// Makes one forwarded attribute change as the room's owner.
+    async fn serve_attrs(self: &Arc<Self>, room_id: &str, msg: &async_nats::Message) -> Bytes {
+        metrics::counter!(m::CLUSTER_BYTES_IN).increment(msg.payload.len() as u64);
+        let answer: Result<AttrResults, WireError> = match (
+            postcard::from_bytes::<AttrCall>(&msg.payload),
+            self.relay.upgrade(),
+        ) {
+            (Err(e), _) => Err(WireError::new(
+                ErrorCode::BadRequest,
+                format!("a malformed forwarded change: {e}"),
+            )),
+            (Ok(_), None) => Err(unavailable("the relay is stopping")),
+            (Ok(_), Some(_)) if !self.sequences(room_id) => Err(unavailable(format!(
+                "this relay no longer owns room {room_id:?}; the change was not made"
+            ))),
+            (Ok(call), Some(relay)) => {
+                match relay.attr_call(Actor::Forwarded(""), room_id, &call) {
+                    Ok(done) => done.wait().await,
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        metrics::counter!(m::CLUSTER_FORWARDED, "outcome" => "served").increment(1);
+        Bytes::from(postcard::to_stdvec(&answer).unwrap_or_default())
+    }
+
     /// Sends `request` to `room`'s owner and returns its answer; `None` once this relay owns
     /// the room (it had, or took, the free lease). Tried until the request timeout, since an
     /// owner just elected may not answer yet. `what` ends a refusal's message.
@@ -1553,15 +1611,17 @@ async fn serve_forwarded(
                 let Some(c) = cluster.upgrade() else { break };
                 let room = room.clone();
                 let client = client.clone();
-                let admin = msg.headers.as_ref().is_some_and(|h| h.get(ADMIN_HEADER).is_some());
+                let has = |name: &str| msg.headers.as_ref().is_some_and(|h| h.get(name).is_some());
+                let (admin, attrs) = (has(ADMIN_HEADER), has(ATTR_HEADER));
                 if serving.len() >= SERVING {
                     metrics::counter!(m::CLUSTER_FORWARDED, "outcome" => "busy").increment(1);
                     // Answered in the form the caller reads: an admin answer for an admin call.
+                    let change = format!("room {room:?}'s owner is busy; the change was not made");
                     let busy = if admin {
-                        let answer = AdminAnswer::error(
-                            ErrorCode::Unavailable,
-                            format!("room {room:?}'s owner is busy; the change was not made"),
-                        );
+                        let answer = AdminAnswer::error(ErrorCode::Unavailable, change);
+                        Bytes::from(postcard::to_stdvec(&answer).unwrap_or_default())
+                    } else if attrs {
+                        let answer: Result<AttrResults, WireError> = Err(unavailable(change));
                         Bytes::from(postcard::to_stdvec(&answer).unwrap_or_default())
                     } else {
                         encode_reply(&ForwardReply::Refused(unavailable(format!(
@@ -1572,9 +1632,12 @@ async fn serve_forwarded(
                     continue;
                 }
                 serving.spawn(async move {
-                    let bytes = match admin {
-                        true => c.serve_admin(&room, &msg).await,
-                        false => encode_reply(&c.serve_one(&room, &msg).await),
+                    let bytes = if admin {
+                        c.serve_admin(&room, &msg).await
+                    } else if attrs {
+                        c.serve_attrs(&room, &msg).await
+                    } else {
+                        encode_reply(&c.serve_one(&room, &msg).await)
                     };
                     metrics::counter!(m::CLUSTER_BYTES_OUT).increment(bytes.len() as u64);
                     let _ = client.publish(reply, bytes).await;
