@@ -1040,7 +1040,8 @@ impl Cluster {
     }
 
     /// Gives up every lease this relay holds (a clean shutdown), so their rooms move at once,
-    /// and stops its tasks.
+    /// and stops its tasks. Bounded: with NATS unreachable it releases nothing (the leases run
+    /// out within their TTL) rather than wait for NATS.
     pub async fn release_all(&self) {
         let held: Vec<(String, Held)> = lock(&self.held).drain().collect();
         // The requests each room's responder took are answered first (bounded by the store's
@@ -1062,26 +1063,47 @@ impl Cluster {
             }
         };
         let _ = tokio::time::timeout(self.timeout * 2, answered).await;
-        for (room, revision) in held.drain(..) {
-            let key = self.names.room_key(&room);
-            let _ = self
-                .leases
-                .purge_expect_revision(&key, Some(revision))
-                .await;
-            metrics::gauge!(m::CLUSTER_OWNED_ROOMS).decrement(1.0);
-            metrics::counter!(m::CLUSTER_OWNERSHIP_CHANGES, "change" => "released").increment(1);
-        }
         lock(&self.live).clear();
         lock(&self.tasks).clear();
-        let rooms: Vec<String> = lock(&self.counts).keys().cloned().collect();
-        for room in rooms {
-            let _ = self
-                .members
-                .purge(self.names.members_key(&room, &self.node))
-                .await;
-        }
         *lock(&self.admin) = None;
-        let _ = self.client.flush().await;
+        let rooms: Vec<String> = lock(&self.counts).keys().cloned().collect();
+        let owned = held.len();
+        metrics::gauge!(m::CLUSTER_OWNED_ROOMS).decrement(owned as f64);
+        // With NATS away nothing can be released: the leases run out by themselves within their
+        // TTL, and the counts within three. A stop never waits for NATS to come back.
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            tracing::warn!(
+                rooms = owned,
+                "NATS is not reachable: the room leases are not released and run out within the lease TTL"
+            );
+            return;
+        }
+        let release = async {
+            for (room, revision) in held.drain(..) {
+                let key = self.names.room_key(&room);
+                let _ = self
+                    .leases
+                    .purge_expect_revision(&key, Some(revision))
+                    .await;
+                metrics::counter!(m::CLUSTER_OWNERSHIP_CHANGES, "change" => "released")
+                    .increment(1);
+            }
+            for room in rooms {
+                let _ = self
+                    .members
+                    .purge(self.names.members_key(&room, &self.node))
+                    .await;
+            }
+            let _ = self.client.flush().await;
+        };
+        if tokio::time::timeout(self.timeout * 2, release)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "NATS did not take the releases in time; the leases run out within the lease TTL"
+            );
+        }
     }
 
     // ---- sends ----
