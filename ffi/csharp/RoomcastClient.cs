@@ -35,7 +35,8 @@ namespace Roomcast
         None = 0, Connected = 1, Reply = 2, Message = 3, Gap = 4, RoomDestroyed = 5, Kicked = 6,
         Resumed = 7, Muted = 8, Unmuted = 9, MuteAll = 10, MuteAllLifted = 11, Banned = 12,
         Unbanned = 13, MemberJoined = 14, MemberLeft = 15, MemberCount = 16, Recalled = 17,
-        AttributeChanged = 18, AttributeRemoved = 19, Closed = 20,
+        AttributeChanged = 18, AttributeRemoved = 19, Closed = 20, Reconnected = 21,
+        ResumeFailed = 22,
     }
 
     /// <summary>Which request a reply answers (rc_request_kind).</summary>
@@ -129,6 +130,11 @@ namespace Roomcast
         public uint MaxRequests;
         public uint ConnectTimeoutMs;
         public uint RequestTimeoutMs;
+        /// <summary>Failover: how long to keep reconnecting to the addresses of Server after the
+        /// connection died (0: never, the default); see rc_config.reconnect_for_ms. Then comes
+        /// Reconnected (Text: the relay's address), and per room Resumed (Missed, LastSeq) or
+        /// ResumeFailed (Status, Text).</summary>
+        public uint ReconnectForMs;
     }
 
     /// <summary>One roomcast connection. Not thread-safe for polling: poll from one thread.</summary>
@@ -156,6 +162,7 @@ namespace Roomcast
                 cfg.MaxRequests = options.MaxRequests;
                 cfg.ConnectTimeoutMs = options.ConnectTimeoutMs;
                 cfg.RequestTimeoutMs = options.RequestTimeoutMs;
+                cfg.ReconnectForMs = options.ReconnectForMs;
                 Check(Native.rc_client_open(ref cfg, out handle));
             }
             finally
@@ -354,7 +361,7 @@ namespace Roomcast
         {
             public uint Size; public IntPtr Server; public IntPtr ServerName; public IntPtr CaPem; public IntPtr Token;
             public byte Datagrams; public uint EventQueue; public uint MaxRequests; public uint ConnectTimeoutMs;
-            public uint RequestTimeoutMs;
+            public uint RequestTimeoutMs; public uint ReconnectForMs;
         }
 
         [StructLayout(LayoutKind.Sequential)] internal struct RcKeyValue { public IntPtr Key; public IntPtr Value; }

@@ -132,8 +132,10 @@ enum rc_event_kind
   RC_EVENT_ROOM_DESTROYED = 5,
   // This client was removed from `room`: `reason` (`rc_kick_reason`).
   RC_EVENT_KICKED = 6,
-  // After a reconnect within the offline grace, the membership of `room` was taken over:
-  // `missed`, `last_seq`.
+  // The membership of `room` was resumed: after a reconnect within the offline grace (taken
+  // over at the hello), or after `RC_EVENT_RECONNECTED` (failover, `reconnect_for_ms`).
+  // `missed`: the messages this client will not receive (exact); `last_seq`: the room's
+  // newest sequence number at the resume. The messages after the last one received follow.
   RC_EVENT_RESUMED = 7,
   // `users` were muted in `room` (empty room: everywhere) until `until_ms`.
   RC_EVENT_MUTED = 8,
@@ -164,6 +166,14 @@ enum rc_event_kind
   // `RC_CONNECT`, `RC_TLS` when connecting failed; `RC_CLOSED` when the server or the network
   // ended it), `close_code`, `text`. Always the last event.
   RC_EVENT_CLOSED = 20,
+  // Failover (`rc_config.reconnect_for_ms`): the connection died and the client is connected
+  // again, to the relay in `text` (`"ip:port"`). `RC_EVENT_RESUMED` or
+  // `RC_EVENT_RESUME_FAILED` follows for each room it was in.
+  RC_EVENT_RECONNECTED = 21,
+  // Failover: the membership of `room` could not be resumed on the new relay and is over:
+  // `status` is the relay's refusal (`RC_ROOM_NOT_FOUND` when the room was destroyed
+  // meanwhile, `RC_BANNED`, ...), `text` its message.
+  RC_EVENT_RESUME_FAILED = 22,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -338,6 +348,18 @@ typedef struct rc_config {
   // How long a request may wait for its reply before it is answered `RC_TIMEOUT`
   // (default, and 0: 10000 ms).
   uint32_t request_timeout_ms;
+  // Failover: how long, after the connection died (the relay was killed or restarted, the
+  // path is gone: silent for 10 s when this is set, or the relay shut down), the client
+  // keeps reconnecting to
+  // the addresses of `server`, round robin from the one that failed, pausing 100 ms to 5 s
+  // (doubling) after each round. On the new relay it resumes every room it joined:
+  // `RC_EVENT_RECONNECTED`, then per room `RC_EVENT_RESUMED` (exact `missed`; the messages
+  // after the last one received follow) or `RC_EVENT_RESUME_FAILED`. Requests made meanwhile
+  // wait for the new connection (within `request_timeout_ms`); a send whose connection died
+  // before its reply fails and is not repeated. When this time runs out, `RC_EVENT_CLOSED`.
+  // A refused token or certificate ends the client at once. Default, and 0: no reconnect
+  // (the connection's end is `RC_EVENT_CLOSED`, as before this field existed).
+  uint32_t reconnect_for_ms;
 } rc_config;
 
 // A string or byte string owned by an event: `ptr` is never null, `ptr[len]` is always 0, so
@@ -421,13 +443,16 @@ typedef struct rc_key_result {
 typedef struct rc_event {
   // What happened (`rc_event_kind`).
   rc_event_kind kind;
-  // `RC_EVENT_REPLY` and `RC_EVENT_CLOSED`: the outcome; `RC_OK` for every other kind.
+  // `RC_EVENT_REPLY` and `RC_EVENT_CLOSED`: the outcome; `RC_EVENT_RESUME_FAILED`: the
+  // relay's refusal; `RC_OK` for every other kind.
   rc_status status;
   // `RC_EVENT_REPLY`: the id the request call returned.
   uint64_t request_id;
   // `RC_EVENT_REPLY`: which request (`rc_request_kind`).
   rc_request_kind request_kind;
-  // `RC_EVENT_REPLY`: the refusal's message; `RC_EVENT_CLOSED`: why it closed.
+  // `RC_EVENT_REPLY`: the refusal's message; `RC_EVENT_CLOSED`: why it closed;
+  // `RC_EVENT_RECONNECTED`: the relay's address; `RC_EVENT_RESUME_FAILED`: the refusal's
+  // message.
   struct rc_str text;
   // The room the event or the request is about (empty when none).
   struct rc_str room;
@@ -452,7 +477,7 @@ typedef struct rc_event {
   // Reply to join: the room's newest sequence number at the join (later messages are
   // delivered); `RC_EVENT_RESUMED`: the newest at the resume.
   uint64_t last_seq;
-  // `RC_EVENT_RESUMED`: messages published while this user was offline.
+  // `RC_EVENT_RESUMED`: messages this client missed and will not receive (exact).
   uint64_t missed;
   // `RC_EVENT_MEMBER_COUNT`: members now.
   uint64_t count;

@@ -271,6 +271,7 @@ pub unsafe extern "C" fn rc_config_init(config: *mut rc_config) -> rc_status {
             max_requests: DEFAULT_MAX_REQUESTS,
             connect_timeout_ms: DEFAULT_TIMEOUT_MS,
             request_timeout_ms: DEFAULT_TIMEOUT_MS,
+            reconnect_for_ms: 0,
         };
         // SAFETY: non-null, and the caller guarantees it is valid for writes.
         unsafe { config.write(defaults) };
@@ -364,6 +365,7 @@ unsafe fn read_config(config: *const rc_config) -> Result<Options, Failure> {
         request_timeout: Duration::from_millis(
             or_default(c.request_timeout_ms, DEFAULT_TIMEOUT_MS).into(),
         ),
+        reconnect_for: Duration::from_millis(c.reconnect_for_ms.into()),
     })
 }
 
@@ -381,6 +383,7 @@ struct RawConfig {
     max_requests: u32,
     connect_timeout_ms: u32,
     request_timeout_ms: u32,
+    reconnect_for_ms: u32,
 }
 
 impl RawConfig {
@@ -396,6 +399,7 @@ impl RawConfig {
             max_requests: self.max_requests,
             connect_timeout_ms: self.connect_timeout_ms,
             request_timeout_ms: self.request_timeout_ms,
+            reconnect_for_ms: self.reconnect_for_ms,
         }
     }
 }
@@ -530,7 +534,7 @@ fn start<F, Fut>(
     op: F,
 ) -> Result<u64, Failure>
 where
-    F: FnOnce(Arc<roomcast::client::Client>, String) -> Fut + Send + 'static,
+    F: FnOnce(Arc<roomcast::client::FailoverClient>, String) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<Response, ClientError>> + Send + 'static,
 {
     let about = room.clone();

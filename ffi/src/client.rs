@@ -1,10 +1,13 @@
-//! The client behind a handle: its runtime thread, the connection, the request tasks, and the
-//! two queues `rc_client_poll` reads.
+//! The client behind a handle: its runtime thread, the connection (a
+//! [`roomcast::client::FailoverClient`], which reconnects and resumes when
+//! `rc_config.reconnect_for_ms` is set), the request tasks, and the two queues `rc_client_poll`
+//! reads.
 //!
 //! # Queues and order
-//! - **Room events** come straight from the client library's bounded event channel
-//!   ([`roomcast::client::ClientConfig::event_buffer`], `rc_config.event_queue`). When it is full
-//!   the library stops reading the delivery stream, so the relay sheds this connection's low,
+//! - **Room events** come from the failover client's bounded event channel, which forwards the
+//!   connection's (both bounded by [`roomcast::client::ClientConfig::event_buffer`],
+//!   `rc_config.event_queue`). When they are full the library stops reading the delivery
+//!   stream, so the relay sheds this connection's low,
 //!   then normal messages and sends a `Gap` before the next delivered one; low datagrams that
 //!   find it full are dropped, counted and reported as a `Gap` too. Nothing is lost silently.
 //! - **Control items** (the `CONNECTED` event, replies, a failed connect) go on a second
@@ -22,13 +25,17 @@
 
 use crate::status::Failure;
 use crate::types::{rc_close_code, rc_request_kind, rc_status};
-use roomcast::client::{Client, ClientConfig, ClientError, ClientEvent};
+use roomcast::client::{ClientConfig, ClientError, ClientEvent, FailoverClient, FailoverConfig};
 use roomcast::protocol::{CloseCode, Response};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
+
+/// How long a connection may stay silent before it counts as dead, when the client fails over
+/// (`rc_config.reconnect_for_ms`): the CLI's bound. Without failover the library's default.
+pub const FAILOVER_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What `rc_client_open` was given, checked and copied.
 #[derive(Debug, Clone)]
@@ -51,6 +58,8 @@ pub struct Options {
     pub connect_timeout: Duration,
     /// Bound on each request.
     pub request_timeout: Duration,
+    /// How long to keep reconnecting after the connection died; zero: never.
+    pub reconnect_for: Duration,
 }
 
 /// One thing a poll hands out, before it becomes an `rc_event`.
@@ -110,7 +119,7 @@ enum Control {
 #[derive(Clone)]
 enum Conn {
     Connecting,
-    Ready(Arc<Client>),
+    Ready(Arc<FailoverClient>),
     Failed(Failure),
 }
 
@@ -119,7 +128,7 @@ struct Shared {
     control: flume::Sender<Control>,
     state: watch::Sender<Conn>,
     /// Set once connected: the library client, whose event channel is the room event queue.
-    client: OnceLock<Arc<Client>>,
+    client: OnceLock<Arc<FailoverClient>>,
     /// `rc_client_close` was called.
     closed_by_app: AtomicBool,
     /// Wakes a connect in progress when the application closes.
@@ -327,7 +336,7 @@ impl Handle {
     /// its failure) is posted as exactly one control item.
     pub fn submit<F, Fut>(&self, kind: rc_request_kind, room: String, op: F) -> Result<u64, Failure>
     where
-        F: FnOnce(Arc<Client>) -> Fut + Send + 'static,
+        F: FnOnce(Arc<FailoverClient>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Response, ClientError>> + Send + 'static,
     {
         {
@@ -373,9 +382,7 @@ impl Handle {
             ));
         }
         if let Some(client) = self.shared.client.get() {
-            client
-                .connection()
-                .close(CloseCode::Normal.into(), b"client closed");
+            client.close_now();
         }
         self.shared.cancel.notify_one();
         Ok(())
@@ -392,9 +399,7 @@ impl Drop for Handle {
             // grace), and give the close up to a second to go out. A thread inside another
             // runtime cannot block on this one: it only sends the close.
             if tokio::runtime::Handle::try_current().is_ok() {
-                client
-                    .connection()
-                    .close(CloseCode::Normal.into(), b"client closed");
+                client.close_now();
             } else {
                 runtime.block_on(async {
                     let _ = tokio::time::timeout(Duration::from_secs(1), client.close()).await;
@@ -452,13 +457,13 @@ struct Job {
     reply: ReplyOnce,
     deadline: tokio::time::Instant,
     timeout: Duration,
-    run: Box<dyn FnOnce(Arc<Client>) -> RequestFuture + Send>,
+    run: Box<dyn FnOnce(Arc<FailoverClient>) -> RequestFuture + Send>,
 }
 
 type RequestFuture = std::pin::Pin<Box<dyn Future<Output = Result<Response, ClientError>> + Send>>;
 
 impl Job {
-    async fn run(self, client: Arc<Client>) {
+    async fn run(self, client: Arc<FailoverClient>) {
         let Job {
             reply,
             deadline,
@@ -523,14 +528,12 @@ async fn run_connect(shared: Arc<Shared>, opts: Options) {
             // CONNECTED goes out before room events become visible, so it is always first.
             let _ = shared.control.try_send(Control::Connected {
                 user: client.user().to_owned(),
-                conn_id: client.conn_id(),
+                conn_id: client.conn_id().unwrap_or_default(),
             });
             let _ = shared.client.set(client.clone());
             shared.state.send_replace(Conn::Ready(client.clone()));
             if shared.closed_by_app.load(Ordering::Acquire) {
-                client
-                    .connection()
-                    .close(CloseCode::Normal.into(), b"client closed");
+                client.close_now();
             }
         }
         Err(f) => {
@@ -555,9 +558,11 @@ async fn run_connect(shared: Arc<Shared>, opts: Options) {
     }
 }
 
-/// Tries every address of every entry in order, within the connect timeout overall. A server
-/// that answers with a refusal (a bad token) is final: the others would answer the same.
-async fn connect_any(opts: &Options) -> Result<Client, Failure> {
+/// Resolves every entry in order, then connects to the first address that answers, within the
+/// connect timeout overall; the client fails over across all of them afterwards (when
+/// `reconnect_for` is not zero). A server that answers with a refusal (a bad token) is final:
+/// the others would answer the same.
+async fn connect_any(opts: &Options) -> Result<FailoverClient, Failure> {
     let ca_pem = match &opts.ca_pem {
         Some(pem) => pem.clone(),
         None => system_roots_pem()?,
@@ -573,42 +578,44 @@ async fn connect_any(opts: &Options) -> Result<Client, Failure> {
         )
     };
     let mut last = Failure::new(rc_status::RC_CONNECT, "no server address");
+    let mut servers = Vec::new();
+    let mut server_name = opts.server_name.clone();
     for entry in &opts.servers {
-        let addrs = match tokio::time::timeout_at(deadline, tokio::net::lookup_host(entry)).await {
+        match tokio::time::timeout_at(deadline, tokio::net::lookup_host(entry)).await {
             Err(_) => return Err(timed_out()),
-            Ok(Err(e)) => {
-                last = Failure::new(rc_status::RC_CONNECT, format!("{entry}: {e}"));
-                continue;
-            }
-            Ok(Ok(addrs)) => addrs,
-        };
-        let name = opts
-            .server_name
-            .clone()
-            .unwrap_or_else(|| default_server_name(entry));
-        for addr in addrs {
-            let mut cfg = ClientConfig::new(addr, ca_pem.clone(), opts.token.clone());
-            cfg.server_name = name.clone();
-            cfg.datagrams = opts.datagrams;
-            cfg.event_buffer = opts.event_queue;
-            match tokio::time::timeout_at(deadline, Client::connect(cfg)).await {
-                Err(_) => return Err(timed_out()),
-                Ok(Ok(client)) => return Ok(client),
-                Ok(Err(e)) => {
-                    let mut f = Failure::from_client(&e);
-                    f.message = format!("{addr}: {}", f.message);
-                    match f.status {
-                        rc_status::RC_CLOSED | rc_status::RC_CONNECT | rc_status::RC_PROTOCOL => {
-                            f.status = rc_status::RC_CONNECT;
-                            last = f;
-                        }
-                        _ => return Err(f),
-                    }
-                }
+            Ok(Err(e)) => last = Failure::new(rc_status::RC_CONNECT, format!("{entry}: {e}")),
+            Ok(Ok(addrs)) => {
+                // One certificate name for every relay: the given one, or the first entry's.
+                server_name.get_or_insert_with(|| default_server_name(entry));
+                servers.extend(addrs);
             }
         }
     }
-    Err(last)
+    let Some(&first) = servers.first() else {
+        return Err(last);
+    };
+    let mut client = ClientConfig::new(first, ca_pem, opts.token.clone());
+    client.server_name = server_name.unwrap_or_else(|| "localhost".into());
+    client.datagrams = opts.datagrams;
+    client.event_buffer = opts.event_queue;
+    client.connect_timeout = client.connect_timeout.min(opts.connect_timeout);
+    if !opts.reconnect_for.is_zero() {
+        // A client that fails over notices a dead relay sooner (keep-alives every ~3 s).
+        client.idle_timeout = FAILOVER_IDLE_TIMEOUT;
+    }
+    let mut cfg = FailoverConfig::new(servers, client);
+    cfg.reconnect_for = opts.reconnect_for;
+    match tokio::time::timeout_at(deadline, FailoverClient::connect(cfg)).await {
+        Err(_) => Err(timed_out()),
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => {
+            let mut f = Failure::from_client(&e);
+            if let rc_status::RC_CLOSED | rc_status::RC_PROTOCOL = f.status {
+                f.status = rc_status::RC_CONNECT;
+            }
+            Err(f)
+        }
+    }
 }
 
 /// The certificate name for an address entry: its host, or `localhost` for an IP literal.

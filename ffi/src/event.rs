@@ -343,10 +343,15 @@ fn fill_room(a: &Arena<'_>, event: &ClientEvent, ev: &mut rc_event) {
             ev.last_seq = *last_seq;
         }
         ClientEvent::Notice(notice) => fill_notice(a, notice, ev),
-        // Events of `FailoverClient` only: this ABI's client connects once and ends with
-        // `RC_EVENT_CLOSED`; kept total for safety.
-        ClientEvent::Reconnected { .. } | ClientEvent::ResumeFailed { .. } => {
-            ev.kind = RC_EVENT_NONE;
+        ClientEvent::Reconnected { server } => {
+            ev.kind = RC_EVENT_RECONNECTED;
+            ev.text = a.str(&server.to_string());
+        }
+        ClientEvent::ResumeFailed { room, error } => {
+            ev.kind = RC_EVENT_RESUME_FAILED;
+            ev.room = a.str(room);
+            ev.status = relay_status(error.code);
+            ev.text = a.str(&format!("{}: {}", error.code, error.message));
         }
         // A poll turns `Closed` into `Item::Closed`; kept total for safety.
         ClientEvent::Closed { reason, .. } => {

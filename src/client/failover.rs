@@ -19,7 +19,9 @@
 //! [`DATAGRAMS_KEPT`] per room) and not delivered a second time when the resume replays them.
 
 use super::{Client, ClientConfig, ClientError, ClientEvent};
-use crate::protocol::{CloseCode, ErrorCode, HistoryEntry, JoinInfo, RoomInfo};
+use crate::protocol::{
+    Attribute, CloseCode, ErrorCode, HistoryEntry, JoinInfo, RoomInfo, WireError,
+};
 use bytes::Bytes;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -145,6 +147,7 @@ pub struct FailoverClient {
     shared: Arc<Shared>,
     events: flume::Receiver<ClientEvent>,
     user: String,
+    max_frame: u32,
     _pump: tokio::task::JoinSet<()>,
 }
 
@@ -192,6 +195,7 @@ impl FailoverClient {
 
     fn start(cfg: FailoverConfig, client: Client, index: usize) -> FailoverClient {
         let user = client.user().to_owned();
+        let max_frame = client.max_frame();
         let client = Arc::new(client);
         let (link, _) = watch::channel(Link::Up(client.clone()));
         let buffer = cfg.client.event_buffer.max(1);
@@ -208,6 +212,7 @@ impl FailoverClient {
             shared,
             events,
             user,
+            max_frame,
             _pump: pump,
         }
     }
@@ -304,6 +309,64 @@ impl FailoverClient {
         self.client().await?.ping().await
     }
 
+    /// Sets up to 10 attributes (see [`Client::set_attributes`]).
+    pub async fn set_attributes(
+        &self,
+        room: &str,
+        entries: &[(&str, &str)],
+        auto_delete: bool,
+        force: bool,
+    ) -> Result<(u64, Vec<(String, Option<WireError>)>), ClientError> {
+        self.client()
+            .await?
+            .set_attributes(room, entries, auto_delete, force)
+            .await
+    }
+
+    /// Deletes up to 10 attributes (see [`Client::delete_attributes`]).
+    pub async fn delete_attributes(
+        &self,
+        room: &str,
+        keys: &[&str],
+        force: bool,
+    ) -> Result<(u64, Vec<(String, Option<WireError>)>), ClientError> {
+        self.client()
+            .await?
+            .delete_attributes(room, keys, force)
+            .await
+    }
+
+    /// Reads attributes (all when `keys` is empty).
+    pub async fn get_attributes(
+        &self,
+        room: &str,
+        keys: &[&str],
+    ) -> Result<(u64, Vec<Attribute>), ClientError> {
+        self.client().await?.get_attributes(room, keys).await
+    }
+
+    /// Recalls one of this user's messages.
+    pub async fn recall(&self, room: &str, seq: u64) -> Result<(), ClientError> {
+        self.client().await?.recall(room, seq).await
+    }
+
+    /// The connection's id on the relay connected to now (`None` while reconnecting or closed).
+    pub fn conn_id(&self) -> Option<u64> {
+        match &*self.shared.link.borrow() {
+            Link::Up(c) => Some(c.conn_id()),
+            _ => None,
+        }
+    }
+
+    /// The largest frame the relay connected to now accepts (the first relay's while
+    /// reconnecting or closed).
+    pub fn max_frame(&self) -> u32 {
+        match &*self.shared.link.borrow() {
+            Link::Up(c) => c.max_frame(),
+            _ => self.max_frame,
+        }
+    }
+
     /// The event stream, across reconnects.
     pub fn events(&self) -> &flume::Receiver<ClientEvent> {
         &self.events
@@ -320,6 +383,17 @@ impl FailoverClient {
         let link = self.shared.link.borrow().clone();
         if let Link::Up(c) = link {
             c.close().await;
+        }
+    }
+
+    /// Closes the connection (no reconnect follows) without waiting for the close to be sent;
+    /// for callers that cannot await.
+    pub fn close_now(&self) {
+        self.shared.closing.store(true, Ordering::Release);
+        let link = self.shared.link.borrow().clone();
+        if let Link::Up(c) = link {
+            c.connection()
+                .close(CloseCode::Normal.into(), b"client closed");
         }
     }
 }
@@ -434,6 +508,12 @@ async fn run(
             }
         }
         shared.link.send_replace(Link::Up(client.clone()));
+        // Closed while reconnecting: the new connection ends too, and the loop tells `Closed`.
+        if shared.closing.load(Ordering::Acquire) {
+            client
+                .connection()
+                .close(CloseCode::Normal.into(), b"client closed");
+        }
     }
 }
 

@@ -18,14 +18,18 @@ static class FlowTest
         passed++;
     }
 
-    static string Helper(string args)
+    static string Helper(string args, Dictionary<string, string> env = null) { return Run(helper, args, env); }
+
+    // Runs a script to its end (with env on top of this process's); its output.
+    static string Run(string file, string args, Dictionary<string, string> env = null)
     {
-        var psi = new ProcessStartInfo(helper, args) { UseShellExecute = false, RedirectStandardOutput = true };
+        var psi = new ProcessStartInfo(file, args) { UseShellExecute = false, RedirectStandardOutput = true };
+        if (env != null) foreach (var kv in env) psi.EnvironmentVariables[kv.Key] = kv.Value;
         using (var p = Process.Start(psi))
         {
             string output = p.StandardOutput.ReadToEnd();
             p.WaitForExit();
-            Check(p.ExitCode == 0, "helper " + args);
+            Check(p.ExitCode == 0, Path.GetFileName(file) + " " + args);
             return output.Trim();
         }
     }
@@ -193,6 +197,39 @@ static class FlowTest
         return (IntPtr)typeof(RoomcastClient).GetField("handle", System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Instance).GetValue(c);
     }
 
+    // Failover through the binding: a relay of its own (relay.sh) is SIGKILLed and started again
+    // on the same data folder and port; the client (ReconnectForMs) reconnects to it and resumes
+    // its room (nothing missed), and its requests work on the new connection.
+    static void Failover()
+    {
+        string relay = Environment.GetEnvironmentVariable("RC_RELAY");
+        string dir = Environment.GetEnvironmentVariable("RC_FO_DIR") + "-cs";
+        string[] addrs = Run(relay, "start " + dir).Split(' ');
+        string quic = addrs[0];
+        var env = new Dictionary<string, string> { { "RC_DATA", dir + "/data" }, { "RC_SERVER", quic }, { "RC_ADMIN", addrs[1] } };
+        Helper("room cs-failover", env);
+        var options = new RoomcastOptions { Server = quic, CaPem = File.ReadAllText(dir + "/data/ca.pem"), Token = Helper("token gail", env) };
+        Check(options.ReconnectForMs == 0, "failover is off by default");
+        options.ReconnectForMs = 60000;
+        using (var c = new RoomcastClient(options))
+        {
+            Expect(c, EventKind.Connected);
+            Reply(c, c.Join("cs-failover"), Status.Ok);
+            Run(relay, "kill " + dir);
+            Check(Run(relay, "start " + dir + " " + quic).Split(' ')[0] == quic, "restarted on the same port");
+            var e = Expect(c, EventKind.Reconnected);
+            Check(e.Text == quic, "reconnected to " + e.Text);
+            e = Expect(c, EventKind.Resumed);
+            Check(e.Room == "cs-failover" && e.Missed == 0, "resumed " + e);
+            Check(Reply(c, c.Send("cs-failover", "chat", "back"), Status.Ok).Seq > 0, "a send on the new connection");
+            ExpectMessage(c, "cs-failover", "gail", "back");
+            c.Close();
+            Check(Expect(c, EventKind.Closed).Status == Status.Ok, "closed by the application");
+        }
+        Run(relay, "kill " + dir);
+        Console.WriteLine("failover: ok");
+    }
+
     static int Main()
     {
         server = Environment.GetEnvironmentVariable("RC_SERVER");
@@ -203,6 +240,7 @@ static class FlowTest
             Misuse();
             Unauthorized();
             Flow();
+            Failover();
             Check((ulong)Native.rc_events_outstanding() == 0, "the binding freed every event");
         }
         catch (Exception e)

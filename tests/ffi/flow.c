@@ -66,8 +66,9 @@ static const char *kind_name(rc_event_kind k) {
                                 "ROOM_DESTROYED", "KICKED", "RESUMED", "MUTED", "UNMUTED",
                                 "MUTE_ALL", "MUTE_ALL_LIFTED", "BANNED", "UNBANNED",
                                 "MEMBER_JOINED", "MEMBER_LEFT", "MEMBER_COUNT", "RECALLED",
-                                "ATTRIBUTE_CHANGED", "ATTRIBUTE_REMOVED", "CLOSED"};
-  return k <= RC_EVENT_CLOSED ? names[k] : "?";
+                                "ATTRIBUTE_CHANGED", "ATTRIBUTE_REMOVED", "CLOSED",
+                                "RECONNECTED", "RESUME_FAILED"};
+  return k <= RC_EVENT_RESUME_FAILED ? names[k] : "?";
 }
 
 /* Events taken while waiting for a reply, handed out first by next_event. */
@@ -552,6 +553,136 @@ static void misuse(void) {
   printf("misuse: ok\n");
 }
 
+/* Runs `relay.sh ARGS` and reads its "QUIC ADMIN" line. */
+static void relay(const char *args, char *quic, char *admin) {
+  char cmd[1024], line[256];
+  FILE *p;
+  snprintf(cmd, sizeof cmd, "'%s' %s", getenv("RC_RELAY"), args);
+  p = popen(cmd, "r");
+  CHECK(p != NULL, "popen %s", cmd);
+  CHECK(fgets(line, sizeof line, p) != NULL, "no addresses from %s", cmd);
+  CHECK(pclose(p) == 0, "%s failed", cmd);
+  CHECK(sscanf(line, "%63s %63s", quic, admin) == 2, "relay.sh printed %s", line);
+}
+
+/* Failover: a relay of its own (relay.sh) is SIGKILLed while the client is in a room, and
+ * started again on the same data folder and port. The client (reconnect_for_ms) reconnects
+ * to it, resumes the room with the exact `missed` (0: the message published after the
+ * restart is in history, so the resume replays it), and then gets live traffic; its own
+ * requests work on the new connection. The helper runs against this relay from here on. */
+static void failover(void) {
+  char dir[256], quic[64], admin[64], again[64], args[2048], path[600], tok[1024];
+  static char pem[16384];
+  rc_config cfg;
+  rc_client *c = NULL;
+  rc_event ev;
+  uint64_t id, before, replayed;
+  FILE *f;
+  size_t n;
+  CHECK(getenv("RC_RELAY") && getenv("RC_FO_DIR"), "RC_RELAY and RC_FO_DIR are set by run.sh");
+  snprintf(dir, sizeof dir, "%s", getenv("RC_FO_DIR"));
+  snprintf(args, sizeof args, "start '%s'", dir);
+  relay(args, quic, admin);
+  snprintf(path, sizeof path, "%s/data", dir);
+  CHECK(setenv("RC_DATA", path, 1) == 0 && setenv("RC_SERVER", quic, 1) == 0 &&
+            setenv("RC_ADMIN", admin, 1) == 0,
+        "setenv");
+  snprintf(path, sizeof path, "%s/data/ca.pem", dir);
+  f = fopen(path, "rb");
+  CHECK(f != NULL, "open %s", path);
+  n = fread(pem, 1, sizeof pem - 1, f);
+  fclose(f);
+  pem[n] = 0;
+  token_for("fran", tok, sizeof tok);
+  run("room c-failover");
+
+  CHECK(rc_config_init(&cfg) == RC_OK, "rc_config_init");
+  CHECK(cfg.reconnect_for_ms == 0, "failover is off by default (%u)", cfg.reconnect_for_ms);
+  cfg.server = quic;
+  cfg.ca_pem = pem;
+  cfg.token = tok;
+  cfg.reconnect_for_ms = 60000;
+  CHECK(rc_client_open(&cfg, &c) == RC_OK, "rc_client_open");
+  expect_event(c, &ev, RC_EVENT_CONNECTED);
+  CHECK(str_is(ev.user, "fran"), "user %s", ev.user.ptr);
+  free_event(&ev);
+  CHECK(rc_client_join(c, "c-failover", -1, &id) == RC_OK, "join");
+  expect_reply(c, id, RC_OK, &ev);
+  free_event(&ev);
+  run("pub c-failover gus before-the-crash");
+  expect_message(c, "c-failover", "gus", "before-the-crash", &ev);
+  before = ev.message.seq;
+  free_event(&ev);
+
+  snprintf(args, sizeof args, "'%s' kill '%s'", getenv("RC_RELAY"), dir);
+  CHECK(system(args) == 0, "%s", args);
+  snprintf(args, sizeof args, "start '%s' %s", dir, quic);
+  relay(args, again, admin);
+  CHECK(strcmp(again, quic) == 0, "restarted on %s, not %s", again, quic);
+  CHECK(setenv("RC_ADMIN", admin, 1) == 0, "setenv");
+  /* Published on the restarted relay, before or after the client resumes: either way it comes
+   * once, after RESUMED (replayed from history, or live). */
+  run("pub c-failover gus after-the-restart");
+
+  expect_event(c, &ev, RC_EVENT_RECONNECTED);
+  CHECK(str_is(ev.text, quic), "reconnected to %.*s, expected %s", (int)ev.text.len, ev.text.ptr,
+        quic);
+  CHECK(ev.status == RC_OK, "status %s", rc_status_name(ev.status));
+  free_event(&ev);
+  expect_event(c, &ev, RC_EVENT_RESUMED);
+  CHECK(str_is(ev.room, "c-failover"), "resumed %.*s", (int)ev.room.len, ev.room.ptr);
+  CHECK(ev.missed == 0, "missed %llu: the restarted relay replays from history",
+        (unsigned long long)ev.missed);
+  CHECK(ev.last_seq >= before, "last_seq %llu < %llu", (unsigned long long)ev.last_seq,
+        (unsigned long long)before);
+  free_event(&ev);
+  expect_message(c, "c-failover", "gus", "after-the-restart", &ev);
+  replayed = ev.message.seq;
+  CHECK(replayed > before, "seq %llu after %llu", (unsigned long long)replayed,
+        (unsigned long long)before);
+  free_event(&ev);
+
+  /* Live traffic and this client's own requests on the new connection. */
+  run("pub c-failover gus live-again");
+  expect_message(c, "c-failover", "gus", "live-again", &ev);
+  CHECK(ev.message.seq > replayed, "seq %llu", (unsigned long long)ev.message.seq);
+  free_event(&ev);
+  CHECK(rc_client_send(c, "c-failover", "chat", (const uint8_t *)"hi", 2, false, &id) == RC_OK,
+        "send");
+  expect_reply(c, id, RC_OK, &ev);
+  CHECK(ev.seq > replayed, "sent as %llu", (unsigned long long)ev.seq);
+  free_event(&ev);
+  expect_message(c, "c-failover", "fran", "hi", &ev);
+  free_event(&ev);
+
+  /* Killed again and started without its store: the room is gone, the resume is refused, the
+   * membership ends, and the client stays connected. */
+  snprintf(args, sizeof args, "'%s' kill '%s' && '%s' forget '%s'", getenv("RC_RELAY"), dir,
+           getenv("RC_RELAY"), dir);
+  CHECK(system(args) == 0, "%s", args);
+  snprintf(args, sizeof args, "start '%s' %s", dir, quic);
+  relay(args, again, admin);
+  CHECK(setenv("RC_ADMIN", admin, 1) == 0, "setenv");
+  expect_event(c, &ev, RC_EVENT_RECONNECTED);
+  CHECK(str_is(ev.text, quic), "reconnected to %.*s", (int)ev.text.len, ev.text.ptr);
+  free_event(&ev);
+  expect_event(c, &ev, RC_EVENT_RESUME_FAILED);
+  CHECK(str_is(ev.room, "c-failover") && ev.status == RC_ROOM_NOT_FOUND && ev.text.len > 0,
+        "resume failed: %s %.*s", rc_status_name(ev.status), (int)ev.text.len, ev.text.ptr);
+  free_event(&ev);
+  CHECK(rc_client_ping(c, &id) == RC_OK, "ping");
+  expect_reply(c, id, RC_OK, &ev);
+  free_event(&ev);
+
+  CHECK(rc_client_close(c) == RC_OK, "close");
+  expect_event(c, &ev, RC_EVENT_CLOSED);
+  CHECK(ev.status == RC_OK, "closed with %s: %.*s", rc_status_name(ev.status), (int)ev.text.len,
+        ev.text.ptr);
+  free_event(&ev);
+  CHECK(rc_client_free(c) == RC_OK, "free");
+  printf("failover: ok\n");
+}
+
 int main(void) {
   FILE *f;
   size_t n;
@@ -569,6 +700,7 @@ int main(void) {
   unauthorized();
   flow();
   overflow();
+  failover();
   CHECK(rc_events_outstanding() == 0, "%zu events not freed", rc_events_outstanding());
   printf("flow.c: %d passed, 0 failed\n", passed);
   return 0;

@@ -2,9 +2,11 @@
 # The C ABI's integration tests: builds libroomcast_ffi and the `roomcast` binary, checks that
 # ffi/include/roomcast.h is what cbindgen generates, starts a real `roomcast serve` (embedded
 # defaults, a temporary data folder, loopback), and runs against it:
-#   flow.c    as C99 (-Wall -Wextra -Werror -pedantic) on the cdylib, under valgrind
+#   flow.c    as C99 (-Wall -Wextra -Werror -pedantic) on the cdylib, under valgrind; its
+#             failover test kills and restarts a second relay of its own (relay.sh)
 #   flow.cpp  as C++17 (same warnings) on the cdylib
-#   FlowTest.cs with ffi/csharp/RoomcastClient.cs, built with mcs and run with mono
+#   FlowTest.cs with ffi/csharp/RoomcastClient.cs, built with mcs and run with mono (its
+#             failover test restarts a relay of its own too)
 #   the examples: chat.c linked against the cdylib and against the staticlib, and Chat.cs, each
 #   driven through one typed message that a native `roomcast sub` must receive
 # Needs: cargo, cc/c++, curl, valgrind, mcs/mono, cbindgen (.ci/run installs them). A missing
@@ -32,7 +34,14 @@ ffi/gen-header.sh --check
 
 tmp=$(mktemp -d)
 pid=""
-cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"; }
+cleanup() {
+  [ -n "$pid" ] && kill "$pid" 2>/dev/null
+  for fo in "$tmp/fo" "$tmp/fo-cs"; do
+    [ -s "$fo/pid" ] && kill -KILL "$(cat "$fo/pid")" 2>/dev/null
+  done
+  wait 2>/dev/null
+  rm -rf "$tmp"
+}
 trap cleanup EXIT
 
 echo "== ffi: compile the C and C++ programs"
@@ -62,6 +71,7 @@ export RC_SERVER RC_ADMIN RC_DATA="$tmp/data" RC_BIN="$root/target/debug/roomcas
 RC_SERVER=$(json quic)
 RC_ADMIN=$(json admin)
 export RC_CA="$tmp/data/ca.pem" RC_HELPER="$root/tests/ffi/helper.sh"
+export RC_RELAY="$root/tests/ffi/relay.sh" RC_FO_DIR="$tmp/fo"
 
 echo "== ffi: C99 flow under valgrind"
 have valgrind || missing "valgrind"
