@@ -329,6 +329,21 @@ async fn a_relay_gets_a_rooms_traffic_once_per_message_only_while_it_has_members
     drop(nats);
 }
 
+/// Room `stage`, made on the first relay and known to all, with a member on each given relay
+/// (index into `relays`, user), joined.
+async fn stage(relays: &[Serve; 3], members: [(usize, &str); 3]) -> [Client; 3] {
+    create_everywhere(&relays[0], relays, "stage").await;
+    let mut clients = Vec::new();
+    for (i, user) in members {
+        let m = relays[i].client(user).await;
+        m.join("stage", -1).await.expect("joins");
+        clients.push(m);
+    }
+    clients
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("three members"))
+}
+
 /// Waits until `relay` reports `room`'s `field` as `want` (its cache of the shared state).
 async fn room_field_becomes(relay: &Serve, room: &str, field: &str, want: serde_json::Value) {
     poll("the room's state on the relay", || async {
@@ -349,13 +364,7 @@ async fn a_room_made_on_one_relay_and_changed_through_another_is_in_force_on_the
     let nats = nats_support::NatsServer::start(&bin, &dir.path().join("nats"));
     let relays = three(dir.path(), &nats.url());
     let [a, b, c] = &relays;
-    create_everywhere(a, &relays, "stage").await;
-    let ann = a.client("ann").await;
-    let bea = b.client("bea").await;
-    let mallory = b.client("mallory").await;
-    for m in [&ann, &bea, &mallory] {
-        m.join("stage", -1).await.expect("joins");
-    }
+    let [ann, bea, mallory] = stage(&relays, [(0, "ann"), (1, "bea"), (1, "mallory")]).await;
 
     // A ban through C, a relay with no member there: C takes the room (nobody owned it yet).
     let (status, reply) = c
@@ -1341,13 +1350,7 @@ async fn attributes_set_through_any_relay_keep_their_owner_on_every_relay() {
     let nats = nats_support::NatsServer::start(&bin, &dir.path().join("nats"));
     let relays = three(dir.path(), &nats.url());
     let [a, b, c] = &relays;
-    create_everywhere(a, &relays, "stage").await;
-    let ann = a.client("ann").await;
-    let bea = b.client("bea").await;
-    let cid = c.client("cid").await;
-    for m in [&ann, &bea, &cid] {
-        m.join("stage", -1).await.expect("joins");
-    }
+    let [ann, bea, cid] = stage(&relays, [(0, "ann"), (1, "bea"), (2, "cid")]).await;
     // A owns the room (its first send).
     ann.send("stage", "chat", body("mine"), false)
         .await
