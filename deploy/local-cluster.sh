@@ -37,7 +37,9 @@ command -v curl >/dev/null 2>&1 || die "curl is needed to wait for NATS"
 mkdir -p "$DIR"
 pids=() # nats-server first, then the relays
 stop() {
-  trap - EXIT INT TERM
+  # Once stopping, a second Ctrl-C or SIGTERM does not cut it short (no relay is left running).
+  trap '' INT TERM
+  trap - EXIT
   # The relays first (each releases its room leases in NATS as it stops), then NATS.
   local i
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
