@@ -12,14 +12,6 @@ use std::process::ExitCode;
 mod chat;
 mod cli;
 
-/// mimalloc rather than the C library's allocator (feature `mimalloc`, on by default): under a
-/// fan-out backlog the C library's allocator let the relay's resident memory creep up for as long
-/// as the backlog lasted (+4 to +8 % in 8 minutes at 10,000 members), mimalloc's stays flat
-/// (BENCHMARKS.md, "Memory over time").
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "roomcast", version, about = "A chatroom relay over QUIC.")]
 struct Cli {
