@@ -1156,15 +1156,8 @@ impl Cluster {
         room: &Arc<Room>,
         call: AdminCall,
     ) -> Result<Option<AdminAnswer>, WireError> {
-        const NOT_MADE: &str = "the change was not made";
-        let request = Bytes::from(
-            postcard::to_stdvec(&call)
-                .map_err(|e| unavailable(format!("encoding a forwarded change: {e}")))?,
-        );
-        let mut headers = HeaderMap::new();
-        headers.insert(ADMIN_HEADER, "1");
         let Some(reply) = self
-            .to_owner(relay, room, Some(headers), request, NOT_MADE)
+            .change_at_owner(relay, room, ADMIN_HEADER, &call)
             .await?
         else {
             return Ok(None);
@@ -1184,17 +1177,7 @@ impl Cluster {
         room: &Arc<Room>,
         call: &AttrCall,
     ) -> Result<Option<AttrResults>, WireError> {
-        const NOT_MADE: &str = "the change was not made";
-        let request = Bytes::from(
-            postcard::to_stdvec(call)
-                .map_err(|e| unavailable(format!("encoding a forwarded change: {e}")))?,
-        );
-        let mut headers = HeaderMap::new();
-        headers.insert(ATTR_HEADER, "1");
-        let Some(reply) = self
-            .to_owner(relay, room, Some(headers), request, NOT_MADE)
-            .await?
-        else {
+        let Some(reply) = self.change_at_owner(relay, room, ATTR_HEADER, call).await? else {
             return Ok(None);
         };
         let answer: Result<AttrResults, WireError> = postcard::from_bytes(&reply)
@@ -1233,6 +1216,31 @@ impl Cluster {
     /// Sends `request` to `room`'s owner and returns its answer; `None` once this relay owns
     /// the room (it had, or took, the free lease). Tried until the request timeout, since an
     /// owner just elected may not answer yet. `what` ends a refusal's message.
+    /// A change of `room` sent to its owner, marked by the header `kind`: the owner's encoded
+    /// answer, or `None` when this relay owns the room (the caller makes it here).
+    async fn change_at_owner(
+        self: &Arc<Self>,
+        relay: &Arc<Relay>,
+        room: &Arc<Room>,
+        kind: &'static str,
+        call: &impl serde::Serialize,
+    ) -> Result<Option<Bytes>, WireError> {
+        let request = Bytes::from(
+            postcard::to_stdvec(call)
+                .map_err(|e| unavailable(format!("encoding a forwarded change: {e}")))?,
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(kind, "1");
+        self.to_owner(
+            relay,
+            room,
+            Some(headers),
+            request,
+            "the change was not made",
+        )
+        .await
+    }
+
     async fn to_owner(
         self: &Arc<Self>,
         relay: &Arc<Relay>,
